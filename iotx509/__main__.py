@@ -1,0 +1,5 @@
+import sys
+
+from iotx509.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Locust fleet simulation of certificate-authenticated devices."""
