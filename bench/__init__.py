@@ -1,0 +1,1 @@
+"""Benchmarks: each runs this project beside a reference on the same machine and reports ratios."""

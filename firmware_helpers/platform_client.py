@@ -1,0 +1,222 @@
+"""A client of the platform's HTTP API (the reference server's, or a compatible one).
+
+It serves the customer's console steps: the registration code, products, CA registration with
+a verification certificate, association CSV uploads, and the cloud side of device messaging.
+Standard library only (``urllib``), so it runs with the base install on a factory PC. The
+``iotx509 platform`` commands, the fleet simulator and the demo all use this one client.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from firmware_helpers.errors import FirmwareHelpersError
+
+API_PREFIX = "/api/v1"
+
+
+class PlatformAPIError(FirmwareHelpersError):
+    """The platform answered with an error, or could not be reached.
+
+    ``status`` is the HTTP status (0 when unreachable), ``code`` the platform's error code,
+    ``rows`` the per-row errors of a rejected association CSV.
+    """
+
+    def __init__(
+        self, message: str, *, status: int = 0, code: str = "", rows: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.rows = list(rows)
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.rows:
+            shown = "\n".join(f"  row {r.get('row')}: {r.get('message')}" for r in self.rows[:50])
+            more = f"\n  ... and {len(self.rows) - 50} more" if len(self.rows) > 50 else ""
+            text = f"{text}\n{shown}{more}"
+        return text
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    filename: str
+    content: bytes
+    content_type: str = "application/octet-stream"
+
+
+@dataclass
+class PlatformClient:
+    """``PlatformClient("http://127.0.0.1:8080", token)``; every method returns parsed JSON."""
+
+    base_url: str
+    token: str
+    timeout: float = 30.0
+    _opener: urllib.request.OpenerDirector = field(
+        default_factory=urllib.request.build_opener, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/")
+        if self.base_url.endswith(API_PREFIX):
+            self.base_url = self.base_url[: -len(API_PREFIX)]
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        files: Mapping[str, UploadFile] | None = None,
+        fields: Mapping[str, str] | None = None,
+        accept: str = "application/json",
+    ) -> Any:
+        url = f"{self.base_url}{API_PREFIX}{path}"
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": accept}
+        data: bytes | None = None
+        if files is not None or fields is not None:
+            data, content_type = _multipart(fields or {}, files or {})
+            headers["Content-Type"] = content_type
+        elif json_body is not None:
+            data = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                body = resp.read()
+                ctype = resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            raise _api_error(exc) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise PlatformAPIError(
+                f"cannot reach the platform at {self.base_url}: {reason}"
+            ) from exc
+        if "json" in ctype:
+            return json.loads(body) if body else None
+        return body.decode("utf-8")
+
+    # --- console steps ---------------------------------------------------------------------
+
+    def registration_code(self) -> str:
+        return str(self.request("GET", "/registration-code")["registrationCode"])
+
+    def create_product(
+        self, name: str, *, auth_type: str = "x509", private_ca: bool = True, network: str = "mqtt"
+    ) -> dict[str, Any]:
+        body = {"name": name, "authType": auth_type, "privateCa": private_ca, "network": network}
+        return dict(self.request("POST", "/products", json_body=body))
+
+    def product(self, product_key: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/products/{_q(product_key)}"))
+
+    def register_ca(
+        self, name: str, ca_certificate: UploadFile, verification_certificate: UploadFile
+    ) -> dict[str, Any]:
+        return dict(
+            self.request(
+                "POST", "/ca-certificates", fields={"name": name},
+                files={"caCertificate": ca_certificate,
+                       "verificationCertificate": verification_certificate},
+            )
+        )
+
+    def ca_certificates(self) -> list[dict[str, Any]]:
+        result = self.request("GET", "/ca-certificates")
+        items = result.get("items", result) if isinstance(result, dict) else result
+        return list(items)
+
+    def ca_certificate(self, ca_sn: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/ca-certificates/{_q(ca_sn)}"))
+
+    def set_ca_status(self, ca_sn: str, status: str) -> dict[str, Any]:
+        return dict(
+            self.request("PATCH", f"/ca-certificates/{_q(ca_sn)}", json_body={"status": status})
+        )
+
+    def delete_ca(self, ca_sn: str) -> None:
+        self.request("DELETE", f"/ca-certificates/{_q(ca_sn)}")
+
+    def association_template(self, ca_sn: str) -> str:
+        return str(
+            self.request("GET", f"/ca-certificates/{_q(ca_sn)}/association-template",
+                         accept="text/csv")
+        )
+
+    def associate(self, ca_sn: str, csv_file: UploadFile) -> int:
+        result = self.request(
+            "POST", f"/ca-certificates/{_q(ca_sn)}/associations", files={"file": csv_file}
+        )
+        return int(result["associated"])
+
+    def associations(self, ca_sn: str) -> Any:
+        return self.request("GET", f"/ca-certificates/{_q(ca_sn)}/associations")
+
+    def device(self, product_key: str, device_name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/devices/{_q(product_key)}/{_q(device_name)}"))
+
+    def set_device_status(self, product_key: str, device_name: str, status: str) -> dict[str, Any]:
+        return dict(
+            self.request("PATCH", f"/devices/{_q(product_key)}/{_q(device_name)}",
+                         json_body={"status": status})
+        )
+
+    def send_message(
+        self, product_key: str, device_name: str, topic: str, payload: str, qos: int = 0
+    ) -> Any:
+        return self.request(
+            "POST", f"/devices/{_q(product_key)}/{_q(device_name)}/messages",
+            json_body={"topic": topic, "payload": payload, "qos": qos},
+        )
+
+    def device_messages(self, product_key: str, device_name: str) -> Any:
+        return self.request("GET", f"/devices/{_q(product_key)}/{_q(device_name)}/messages")
+
+
+def _q(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
+def _api_error(exc: urllib.error.HTTPError) -> PlatformAPIError:
+    raw = exc.read()
+    try:
+        error = json.loads(raw)["error"]
+        message = str(error.get("message") or exc.reason)
+        return PlatformAPIError(
+            f"{message} (HTTP {exc.code}, {error.get('code', '')})".replace(", )", ")"),
+            status=exc.code, code=str(error.get("code", "")), rows=error.get("rows") or (),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        text = raw.decode("utf-8", "replace").strip()[:200]
+        return PlatformAPIError(f"HTTP {exc.code} {exc.reason}: {text}", status=exc.code)
+
+
+def _multipart(
+    fields: Mapping[str, str], files: Mapping[str, UploadFile]
+) -> tuple[bytes, str]:
+    boundary = "iotx509-" + secrets.token_hex(16)
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            + value.encode() + b"\r\n"
+        )
+    for name, upload in files.items():
+        filename = upload.filename.replace('"', "")
+        parts.append(
+            (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+             f'filename="{filename}"\r\nContent-Type: {upload.content_type}\r\n\r\n').encode()
+            + upload.content + b"\r\n"
+        )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
