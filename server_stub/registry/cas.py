@@ -1,0 +1,123 @@
+"""CA certificate registration: proof of possession, checked before anything is stored.
+
+The checks that need only the uploaded files live here (pure, no store); the account-wide rules
+(at most 10 CAs, no CA registered twice anywhere, one caSn per account) are checked by the
+registry inside the transaction that stores the CA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import PurePath
+
+from cryptography import x509
+
+from device_sdk.certs import (
+    certificate_sn,
+    check_validity,
+    common_name,
+    fingerprint_sha256,
+    is_ca,
+    load_certificates,
+    require_rsa,
+    signed_by,
+)
+from device_sdk.errors import ClockError, CredentialError, InvalidNameError
+from device_sdk.naming import CA_FILE_SUFFIXES, validate_ca_name
+from server_stub.errors import CertificateRejectedError, InvalidInputError
+
+MAX_CAS_PER_ACCOUNT = 10
+CA_STATUSES = ("active", "inactive")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedCa:
+    """An uploaded CA that passed every check that depends only on the files."""
+
+    name: str
+    certificate: x509.Certificate
+    ca_sn: str
+    fingerprint: str
+    subject: str
+
+
+def colon_fingerprint(fingerprint: str) -> str:
+    return ":".join(fingerprint[i : i + 2] for i in range(0, len(fingerprint), 2)).upper()
+
+
+def _check_suffix(filename: str | None, what: str) -> None:
+    if filename is None:
+        return
+    suffix = PurePath(filename).suffix.lower()
+    if suffix not in CA_FILE_SUFFIXES:
+        raise InvalidInputError(
+            f"{what} file {PurePath(filename).name!r} must end in "
+            f"{', '.join(CA_FILE_SUFFIXES[:-1])} or {CA_FILE_SUFFIXES[-1]}"
+        )
+
+
+def _load(data: bytes, what: str) -> x509.Certificate:
+    try:
+        return load_certificates(data, source=what)[0]
+    except CredentialError as exc:
+        raise CertificateRejectedError(str(exc)) from exc
+
+
+def _valid(cert: x509.Certificate, what: str, now: datetime | None) -> None:
+    try:
+        check_validity(cert, now=now, what=what)
+    except ClockError as exc:
+        raise CertificateRejectedError(str(exc)) from exc
+
+
+def check_ca_upload(
+    *,
+    name: str,
+    ca_data: bytes,
+    verification_data: bytes,
+    registration_code: str,
+    ca_filename: str | None = None,
+    verification_filename: str | None = None,
+    now: datetime | None = None,
+) -> CheckedCa:
+    """Apply every file-level registration rule, in the order a person would fix them."""
+    try:
+        validate_ca_name(name)
+    except InvalidNameError as exc:
+        raise InvalidInputError(str(exc)) from exc
+    _check_suffix(ca_filename, "CA certificate")
+    _check_suffix(verification_filename, "verification certificate")
+
+    ca = _load(ca_data, "CA certificate")
+    if not is_ca(ca):
+        raise CertificateRejectedError(
+            "CA certificate is not a CA certificate: it lacks basicConstraints CA=true "
+            "(did you upload a device or verification certificate?)"
+        )
+    try:
+        require_rsa(ca, what="CA certificate")
+    except CredentialError as exc:
+        raise CertificateRejectedError(str(exc)) from exc
+    _valid(ca, "CA certificate", now)
+
+    verification = _load(verification_data, "verification certificate")
+    cn = common_name(verification.subject)
+    if cn != registration_code:
+        raise CertificateRejectedError(
+            f"verification certificate's Common Name is {cn!r}, not this account's registration "
+            f"code {registration_code} (get it with 'iotx509 platform registration-code')"
+        )
+    if not signed_by(verification, ca.public_key()):
+        raise CertificateRejectedError(
+            "verification certificate is not signed by this CA certificate's private key: sign "
+            "its CSR with the CA's key (openssl x509 -req -CA <ca> -CAkey <ca key> ...)"
+        )
+    _valid(verification, "verification certificate", now)
+    return CheckedCa(
+        name=name,
+        certificate=ca,
+        ca_sn=certificate_sn(ca),
+        fingerprint=fingerprint_sha256(ca),
+        subject=ca.subject.rfc4514_string(),
+    )

@@ -1,0 +1,55 @@
+"""Product settings, and the one rule that decides whether a product takes private-CA devices."""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+from server_stub.errors import InvalidInputError
+from server_stub.store.base import ProductRecord
+
+AUTH_TYPES = ("x509", "secret")
+NETWORKS = ("mqtt", "lorawan")
+PRODUCT_KEY_LENGTH = 11
+PRODUCT_NAME_MAX = 64
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_product_key() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(PRODUCT_KEY_LENGTH))
+
+
+def validate_product_settings(name: str, auth_type: str, private_ca: bool, network: str) -> str:
+    """Check a new product's settings; return the cleaned name."""
+    clean = name.strip()
+    if not clean:
+        raise InvalidInputError("product name must not be empty")
+    if len(clean) > PRODUCT_NAME_MAX:
+        raise InvalidInputError(
+            f"product name is {len(clean)} characters long; at most {PRODUCT_NAME_MAX} are allowed"
+        )
+    if any(ch < " " or ch == "\x7f" for ch in clean):
+        raise InvalidInputError("product name must not contain control characters")
+    if auth_type not in AUTH_TYPES:
+        raise InvalidInputError(
+            f"authType {auth_type!r} is not one of {', '.join(AUTH_TYPES)}"
+        )
+    if network not in NETWORKS:
+        raise InvalidInputError(f"network {network!r} is not one of {', '.join(NETWORKS)}")
+    if private_ca and auth_type != "x509":
+        raise InvalidInputError(
+            f"privateCa=true needs authType=x509 (got authType={auth_type})"
+        )
+    return clean
+
+
+def eligibility_problems(product: ProductRecord) -> list[str]:
+    """Every setting that keeps ``product`` from accepting private-CA devices (empty = fine)."""
+    problems = []
+    if product.auth_type != "x509":
+        problems.append(f"authType is {product.auth_type} (needs x509)")
+    if not product.private_ca:
+        problems.append("privateCa is false (needs true)")
+    if product.network != "mqtt":
+        problems.append(f"network is {product.network} (needs mqtt)")
+    return problems

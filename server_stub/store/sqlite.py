@@ -1,0 +1,419 @@
+"""The reference :class:`~server_stub.store.base.Store`: one SQLite file in the data directory.
+
+WAL journal (readers never wait for the writer), foreign keys on, one connection per thread:
+FastAPI's sync endpoints run in a thread pool while the MQTT endpoint authenticates on the
+event-loop thread. Writers are serialised by one re-entrant lock around ``BEGIN IMMEDIATE``, so
+a write transaction never fails half-way with "database is locked" inside this process.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from server_stub.errors import ConflictError, StoreError
+from server_stub.store.base import (
+    AccountRecord,
+    AssociationRecord,
+    AuthRow,
+    CaRecord,
+    DeviceBinding,
+    DeviceRecord,
+    ProductRecord,
+    SnBinding,
+)
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    token_hash TEXT NOT NULL UNIQUE,
+    registration_code TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS products (
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    product_key TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    auth_type TEXT NOT NULL,
+    private_ca INTEGER NOT NULL,
+    network TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS products_account ON products(account_id);
+CREATE TABLE IF NOT EXISTS ca_certificates (
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    ca_sn TEXT NOT NULL,
+    name TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    fingerprint TEXT NOT NULL UNIQUE,
+    der BLOB NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('active', 'inactive')),
+    not_before REAL NOT NULL,
+    not_after REAL NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (account_id, ca_sn)
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    product_id INTEGER NOT NULL REFERENCES products(id) ON DELETE CASCADE,
+    device_name TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('enabled', 'disabled')),
+    created_at REAL NOT NULL,
+    UNIQUE (product_id, device_name)
+);
+CREATE TABLE IF NOT EXISTS associations (
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    ca_id INTEGER NOT NULL REFERENCES ca_certificates(id) ON DELETE CASCADE,
+    device_id INTEGER NOT NULL UNIQUE REFERENCES devices(id) ON DELETE CASCADE,
+    cert_sn TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (account_id, cert_sn)
+);
+CREATE INDEX IF NOT EXISTS associations_ca_sn ON associations(ca_id, cert_sn);
+"""
+
+#: Stay far below SQLite's bound-parameter limit when querying ``IN (...)`` lists.
+_CHUNK = 900
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class SqliteStore:
+    """SQLite implementation of :class:`~server_stub.store.base.Store`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._write_lock = threading.RLock()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._closed = False
+        conn = self._conn()
+        try:
+            conn.executescript(SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot initialise the database {self.path}: {exc}") from exc
+
+    # --- connections and transactions -----------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
+        self._local.conn = conn
+        self._local.depth = 0
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One write transaction per outermost block on this thread (nested blocks join it)."""
+        conn = self._conn()
+        with self._write_lock:
+            depth: int = self._local.depth
+            if depth == 0:
+                conn.execute("BEGIN IMMEDIATE")
+            self._local.depth = depth + 1
+            try:
+                yield
+            except BaseException:
+                self._local.depth = depth
+                if depth == 0:
+                    conn.execute("ROLLBACK")
+                raise
+            self._local.depth = depth
+            if depth == 0:
+                conn.execute("COMMIT")
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self.atomic():
+            try:
+                return self._conn().execute(sql, params)
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(f"conflicting record: {exc}") from exc
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn().execute(sql, params).fetchone()
+
+    def _all_rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._conn().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._all_lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+
+    # --- accounts -------------------------------------------------------------------------------
+
+    def insert_account(
+        self, name: str, token_hash: str, registration_code: str, now: float
+    ) -> AccountRecord:
+        if self.account_by_name(name) is not None:
+            raise ConflictError(f"an account named {name!r} already exists")
+        cur = self._write(
+            "INSERT INTO accounts (name, token_hash, registration_code, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (name, token_hash, registration_code, now),
+        )
+        return AccountRecord(int(cur.lastrowid or 0), name, registration_code, now)
+
+    _ACCOUNT_COLS = "id, name, registration_code, created_at"
+
+    def account_by_name(self, name: str) -> AccountRecord | None:
+        row = self._one(f"SELECT {self._ACCOUNT_COLS} FROM accounts WHERE name = ?", (name,))
+        return AccountRecord(*row) if row else None
+
+    def account_by_token_hash(self, token_hash: str) -> tuple[AccountRecord, str] | None:
+        row = self._one(
+            f"SELECT {self._ACCOUNT_COLS}, token_hash FROM accounts WHERE token_hash = ?",
+            (token_hash,),
+        )
+        return (AccountRecord(*row[:4]), row[4]) if row else None
+
+    def set_account_token(self, account_id: int, token_hash: str) -> None:
+        self._write("UPDATE accounts SET token_hash = ? WHERE id = ?", (token_hash, account_id))
+
+    def set_registration_code(self, account_id: int, code: str) -> None:
+        self._write("UPDATE accounts SET registration_code = ? WHERE id = ?", (code, account_id))
+
+    # --- products -------------------------------------------------------------------------------
+
+    _PRODUCT_COLS = "id, account_id, product_key, name, auth_type, private_ca, network, created_at"
+
+    @staticmethod
+    def _product(row: Any) -> ProductRecord:
+        return ProductRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7])
+
+    def product_key_exists(self, product_key: str) -> bool:
+        return self._one("SELECT 1 FROM products WHERE product_key = ?", (product_key,)) is not None
+
+    def insert_product(
+        self, account_id: int, product_key: str, name: str, auth_type: str, private_ca: bool,
+        network: str, now: float,
+    ) -> ProductRecord:
+        cur = self._write(
+            "INSERT INTO products (account_id, product_key, name, auth_type, private_ca, network,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (account_id, product_key, name, auth_type, int(private_ca), network, now),
+        )
+        return ProductRecord(
+            int(cur.lastrowid or 0), account_id, product_key, name, auth_type, private_ca,
+            network, now,
+        )
+
+    def product(self, account_id: int, product_key: str) -> ProductRecord | None:
+        row = self._one(
+            f"SELECT {self._PRODUCT_COLS} FROM products WHERE account_id = ? AND product_key = ?",
+            (account_id, product_key),
+        )
+        return self._product(row) if row else None
+
+    def list_products(self, account_id: int) -> list[ProductRecord]:
+        rows = self._all_rows(
+            f"SELECT {self._PRODUCT_COLS} FROM products WHERE account_id = ? ORDER BY id",
+            (account_id,),
+        )
+        return [self._product(r) for r in rows]
+
+    # --- CA certificates ------------------------------------------------------------------------
+
+    _CA_COLS = (
+        "id, account_id, ca_sn, name, subject, fingerprint, der, status, not_before, not_after,"
+        " created_at"
+    )
+
+    @staticmethod
+    def _ca(row: Any) -> CaRecord:
+        return CaRecord(
+            row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6]), row[7], row[8],
+            row[9], row[10],
+        )
+
+    def count_cas(self, account_id: int) -> int:
+        row = self._one("SELECT COUNT(*) FROM ca_certificates WHERE account_id = ?", (account_id,))
+        return int(row[0])
+
+    def ca_by_fingerprint(self, fingerprint: str) -> CaRecord | None:
+        row = self._one(
+            f"SELECT {self._CA_COLS} FROM ca_certificates WHERE fingerprint = ?", (fingerprint,)
+        )
+        return self._ca(row) if row else None
+
+    def ca(self, account_id: int, ca_sn: str) -> CaRecord | None:
+        row = self._one(
+            f"SELECT {self._CA_COLS} FROM ca_certificates WHERE account_id = ? AND ca_sn = ?",
+            (account_id, ca_sn),
+        )
+        return self._ca(row) if row else None
+
+    def list_cas(self, account_id: int) -> list[CaRecord]:
+        rows = self._all_rows(
+            f"SELECT {self._CA_COLS} FROM ca_certificates WHERE account_id = ? ORDER BY id",
+            (account_id,),
+        )
+        return [self._ca(r) for r in rows]
+
+    def active_cas(self) -> list[CaRecord]:
+        rows = self._all_rows(
+            f"SELECT {self._CA_COLS} FROM ca_certificates WHERE status = 'active' ORDER BY id"
+        )
+        return [self._ca(r) for r in rows]
+
+    def insert_ca(
+        self, account_id: int, ca_sn: str, name: str, subject: str, fingerprint: str, der: bytes,
+        not_before: float, not_after: float, now: float,
+    ) -> CaRecord:
+        cur = self._write(
+            "INSERT INTO ca_certificates (account_id, ca_sn, name, subject, fingerprint, der,"
+            " status, not_before, not_after, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
+            (account_id, ca_sn, name, subject, fingerprint, der, not_before, not_after, now),
+        )
+        return CaRecord(
+            int(cur.lastrowid or 0), account_id, ca_sn, name, subject, fingerprint, der,
+            "active", not_before, not_after, now,
+        )
+
+    def set_ca_status(self, ca_id: int, status: str) -> None:
+        self._write("UPDATE ca_certificates SET status = ? WHERE id = ?", (status, ca_id))
+
+    def delete_ca(self, ca_id: int) -> None:
+        self._write("DELETE FROM ca_certificates WHERE id = ?", (ca_id,))
+
+    # --- devices and associations ---------------------------------------------------------------
+
+    def sn_bindings(self, account_id: int, cert_sns: Sequence[str]) -> dict[str, SnBinding]:
+        found: dict[str, SnBinding] = {}
+        for chunk in _chunks(cert_sns):
+            marks = ",".join("?" * len(chunk))
+            rows = self._all_rows(
+                "SELECT a.cert_sn, a.ca_id, c.ca_sn, p.product_key, d.device_name"
+                " FROM associations a JOIN ca_certificates c ON c.id = a.ca_id"
+                " JOIN devices d ON d.id = a.device_id JOIN products p ON p.id = d.product_id"
+                f" WHERE a.account_id = ? AND a.cert_sn IN ({marks})",
+                (account_id, *chunk),
+            )
+            for row in rows:
+                found[row[0]] = SnBinding(*row)
+        return found
+
+    def device_bindings(
+        self, product_id: int, device_names: Sequence[str]
+    ) -> dict[str, DeviceBinding]:
+        found: dict[str, DeviceBinding] = {}
+        for chunk in _chunks(device_names):
+            marks = ",".join("?" * len(chunk))
+            rows = self._all_rows(
+                "SELECT d.id, d.device_name, a.cert_sn, a.ca_id FROM devices d"
+                " LEFT JOIN associations a ON a.device_id = d.id"
+                f" WHERE d.product_id = ? AND d.device_name IN ({marks})",
+                (product_id, *chunk),
+            )
+            for row in rows:
+                found[row[1]] = DeviceBinding(*row)
+        return found
+
+    def insert_devices(
+        self, account_id: int, product_id: int, device_names: Iterable[str], now: float
+    ) -> dict[str, int]:
+        names = list(device_names)
+        with self.atomic():
+            conn = self._conn()
+            conn.executemany(
+                "INSERT INTO devices (account_id, product_id, device_name, status, created_at)"
+                " VALUES (?, ?, ?, 'enabled', ?)",
+                ((account_id, product_id, name, now) for name in names),
+            )
+            return {b.device_name: b.device_id for b in self.device_bindings(product_id, names).values()}
+
+    def insert_associations(
+        self, account_id: int, ca_id: int, pairs: Iterable[tuple[int, str]], now: float
+    ) -> int:
+        with self.atomic():
+            try:
+                cur = self._conn().executemany(
+                    "INSERT INTO associations (account_id, ca_id, device_id, cert_sn, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    ((account_id, ca_id, device_id, sn, now) for device_id, sn in pairs),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(f"conflicting association: {exc}") from exc
+            return int(cur.rowcount)
+
+    def list_associations(self, ca_id: int) -> list[AssociationRecord]:
+        rows = self._all_rows(
+            "SELECT c.ca_sn, a.cert_sn, p.product_key, d.device_name, a.created_at"
+            " FROM associations a JOIN ca_certificates c ON c.id = a.ca_id"
+            " JOIN devices d ON d.id = a.device_id JOIN products p ON p.id = d.product_id"
+            " WHERE a.ca_id = ? ORDER BY a.id",
+            (ca_id,),
+        )
+        return [AssociationRecord(*r) for r in rows]
+
+    def delete_association(self, ca_id: int, cert_sn: str) -> bool:
+        cur = self._write(
+            "DELETE FROM associations WHERE ca_id = ? AND cert_sn = ?", (ca_id, cert_sn)
+        )
+        return cur.rowcount > 0
+
+    def device(self, account_id: int, product_key: str, device_name: str) -> DeviceRecord | None:
+        row = self._one(
+            "SELECT d.id, d.account_id, p.product_key, d.device_name, d.status, d.created_at,"
+            " c.ca_sn, a.cert_sn FROM devices d JOIN products p ON p.id = d.product_id"
+            " LEFT JOIN associations a ON a.device_id = d.id"
+            " LEFT JOIN ca_certificates c ON c.id = a.ca_id"
+            " WHERE d.account_id = ? AND p.product_key = ? AND d.device_name = ?",
+            (account_id, product_key, device_name),
+        )
+        return DeviceRecord(*row) if row else None
+
+    def set_device_status(self, device_id: int, status: str) -> None:
+        self._write("UPDATE devices SET status = ? WHERE id = ?", (status, device_id))
+
+    def auth_row(self, ca_id: int, cert_sn: str) -> AuthRow | None:
+        row = self._one(
+            "SELECT d.account_id, p.product_key, d.device_name, d.status, p.auth_type,"
+            " p.private_ca, p.network FROM associations a"
+            " JOIN devices d ON d.id = a.device_id JOIN products p ON p.id = d.product_id"
+            " WHERE a.ca_id = ? AND a.cert_sn = ?",
+            (ca_id, cert_sn),
+        )
+        if row is None:
+            return None
+        return AuthRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
+
+    def row_counts(self) -> dict[str, int]:
+        tables = ("accounts", "products", "ca_certificates", "devices", "associations")
+        return {t: int(self._one(f"SELECT COUNT(*) FROM {t}")[0]) for t in tables}
