@@ -40,9 +40,8 @@ class PlatformAPIError(FirmwareHelpersError):
     def __str__(self) -> str:
         text = super().__str__()
         if self.rows:
-            shown = "\n".join(f"  row {r.get('row')}: {r.get('message')}" for r in self.rows[:50])
-            more = f"\n  ... and {len(self.rows) - 50} more" if len(self.rows) > 50 else ""
-            text = f"{text}\n{shown}{more}"
+            shown = "\n".join(f"  row {r.get('row')}: {r.get('message')}" for r in self.rows)
+            text = f"{text}\n{shown}"
         return text
 
 
@@ -68,6 +67,10 @@ class PlatformClient:
         self.base_url = self.base_url.rstrip("/")
         if self.base_url.endswith(API_PREFIX):
             self.base_url = self.base_url[: -len(API_PREFIX)]
+        host = urllib.parse.urlsplit(self.base_url).hostname or ""
+        if host in ("localhost", "::1") or host.startswith("127."):
+            # An HTTP proxy from the environment must not intercept a server on this machine.
+            self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -96,12 +99,15 @@ class PlatformClient:
                 body = resp.read()
                 ctype = resp.headers.get("Content-Type", "")
         except urllib.error.HTTPError as exc:
-            raise _api_error(exc) from exc
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+            with exc:
+                raise _api_error(exc, url) from exc
+        except urllib.error.URLError as exc:
             raise PlatformAPIError(
-                f"cannot reach the platform at {self.base_url}: {reason}"
+                f"cannot reach the server at {self.base_url}: {exc.reason} (is 'iotx509 server "
+                "run' running? set --server or IOTX509_SERVER)"
             ) from exc
+        except (TimeoutError, ConnectionError) as exc:
+            raise PlatformAPIError(f"the server at {self.base_url} did not answer: {exc}") from exc
         if "json" in ctype:
             return json.loads(body) if body else None
         return body.decode("utf-8")
@@ -132,9 +138,7 @@ class PlatformClient:
         )
 
     def ca_certificates(self) -> list[dict[str, Any]]:
-        result = self.request("GET", "/ca-certificates")
-        items = result.get("items", result) if isinstance(result, dict) else result
-        return list(items)
+        return list(self.request("GET", "/ca-certificates"))
 
     def ca_certificate(self, ca_sn: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/ca-certificates/{_q(ca_sn)}"))
@@ -150,7 +154,7 @@ class PlatformClient:
     def association_template(self, ca_sn: str) -> str:
         return str(
             self.request("GET", f"/ca-certificates/{_q(ca_sn)}/association-template",
-                         accept="text/csv")
+                         accept="text/csv, application/json")
         )
 
     def associate(self, ca_sn: str, csv_file: UploadFile) -> int:
@@ -159,8 +163,11 @@ class PlatformClient:
         )
         return int(result["associated"])
 
-    def associations(self, ca_sn: str) -> Any:
-        return self.request("GET", f"/ca-certificates/{_q(ca_sn)}/associations")
+    def associations(self, ca_sn: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/ca-certificates/{_q(ca_sn)}/associations"))
+
+    def delete_association(self, ca_sn: str, cert_sn: str) -> None:
+        self.request("DELETE", f"/ca-certificates/{_q(ca_sn)}/associations/{_q(cert_sn)}")
 
     def device(self, product_key: str, device_name: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/devices/{_q(product_key)}/{_q(device_name)}"))
@@ -173,32 +180,44 @@ class PlatformClient:
 
     def send_message(
         self, product_key: str, device_name: str, topic: str, payload: str, qos: int = 0
-    ) -> Any:
-        return self.request(
+    ) -> bool:
+        """Deliver a cloud-to-device message; True when the device's session took it."""
+        result = self.request(
             "POST", f"/devices/{_q(product_key)}/{_q(device_name)}/messages",
             json_body={"topic": topic, "payload": payload, "qos": qos},
         )
+        return bool(result.get("delivered", True)) if isinstance(result, dict) else True
 
-    def device_messages(self, product_key: str, device_name: str) -> Any:
-        return self.request("GET", f"/devices/{_q(product_key)}/{_q(device_name)}/messages")
+    def device_messages(
+        self, product_key: str, device_name: str, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The most recent messages the device published (newest last)."""
+        return list(
+            self.request(
+                "GET", f"/devices/{_q(product_key)}/{_q(device_name)}/messages?limit={limit}"
+            )
+        )
 
 
 def _q(part: str) -> str:
     return urllib.parse.quote(part, safe="")
 
 
-def _api_error(exc: urllib.error.HTTPError) -> PlatformAPIError:
+def _api_error(exc: urllib.error.HTTPError, url: str) -> PlatformAPIError:
+    """The server's own message (and every bad CSV row); its HTTP status and code as fields."""
     raw = exc.read()
     try:
         error = json.loads(raw)["error"]
-        message = str(error.get("message") or exc.reason)
         return PlatformAPIError(
-            f"{message} (HTTP {exc.code}, {error.get('code', '')})".replace(", )", ")"),
-            status=exc.code, code=str(error.get("code", "")), rows=error.get("rows") or (),
+            str(error["message"]), status=exc.code, code=str(error.get("code", "")),
+            rows=error.get("rows") or (),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         text = raw.decode("utf-8", "replace").strip()[:200]
-        return PlatformAPIError(f"HTTP {exc.code} {exc.reason}: {text}", status=exc.code)
+        return PlatformAPIError(
+            f"the server at {url} answered HTTP {exc.code}: {text or '(no body)'}",
+            status=exc.code,
+        )
 
 
 def _multipart(
