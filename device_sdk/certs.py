@@ -74,13 +74,31 @@ def load_certificates(data: bytes, *, source: str = "certificate") -> list[x509.
             raise CertificateFormatError(
                 f"{source}: not a readable PEM certificate ({exc})", source=source
             ) from exc
-        return certs
+        return _fully_parsed(certs, source)
     try:
-        return [x509.load_der_x509_certificate(data)]
+        cert = x509.load_der_x509_certificate(data)
     except ValueError as exc:
         raise CertificateFormatError(
             f"{source}: neither a PEM nor a DER certificate", source=source
         ) from exc
+    return _fully_parsed([cert], source)
+
+
+def _fully_parsed(certs: list[x509.Certificate], source: str) -> list[x509.Certificate]:
+    """Parse the lazily decoded parts now, so a malformed extension or name is refused here.
+
+    ``cryptography`` decodes names and extensions on first access and raises ``ValueError``
+    then; found by fuzzing (fuzz/targets.py certificate_upload): a CA upload with a corrupt
+    basicConstraints reached ``is_ca`` and escaped as a server error.
+    """
+    for cert in certs:
+        try:
+            cert.subject, cert.issuer, cert.extensions  # noqa: B018 (access parses them)
+        except Exception as exc:  # ValueError, KeyError (unknown string tag), DuplicateExtension...
+            raise CertificateFormatError(
+                f"{source}: malformed certificate contents ({exc!r})", source=source
+            ) from exc
+    return certs
 
 
 def load_certificate(data: bytes, *, source: str = "certificate") -> x509.Certificate:
@@ -217,9 +235,18 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def load_private_key(
-    data: bytes, *, password: bytes | str | None = None, source: str = "private key"
+    data: bytes,
+    *,
+    password: bytes | str | None = None,
+    source: str = "private key",
+    check_rsa_key: bool = True,
 ) -> PrivateKeyTypes:
-    """Parse a private key: PEM (PKCS#1, PKCS#8, SEC1) or DER, encrypted or not."""
+    """Parse a private key: PEM (PKCS#1, PKCS#8, SEC1) or DER, encrypted or not.
+
+    ``check_rsa_key=False`` skips OpenSSL's RSA consistency check (~27 ms per 2048-bit key); use
+    it only for bytes already checked elsewhere, e.g. a board receiving a key whose SHA-256
+    matches the one the provisioning host validated.
+    """
     if isinstance(password, str):
         password = password.encode()
     if not data.strip():
@@ -231,7 +258,9 @@ def load_private_key(
         )
     loader = serialization.load_pem_private_key if is_pem else serialization.load_der_private_key
     try:
-        return loader(data, password=password)
+        return loader(
+            data, password=password, unsafe_skip_rsa_key_validation=not check_rsa_key
+        )
     except TypeError as exc:
         if password is None:
             raise KeyPasswordError(

@@ -1,0 +1,138 @@
+"""The board agent: the protocol's board side over a link, storing into a credential store.
+
+``iotx509 device agent --port URL --store DIR`` runs it on a Linux board; the simulated board
+(:mod:`firmware_helpers.serial.simboard`) runs the same class on a pseudo-terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from firmware_helpers.errors import StoreError
+from firmware_helpers.serial.board import CommitRefused, CredentialStore, check_credentials
+from firmware_helpers.serial.link import Link
+from firmware_helpers.serial.protocol import (
+    DEFAULT_MAX_CHUNK,
+    PROTOCOL_VERSION,
+    BoardMachine,
+    CommitRequested,
+    ErrorCode,
+    InfoRequested,
+    LineError,
+    ObjectType,
+    Send,
+    SessionStarted,
+)
+
+log = logging.getLogger(__name__)
+
+
+def default_board_id() -> str:
+    """``/etc/machine-id`` (first 16 characters) or the host name: stable across reboots."""
+    try:
+        machine_id = Path("/etc/machine-id").read_text().strip()
+        if machine_id:
+            return machine_id[:16]
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
+class BoardAgent:
+    """One board: a :class:`BoardMachine` (RAM) in front of a :class:`CredentialStore` (flash)."""
+
+    def __init__(
+        self,
+        store: CredentialStore,
+        board_id: str,
+        *,
+        max_chunk: int = DEFAULT_MAX_CHUNK,
+        capacity: int = 64 * 1024,
+        version: int = PROTOCOL_VERSION,
+    ) -> None:
+        self.store = store
+        self.board_id = board_id
+        self.max_chunk = max_chunk
+        self.capacity = capacity
+        self.version = version
+        self.machine = self._new_machine()
+        self.commits = 0
+        self.last_commit_seconds = 0.0
+        self.line_errors = 0
+
+    def _new_machine(self) -> BoardMachine:
+        return BoardMachine(
+            self.board_id, max_chunk=self.max_chunk, capacity=self.capacity, version=self.version
+        )
+
+    def boot(self) -> bytes:
+        """Start (or restart) as after power-on: RAM state lost, store recovered; announce."""
+        outcome = self.store.recover()
+        if outcome != "clean":
+            log.warning("credential store %s: %s", self.store.root, outcome)
+        self.machine = self._new_machine()
+        return self.machine.announce()
+
+    def handle(self, data: bytes) -> list[bytes]:
+        """Feed received bytes; return what to write back, in order."""
+        out: list[bytes] = []
+        for event in self.machine.receive_data(data):
+            match event:
+                case Send(payload):
+                    out.append(payload)
+                case CommitRequested(objects):
+                    out.append(self._commit(objects))
+                case InfoRequested():
+                    try:
+                        inventory = self.store.inventory()
+                    except StoreError as exc:
+                        log.error("%s", exc)
+                        inventory = ()
+                    out.append(self.machine.info_done(inventory))
+                case SessionStarted():
+                    log.info("session started")
+                case LineError(reason):
+                    self.line_errors += 1
+                    log.debug("line error: %s", reason)
+        return out
+
+    def _commit(self, objects: Mapping[ObjectType, bytes]) -> bytes:
+        start = time.perf_counter()
+        try:
+            check_credentials(objects)
+            self.store.commit(objects)
+            self.last_commit_seconds = time.perf_counter() - start
+        except CommitRefused as exc:
+            log.warning("commit refused: %s", exc.text)
+            return self.machine.commit_done(exc.code, exc.text)
+        except (StoreError, OSError) as exc:
+            log.error("commit failed: %s", exc)
+            return self.machine.commit_done(ErrorCode.STORAGE_ERROR, str(exc))
+        self.commits += 1
+        log.info("stored %s in %.1f ms", ", ".join(sorted(o.label for o in objects)),
+                 self.last_commit_seconds * 1000)
+        return self.machine.commit_done()
+
+    def after_replies(self) -> None:
+        """Once the replies are on the line: make a commit durable and retire its journal."""
+        if self.store.unsettled:
+            try:
+                self.store.settle()
+            except OSError as exc:
+                log.error("could not settle the commit (finished at next start): %s", exc)
+
+    def serve(self, link: Link, stop: threading.Event | None = None) -> None:
+        """Answer on ``link`` until ``stop`` is set (or the link goes away)."""
+        stop = stop or threading.Event()
+        link.write(self.boot())
+        while not stop.is_set():
+            data = link.read(0.2)
+            if data:
+                for reply in self.handle(data):
+                    link.write(reply)
+                self.after_replies()

@@ -1,0 +1,229 @@
+"""Factory batch: provision one board after another from a directory of issued pairs.
+
+The report CSV is the memory of the batch. Every board that got a pair -- or may have got one,
+when the line failed after COMMIT was sent -- is appended and fsync'd before the next board, and
+the file is read at start, so a pair is never used twice, even across restarts of the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from device_sdk.certs import certificate_sn, read_certificates
+from device_sdk.errors import CredentialError
+from device_sdk.naming import CERT_SUFFIX, DeviceFileName
+from firmware_helpers.errors import BatchError, LinkError, SerialProvisioningError
+from firmware_helpers.serial.host import Host, load_credentials
+from firmware_helpers.serial.protocol import HelloReply
+
+log = logging.getLogger(__name__)
+
+REPORT_FIELDS = ("BoardId", "ProductKey", "DeviceName", "CertSN", "Time", "Status")
+STATUS_OK = "ok"
+STATUS_UNCERTAIN = "uncertain"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An issued ``[PK]_[DN]_[CA_SN].cer`` / ``.key`` pair."""
+
+    name: DeviceFileName
+    cert: Path
+    key: Path
+    cert_sn: str
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return (self.name.product_key, self.name.device_name, self.cert_sn)
+
+
+def find_pairs(directory: str | Path) -> list[Pair]:
+    """Every complete pair in ``directory``, in name order; other files are ignored."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BatchError(f"{directory} is not a directory of issued certificates")
+    pairs = []
+    for cert in sorted(directory.glob("*" + CERT_SUFFIX)):
+        name = DeviceFileName.try_parse(cert.name)
+        if name is None:
+            log.debug("skipping %s: not [ProductKey]_[DeviceName]_[CA_SN].cer", cert.name)
+            continue
+        key = directory / name.key_name
+        if not key.exists():
+            log.warning("skipping %s: no %s beside it", cert.name, name.key_name)
+            continue
+        try:
+            sn = certificate_sn(read_certificates(cert)[0])
+        except CredentialError as exc:
+            raise BatchError(f"unreadable certificate in the batch: {exc}") from exc
+        pairs.append(Pair(name, cert, key, sn))
+    return pairs
+
+
+@dataclass
+class Report:
+    """The append-only report CSV: one row per board that got (or may have got) a pair."""
+
+    path: Path
+    used_pairs: set[tuple[str, str, str]] = field(default_factory=set)
+    boards: set[str] = field(default_factory=set)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Report:
+        report = cls(Path(path))
+        if not report.path.exists() or report.path.stat().st_size == 0:
+            return report
+        try:
+            with report.path.open(newline="") as fh:
+                reader = csv.DictReader(fh)
+                if tuple(reader.fieldnames or ()) != REPORT_FIELDS:
+                    raise BatchError(
+                        f"{report.path}: not a provisioning report (header must be "
+                        f"{','.join(REPORT_FIELDS)}); give another --report file"
+                    )
+                for line, row in enumerate(reader, start=2):
+                    if None in row.values() or None in row:
+                        raise BatchError(f"{report.path}:{line}: wrong number of columns")
+                    report.used_pairs.add((row["ProductKey"], row["DeviceName"], row["CertSN"]))
+                    if row["Status"] == STATUS_OK:
+                        report.boards.add(row["BoardId"])
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise BatchError(f"cannot read report {report.path}: {exc}") from exc
+        return report
+
+    def append(self, board_id: str, pair: Pair, status: str) -> None:
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        row = [board_id, pair.name.product_key, pair.name.device_name, pair.cert_sn,
+               datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), status]
+        try:
+            with self.path.open("a", newline="") as fh:
+                writer = csv.writer(fh)
+                if new:
+                    writer.writerow(REPORT_FIELDS)
+                writer.writerow(row)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise BatchError(f"cannot append to report {self.path}: {exc}") from exc
+        self.used_pairs.add(pair.ident)
+        if status == STATUS_OK:
+            self.boards.add(board_id)
+
+
+@dataclass
+class BatchSummary:
+    provisioned: list[tuple[str, Pair]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    remaining: int = 0
+
+
+class Batch:
+    """Walks the unused pairs; ``wait`` polls for a new board, ``prompt`` asks the operator."""
+
+    def __init__(
+        self,
+        host: Host,
+        directory: str | Path,
+        report: Report,
+        *,
+        server_ca: str | Path | None = None,
+        mode: str = "wait",
+        max_boards: int | None = None,
+        board_timeout: float | None = None,
+        poll_interval: float = 0.3,
+        ask: Callable[[str], str] = input,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        if mode not in ("wait", "prompt"):
+            raise BatchError(f"unknown batch mode {mode!r}")
+        self.host = host
+        self.directory = Path(directory)
+        self.report = report
+        self.server_ca = server_ca
+        self.mode = mode
+        self.max_boards = max_boards
+        self.board_timeout = board_timeout
+        self.poll_interval = poll_interval
+        self.ask = ask
+        self.say = say
+        self._tried: set[str] = set()
+
+    def run(self) -> BatchSummary:
+        all_pairs = find_pairs(self.directory)
+        queue = deque(p for p in all_pairs if p.ident not in self.report.used_pairs)
+        summary = BatchSummary()
+        if not queue:
+            raise BatchError(
+                f"no unused pairs in {self.directory}: {len(all_pairs)} pair(s) found, all "
+                f"recorded in {self.report.path}"
+            )
+        self.say(f"{len(queue)} unused pair(s) of {len(all_pairs)} in {self.directory}")
+        while queue and (self.max_boards is None or len(summary.provisioned) < self.max_boards):
+            board = self._next_board()
+            if board is None:
+                break
+            pair = queue.popleft()
+            objects = load_credentials(pair.cert, pair.key, self.server_ca)
+            label = f"{pair.name.stem} (SN {pair.cert_sn})"
+            self.say(f"board {board.board_id}: provisioning {label}")
+            self._tried.add(board.board_id)
+            try:
+                result = self.host.provision(objects)
+            except SerialProvisioningError as exc:
+                if self.host.commit_sent and isinstance(exc, LinkError):
+                    # The board may have stored the pair: never hand it to another board.
+                    self.report.append(board.board_id, pair, f"{STATUS_UNCERTAIN}: {exc}")
+                else:
+                    queue.appendleft(pair)  # nothing was stored: the pair is still fresh
+                summary.failed.append((board.board_id, str(exc)))
+                self.say(f"board {board.board_id}: FAILED: {exc}")
+                continue
+            self.report.append(result.board_id, pair, STATUS_OK)
+            summary.provisioned.append((result.board_id, pair))
+            self.say(f"board {result.board_id}: ok in {result.seconds:.2f} s")
+        summary.remaining = len(queue)
+        return summary
+
+    def _next_board(self) -> HelloReply | None:
+        if self.mode == "prompt":
+            return self._prompt()
+        return self._wait()
+
+    def _is_new(self, board: HelloReply) -> bool:
+        return board.board_id not in self.report.boards and board.board_id not in self._tried
+
+    def _wait(self) -> HelloReply | None:
+        self.say("waiting for the next board ...")
+        deadline = None if self.board_timeout is None else time.monotonic() + self.board_timeout
+        while deadline is None or time.monotonic() < deadline:
+            board = self.host.probe(timeout=self.poll_interval)
+            if board is not None and self._is_new(board):
+                return board
+            if board is not None:
+                time.sleep(self.poll_interval)
+        self.say("no new board appeared; stopping")
+        return None
+
+    def _prompt(self) -> HelloReply | None:
+        while True:
+            try:
+                answer = self.ask("Connect the next board and press Enter (q to stop): ")
+            except EOFError:
+                return None
+            if answer.strip().lower() in ("q", "quit"):
+                return None
+            board = self.host.probe(timeout=1.0)
+            if board is None:
+                self.say("no board answered; check the cable and that the board is powered")
+            elif not self._is_new(board):
+                self.say(f"board {board.board_id} is already done; connect another board")
+            else:
+                return board

@@ -1,0 +1,298 @@
+"""A simulated board on a real pseudo-terminal pair, with fault injection and line-speed pacing.
+
+The host opens the slave side (``/dev/pts/N``) exactly as it would open ``/dev/ttyUSB0``; the
+board agent runs on the master side. Faults are applied to whole frames as they cross the
+simulated line, from a seeded random generator so that a test run can be repeated:
+
+- ``flip_rate`` / ``drop_rate``: probability that a frame (either direction) gets one bit
+  flipped / loses one byte (which may be the delimiter, merging two frames);
+- ``stall_after`` + ``stall_seconds``: the line stops delivering for a while (bytes wait);
+- ``reboot_after`` (+ ``reboot_times``): the board loses power while a frame arrives, forgets
+  its RAM state (staging, session) and announces itself again;
+- ``unplug_after``: the pty is closed, as a USB adapter pulled out;
+- ``protocol_version``: the board speaks another protocol version;
+- ``baud``: bytes take ``10 / baud`` seconds each in each direction (8N1), for benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import secrets
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from firmware_helpers.errors import BoardDisconnectedError, SerialProvisioningError
+from firmware_helpers.serial.agent import BoardAgent
+from firmware_helpers.serial.board import CredentialStore
+from firmware_helpers.serial.framing import DELIMITER
+from firmware_helpers.serial.link import FdLink
+from firmware_helpers.serial.protocol import DEFAULT_MAX_CHUNK, PROTOCOL_VERSION
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Which faults the simulated line and board inject (all off by default)."""
+
+    flip_rate: float = 0.0
+    drop_rate: float = 0.0
+    seed: int = 0
+    stall_after: int | None = None
+    stall_seconds: float = 0.0
+    reboot_after: int | None = None
+    reboot_times: int = 1
+    unplug_after: int | None = None
+    protocol_version: int = PROTOCOL_VERSION
+    baud: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("flip_rate", "drop_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {value}")
+        if self.baud is not None and self.baud <= 0:
+            raise ValueError("baud must be positive")
+
+
+@dataclass
+class SimStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    flipped: int = 0
+    dropped: int = 0
+    stalls: int = 0
+    reboots: int = 0
+    unplugged: bool = False
+    boards_served: list[str] = field(default_factory=list)
+
+
+class SimBoard:
+    """A board on a pty pair, in a background thread. Use as a context manager in tests."""
+
+    def __init__(
+        self,
+        store: str | Path,
+        *,
+        board_id: str | None = None,
+        faults: FaultPlan | None = None,
+        max_chunk: int = DEFAULT_MAX_CHUNK,
+        boards: int = 1,
+        swap_delay: float = 0.3,
+    ) -> None:
+        self.store_root = Path(store)
+        self.base_id = board_id or f"SIM-{secrets.token_hex(4)}"
+        self.faults = faults or FaultPlan()
+        self.max_chunk = max_chunk
+        self.boards = boards
+        self.swap_delay = swap_delay
+        self.stats = SimStats()
+        self._rng = random.Random(self.faults.seed)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._master = -1
+        self._slave = -1
+        self.port = ""
+        self._board_index = 0
+        self.agent = self._new_agent()
+        self._rx_clock = 0.0
+        self._tx_clock = 0.0
+        self._frames_since_boot = 0
+        self._buffer = bytearray()
+        self.error: BaseException | None = None
+        self.changed = threading.Condition()
+
+    # --- boards -------------------------------------------------------------------------------
+
+    def board_id_of(self, index: int) -> str:
+        return self.base_id if self.boards == 1 else f"{self.base_id}-{index + 1:03d}"
+
+    def store_of(self, index: int) -> Path:
+        return self.store_root if self.boards == 1 else self.store_root / self.board_id_of(index)
+
+    def _new_agent(self) -> BoardAgent:
+        index = self._board_index
+        return BoardAgent(
+            CredentialStore(self.store_of(index)),
+            self.board_id_of(index),
+            max_chunk=self.max_chunk,
+            version=self.faults.protocol_version,
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> SimBoard:
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        tty.setraw(self._master)
+        self.port = os.ttyname(self._slave)
+        self._thread = threading.Thread(target=self._run, name=f"simboard {self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._close()
+
+    def __enter__(self) -> SimBoard:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def wait(self, predicate: object, timeout: float = 10.0) -> bool:
+        """Block until ``predicate(stats)`` is true (tests use it to time a fault or signal)."""
+        assert callable(predicate)
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not predicate(self.stats):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.changed.wait(remaining)
+        return True
+
+    def _notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def _close(self) -> None:
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._master = self._slave = -1
+
+    def unplug(self) -> None:
+        """Close the pty pair, as a USB serial adapter pulled out."""
+        self.stats.unplugged = True
+        self._close()
+        self._notify()
+
+    # --- the line -----------------------------------------------------------------------------
+
+    def _pace(self, clock: float, nbytes: int) -> float:
+        """Advance a direction's clock by the line time of ``nbytes``; sleep until it is due."""
+        if self.faults.baud is None:
+            return clock
+        now = time.monotonic()
+        clock = max(clock, now) + nbytes * 10 / self.faults.baud
+        delay = clock - now
+        if delay > 0:
+            time.sleep(delay)
+        return clock
+
+    def _damage(self, frame: bytes) -> bytes:
+        if self.faults.flip_rate and self._rng.random() < self.faults.flip_rate and len(frame) > 1:
+            data = bytearray(frame)
+            index = self._rng.randrange(len(data) - 1)  # not the delimiter
+            data[index] ^= 1 << self._rng.randrange(8)
+            frame = bytes(data)
+            self.stats.flipped += 1
+        if self.faults.drop_rate and self._rng.random() < self.faults.drop_rate and frame:
+            index = self._rng.randrange(len(frame))
+            frame = frame[:index] + frame[index + 1 :]
+            self.stats.dropped += 1
+        return frame
+
+    def _send(self, link: FdLink, data: bytes) -> None:
+        self._tx_clock = self._pace(self._tx_clock, len(data))
+        link.write(self._damage(data))
+        self.stats.frames_out += 1
+
+    def _run(self) -> None:
+        link = FdLink(self._master)
+        try:
+            self._send(link, self.agent.boot())
+            self.stats.boards_served.append(self.agent.board_id)
+            swap_at: float | None = None
+            while not self._stop.is_set():
+                if swap_at is not None and time.monotonic() >= swap_at:
+                    swap_at = None
+                    self._swap(link)
+                data = link.read(0.05)
+                if not data:
+                    continue
+                self._rx_clock = self._pace(self._rx_clock, len(data))
+                commits = self.agent.commits
+                if not self._receive(link, data):
+                    return
+                if self.agent.commits > commits and self._board_index + 1 < self.boards:
+                    swap_at = time.monotonic() + self.swap_delay
+        except BoardDisconnectedError:
+            if not self.stats.unplugged and not self._stop.is_set():
+                raise
+        except (SerialProvisioningError, OSError) as exc:
+            if not self._stop.is_set() and not self.stats.unplugged:
+                self.error = exc
+                log.exception("simulated board failed")
+        finally:
+            self._notify()
+
+    def _swap(self, link: FdLink) -> None:
+        """The operator puts the next board on the fixture."""
+        self._board_index += 1
+        self.agent = self._new_agent()
+        self._frames_since_boot = 0
+        self._buffer.clear()
+        self._send(link, self.agent.boot())
+        self.stats.boards_served.append(self.agent.board_id)
+        self._notify()
+
+    def _receive(self, link: FdLink, data: bytes) -> bool:
+        """Split into frames, inject faults, feed the agent; False once unplugged."""
+        self._buffer += data
+        while True:
+            end = self._buffer.find(DELIMITER)
+            if end < 0:
+                return True
+            frame = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            if frame == DELIMITER:
+                continue
+            self.stats.frames_in += 1
+            self._frames_since_boot += 1
+            fate = self._faults_before(link)
+            if fate == "gone":
+                return False
+            if fate == "lost":
+                continue
+            for reply in self.agent.handle(self._damage(frame)):
+                self._send(link, reply)
+            self.agent.after_replies()
+            self._notify()
+
+    def _faults_before(self, link: FdLink) -> str:
+        """Apply the scheduled faults that fall on this frame: "ok", "lost" or "gone"."""
+        plan, stats = self.faults, self.stats
+        if plan.unplug_after is not None and stats.frames_in >= plan.unplug_after:
+            self.unplug()
+            return "gone"
+        if plan.stall_after is not None and stats.stalls == 0 and stats.frames_in >= plan.stall_after:
+            stats.stalls += 1
+            self._notify()
+            self._stop.wait(plan.stall_seconds)
+        if (
+            plan.reboot_after is not None
+            and stats.reboots < plan.reboot_times
+            and self._frames_since_boot >= plan.reboot_after
+        ):
+            stats.reboots += 1
+            self._frames_since_boot = 0
+            self._buffer.clear()
+            self._notify()
+            self._send(link, self.agent.boot())
+            return "lost"  # this frame was lost with the power
+        return "ok"
