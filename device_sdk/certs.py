@@ -70,14 +70,14 @@ def load_certificates(data: bytes, *, source: str = "certificate") -> list[x509.
             )
         try:
             certs = x509.load_pem_x509_certificates(data)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise CertificateFormatError(
                 f"{source}: not a readable PEM certificate ({exc})", source=source
             ) from exc
         return _fully_parsed(certs, source)
     try:
         cert = x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CertificateFormatError(
             f"{source}: neither a PEM nor a DER certificate", source=source
         ) from exc

@@ -125,3 +125,18 @@ class NotConnectedError(DeviceSDKError):
 
 class OfflineQueueFullError(DeviceSDKError):
     """A QoS 1 publish made while offline did not fit in the bounded offline queue."""
+
+
+class IdentityStoreError(DeviceSDKError):
+    """The identity file cannot be written (permissions, full disk, missing directory)."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# --- warnings ----------------------------------------------------------------------------------
+
+
+class InsecureKeyFileWarning(UserWarning):
+    """The private key file may be read by other users of the board (group/others bits set)."""
