@@ -173,10 +173,32 @@ def issue_device_certificate(
 ) -> CertifiedKey:
     """An RSA client certificate (clientAuth) for one device, signed by ``ca``."""
     key = key or generate_rsa_key(key_size)
+    cert = build_device_certificate(
+        ca, key.public_key(), device_name, product_key=product_key, serial=serial, days=days,
+        now=now,
+    )
+    return CertifiedKey(cert, key)
+
+
+def build_device_certificate(
+    ca: CertifiedKey,
+    public_key: rsa.RSAPublicKey,
+    device_name: str,
+    *,
+    product_key: str | None = None,
+    serial: int | None = None,
+    days: int = 3650,
+    now: datetime | None = None,
+) -> x509.Certificate:
+    """The device certificate for ``public_key``, signed by ``ca``.
+
+    Separate from :func:`issue_device_certificate` so that batch issuance can generate keys in
+    worker processes and sign here without ever moving a private key between processes.
+    """
     not_before, not_after = _window(days, now)
-    cert = (
+    return (
         _leaf_builder(
-            ca, _name(device_name, product_key), key.public_key(), serial or random_serial(),
+            ca, _name(device_name, product_key), public_key, serial or random_serial(),
             not_before, not_after,
         )
         .add_extension(
@@ -190,7 +212,6 @@ def issue_device_certificate(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca.key, hashes.SHA256())
     )
-    return CertifiedKey(cert, key)
 
 
 def issue_server_certificate(

@@ -1,0 +1,303 @@
+"""The issuing engine's Python API: progress, resume after a crash, SN draws, directory rules."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+import pytest
+
+from device_sdk.certs import (
+    certificate_sn,
+    issued_by,
+    key_matches_certificate,
+    read_certificates,
+    read_private_key,
+)
+from device_sdk.naming import DeviceFileName
+from firmware_helpers.association_csv import read_associations
+from firmware_helpers.errors import (
+    DuplicateSerialError,
+    InvalidCAError,
+    InvalidInputError,
+    IssuanceError,
+)
+from firmware_helpers.issuing import (
+    generate_key_material,
+    issue_devices,
+    load_issuing_ca,
+    names_from_count,
+)
+from firmware_helpers.ledger import SerialLedger
+from firmware_helpers.pki import create_ca
+from tests.firmware.cert_helpers import write_ca
+
+if TYPE_CHECKING:
+    from tests.conftest import TestPKI
+
+PK = "a1B2c3D4e5F"
+
+
+@pytest.fixture(scope="module")
+def one_key() -> Callable[[], tuple[bytes, bytes]]:
+    """Test hook: one pre-made key reused for many certificates, to keep tests fast."""
+    material = generate_key_material()
+    return lambda: material
+
+
+def _check_directory(out: Path, ca_cert: Path, expected: list[str]) -> None:
+    """Every expected device has a complete, matching pair; SNs unique, in CSV and ledger."""
+    ca = read_certificates(ca_cert)[0]
+    ca_sn = certificate_sn(ca)
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    certs = sorted(out.glob("*.cer"))
+    keys = sorted(out.glob("*.key"))
+    assert [p.stem for p in certs] == [p.stem for p in keys]
+    assert sorted(DeviceFileName.parse(p).device_name for p in certs) == sorted(expected)
+    sns = {}
+    for cert_path in certs:
+        cert = read_certificates(cert_path)[0]
+        assert issued_by(cert, ca)
+        assert key_matches_certificate(read_private_key(cert_path.with_suffix(".key")), cert)
+        sns[DeviceFileName.parse(cert_path).device_name] = certificate_sn(cert)
+    assert len(set(sns.values())) == len(sns)
+    rows = read_associations(out / "associations.csv")
+    assert {r.device_name: r.cert_sn for r in rows} == sns
+    with SerialLedger(out / "sn-ledger.jsonl") as ledger:
+        entries = ledger.entries_for(ca_sn)
+    assert set(sns.values()) <= {e.sn for e in entries}
+    assert len({e.sn for e in entries}) == len(entries)
+
+
+def test_python_api_reports_progress_and_devices(pki: TestPKI, tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    names = names_from_count("api-", 4)
+    report = issue_devices(pki.ca, PK, names, tmp_path / "out", jobs=2,
+                           progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (0, 4) and calls[-1] == (4, 4)
+    assert [c[0] for c in calls] == [0, 1, 2, 3, 4]
+    assert [d.device_name for d in report.devices] == names
+    assert len(report.issued) == 4 and report.skipped == []
+    assert report.csv_files == [tmp_path / "out" / "associations.csv"]
+    assert report.rate > 0
+    ca_cert, _ = write_ca(pki.ca, tmp_path / "ca")
+    _check_directory(tmp_path / "out", ca_cert, names)
+    # every device got its own key
+    moduli = {read_private_key(d.key_path).public_key().public_numbers().n  # type: ignore[union-attr]
+              for d in report.devices}
+    assert len(moduli) == 4
+
+
+def test_resume_removes_leftovers_and_csv_covers_the_whole_directory(
+    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+) -> None:
+    out = tmp_path / "out"
+    issue_devices(pki.ca, PK, ["old-0001", "old-0002"], out, _key_source=one_key)
+    # leftovers of an interrupted run: a key without its certificate, a certificate without its
+    # key, and temporary files of atomic writes
+    orphan_key = out / DeviceFileName(PK, "new-0001", pki.ca.sn).key_name
+    orphan_key.write_bytes(b"half")
+    lone_cert = out / DeviceFileName(PK, "new-0002", pki.ca.sn).cert_name
+    lone_cert.write_bytes(b"half")
+    temp = out / f".{DeviceFileName(PK, 'new-0003', pki.ca.sn).key_name}.abc123_x.tmp"
+    temp.write_bytes(b"half")
+    unrelated = out / "notes.txt"
+    unrelated.write_text("keep me")
+
+    report = issue_devices(pki.ca, PK, ["new-0001", "new-0002", "new-0003", "old-0001"], out,
+                           _key_source=one_key)
+    assert sorted(p.name for p in report.removed) == sorted(
+        [orphan_key.name, lone_cert.name, temp.name])
+    assert report.skipped == ["old-0001"]
+    assert sorted(d.device_name for d in report.issued) == ["new-0001", "new-0002", "new-0003"]
+    assert unrelated.read_text() == "keep me"
+    ca_cert, _ = write_ca(pki.ca, tmp_path / "ca")
+    _check_directory(out, ca_cert, ["new-0001", "new-0002", "new-0003", "old-0001", "old-0002"])
+
+
+def test_colliding_sn_is_redrawn_and_never_reused(
+    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+) -> None:
+    out = tmp_path / "out"
+    first = issue_devices(pki.ca, PK, ["dev-0001"], out, _key_source=one_key)
+    taken = int(first.issued[0].sn, 16)
+    draws = iter([taken, taken, taken + 1])
+    second = issue_devices(pki.ca, PK, ["dev-0002"], out, _key_source=one_key,
+                           _serial_source=lambda: next(draws))
+    assert second.issued[0].sn == format(taken + 1, "x")
+
+    with pytest.raises(DuplicateSerialError, match="not random"):
+        issue_devices(pki.ca, PK, ["dev-0003"], out, _key_source=one_key,
+                      _serial_source=lambda: taken)
+    # the SN is reserved before anything is written: no file for dev-0003
+    assert not list(out.glob("*dev-0003*"))
+
+
+def test_ledger_shared_across_directories_keeps_sns_unique(
+    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    counter = itertools.count(0x8000000000000000)
+    fixed = [next(counter) for _ in range(3)]
+    # both batches draw from the same short sequence: the second must skip what the first used
+    issue_devices(pki.ca, PK, ["a-0001", "a-0002"], tmp_path / "a", ledger_path=ledger,
+                  _key_source=one_key, _serial_source=iter(fixed).__next__)
+    report = issue_devices(pki.ca, PK, ["b-0001"], tmp_path / "b", ledger_path=ledger,
+                           _key_source=one_key, _serial_source=iter(fixed).__next__)
+    assert report.issued[0].sn == format(fixed[2], "x")
+
+
+def test_certificate_named_for_this_ca_but_signed_by_another_is_refused(
+    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+) -> None:
+    out = tmp_path / "out"
+    impostor = create_ca("Test Private CA", key=pki._key_pool[1])
+    pair = pki.device(PK, "dev-0001", ca=impostor)
+    names = DeviceFileName(PK, "dev-0001", pki.ca.sn)  # claims our CA's SN in its name
+    out.mkdir()
+    pair.write(out / names.cert_name, out / names.key_name)
+    with pytest.raises(InvalidCAError, match="not signed by this CA's key"):
+        issue_devices(pki.ca, PK, ["dev-0002"], out, _key_source=one_key)
+
+
+def test_api_validates_options(pki: TestPKI, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="key size 1024"):
+        issue_devices(pki.ca, PK, ["dev-0001"], tmp_path, key_size=1024)
+    with pytest.raises(InvalidInputError, match="--jobs"):
+        issue_devices(pki.ca, PK, ["dev-0001"], tmp_path, jobs=0)
+    with pytest.raises(InvalidInputError, match="--days"):
+        issue_devices(pki.ca, PK, ["dev-0001"], tmp_path, days=0)
+    with pytest.raises(InvalidInputError, match="no device names"):
+        issue_devices(pki.ca, PK, [], tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_load_issuing_ca_maps_unreadable_files(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.cer"
+    bad.write_text("-----BEGIN RSA PRIVATE KEY-----\nxx\n-----END RSA PRIVATE KEY-----\n")
+    with pytest.raises(InvalidCAError, match="no CERTIFICATE block"):
+        load_issuing_ca(bad, bad)
+
+
+# --- interrupted runs (real subprocesses) ------------------------------------------------------
+
+
+def _start_issue(ca_cert: Path, ca_key: Path, out: Path, count: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "iotx509", "certs", "issue", "--ca", str(ca_cert),
+         "--ca-key", str(ca_key), "--product-key", PK, "--count", str(count),
+         "--prefix", "kill-", "--out", str(out), "--jobs", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+
+
+def _wait_for_certs(out: Path, at_least: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if out.is_dir() and len(list(out.glob("*.cer"))) >= at_least:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    pytest.fail("the issuing run made no progress")
+
+
+def test_sigkill_mid_run_then_rerun_completes_every_pair(pki: TestPKI, tmp_path: Path) -> None:
+    ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
+    out = tmp_path / "out"
+    count = 48
+    proc = _start_issue(ca_cert, ca_key, out, count)
+    try:
+        _wait_for_certs(out, 3, proc)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers, "the run should generate keys in worker processes"
+        os.kill(proc.pid, signal.SIGKILL)  # the run only, not its workers
+        proc.wait(timeout=30)
+        # the key-generation workers notice their parent is gone and exit by themselves
+        _gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    made = len(list(out.glob("*.cer")))
+    assert made >= 3
+    for cert in out.glob("*.cer"):  # key first, certificate last: no certificate without key
+        assert cert.with_suffix(".key").exists()
+
+    rerun = _start_issue(ca_cert, ca_key, out, count)
+    stdout, stderr = rerun.communicate(timeout=240)
+    assert rerun.returncode == 0, stderr.decode()
+    if made < count:
+        assert f"{made} already present" in stdout.decode()
+    _check_directory(out, ca_cert, names_from_count("kill-", count))
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(pki: TestPKI, tmp_path: Path) -> None:
+    ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
+    out = tmp_path / "out"
+    proc = _start_issue(ca_cert, ca_key, out, 40)
+    try:
+        _wait_for_certs(out, 2, proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+        _stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    if proc.returncode == 0:  # pragma: no cover - the run finished before the signal landed
+        pytest.skip("the run finished before Ctrl-C")
+    assert proc.returncode == 130
+    text = stderr.decode()
+    assert "run the same command again to resume" in text
+    assert "Traceback" not in text
+    for cert in out.glob("*.cer"):
+        assert cert.with_suffix(".key").exists()
+    for key in out.glob("*.key"):  # Ctrl-C finishes the pair in hand: no orphan key either
+        assert key.with_suffix(".cer").exists()
+
+
+def test_a_worker_killed_mid_run_is_a_clear_error_and_loses_nothing(
+    pki: TestPKI, tmp_path: Path
+) -> None:
+    before = {p.pid for p in psutil.Process().children()}
+    killed: list[int] = []
+
+    def kill_a_worker(done: int, _total: int) -> None:
+        if done == 1 and not killed:
+            for child in psutil.Process().children():
+                if child.pid not in before:
+                    child.kill()
+                    killed.append(child.pid)
+
+    out = tmp_path / "out"
+    with pytest.raises(IssuanceError, match="worker process died"):
+        issue_devices(pki.ca, PK, names_from_count("w-", 30), out, jobs=2,
+                      progress=kill_a_worker)
+    assert killed
+    for key in out.glob("*.key"):
+        assert key.with_suffix(".cer").exists()
+    report = issue_devices(pki.ca, PK, names_from_count("w-", 30), out, jobs=2)
+    assert len(report.skipped) >= 1
+    ca_cert, _ = write_ca(pki.ca, tmp_path / "ca")
+    _check_directory(out, ca_cert, names_from_count("w-", 30))
+
+
+def test_unreadable_existing_certificate_is_reported_not_overwritten(
+    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    names = DeviceFileName(PK, "dev-0001", pki.ca.sn)
+    (out / names.cert_name).write_bytes(b"garbage")
+    (out / names.key_name).write_bytes(b"key")
+    with pytest.raises(IssuanceError, match="cannot be read"):
+        issue_devices(pki.ca, PK, ["dev-0002"], out, _key_source=one_key)
+    assert (out / names.cert_name).read_bytes() == b"garbage"
