@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from firmware_helpers.pki import create_ca, issue_verification_certificate
-from server_stub.client import PlatformClient
+from firmware_helpers.platform_client import PlatformClient, UploadFile
 from server_stub.registry import Registry
 from server_stub.registry.associations import parse_associations
 from server_stub.store import SqliteStore
@@ -50,19 +50,19 @@ def bench_http(rows: int, runs: int, work: Path) -> tuple[list[float], list[floa
     with running_server(work / "server") as server:
         client = PlatformClient(server.http_url, server.token)
         ver = issue_verification_certificate(ca, client.registration_code())
-        ca_sn = client.register_ca("bench_ca", ("ca.pem", ca.cert_pem()),
-                                   ("v.crt", ver.cert_pem()))["caSn"]
+        ca_sn = client.register_ca("bench_ca", UploadFile("ca.pem", ca.cert_pem()),
+                                   UploadFile("v.crt", ver.cert_pem()))["caSn"]
         uploads, rejects = [], []
         for run in range(runs):
             pk = client.create_product(f"bench {run}")["productKey"]
             data = make_csv(pk, rows, run * rows)
             print(f"  HTTP run {run + 1}/{runs}: {len(data):,} bytes", file=sys.stderr)
-            uploads.append(timed(lambda d=data: client.associate(ca_sn, "a.csv", d)))
+            uploads.append(timed(lambda d=data: client.associate(ca_sn, UploadFile("a.csv", d))))
             bad = make_csv(pk, rows, (runs + run) * rows).replace(b",device-", b",d!", 1)
 
             def reject(b: bytes = bad) -> None:
                 try:
-                    client.associate(ca_sn, "bad.csv", b)
+                    client.associate(ca_sn, UploadFile("bad.csv", b))
                 except Exception as exc:  # the rejection is what is timed
                     assert "nothing was saved" in str(exc)
                 else:

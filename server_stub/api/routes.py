@@ -233,7 +233,11 @@ async def send_message(
     if body.qos not in (0, 1):
         raise InvalidInputError(f"qos {body.qos} is not supported; use 0 or 1")
     payload = _payload(body)
-    if not messaging.deliver(productKey, deviceName, body.topic, payload, body.qos):
+    try:
+        delivered = messaging.deliver(productKey, deviceName, body.topic, payload, body.qos)
+    except ValueError as exc:  # the endpoint's InvalidTopicError / InvalidMessageError (size)
+        raise InvalidInputError(str(exc)) from exc
+    if not delivered:
         raise DeviceOfflineError(f"device {productKey}/{deviceName} is not connected")
     return Delivered(delivered=True)
 

@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 
 from device_sdk.certs import is_ca, issued_by
-from server_stub.client import PlatformClient
+from firmware_helpers.platform_client import PlatformClient
 from server_stub.errors import ServerStartupError
 from server_stub.testing import running_server, server_command
 
