@@ -1,0 +1,71 @@
+"""What one Locust process knows about the simulation: fleet, template, endpoint, leases.
+
+Built once per process in Locust's ``init`` event from the command-line options (see
+:mod:`simulator.locust_plugin`) and kept on the Locust ``Environment``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from simulator.errors import SimulatorError
+from simulator.fleet import Fleet, MqttEndpoint
+from simulator.template import DeviceTemplate
+
+if TYPE_CHECKING:
+    from simulator.distribution import Leases
+
+_ATTRIBUTE = "iotx509_simulation"
+
+
+@dataclass
+class SimulationConfig:
+    fleet: Fleet
+    template: DeviceTemplate
+    leases: Leases
+    endpoint: tuple[str, int]
+    scenario: str = "steady"
+    keepalive: int = 300
+    reconnect_base: float = 1.0
+    reconnect_cap: float = 120.0
+    stable_period: float = 30.0
+    lease_log: Path | None = None
+    fleet_api_token: str | None = None
+    device_client: str = "gevent"
+    """``gevent`` (thousands per process) or ``sdk`` (the SDK's DeviceClient, a few hundred)."""
+
+    @classmethod
+    def of(cls, environment: Any) -> SimulationConfig:
+        config = getattr(environment, _ATTRIBUTE, None)
+        if config is None:
+            raise SimulatorError(
+                "the simulation is not configured: run the locustfile with --fleet FLEET "
+                "(and import DeviceUser through simulator.locustfile or simulator.locust_plugin)"
+            )
+        assert isinstance(config, SimulationConfig)
+        return config
+
+    def install(self, environment: Any) -> None:
+        setattr(environment, _ATTRIBUTE, self)
+
+    def record_lease(self, index: int, device_name: str) -> None:
+        """Append ``pid index name`` to the lease log (one O_APPEND write: atomic per line)."""
+        if self.lease_log is None:
+            return
+        line = f"{os.getpid()} {index} {device_name}\n".encode()
+        fd = os.open(self.lease_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+def endpoint_for(fleet: Fleet, host_option: str | None) -> tuple[str, int]:
+    """The fleet's endpoint unless Locust's ``--host mqtts://H:P`` overrides it."""
+    if host_option:
+        parsed = MqttEndpoint.parse(host_option)
+        return parsed.host, parsed.port
+    return fleet.mqtt.host, fleet.mqtt.port

@@ -1,0 +1,123 @@
+"""Shared helpers: a real reference server, a real fleet on it, and real Locust runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from server_stub.testing import RunningServer, running_server
+from simulator.fleet import Fleet
+from simulator.fleet_create import CreateOptions, create_fleet
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCUSTFILE = ROOT / "simulator" / "locustfile.py"
+
+#: A quick device: telemetry every second, half the fleet answers a command every 2 s.
+FAST_TEMPLATE = {
+    "seed": 5,
+    "telemetry": {"interval": 1, "topic": "user/update", "qos": 1},
+    "fields": {
+        "t": {"type": "sinusoid", "mean": 20, "amplitude": 2, "period": 60},
+        "n": {"type": "step", "start": 0, "step": 1},
+    },
+    "commands": {"share": 0.5, "interval": 2, "timeout": 5},
+}
+
+
+def new_fleet(server: RunningServer, out: Path, count: int, **kwargs: object) -> Fleet:
+    return create_fleet(CreateOptions(
+        server=server.http_url, token=server.token, count=count, out=out,
+        server_ca=server.server_ca, mqtt=f"mqtts://{server.mqtt_host}:{server.mqtt_port}",
+        jobs=1, **kwargs,  # type: ignore[arg-type]
+    ))
+
+
+def write_template(directory: Path, **changes: object) -> Path:
+    data = {**FAST_TEMPLATE, **changes}
+    path = directory / "template.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def locust_command(fleet_dir: Path, csv_prefix: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--fleet", str(fleet_dir),
+            "--csv", str(csv_prefix), "--only-summary", "--loglevel", "WARNING", *args]
+
+
+def run_locust(fleet_dir: Path, csv_prefix: Path, *args: str,
+               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        locust_command(fleet_dir, csv_prefix, "--headless", *args), capture_output=True,
+        text=True, timeout=timeout, cwd=csv_prefix.parent, env=locust_env(),
+    )
+
+
+def locust_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("IOTX509_TOKEN", None)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@dataclass
+class StatRow:
+    requests: int
+    failures: int
+    average_ms: float
+
+
+def read_stats(csv_prefix: Path) -> dict[str, StatRow]:
+    rows: dict[str, StatRow] = {}
+    with open(f"{csv_prefix}_stats.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows[row["Name"]] = StatRow(int(row["Request Count"]), int(row["Failure Count"]),
+                                        float(row["Average Response Time"] or 0))
+    return rows
+
+
+def read_failures(csv_prefix: Path) -> list[dict[str, str]]:
+    with open(f"{csv_prefix}_failures.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def read_history(csv_prefix: Path, name: str) -> list[dict[str, str]]:
+    with open(f"{csv_prefix}_stats_history.csv", newline="") as fh:
+        return [row for row in csv.DictReader(fh) if row["Name"] == name]
+
+
+def explain(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the tests that do not break it."""
+    with running_server(tmp_path_factory.mktemp("sim-server") / "data") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_fleet(shared_server: RunningServer,
+                 tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    return new_fleet(shared_server, tmp_path_factory.mktemp("sim-fleet") / "fleet", 30)
+
+
+def lease_lines(path: Path) -> list[tuple[int, int, str]]:
+    out = []
+    for line in path.read_text().splitlines():
+        pid, index, name = line.split()
+        out.append((int(pid), int(index), name))
+    return out
+
+
+def ports_args(server: RunningServer) -> Sequence[str]:
+    http_port = server.http_url.rsplit(":", 1)[1].rstrip("/")
+    return ("--http-port", http_port, "--mqtt-port", str(server.mqtt_port))
