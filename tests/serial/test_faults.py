@@ -131,7 +131,10 @@ def test_ctrl_c_on_the_host_keeps_the_previous_credentials(
 ) -> None:
     store, before = store_with_a
     b = pairs[1]
-    with SimBoard(store, faults=FaultPlan(baud=9600)) as sim:
+    # The line stalls after the 4th frame, so the transfer cannot finish before the Ctrl-C,
+    # however slowly a loaded machine schedules this test; the host is waiting for an ACK
+    # (its first retry comes only after ~9 s at 9600 baud) when the signal arrives.
+    with SimBoard(store, faults=FaultPlan(baud=9600, stall_after=4, stall_seconds=3)) as sim:
         host = subprocess.Popen(
             [sys.executable, "-m", "iotx509", "provision", "--port", sim.port, "--baud", "9600",
              "--cert", str(b.cert), "--key", str(b.key), "--server-ca", str(b.server_ca)],
