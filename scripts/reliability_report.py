@@ -77,7 +77,7 @@ STATIC_ROWS = [
               "always-corrupt line; stalled board; reboot loop",
               "one provisioning run per fault against a simulated board on a real pty", "5"),
     StaticRow("tests/serial/test_faults.py::test_cli_other_version_exits_with_a_clear_message",
-              "serial: other protocol version through the CLI", "CLI run against a version-2 board", "1"),
+              "serial: other protocol version through the CLI", "CLI run against a board speaking protocol version 7", "1"),
     StaticRow("tests/serial/test_faults.py::test_ctrl_c_on_the_host_keeps_the_previous_credentials",
               "serial: host interrupted with Ctrl-C mid-transfer", "SIGINT to the host tool", "1"),
     StaticRow("tests/serial/test_faults.py::test_power_cut_before_the_commit_point_keeps_the_old_set",
