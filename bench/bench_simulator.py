@@ -36,11 +36,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from device_sdk.credentials import Credentials  # noqa: E402
 from device_sdk.platform import ClientId  # noqa: E402
 from device_sdk.tls import build_ssl_context  # noqa: E402
 from server_stub.mqtt import codec  # noqa: E402
 from server_stub.testing import RunningServer, running_server  # noqa: E402
-from simulator.credentials import load_device_credentials  # noqa: E402
 from simulator.fleet import Fleet  # noqa: E402
 from simulator.fleet_create import CreateOptions, TextProgress, create_fleet  # noqa: E402
 
@@ -73,7 +73,8 @@ def ceiling(server: RunningServer, fleet: Fleet, seconds: float, concurrency: in
     port = server.mqtt_port
     prepared = []
     for device in fleet.devices[:contexts]:
-        creds = load_device_credentials(fleet.path(device.cert), fleet.path(device.key))
+        creds = Credentials.from_files(fleet.path(device.cert), fleet.path(device.key),
+                                       check_key=False)
         ctx = build_ssl_context(creds, fleet.server_ca_path)
         connect = codec.encode(codec.Connect(str(ClientId.for_x509(creds.sn)), 300))
         prepared.append((ctx, connect))

@@ -41,7 +41,7 @@ from device_sdk.identity import Identity
 
 if TYPE_CHECKING:
     from device_sdk.backoff import Backoff, BackoffPolicy
-    from device_sdk.client import ConnectionState, Delivery, DeviceClient, Message
+    from device_sdk.client import ConnectionState, ConnectTiming, Delivery, DeviceClient, Message
     from device_sdk.credentials import Credentials
     from device_sdk.offline_queue import DropPolicy
 
@@ -49,6 +49,7 @@ _LAZY = {
     "Backoff": "device_sdk.backoff",
     "BackoffPolicy": "device_sdk.backoff",
     "ConnectionState": "device_sdk.client",
+    "ConnectTiming": "device_sdk.client",
     "Delivery": "device_sdk.client",
     "DeviceClient": "device_sdk.client",
     "Message": "device_sdk.client",
@@ -73,6 +74,7 @@ __all__ = [
     "CertificateRejectedError",
     "ClockError",
     "ConnectTimeoutError",
+    "ConnectTiming",
     "ConnectionFailedError",
     "ConnectionRefusedByServerError",
     "ConnectionState",

@@ -287,7 +287,9 @@ def load_private_key(
         raise KeyFormatError(f"{source}: unsupported key algorithm ({exc})", source=source) from exc
 
 
-def read_private_key(path: str | Path, *, password: bytes | str | None = None) -> PrivateKeyTypes:
+def read_private_key(
+    path: str | Path, *, password: bytes | str | None = None, check_rsa_key: bool = True
+) -> PrivateKeyTypes:
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -295,7 +297,7 @@ def read_private_key(path: str | Path, *, password: bytes | str | None = None) -
         raise KeyFormatError(
             f"cannot read key file {path}: {exc.strerror or exc}", source=str(path)
         ) from exc
-    return load_private_key(data, password=password, source=str(path))
+    return load_private_key(data, password=password, source=str(path), check_rsa_key=check_rsa_key)
 
 
 def require_rsa_key(key: PrivateKeyTypes, *, source: str = "private key") -> rsa.RSAPrivateKey:

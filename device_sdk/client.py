@@ -14,9 +14,15 @@ need and paho does not do:
   one retry per ``cap`` for refusals that retrying cannot fix.
 - **An offline queue** for QoS 1 publishes (:mod:`device_sdk.offline_queue`).
 
-Threads: one network thread per client runs the paho loop and every callback (the application's
-``on_message``, ``on_identity_changed`` and ``on_connection_state`` too, so they must not block
-for long). ``publish``/``subscribe``/``disconnect`` may be called from any thread.
+Threads: socket I/O is done by a network driver (:mod:`device_sdk.network`), by default one
+thread with one epoll selector shared by every client of the process -- no ``select()``, so no
+limit at file descriptor 1024, and no I/O thread per client. paho's callbacks, hence the
+application's ``on_message`` and ``on_identity_changed``, run on that network thread and must not
+block (a slow callback delays every client of the driver). Each client also has a connection
+thread that makes the blocking TCP connect + TLS handshake, watches the CONNACK/identity deadlines
+and sleeps through the backoff; ``on_connection_state`` runs there, or on the network thread for
+ONLINE. ``publish``/``subscribe``/``disconnect`` may be called from any thread (also from a
+callback).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from device_sdk.errors import (
 )
 from device_sdk.identity import Identity
 from device_sdk.identity_store import IdentityStore
+from device_sdk.network import NetworkDriver, default_driver
 from device_sdk.offline_queue import DropPolicy, OfflineQueue, QueuedMessage
 from device_sdk.platform import (
     IDENTITY_TOPIC,
@@ -90,11 +97,8 @@ _V311_CODE = {
     _RC_NOT_AUTHORIZED: 5,
 }
 
-#: How often the network thread wakes up when nothing happens: often while deadlines (CONNACK,
-#: identity) are pending, rarely once online (paho's wake-up pipe interrupts it for publishes
-#: and disconnect, so a long tick costs no latency, only idle CPU on the board).
-_LOOP_TICK = 0.25
-_LOOP_TICK_ONLINE = 2.0
+#: How long a goodbye (DISCONNECT) may take before the socket is closed without it.
+_GOODBYE_TIMEOUT = 2.0
 
 
 class ConnectionState(enum.Enum):
@@ -114,6 +118,20 @@ class Message:
     payload: bytes
     qos: int
     retain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectTiming:
+    """How long the last successful connection took, measured by the client (seconds).
+
+    ``handshake``: TCP connect + TLS handshake; ``connect``: from the start of the attempt until
+    CONNACK (handshake included); ``identity``: from CONNACK until the platform's identity
+    message (None with ``expect_identity=False``).
+    """
+
+    handshake: float
+    connect: float
+    identity: float | None
 
 
 MessageCallback = Callable[[Message], None]
@@ -165,9 +183,13 @@ class _Attempt:
     """What happened during one connection attempt (network thread only)."""
 
     sent_username: bool
+    started: float = 0.0
     handshake_done: bool = False
+    handshake_at: float = 0.0
     connack: bool = False
     online: bool = False
+    closed: bool = False
+    """paho reported the end of this connection (socket closed)."""
     refusal: DeviceSDKError | None = None
     connack_at: float = 0.0
 
@@ -218,6 +240,9 @@ class DeviceClient:
     ``on_connection_state(state, error)``: every state change; ``error`` says why the device is
     offline (refusals that retrying cannot fix arrive here too, then are retried at the cap).
     ``rng``: a seeded ``random.Random`` makes the backoff reproducible (tests).
+    ``network``: the :class:`~device_sdk.network.NetworkDriver` doing the socket I/O; default
+    the process's shared epoll thread (:func:`~device_sdk.network.default_driver`). Event-loop
+    applications (gevent, ...) pass their own.
     """
 
     def __init__(
@@ -242,6 +267,7 @@ class DeviceClient:
         on_identity_changed: IdentityChangedCallback | None = None,
         on_connection_state: ConnectionStateCallback | None = None,
         rng: random.Random | None = None,
+        network: NetworkDriver | None = None,
     ) -> None:
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is not a TCP port (1-65535)")
@@ -278,6 +304,9 @@ class DeviceClient:
         self._fail_fast = False
         self._thread: threading.Thread | None = None
         self._attempt: _Attempt | None = None
+        self._last_timing: ConnectTiming | None = None
+        self._network = network if network is not None else default_driver()
+        self._network_thread: int | None = None
 
         self._deliveries: dict[int, Delivery] = {}
         self._early_acks: set[int] = set()
@@ -307,6 +336,24 @@ class DeviceClient:
     @property
     def offline_queue(self) -> OfflineQueue:
         return self._queue
+
+    @property
+    def last_connect_timing(self) -> ConnectTiming | None:
+        """Timing of the most recent connection that went online (set before the ONLINE state
+        is reported, so ``on_connection_state`` can read it)."""
+        with self._lock:
+            return self._last_timing
+
+    def start(self) -> None:
+        """Connect in the background and stay connected; returns at once.
+
+        Unlike :meth:`connect` it never raises for the server's answer: every attempt's outcome
+        arrives through ``on_connection_state`` (ONLINE, or OFFLINE with the error), refusals
+        that retrying cannot fix are retried at the backoff cap. Stop with :meth:`disconnect`.
+        """
+        with self._lock:
+            self._fail_fast = False
+            self._start()
 
     def connect(self, timeout: float = 10.0) -> Identity | None:
         """Connect and block until online (identity received); start reconnecting on loss.
@@ -469,10 +516,10 @@ class DeviceClient:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
-        # An "external loop" registration keeps paho from writing to the socket from the
-        # application's thread: only the network thread touches the TLS socket.
-        client.on_socket_register_write = _ignore_socket
-        client.on_socket_unregister_write = _ignore_socket
+        client.on_disconnect = self._on_disconnect
+        # The driver installs paho's external-loop socket callbacks: only its thread reads and
+        # writes the TLS socket (paho then never writes from the application's thread either).
+        self._network.attach(client)
         return client
 
     def _start(self) -> None:
@@ -486,9 +533,14 @@ class DeviceClient:
 
     def _shutdown(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        with self._lock:
+            self._changed.notify_all()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            self._mqtt.disconnect()
+        current = threading.current_thread()
+        on_network = threading.get_ident() == self._network_thread
+        if thread is not None and thread is not current and not on_network:
+            # (From a callback on the network thread the goodbye needs that very thread: the
+            # connection thread finishes it on its own.)
             thread.join(timeout)
         self._thread = None
 
@@ -522,54 +574,40 @@ class DeviceClient:
             self._set_state(ConnectionState.STOPPED, None, notify_error=False)
 
     def _session(self) -> DeviceSDKError:
-        """One connection: connect, run until it ends, return why it ended."""
+        """One connection: connect, wait until it ends, return why it ended."""
         with self._lock:
             identity = self._identity if not self._skip_username else None
         self._set_state(ConnectionState.CONNECTING, None, notify_error=False)
-        attempt = _Attempt(sent_username=identity is not None)
+        attempt = _Attempt(sent_username=identity is not None, started=time.monotonic())
         self._attempt = attempt
         self._socket_error.error = None
         self._mqtt.username_pw_set(format_username(identity) if identity else None, None)
         try:
             self.credentials.check_validity()
+            # Blocking TCP connect + TLS handshake on this (connection) thread; paho then hands
+            # the non-blocking socket to the network driver and queues CONNECT.
             self._mqtt.connect(self.host, self.port, self.keepalive)
         except DeviceSDKError as exc:
             return exc
         except (OSError, ValueError) as exc:
             return map_connect_error(exc, self.host, self.port,
                                      server_hostname=self.server_hostname)
-        attempt.handshake_done = True
-        started = time.monotonic()
-        ended: DeviceSDKError | None = None
-        while True:
-            if self._stop.is_set():
-                self._mqtt.disconnect()
-                self._finish_disconnect()
-                return NotConnectedError("disconnected by the application")
-            rc = self._mqtt.loop(_LOOP_TICK_ONLINE if attempt.online else _LOOP_TICK)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break
-            now = time.monotonic()
-            if not attempt.connack and now - started > self.attempt_timeout:
-                ended = ConnectTimeoutError(
-                    f"no CONNACK from {self.host}:{self.port} within {self.attempt_timeout:g} s "
-                    f"after the TLS handshake; is this an MQTT server?",
-                    host=self.host, port=self.port,
-                )
-                break
-            if (attempt.connack and not attempt.online and self.expect_identity
-                    and now - attempt.connack_at > self.identity_timeout):
-                ended = IdentityTimeoutError(
-                    f"connected to {self.host}:{self.port} but the platform did not send this "
-                    f"device's identity within {self.identity_timeout:g} s; for a generic MQTT "
-                    f"broker use expect_identity=False"
-                )
-                break
-        self._close_socket()
+        with self._lock:
+            attempt.handshake_done = True
+            if not attempt.handshake_at:  # (CONNACK may already be in: then it was set there)
+                attempt.handshake_at = time.monotonic()
+        ended = self._wait_until_ended(attempt)
+        if self._stop.is_set() and not attempt.closed:
+            self._goodbye(attempt)
+            return NotConnectedError("disconnected by the application")
+        if not attempt.closed:
+            self._goodbye(attempt)
         if attempt.refusal is not None:
             return attempt.refusal
         if ended is not None:
             return ended
+        if self._stop.is_set():
+            return NotConnectedError("disconnected by the application")
         cause = self._socket_error.error
         if not attempt.connack:
             return map_connect_error(
@@ -586,37 +624,78 @@ class DeviceClient:
             error.__cause__ = cause
         return error
 
-    def _close_socket(self) -> None:
-        sock = self._mqtt.socket()
-        if sock is not None:
+    def _wait_until_ended(self, attempt: _Attempt) -> DeviceSDKError | None:
+        """Sleep until the connection closes, the application stops, or a deadline (CONNACK,
+        identity) passes; the deadline's error, else None."""
+        with self._lock:
+            while not attempt.closed and not self._stop.is_set():
+                now = time.monotonic()
+                deadline: float | None = None
+                if not attempt.connack:
+                    deadline = attempt.handshake_at + self.attempt_timeout
+                    if now >= deadline:
+                        return ConnectTimeoutError(
+                            f"no CONNACK from {self.host}:{self.port} within "
+                            f"{self.attempt_timeout:g} s after the TLS handshake; is this an MQTT "
+                            f"server?", host=self.host, port=self.port,
+                        )
+                elif not attempt.online and self.expect_identity:
+                    deadline = attempt.connack_at + self.identity_timeout
+                    if now >= deadline:
+                        return IdentityTimeoutError(
+                            f"connected to {self.host}:{self.port} but the platform did not send "
+                            f"this device's identity within {self.identity_timeout:g} s; for a "
+                            f"generic MQTT broker use expect_identity=False"
+                        )
+                self._changed.wait(None if deadline is None else deadline - now)
+        return None
+
+    def _goodbye(self, attempt: _Attempt) -> None:
+        """Send DISCONNECT (the driver writes it, then paho closes the socket); close the
+        socket without it when that does not happen within ``_GOODBYE_TIMEOUT``."""
+        if self._mqtt.socket() is None:
+            return
+        try:
+            self._mqtt.disconnect()
+        except Exception:  # best effort: the link may already be gone
+            pass
+        deadline = time.monotonic() + _GOODBYE_TIMEOUT
+        with self._lock:
+            while not attempt.closed and self._mqtt.socket() is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+        # After writing DISCONNECT paho reports the end first and closes the socket right after,
+        # on the network thread: let it finish so that the socket is gone when we return.
+        while self._mqtt.socket() is not None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if self._mqtt.socket() is not None:
             try:
-                self._mqtt.disconnect()
-                self._mqtt.loop(0)
-            except Exception:  # best effort: the link is already gone
-                pass
-            try:
-                sock.close()
+                # paho has no public "close now"; its own close tells the driver first.
+                self._mqtt._sock_close()
             except OSError:
                 pass
-
-    def _finish_disconnect(self) -> None:
-        deadline = time.monotonic() + 2.0
-        while self._mqtt.socket() is not None and time.monotonic() < deadline:
-            if self._mqtt.loop(_LOOP_TICK) != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break
 
     # --- paho callbacks (network thread) -------------------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
+        self._network_thread = threading.get_ident()
         attempt = self._attempt
         if attempt is None:
             return
         if reason_code.is_failure:
-            attempt.refusal = self._connack_error(int(reason_code.value), attempt)
+            with self._lock:
+                attempt.refusal = self._connack_error(int(reason_code.value), attempt)
+                self._changed.notify_all()
             return
-        attempt.connack = True
-        attempt.connack_at = time.monotonic()
+        with self._lock:
+            attempt.connack = True
+            attempt.connack_at = time.monotonic()
+            if not attempt.handshake_at:
+                attempt.handshake_at = attempt.connack_at
+            self._changed.notify_all()
         log.info("%s:%d accepted the connection (client id %s)", self.host, self.port,
                  self.client_id)
         if not self.expect_identity:
@@ -661,7 +740,18 @@ class DeviceClient:
             code=code, host=self.host, port=self.port,
         )
 
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        """The socket is closed (by either side, or a keep-alive timeout): the session ends."""
+        attempt = self._attempt
+        if attempt is None:
+            return
+        with self._lock:
+            attempt.closed = True
+            self._changed.notify_all()
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._network_thread = threading.get_ident()
         if msg.topic == IDENTITY_TOPIC:
             self._on_identity(bytes(msg.payload))
             return
@@ -729,10 +819,16 @@ class DeviceClient:
     # --- online ------------------------------------------------------------------------------------
 
     def _go_online(self, attempt: _Attempt) -> None:
+        now = time.monotonic()
         attempt.online = True
         self._backoff.connected()
         self._resubscribe()
         with self._lock:
+            self._last_timing = ConnectTiming(
+                handshake=attempt.handshake_at - attempt.started,
+                connect=attempt.connack_at - attempt.started,
+                identity=now - attempt.connack_at if self.expect_identity else None,
+            )
             self._online_serial += 1
         self._set_state(ConnectionState.ONLINE, None, notify_error=False)
         self._drain()
@@ -812,6 +908,3 @@ class DeviceClient:
         except Exception:
             log.exception("application callback %r failed", callback)
 
-
-def _ignore_socket(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """See ``_make_paho_client``: the network thread's select() handles writes."""

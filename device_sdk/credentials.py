@@ -58,10 +58,17 @@ class Credentials:
         cert_source: str = "certificate",
         key_source: str = "private key",
         now: datetime | None = None,
+        check_key: bool = True,
     ) -> Credentials:
-        """From bytes in memory (PEM or DER certificate chain; PKCS#1/PKCS#8 key)."""
+        """From bytes in memory (PEM or DER certificate chain; PKCS#1/PKCS#8 key).
+
+        ``check_key=False`` skips OpenSSL's RSA key consistency check (~30 ms of CPU per
+        2048-bit key), for keys this kit generated or checked before (fleet simulators load
+        thousands); every other check stays, the key must still belong to the certificate.
+        """
         chain = certs.CertificateChain.load(certificate, source=cert_source)
-        key = certs.load_private_key(private_key, password=password, source=key_source)
+        key = certs.load_private_key(private_key, password=password, source=key_source,
+                                     check_rsa_key=check_key)
         return cls._checked(chain, key, cert_source=cert_source, key_source=key_source, now=now)
 
     @classmethod
@@ -72,16 +79,17 @@ class Credentials:
         password: Password = None,
         *,
         now: datetime | None = None,
+        check_key: bool = True,
     ) -> Credentials:
         """Load ``cert`` (leaf first, intermediates after it) and ``key``, then check them.
 
         Warns (:class:`~device_sdk.errors.InsecureKeyFileWarning` and the log) when the key file
-        is readable or writable by group or others.
+        is readable or writable by group or others. ``check_key``: see :meth:`from_pem`.
         """
         cert_path, key_path = Path(cert), Path(key)
         certs_list = certs.read_certificates(cert_path)
         chain = certs.CertificateChain(certs_list[0], tuple(certs_list[1:]))
-        private_key = certs.read_private_key(key_path, password=password)
+        private_key = certs.read_private_key(key_path, password=password, check_rsa_key=check_key)
         creds = cls._checked(
             chain, private_key, cert_source=str(cert_path), key_source=str(key_path), now=now,
             file_name=DeviceFileName.try_parse(cert_path.name),

@@ -34,8 +34,6 @@ class SimulationConfig:
     stable_period: float = 30.0
     lease_log: Path | None = None
     fleet_api_token: str | None = None
-    device_client: str = "gevent"
-    """``gevent`` (thousands per process) or ``sdk`` (the SDK's DeviceClient, a few hundred)."""
 
     @classmethod
     def of(cls, environment: Any) -> SimulationConfig:

@@ -1,17 +1,16 @@
-"""Drive many paho-mqtt clients from gevent's event loop instead of paho's ``select()`` loop.
+"""The SDK's network driver on gevent: paho's socket I/O from gevent's hub (epoll).
 
-Why: Locust runs on gevent. paho's network loop (``loop_start``/``loop_forever``) calls
-``select.select``; gevent's monkey-patched ``select`` first polls with the real ``select()``,
-which refuses file descriptors >= 1024 (FD_SETSIZE). paho takes that ``ValueError`` as a lost
-connection, so under Locust a process stalls at about 320-340 connected clients (measured:
-321 of 1,500 after 60 s, no error raised anywhere). Each ``loop_start`` also costs a thread (a
-greenlet under gevent) and a socket pair per client.
+Why: Locust runs on gevent. paho's own loop calls ``select()``, which refuses file descriptors
+>= 1024 (FD_SETSIZE), and the SDK's default driver (:class:`device_sdk.network.SelectorDriver`)
+would run its thread as one more greenlet polling through gevent's ``selectors`` shim. This
+driver gives paho's external-loop callbacks straight to the hub instead: one read watcher per
+connection, a writer greenlet only while output is pending, ``loop_misc`` (keep-alive) from one
+shared timer; no thread, no socket pair per device.
 
-paho's documented external-loop interface avoids all of it: ``on_socket_open``/``close`` and
-``on_socket_register_write``/``unregister_write`` tell us when a socket appears and when it has
-data to send; we then call ``loop_read``/``loop_write`` when gevent's hub (epoll) says the socket
-is ready, and ``loop_misc`` (keep-alive) from one shared timer. One read watcher per connection,
-a writer greenlet only while output is pending, no socket pair, no thread.
+It implements :class:`device_sdk.network.NetworkDriver`: pass it as
+``DeviceClient(..., network=shared_loop())``. paho's callbacks (so the client's ``on_message``)
+then run in the connection's reader greenlet and must not block on network results of the same
+connection (spawn a greenlet for that).
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ from typing import Any
 
 import gevent
 from gevent.hub import get_hub
+
+from device_sdk.network import MISC_INTERVAL
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +42,26 @@ class _Conn:
 
 
 class GeventLoop:
-    """Attach paho ``Client`` objects; their network I/O then runs on gevent's hub.
+    """A :class:`~device_sdk.network.NetworkDriver`: attached paho clients do their network I/O
+    on gevent's hub.
 
     Use one loop per process (:func:`shared_loop`). ``attach`` must happen before the client's
-    ``connect()``; do not call ``loop_start``/``loop_forever`` on an attached client.
+    ``connect()`` (``DeviceClient`` does it); never call ``loop_start``/``loop_forever`` on an
+    attached client.
     """
 
-    def __init__(self, misc_interval: float = 2.0) -> None:
+    def __init__(self, misc_interval: float = MISC_INTERVAL) -> None:
         self.misc_interval = misc_interval
         self._conns: dict[Any, _Conn] = {}  # paho client -> its live connection
         self._misc: gevent.Greenlet | None = None
 
     def __len__(self) -> int:
+        """Connections currently watched."""
         return len(self._conns)
+
+    def fds(self) -> list[int]:
+        """The file descriptors of the watched connections."""
+        return [conn.sock.fileno() for conn in self._conns.values() if not conn.closed]
 
     def attach(self, client: Any) -> None:
         client.on_socket_open = self._on_open

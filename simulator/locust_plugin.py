@@ -5,8 +5,7 @@ own locustfile). Options, all also settable as environment variables or in a Loc
 
 ``--fleet FLEET`` (required), ``--template FILE``, ``--scenario steady|reconnect-storm|revocation``,
 ``--fault-at S``, ``--restore-at S``, ``--fault-command CMD``, ``--keepalive S``,
-``--reconnect-base S``, ``--reconnect-cap S``, ``--stable-period S``,
-``--device-client gevent|sdk``, ``--lease-log FILE``.
+``--reconnect-base S``, ``--reconnect-cap S``, ``--stable-period S``, ``--lease-log FILE``.
 The endpoint comes from the fleet unless ``--host mqtts://HOST:PORT`` overrides it.
 """
 
@@ -59,9 +58,6 @@ def add_options(parser: Any, **_kw: Any) -> None:
                        help="backoff cap in seconds (the SDK's default 120)")
     group.add_argument("--stable-period", type=float, default=30.0,
                        help="seconds a connection must last before the backoff resets")
-    group.add_argument("--device-client", default="gevent", choices=("gevent", "sdk"),
-                       help="gevent: SDK parts on gevent's loop, thousands of devices per "
-                       "process (default); sdk: the SDK's own DeviceClient, a few hundred")
     group.add_argument("--lease-log", default=None, include_in_web_ui=False,
                        help="append 'pid index DeviceName' for every device a user takes")
 
@@ -144,7 +140,6 @@ def configure(environment: Environment) -> SimulationConfig:
         stable_period=float(_option(environment, "stable_period", 30.0)),
         lease_log=Path(lease_log) if lease_log else None,
         fleet_api_token=fleet.api_token(),
-        device_client=str(_option(environment, "device_client", "gevent")),
     )
     config.install(environment)
     log.info("fleet %s: %d devices, endpoint %s:%d, scenario %s", fleet.directory,

@@ -189,3 +189,37 @@ def test_from_store_missing_directory_or_file(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(CertificateFormatError, match=r"device\.cer"):
         Credentials.from_store(tmp_path / "empty")
+
+
+def _inconsistent_key_pem(key_pem: bytes) -> bytes:
+    """The same public key with a corrupted CRT exponent: only OpenSSL's RSA check sees it."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    n = key.private_numbers()
+    broken = rsa.RSAPrivateNumbers(n.p, n.q, n.d, n.dmp1 ^ 2, n.dmq1, n.iqmp, n.public_numbers)
+    return broken.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def test_check_key_false_skips_only_the_rsa_consistency_check(pki: Any, tmp_path: Path) -> None:
+    dev, other = pki.device(PK, "sensor20"), pki.device(PK, "sensor21")
+    broken = _inconsistent_key_pem(dev.key_pem())
+    with pytest.raises(KeyFormatError):
+        Credentials.from_pem(dev.cert_pem(), broken)
+    creds = Credentials.from_pem(dev.cert_pem(), broken, check_key=False)
+    assert creds.sn == dev.sn
+    cert = _write(tmp_path / "d.cer", dev.cert_pem(), 0o644)
+    key = _write(tmp_path / "d.key", broken)
+    with pytest.raises(KeyFormatError, match=str(key)):
+        Credentials.from_files(cert, key)
+    assert Credentials.from_files(cert, key, check_key=False).sn == dev.sn
+    # the key must still belong to the certificate
+    with pytest.raises(KeyMismatchError, match="does not belong to the certificate"):
+        Credentials.from_pem(dev.cert_pem(), other.key_pem(), check_key=False)
+    with pytest.raises(KeyMismatchError, match="does not belong to the certificate"):
+        Credentials.from_files(cert, _write(tmp_path / "o.key", other.key_pem()),
+                               check_key=False)

@@ -1,9 +1,10 @@
-"""Devices on gevent's loop work with file descriptors above FD_SETSIZE (1024).
+"""Simulated devices -- the SDK's ``DeviceClient`` on the gevent driver -- work with file
+descriptors above FD_SETSIZE (1024).
 
 paho's own loop calls ``select()``, which refuses descriptors >= 1024; a Locust worker holding
 thousands of devices has such descriptors. Here a child process (monkey-patched like Locust)
 first occupies 1,100 descriptors, so every device socket lands above 1024, then connects real
-fleet devices to the real server, checks their identity and publishes with QoS 1.
+fleet devices to the real server, checks the events and identities and publishes with QoS 1.
 """
 
 from __future__ import annotations
@@ -18,25 +19,34 @@ from tests.simulator.conftest import locust_env
 
 CHILD = r"""
 from gevent import monkey; monkey.patch_all()
-import json, os, socket, sys
+import json, os, sys
 import gevent
-from simulator.credentials import load_device_credentials
+from device_sdk import Credentials, DeviceClient
 from simulator.device import SimDevice
 from simulator.fleet import Fleet
+from simulator.gevent_loop import shared_loop
 
 fleet = Fleet.load(sys.argv[1])
 filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
 results = []
 
 def run(device):
-    creds = load_device_credentials(fleet.path(device.cert), fleet.path(device.key))
+    events = []
+    creds = Credentials.from_files(fleet.path(device.cert), fleet.path(device.key),
+                                   check_key=False)
     sim = SimDevice(fleet.mqtt.host, fleet.mqtt.port, creds, server_ca=fleet.server_ca_path,
-                    expected=device.identity)
-    timing = sim.connect()
-    fd = sim._client.socket().fileno()
+                    expected=device.identity,
+                    on_event=lambda name, seconds, error: events.append(
+                        [name, seconds, repr(error) if error else None]))
+    assert isinstance(sim.client, DeviceClient)
+    sim.keep_connected()
+    with gevent.Timeout(30):
+        while not sim.online:
+            gevent.sleep(0.05)
+    fds = shared_loop().fds()
     acked = sim.publish("user/update", b'{"n": 1}', qos=1)
-    results.append({"fd": fd, "identity": str(timing.identity_value.device_name),
-                    "puback_s": acked})
+    results.append({"fds": fds, "identity": sim.identity.device_name, "puback_s": acked,
+                    "events": events})
     sim.close()
 
 gevent.joinall([gevent.spawn(run, d) for d in fleet.devices[:8]], raise_error=True)
@@ -52,8 +62,14 @@ def test_devices_on_the_gevent_loop_work_above_fd_setsize(shared_fleet: Fleet) -
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(results) == 8
-    assert all(r["fd"] >= 1024 for r in results), results
+    fds = [fd for r in results for fd in r["fds"]]
+    assert fds and all(fd >= 1024 for fd in fds), fds
     assert sorted(r["identity"] for r in results) == sorted(
         d.device_name for d in shared_fleet.devices[:8]
     )
     assert all(r["puback_s"] > 0 for r in results)
+    for r in results:
+        # connect and identity timed by the SDK, both successful, nothing lost
+        names = [(name, error) for name, _seconds, error in r["events"]]
+        assert names == [("connect", None), ("identity", None)], r["events"]
+        assert all(seconds > 0 for _name, seconds, _error in r["events"]), r["events"]

@@ -80,19 +80,3 @@ def test_without_a_fleet_locust_stops_with_a_clear_message(tmp_path: Path) -> No
     )
     assert result.returncode != 0
     assert "--fleet FLEET is required" in result.stderr
-
-
-def test_the_sdks_own_device_client_runs_the_same_scenario(
-    shared_fleet: Fleet, tmp_path: Path
-) -> None:
-    result = run_locust(
-        shared_fleet.directory, tmp_path / "run", "-u", "6", "-r", "6", "-t", "8s",
-        "--template", str(write_template(tmp_path)), "--device-client", "sdk",
-    )
-    assert result.returncode == 0, explain(result)
-    stats = read_stats(tmp_path / "run")
-    assert read_failures(tmp_path / "run") == [], explain(result)
-    assert stats["connect"].requests == 6
-    assert stats["identity"].requests == 6
-    assert stats["publish"].requests >= 6 * 3
-    assert stats["command"].requests >= 1
