@@ -18,7 +18,7 @@ from device_sdk.errors import DeviceSDKError
 def register(tree: CommandTree) -> None:
     """Add ``iotx509 device connect`` (the serial helper adds ``device agent``)."""
     tree.user_errors(DeviceSDKError)
-    group = tree.group("device", "Device side: connect with a certificate, run the board agent")
+    group = tree.group("device", "the device side: connect with a certificate, run the board agent")
     parser: argparse.ArgumentParser = group.add_parser(
         "connect",
         help="connect with a device certificate, print the identity the platform gives it",
