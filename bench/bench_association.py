@@ -20,10 +20,10 @@ from pathlib import Path
 
 from firmware_helpers.pki import create_ca, issue_verification_certificate
 from firmware_helpers.platform_client import PlatformClient, UploadFile
+from server_stub.launcher import running_server
 from server_stub.registry import Registry
 from server_stub.registry.associations import parse_associations
 from server_stub.store import SqliteStore
-from server_stub.testing import running_server
 
 
 def make_csv(product_key: str, rows: int, offset: int) -> bytes:

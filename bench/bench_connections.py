@@ -352,7 +352,7 @@ def _csv(product_key: str, fleet: Fleet, lo: int, hi: int) -> bytes:
 @contextlib.contextmanager
 def ours_real(root: Path, n: int, keys: int) -> Iterator[tuple[Target, Fleet]]:
     from firmware_helpers.platform_client import PlatformClient, UploadFile
-    from server_stub.testing import running_server
+    from server_stub.launcher import running_server
 
     with running_server(root / "server-data", extra_args=[]) as srv:
         client = PlatformClient(srv.http_url, srv.token)

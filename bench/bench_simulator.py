@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 from device_sdk.credentials import Credentials  # noqa: E402
 from device_sdk.platform import ClientId  # noqa: E402
 from device_sdk.tls import build_ssl_context  # noqa: E402
+from server_stub.launcher import RunningServer, running_server  # noqa: E402
 from server_stub.mqtt import codec  # noqa: E402
-from server_stub.testing import RunningServer, running_server  # noqa: E402
 from simulator.fleet import Fleet  # noqa: E402
 from simulator.fleet_create import CreateOptions, TextProgress, create_fleet  # noqa: E402
 

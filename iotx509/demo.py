@@ -73,11 +73,11 @@ def _workdir(path: Path | None) -> Iterator[Path]:
 def _run(args: argparse.Namespace) -> int:
     if not 1 <= args.devices <= 1000:
         raise DemoError("--devices must be between 1 and 1000")
-    testing = require_extra("server_stub.testing", "server")
+    launcher = require_extra("server_stub.launcher", "server")
     require_extra("fastapi", "server")
     with _workdir(args.data_dir) as work:
         _step(f"starting the reference server (data in {work / 'server'})")
-        with testing.running_server(work / "server") as server:
+        with launcher.running_server(work / "server") as server:
             print(f"    HTTP API {server.http_url}   MQTT mqtts://{server.mqtt_host}:"
                   f"{server.mqtt_port}")
             if server.mqtt_port is None:

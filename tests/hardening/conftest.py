@@ -12,7 +12,7 @@ import pytest
 
 from firmware_helpers import pki
 from firmware_helpers.platform_client import PlatformClient, UploadFile
-from server_stub.testing import RunningServer, running_server
+from server_stub.launcher import RunningServer, running_server
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from server_stub.testing import RunningServer
+from server_stub.launcher import RunningServer
 
 from .conftest import make_tenant
 from .reliability import record

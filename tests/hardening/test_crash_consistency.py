@@ -19,7 +19,7 @@ import pytest
 
 from firmware_helpers import pki
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient, UploadFile
-from server_stub.testing import running_server
+from server_stub.launcher import running_server
 
 from .conftest import make_tenant
 from .reliability import record

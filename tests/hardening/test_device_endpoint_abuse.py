@@ -22,8 +22,8 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 from firmware_helpers import pki
+from server_stub.launcher import RunningServer, running_server
 from server_stub.mqtt import codec
-from server_stub.testing import RunningServer, running_server
 
 from .conftest import Tenant, make_tenant
 from .mqtt_tools import (

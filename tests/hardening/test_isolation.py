@@ -19,10 +19,10 @@ import pytest
 
 from firmware_helpers import pki
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient, UploadFile
+from server_stub.launcher import RunningServer, running_server
 from server_stub.mqtt import codec
 from server_stub.registry import accounts
 from server_stub.registry import service as registry_service
-from server_stub.testing import RunningServer, running_server
 
 from .conftest import Tenant, create_account, csv_for, make_tenant
 from .mqtt_tools import device_context, mqtt_connect_retry, ping_ok

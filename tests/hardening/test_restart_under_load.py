@@ -24,7 +24,7 @@ import pytest
 
 from firmware_helpers import pki
 from firmware_helpers.platform_client import PlatformClient, UploadFile
-from server_stub.testing import running_server
+from server_stub.launcher import running_server
 
 from .conftest import csv_for
 from .reliability import record

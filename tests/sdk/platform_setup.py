@@ -17,7 +17,7 @@ from firmware_helpers.pki import (
     issue_verification_certificate,
 )
 from firmware_helpers.platform_client import PlatformClient, UploadFile
-from server_stub.testing import RunningServer, running_server
+from server_stub.launcher import RunningServer, running_server
 
 #: How long the server may take to trust a newly registered CA (documented: within a second).
 TRUST_PROPAGATION = 1.2

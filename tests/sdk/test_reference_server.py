@@ -32,7 +32,7 @@ from device_sdk.errors import DeviceSDKError
 from device_sdk.identity_store import IdentityStore
 from firmware_helpers.pki import create_ca, issue_device_certificate
 from iotx509.cli import main as iotx509_main
-from server_stub.testing import running_server
+from server_stub.launcher import running_server
 from tests.sdk.platform_setup import Platform, platform_server
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from firmware_helpers.pki import CertifiedKey, create_ca, issue_verification_certificate
+from server_stub.launcher import RunningServer, running_server
 from server_stub.registry import Registry
 from server_stub.store import SqliteStore
 from server_stub.store.base import AccountRecord, CaRecord, ProductRecord
-from server_stub.testing import RunningServer, running_server
 
 OPENSSL = shutil.which("openssl")
 

@@ -22,8 +22,8 @@ from firmware_helpers.pki import (
     issue_verification_certificate,
 )
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient, UploadFile
+from server_stub.launcher import RunningServer, running_server
 from server_stub.mqtt import codec
-from server_stub.testing import RunningServer, running_server
 from tests.server.mqtt_fakes import Paho, RawClient, wait_for
 
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"

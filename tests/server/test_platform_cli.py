@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from iotx509.cli import main
-from server_stub.testing import RunningServer
+from server_stub.launcher import RunningServer
 from tests.server.conftest import openssl_ca, openssl_device_cert, openssl_verification_cert
 
 Cli = Callable[..., tuple[str, str]]

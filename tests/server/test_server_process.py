@@ -16,7 +16,7 @@ from cryptography import x509
 from device_sdk.certs import is_ca, issued_by
 from firmware_helpers.platform_client import PlatformClient
 from server_stub.errors import ServerStartupError
-from server_stub.testing import running_server, server_command
+from server_stub.launcher import running_server, server_command
 
 
 def _mode(path: Path) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server_stub.testing import RunningServer, running_server
+from server_stub.launcher import RunningServer, running_server
 from simulator.fleet import Fleet
 from simulator.fleet_create import CreateOptions, create_fleet
 

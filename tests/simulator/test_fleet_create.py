@@ -13,7 +13,7 @@ import pytest
 from device_sdk.certs import certificate_sn, read_certificates
 from firmware_helpers.pki import create_ca
 from firmware_helpers.platform_client import PlatformClient
-from server_stub.testing import RunningServer
+from server_stub.launcher import RunningServer
 from simulator.errors import FleetCreateError
 from simulator.fleet import Fleet
 from simulator.fleet_create import CreateOptions, create_fleet

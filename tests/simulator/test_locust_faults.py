@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server_stub.testing import running_server
+from server_stub.launcher import running_server
 from tests.simulator.conftest import (
     explain,
     locust_command,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server_stub.testing import RunningServer
+from server_stub.launcher import RunningServer
 from simulator.fleet import Fleet
 from tests.simulator.conftest import (
     explain,
