@@ -356,15 +356,15 @@ def _key_stream(
                 submitted += 1
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
-                try:
-                    result = future.result()
-                except BrokenProcessPool as exc:
-                    raise IssuanceError(
-                        "a key-generation worker process died (out of memory, killed, or -- "
-                        "when the caller runs other threads and workers start via forkserver "
-                        "-- a main module that is not guarded by if __name__ == '__main__')"
-                    ) from exc
-                yield result
+                yield future.result()
+    except BrokenProcessPool as exc:
+        # Raised by result() of a running job, and by submit() once the pool noticed the death:
+        # which one depends on timing, so both are mapped here, once.
+        raise IssuanceError(
+            "a key-generation worker process died (out of memory, killed, or -- "
+            "when the caller runs other threads and workers start via forkserver "
+            "-- a main module that is not guarded by if __name__ == '__main__')"
+        ) from exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

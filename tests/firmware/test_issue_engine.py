@@ -264,9 +264,12 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(pki: TestPKI, tmp_path: Pat
         assert key.with_suffix(".cer").exists()
 
 
+@pytest.mark.parametrize("settle", [0.0, 1.0], ids=["noticed-by-result", "noticed-by-submit"])
 def test_a_worker_killed_mid_run_is_a_clear_error_and_loses_nothing(
-    pki: TestPKI, tmp_path: Path
+    pki: TestPKI, tmp_path: Path, settle: float
 ) -> None:
+    """The pool reports a dead worker from ``result()`` or, once it noticed, from ``submit()``;
+    ``settle`` gives it time to notice so that the second path is taken for certain."""
     before = {p.pid for p in psutil.Process().children()}
     killed: list[int] = []
 
@@ -276,6 +279,7 @@ def test_a_worker_killed_mid_run_is_a_clear_error_and_loses_nothing(
                 if child.pid not in before:
                     child.kill()
                     killed.append(child.pid)
+            time.sleep(settle)
 
     out = tmp_path / "out"
     with pytest.raises(IssuanceError, match="worker process died"):
