@@ -36,6 +36,7 @@ from device_sdk.platform import (
 )
 from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
+from server_stub.mqtt.activity import Activity
 from server_stub.mqtt.connection import AWAIT_CONNECT, CONNECTED, HANDSHAKE, MqttConnection
 from server_stub.mqtt.errors import InvalidMessageError, MqttProtocolError
 from server_stub.mqtt.router import Router
@@ -66,6 +67,8 @@ class Broker:
         self.router: Router[MqttConnection] = Router()
         self._recent: dict[DeviceKey, deque[DeviceMessage]] = {}
         self.refused_at_capacity = 0
+        self.activity = Activity()
+        """The console's counters and live listeners (see :mod:`server_stub.mqtt.activity`)."""
 
     # --- connection lifecycle ------------------------------------------------------------------
 
@@ -213,6 +216,7 @@ class Broker:
         conn.state = CONNECTED
         conn.deadline = self.keepalive_deadline(packet.keep_alive)
         conn.send(codec.Connack(codec.CONNACK_ACCEPTED))
+        self.activity.connected(decision, leaf.not_valid_after_utc.timestamp())
         log.info("mqtt %s: %s&%s connected (cert SN %s, CA SN %s)", conn.peer,
                  decision.device_name, decision.product_key, decision.cert_sn, decision.ca_sn)
         if self.limits.deliver_identity:
@@ -273,7 +277,9 @@ class Broker:
         recent = self._recent.get(key)
         if recent is None:
             recent = self._recent[key] = deque(maxlen=self.limits.recent_messages_per_device)
-        recent.append(DeviceMessage(topic, payload, qos, time.time()))
+        message = DeviceMessage(topic, payload, qos, time.time())
+        recent.append(message)
+        self.activity.published(key, message)
 
     def _route(self, sender: MqttConnection | None, topic: str, payload: bytes, qos: int) -> None:
         for target, granted in self.router.match(topic).items():

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from server_stub.config import MqttLimits
+from server_stub.mqtt.activity import LastConnection, SecondSample
 from server_stub.mqtt.broker import Broker
 from server_stub.mqtt.connection import MqttConnection
 from server_stub.mqtt.errors import MqttServiceError
@@ -107,6 +109,7 @@ class MqttService:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_INTERVAL
                     self.broker.sweep()
+                    self.broker.activity.sample_online(self.online_by_account())
             except Exception:  # keep the endpoint alive; the log says what broke
                 log.exception("mqtt: housekeeping failed")
 
@@ -130,3 +133,31 @@ class MqttService:
         self, product_key: str, device_name: str, limit: int = 100
     ) -> list[DeviceMessage]:
         return self.broker.recent_messages(product_key, device_name, limit)
+
+    # --- what the web console reads (server_stub.api.console_routes) ---------------------------
+
+    def online_by_account(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for conn in self.broker.sessions.values():
+            if conn.device is not None:
+                account_id = conn.device.account_id
+                counts[account_id] = counts.get(account_id, 0) + 1
+        return counts
+
+    def online_devices(self, account_id: int) -> list[tuple[str, str]]:
+        """(ProductKey, DeviceName) of every device of the account that is connected now."""
+        return [
+            key for key, conn in self.broker.sessions.items()
+            if conn.device is not None and conn.device.account_id == account_id
+        ]
+
+    def last_connection(self, product_key: str, device_name: str) -> LastConnection | None:
+        return self.broker.activity.last_connection(product_key, device_name)
+
+    def timeline(self, account_id: int, seconds: int) -> list[SecondSample]:
+        return self.broker.activity.timeline(account_id, seconds)
+
+    def listen(
+        self, product_key: str, device_name: str, listener: Callable[[DeviceMessage], None]
+    ) -> Callable[[], None] | None:
+        return self.broker.activity.listen((product_key, device_name), listener)
