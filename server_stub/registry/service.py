@@ -48,6 +48,8 @@ from server_stub.store.base import (
     AccountRecord,
     AssociationRecord,
     CaRecord,
+    DeviceListRow,
+    DeviceQuery,
     DeviceRecord,
     ProductRecord,
     Store,
@@ -57,6 +59,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ACCOUNT = "default"
 DEVICE_STATUSES = ("enabled", "disabled")
+MAX_PAGE_SIZE = 100
+MAX_FILTER_CHARS = 64
 
 
 class Registry:
@@ -296,6 +300,28 @@ class Registry:
         self.store.set_device_status(record.id, status)
         self._bump()
         return self.device(account, product_key, device_name)
+
+    def list_devices(
+        self, account: AccountRecord, *, text: str | None = None, product_key: str | None = None,
+        status: str | None = None, keys: tuple[str, ...] | None = None,
+        exclude_keys: bool = False, page: int = 1, page_size: int = 50,
+    ) -> tuple[int, list[DeviceListRow]]:
+        """One page of the account's devices, filtered and counted by the store (not in memory)."""
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidInputError(f"pageSize {page_size} must be 1..{MAX_PAGE_SIZE}")
+        if page < 1:
+            raise InvalidInputError(f"page {page} must be 1 or more")
+        if text is not None and len(text) > MAX_FILTER_CHARS:
+            raise InvalidInputError(f"the filter is longer than {MAX_FILTER_CHARS} characters")
+        if status is not None and status not in DEVICE_STATUSES:
+            raise InvalidInputError(
+                f"device status {status!r} is not one of {', '.join(DEVICE_STATUSES)}"
+            )
+        query = DeviceQuery(
+            text=text or None, product_key=product_key or None, status=status, keys=keys,
+            exclude_keys=exclude_keys, limit=page_size, offset=(page - 1) * page_size,
+        )
+        return self.store.list_devices(account.id, query)
 
     # --- DeviceDirectory (the MQTT endpoint's view) ---------------------------------------------
 

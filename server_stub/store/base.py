@@ -105,6 +105,35 @@ class AuthRow:
     network: str
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceQuery:
+    """One page of an account's device list, filtered in the store (the console's Devices page).
+
+    ``text`` matches part of the ProductKey, DeviceName or certificate SN; ``keys`` (each
+    ``ProductKey/DeviceName``) keeps only those devices, or with ``exclude_keys`` all others.
+    """
+
+    text: str | None = None
+    product_key: str | None = None
+    status: str | None = None
+    keys: tuple[str, ...] | None = None
+    exclude_keys: bool = False
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceListRow:
+    product_key: str
+    device_name: str
+    status: str
+    created_at: float
+    cert_sn: str | None
+    ca_sn: str | None
+    ca_name: str | None
+    ca_not_after: float | None
+
+
 class Store(Protocol):
     """Rows of accounts, products, CA certificates, devices and associations.
 
@@ -163,6 +192,9 @@ class Store(Protocol):
     def delete_association(self, ca_id: int, cert_sn: str) -> bool: ...
     def device(self, account_id: int, product_key: str, device_name: str) -> DeviceRecord | None: ...
     def set_device_status(self, device_id: int, status: str) -> None: ...
+    def list_devices(
+        self, account_id: int, query: DeviceQuery
+    ) -> tuple[int, list[DeviceListRow]]: ...
 
     # the MQTT hot path
     def auth_row(self, ca_id: int, cert_sn: str) -> AuthRow | None: ...

@@ -8,6 +8,7 @@ a write transaction never fails half-way with "database is locked" inside this p
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +23,8 @@ from server_stub.store.base import (
     AuthRow,
     CaRecord,
     DeviceBinding,
+    DeviceListRow,
+    DeviceQuery,
     DeviceRecord,
     ProductRecord,
     SnBinding,
@@ -81,6 +84,7 @@ CREATE TABLE IF NOT EXISTS associations (
     UNIQUE (account_id, cert_sn)
 );
 CREATE INDEX IF NOT EXISTS associations_ca_sn ON associations(ca_id, cert_sn);
+CREATE INDEX IF NOT EXISTS devices_account ON devices(account_id, id);
 """
 
 #: Stay far below SQLite's bound-parameter limit when querying ``IN (...)`` lists.
@@ -401,6 +405,47 @@ class SqliteStore:
 
     def set_device_status(self, device_id: int, status: str) -> None:
         self._write("UPDATE devices SET status = ? WHERE id = ?", (status, device_id))
+
+    def list_devices(
+        self, account_id: int, query: DeviceQuery
+    ) -> tuple[int, list[DeviceListRow]]:
+        """Count the matches and return one page of them, oldest device first."""
+        where = ["d.account_id = ?"]
+        params: list[Any] = [account_id]
+        if query.product_key is not None:
+            where.append("p.product_key = ?")
+            params.append(query.product_key)
+        if query.status is not None:
+            where.append("d.status = ?")
+            params.append(query.status)
+        if query.text:
+            escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            like = f"%{escaped}%"
+            where.append(
+                "(d.device_name LIKE ? ESCAPE '\\' OR p.product_key LIKE ? ESCAPE '\\'"
+                " OR a.cert_sn LIKE ? ESCAPE '\\')"
+            )
+            params += [like, like, like]
+        if query.keys is not None:
+            negate = "NOT " if query.exclude_keys else ""
+            where.append(
+                f"(p.product_key || '/' || d.device_name) {negate}IN"
+                " (SELECT value FROM json_each(?))"
+            )
+            params.append(json.dumps(list(query.keys)))
+        joins = (
+            " FROM devices d JOIN products p ON p.id = d.product_id"
+            " LEFT JOIN associations a ON a.device_id = d.id"
+            " LEFT JOIN ca_certificates c ON c.id = a.ca_id"
+            " WHERE " + " AND ".join(where)
+        )
+        total = int(self._one("SELECT COUNT(*)" + joins, params)[0])
+        rows = self._all_rows(
+            "SELECT p.product_key, d.device_name, d.status, d.created_at, a.cert_sn, c.ca_sn,"
+            " c.name, c.not_after" + joins + " ORDER BY d.id LIMIT ? OFFSET ?",
+            [*params, query.limit, query.offset],
+        )
+        return total, [DeviceListRow(*r) for r in rows]
 
     def auth_row(self, ca_id: int, cert_sn: str) -> AuthRow | None:
         row = self._one(
