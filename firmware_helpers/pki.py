@@ -124,11 +124,22 @@ def _leaf_builder(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-            critical=False,
-        )
+        .add_extension(_authority_key_id(ca), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
     )
+
+
+def _authority_key_id(ca: CertifiedKey) -> x509.AuthorityKeyIdentifier:
+    """RFC 5280 4.2.1.1: every certificate but a self-signed root names its issuer's key.
+
+    Taken from the CA's own Subject Key Identifier when it has one (so chain builders match
+    them), else computed from the CA's public key, as RFC 5280 4.2.1.2 method (1) does.
+    """
+    try:
+        ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
 
 
 def issue_verification_certificate(
@@ -141,9 +152,10 @@ def issue_verification_certificate(
 ) -> CertifiedKey:
     """What ``openssl genrsa`` + ``req`` (CN = registration code) + ``x509 -req -sha512`` make.
 
-    Like ``openssl x509 -req`` without an extensions file it carries no extensions at all
-    (``cryptography`` writes it as version 3; the registry also accepts openssl's version 1,
-    which the tests feed it through the real ``openssl`` command line).
+    Unlike ``openssl x509 -req`` without an extensions file (a version 1 certificate, which the
+    registry also accepts and the tests feed it through the real ``openssl`` command line), it
+    carries the two key identifiers, so that it passes an RFC 5280 linter: the Authority Key
+    Identifier (required in every certificate not self-signed) and the Subject Key Identifier.
     """
     key = key or generate_rsa_key()
     not_before, not_after = _window(days, now)
@@ -155,6 +167,9 @@ def issue_verification_certificate(
         .serial_number(random_serial())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
+        .add_extension(_authority_key_id(ca), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
         .sign(ca.key, hashes.SHA512())
     )
     return CertifiedKey(cert, key)
