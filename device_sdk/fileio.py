@@ -1,9 +1,19 @@
-"""Crash-safe file writes: a reader sees the old file or the new one, never half of either."""
+"""Crash-safe file writes: a reader sees the old file or the new one, never half of either.
+
+Also the kit's one rule for state files it opens in place (ledgers, reports, logs it appends to
+or truncates): :func:`open_no_follow` never follows a symbolic link and accepts only a regular
+file, so a link planted at ``sn-ledger.jsonl`` cannot make the kit append to, or truncate, the
+file it points at. Files replaced with :func:`atomic_write` need no such care: ``rename``
+replaces a link itself, never its target.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -33,6 +43,48 @@ def atomic_write(path: str | Path, data: bytes, *, mode: int = PUBLIC_FILE_MODE)
             Path(tmp_name).unlink()
         raise
     fsync_directory(directory)
+
+
+def open_no_follow(path: str | Path, flags: int, mode: int = PUBLIC_FILE_MODE) -> int:
+    """``os.open`` for a state file the kit changes in place; refuses links and non-files.
+
+    ``O_NOFOLLOW`` makes the kernel refuse a symbolic link as the last component (checked and
+    opened in one step, so there is no window between a check and the open); the descriptor
+    is then checked to be a regular file (a FIFO or a device would block or swallow writes).
+    The open itself is non-blocking so that a FIFO cannot hang it. Refusals are ``OSError``
+    whose ``strerror`` says what is wrong and what to do, for the caller's own message.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (exc.errno == errno.ENXIO and _is_fifo(path)):
+            raise OSError(exc.errno, _refusal(path), str(path)) from exc
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, _refusal(path), str(path))
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _is_fifo(path: str | Path) -> bool:
+    try:
+        return stat.S_ISFIFO(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _refusal(path: str | Path) -> str:
+    if os.path.islink(path):
+        return (
+            "it is a symbolic link; the kit never changes a state file through a link (the "
+            "file it points at would be changed): replace the link with a regular file or "
+            "choose another path"
+        )
+    return "it is not a regular file (a FIFO, device or directory): choose a regular file"
 
 
 def fsync_directory(directory: str | Path) -> None:

@@ -14,9 +14,12 @@ Format: one JSON object per line (UTF-8), append-only::
 SNs are in the kit's canonical form (lowercase hex, no leading zeros). Uniqueness is checked on
 ``(ca_sn, sn)``; two different CAs sharing an SN would only make the ledger over-cautious. A last
 line without its newline is a reservation that never completed (the process died inside the
-write); it is cut off when the ledger is next opened. Any other unreadable line is an error: the
-ledger is never silently repaired. An exclusive ``flock`` keeps two runs from sharing a ledger at
-the same time.
+write); it is cut off when the ledger is next opened, but only after every complete line has
+been read and checked, and only when it is the start of a record (``{"ca_sn":``): a file that is
+not a ledger is refused untouched. Any other unreadable line is an error: the ledger is never
+silently repaired. The ledger is opened with :func:`device_sdk.fileio.open_no_follow`: a
+symbolic link at its path is refused, never appended to or truncated through. An exclusive
+``flock`` keeps two runs from sharing a ledger at the same time.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 
 from device_sdk.errors import InvalidSerialNumberError
+from device_sdk.fileio import open_no_follow
 from device_sdk.serials import normalize_sn
 from firmware_helpers.errors import DuplicateSerialError, LedgerError
 
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LEDGER_NAME = "sn-ledger.jsonl"
 _FIELDS = ("ca_sn", "sn", "product_key", "device_name", "time")
+#: How every record line starts (``to_line`` writes the fields in ``_FIELDS`` order).
+_RECORD_START = b'{"ca_sn":'
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +79,7 @@ class SerialLedger:
     def _open_locked(self) -> int:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise LedgerError(
                 f"cannot open the SN ledger {self.path}: {exc.strerror or exc}", path=str(self.path)
@@ -90,21 +96,30 @@ class SerialLedger:
         return fd
 
     def _load(self) -> None:
-        data = self.path.read_bytes()
+        data = _read_fd(self._fd)
         complete = data.rfind(b"\n") + 1
-        if complete < len(data):
+        for number, raw in enumerate(data[:complete].splitlines(), start=1):
+            if not raw.strip():
+                continue
+            entry = self._parse_line(raw, number)
+            self._entries[(entry.ca_sn, entry.sn)] = entry
+        tail = data[complete:]
+        if tail:
+            # Validated before truncating: only the start of a record is an interrupted write.
+            if not (tail.startswith(_RECORD_START) or _RECORD_START.startswith(tail)):
+                line = data[:complete].count(b"\n") + 1
+                raise LedgerError(
+                    f"{self.path}, line {line} is not a ledger "
+                    "record and has no line end; the file is not an SN ledger (or is damaged) "
+                    "and was left untouched: give --ledger the ledger's own path",
+                    path=str(self.path),
+                )
             log.warning(
                 "%s: dropping an unfinished last line (a reservation interrupted mid-write)",
                 self.path,
             )
             os.ftruncate(self._fd, complete)
             os.fsync(self._fd)
-            data = data[:complete]
-        for number, raw in enumerate(data.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            entry = self._parse_line(raw, number)
-            self._entries[(entry.ca_sn, entry.sn)] = entry
 
     def _parse_line(self, raw: bytes, number: int) -> LedgerEntry:
         where = f"{self.path}, line {number}"
@@ -203,3 +218,13 @@ class SerialLedger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _read_fd(fd: int) -> bytes:
+    """The whole file behind ``fd`` (the one that was opened and locked, not the path again)."""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)

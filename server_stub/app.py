@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import uvicorn
 
-from device_sdk.fileio import atomic_write
+from device_sdk.fileio import atomic_write, open_no_follow
 from server_stub.api import create_app
 from server_stub.config import ServerConfig
 from server_stub.datadir import DataDir, ensure_default_account, server_identity
@@ -97,7 +97,13 @@ class ServerProcess:
         return f"mqtts://{_url_host(self.config.host)}:{self.mqtt_port}"
 
     def _lock_data_dir(self) -> None:
-        handle = open(self.data.lock, "ab")  # noqa: SIM115 - held for the process's life
+        try:
+            fd = open_no_follow(self.data.lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise ServerStartupError(
+                f"cannot lock the data directory with {self.data.lock}: {exc.strerror or exc}"
+            ) from exc
+        handle = os.fdopen(fd, "ab")  # held for the process's life
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from device_sdk.fileio import open_no_follow
 from simulator.errors import SimulatorError
 from simulator.fleet import Fleet, MqttEndpoint
 from simulator.template import DeviceTemplate
@@ -54,7 +55,12 @@ class SimulationConfig:
         if self.lease_log is None:
             return
         line = f"{os.getpid()} {index} {device_name}\n".encode()
-        fd = os.open(self.lease_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fd = open_no_follow(self.lease_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SimulatorError(
+                f"cannot append to the lease log {self.lease_log}: {exc.strerror or exc}"
+            ) from exc
         try:
             os.write(fd, line)
         finally:

@@ -45,8 +45,9 @@ from device_sdk.fileio import (
     atomic_write,
     ensure_private_dir,
     fsync_directory,
+    open_no_follow,
 )
-from firmware_helpers.errors import StoreError
+from firmware_helpers.errors import SerialProvisioningError, StoreError
 from firmware_helpers.serial.protocol import ErrorCode, ObjectInfo, ObjectType
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ MODE_OF = {
 JOURNAL_FILE = ".commit.json"
 
 
-class CommitRefused(Exception):
+class CommitRefused(SerialProvisioningError):
     """The set cannot be stored; carries the protocol error code the board answers with."""
 
     def __init__(self, code: ErrorCode, text: str) -> None:
@@ -250,7 +251,8 @@ class CredentialStore:
 def _replace_unsynced(path: Path, data: bytes, mode: int) -> None:
     """Temporary file with its final mode, then rename: atomic for readers, durable later."""
     tmp = path.with_name(f".{path.name}.commit.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A predictable name: never truncate through a link planted there.
+    fd = open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.fchmod(fd, mode)  # whatever the umask
         with os.fdopen(fd, "wb") as fh:
