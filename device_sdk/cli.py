@@ -12,12 +12,10 @@ import json
 import sys
 
 from device_sdk.cli_support import CommandTree, env_default
-from device_sdk.errors import DeviceSDKError
 
 
 def register(tree: CommandTree) -> None:
     """Add ``iotx509 device connect`` (the serial helper adds ``device agent``)."""
-    tree.user_errors(DeviceSDKError)
     group = tree.group("device", "the device side: connect with a certificate, run the board agent")
     parser: argparse.ArgumentParser = group.add_parser(
         "connect",

@@ -5,8 +5,9 @@ standard library at import time, so ``iotx509 --help`` works whatever extras are
 heavy imports happen inside the command handlers (see :func:`require_extra`).
 
 A handler takes the parsed ``argparse.Namespace`` and returns the exit status. Errors that a
-person can act on are raised as one of the types passed to :meth:`CommandTree.user_errors`; the
-entry point prints their message (no traceback) and exits non-zero.
+person can act on derive from the kit's one root, :class:`~device_sdk.errors.Iotx509Error`; the
+entry point prints their message (no traceback) and exits non-zero (``exit_code`` when the class
+has one).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from device_sdk.errors import CommandLineError
+
 Handler = Callable[[argparse.Namespace], int]
 
 
-class MissingExtraError(Exception):
+class MissingExtraError(CommandLineError):
     """A command needs an optional extra that is not installed."""
 
 
@@ -32,7 +35,6 @@ class CommandTree:
         self.parser = parser
         self._top = parser.add_subparsers(dest="command", metavar="COMMAND")
         self._groups: dict[str, Any] = {}
-        self._user_errors: list[type[BaseException]] = [MissingExtraError]
 
     def group(self, name: str, help: str) -> Any:
         """The subparsers of group ``name`` (created on first use; later helps are ignored)."""
@@ -50,13 +52,6 @@ class CommandTree:
             name, help=help, description=help, **kwargs
         )
         return parser
-
-    def user_errors(self, *types: type[BaseException]) -> None:
-        self._user_errors.extend(types)
-
-    @property
-    def error_types(self) -> tuple[type[BaseException], ...]:
-        return tuple(self._user_errors)
 
 
 def _print_help(parser: argparse.ArgumentParser) -> Handler:

@@ -1,13 +1,105 @@
-"""The device SDK's exception tree.
+"""The kit's one exception tree: its root, and the device SDK's branch.
 
-One root, :class:`DeviceSDKError`; every subclass carries the context a person needs to act
-(which file, which times, which server) and a message that says what to do. Third-party errors
-(``ssl``, ``cryptography``, ``paho``) are mapped once, where they are caught, with
-``raise ... from`` so the cause is never lost.
+Every error any part of iot-x509-kit raises derives from :class:`Iotx509Error`, so a caller (and
+the ``iotx509`` command, which prints the message of any of them without a traceback) needs one
+``except``. The root lives here because ``device_sdk`` is the base every other part builds on.
+Each part owns one branch, defined in its own ``errors`` module; a subclass carries the context a
+person needs to act (which file, which times, which server) and a message that says what to do.
+Third-party errors (``ssl``, ``cryptography``, ``paho``, ``sqlite3``) are mapped once, where they
+are caught, with ``raise ... from`` so the cause is never lost. HTTP statuses are not part of
+the tree: the reference server's API layer (``server_stub/api/errors.py``) maps classes to them.
 
 The certificate model in :mod:`device_sdk.certs` is shared by every part of the kit, so its
-errors (``CredentialError`` and ``ClockError`` families) live here too; the server and the
-firmware helpers map them into their own trees at their boundaries.
+errors (``CredentialError`` and ``ClockError`` families) live in the SDK's branch.
+``tests/test_error_tree.py`` checks that every exception class of the kit is in this tree and
+named once (no two classes share a name).
+
+* Iotx509Error
+  + DeviceSDKError  (device_sdk/errors.py)
+  | + CredentialError
+  | | + CertificateFormatError
+  | | + KeyFormatError
+  | | + KeyPasswordError
+  | | + KeyMismatchError
+  | | + UnsupportedKeyTypeError
+  | + InvalidSerialNumberError  (also ValueError)
+  | + InvalidNameError  (also ValueError)
+  | + ClockError
+  | + ConnectionFailedError
+  | | + ServerUntrustedError
+  | | + CertificateRejectedError
+  | | + NotAuthorizedError
+  | | + ConnectionRefusedByServerError
+  | | + ConnectTimeoutError
+  | | + SessionTakenOverError
+  | + IdentityTimeoutError
+  | + NotConnectedError
+  | + OfflineQueueFullError
+  | + IdentityStoreError
+  + CommandLineError  (device_sdk/errors.py; the shared CLI plumbing and iotx509)
+  | + MissingExtraError  (device_sdk/cli_support.py)
+  | + DemoError  (iotx509/demo.py)
+  + FirmwareHelpersError  (firmware_helpers/errors.py)
+  | + IssuanceError
+  | | + DuplicateSerialError
+  | | + InvalidCAError
+  | | + InvalidInputError
+  | + OutputExistsError
+  | + LedgerError
+  | + ExportError
+  | + PlatformAPIError  (firmware_helpers/platform_client.py; the HTTP API's answer)
+  | + BlobFormatError
+  | | + BadMagicError
+  | | + UnsupportedBlobVersionError
+  | | + TruncatedBlobError
+  | | + BlobChecksumError
+  | | + BadRecordError
+  | + SerialProvisioningError
+  |   + FrameError
+  |   | + BadCRCError
+  |   + ProtocolError
+  |   + ProtocolVersionError
+  |   + LinkError
+  |   | + PortOpenError
+  |   | + LinkTimeoutError
+  |   | + RetriesExhaustedError
+  |   | + BoardDisconnectedError
+  |   | + BoardRebootedError
+  |   + BoardError
+  |   + ProvisioningInputError
+  |   + StoreError  (the board's credential store)
+  |   + CommitRefused  (firmware_helpers/serial/board.py)
+  |   + BatchError
+  + ServerStubError  (server_stub/errors.py)
+  | + InvalidFieldError
+  | | + CaCertificateRejectedError
+  | + AuthenticationError
+  | + NotFoundError
+  | + ConflictError
+  | | + DuplicateCaError
+  | | + CaLimitError
+  | | + DeviceOfflineError
+  | + PayloadTooLargeError
+  | + CsvRejectedError
+  | | + ProductNotEligibleError
+  | | + AssociationRejectedError
+  | + DataStoreError  (the server's SQLite database)
+  | | + SchemaVersionError
+  | + ServerStartupError
+  | + MqttError  (server_stub/mqtt/errors.py)
+  |   + MqttProtocolError
+  |   | + UnacceptableProtocolLevelError
+  |   | + InvalidTopicError  (also ValueError)
+  |   + InvalidMessageError  (also ValueError)
+  |   + MqttServiceError
+  + SimulatorError  (simulator/errors.py)
+    + TemplateError
+    + FleetError
+    + FleetExhaustedError
+    + FleetCreateError
+    + ScenarioError  (simulator/scenarios.py)
+    + LeaseTimeoutError  (simulator/distribution.py)
+    + IdentityMismatchError  (simulator/device.py)
 """
 
 from __future__ import annotations
@@ -15,8 +107,16 @@ from __future__ import annotations
 from datetime import datetime
 
 
-class DeviceSDKError(Exception):
+class Iotx509Error(Exception):
+    """Root of every error the kit raises (see the tree in this module's docstring)."""
+
+
+class DeviceSDKError(Iotx509Error):
     """Root of every error the device SDK raises."""
+
+
+class CommandLineError(Iotx509Error):
+    """The ``iotx509`` command cannot do what was asked (a missing extra, a failed demo step)."""
 
 
 # --- credentials -------------------------------------------------------------------------------

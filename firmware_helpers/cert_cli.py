@@ -23,10 +23,6 @@ MAX_CN_LENGTH = 64
 
 def register(tree: CommandTree) -> None:
     """Add ``ca create``, ``ca verification-cert``, ``certs issue`` and ``certs export``."""
-    from device_sdk.errors import DeviceSDKError
-    from firmware_helpers.errors import FirmwareHelpersError
-
-    tree.user_errors(FirmwareHelpersError, DeviceSDKError)
     ca = tree.group("ca", help="make a private CA and its proof-of-possession certificate")
     certs = tree.group("certs", help="issue device certificates and export them for firmware")
 

@@ -1,9 +1,14 @@
-"""The firmware helpers' exception tree (one root: :class:`FirmwareHelpersError`)."""
+"""The firmware helpers' branch of the kit's exception tree (:class:`FirmwareHelpersError`).
+
+The whole tree is drawn in :mod:`device_sdk.errors`, where its root lives.
+"""
 
 from __future__ import annotations
 
+from device_sdk.errors import Iotx509Error
 
-class FirmwareHelpersError(Exception):
+
+class FirmwareHelpersError(Iotx509Error):
     """Root of every error the firmware helpers raise."""
 
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from device_sdk.cli_support import CommandTree
+from device_sdk.errors import Iotx509Error
 
 #: Modules with ``register(tree)``; a part whose optional dependencies are missing still
 #: registers, and its handlers explain which extra to install.
@@ -39,7 +40,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, CommandTree]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, tree = build_parser()
+    parser, _ = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(handler(args))
-    except tree.error_types as exc:
+    except Iotx509Error as exc:  # the kit's one root: a message, never a traceback
         print(f"error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 1))
     except KeyboardInterrupt:

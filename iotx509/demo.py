@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device_sdk.cli_support import CommandTree, require_extra
+from device_sdk.errors import CommandLineError
 
 DEMO_TOPIC_DOWN = "user/get"
 DEMO_TOPIC_UP = "user/update"
 
 
-class DemoError(Exception):
+class DemoError(CommandLineError):
     """A step of the demo failed; the message names the step."""
 
 
@@ -44,7 +45,6 @@ def register(tree: CommandTree) -> None:
     )
     parser.add_argument("--jobs", type=int, default=None, help="key-generation processes")
     parser.set_defaults(handler=_run)
-    tree.user_errors(DemoError)
 
 
 @dataclass

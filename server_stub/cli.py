@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from device_sdk.cli_support import CommandTree, env_default, require_extra
-from server_stub.errors import PlatformClientError, ServerStubError
+from firmware_helpers.platform_client import PlatformAPIError
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 CERT_TYPE = "application/x-x509-ca-cert"
@@ -28,9 +28,6 @@ DEFAULT_DATA_DIR = "iotx509-data"
 
 def register(tree: CommandTree) -> None:
     """Add ``server`` and ``platform``."""
-    from firmware_helpers.platform_client import PlatformAPIError
-
-    tree.user_errors(ServerStubError, PlatformAPIError)
     _register_server(tree)
     _register_platform(tree)
 
@@ -209,7 +206,7 @@ def _client(args: argparse.Namespace) -> Any:
     server = args.server or env_default(ENV_SERVER) or DEFAULT_SERVER
     token = args.token or env_default(ENV_TOKEN)
     if not token:
-        raise PlatformClientError(
+        raise PlatformAPIError(
             f"no API token: pass --token or set {ENV_TOKEN} (the default account's token is in "
             "DATA_DIR/admin-token)"
         )
@@ -225,7 +222,7 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise PlatformClientError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
+        raise PlatformAPIError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
 
 
 def _product_text(p: dict[str, Any]) -> str:

@@ -1,94 +1,71 @@
-"""The reference server's exception tree.
+"""The reference server's branch of the kit's exception tree (:class:`ServerStubError`).
 
-One root, :class:`ServerStubError`. Each subclass carries the HTTP status and a stable machine
-``code`` the API puts in ``{"error": {"code", "message"}}``, so the registry decides what went
-wrong and the HTTP layer only translates. Errors from the shared certificate model
-(:mod:`device_sdk.errors`) and from ``sqlite3`` are mapped once, where they are caught, with
-``raise ... from``. This module imports only the standard library: the ``platform`` client and
-the CLI use it without the server extra.
+The whole tree is drawn in :mod:`device_sdk.errors`, where its root lives. The registry decides
+what went wrong by raising one of these classes; only the HTTP layer
+(:mod:`server_stub.api.errors`) knows which HTTP status and machine ``code`` each class becomes,
+so the MQTT endpoint and the SQLite store carry no HTTP notions. Errors from the shared
+certificate model (:mod:`device_sdk.errors`) and from ``sqlite3`` are mapped once, where they are
+caught, with ``raise ... from``. This module imports only the standard library and the root: the
+``platform`` client and the CLI use it without the server extra.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from device_sdk.errors import Iotx509Error
 
-class ServerStubError(Exception):
-    """Root of every error the reference server (and its platform client) raises."""
 
-    status: int = 500
-    code: str = "internal_error"
+class ServerStubError(Iotx509Error):
+    """Root of every error the reference server raises."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
-    def to_json(self) -> dict[str, object]:
-        return {"error": {"code": self.code, "message": self.message}}
 
-
-class InvalidInputError(ServerStubError):
+class InvalidFieldError(ServerStubError):
     """A field breaks a rule (name, setting, file type). Names the field in the message."""
 
-    status = 400
-    code = "invalid_input"
 
-
-class CertificateRejectedError(InvalidInputError):
+class CaCertificateRejectedError(InvalidFieldError):
     """An uploaded CA or verification certificate fails a registration rule."""
-
-    code = "invalid_certificate"
 
 
 class AuthenticationError(ServerStubError):
     """No token, or a token that belongs to no account."""
 
-    status = 401
-    code = "unauthorized"
-
 
 class NotFoundError(ServerStubError):
     """The object does not exist *in this account* (other accounts' objects are invisible)."""
-
-    status = 404
-    code = "not_found"
 
 
 class ConflictError(ServerStubError):
     """The request contradicts what is stored (duplicate, limit reached, device offline)."""
 
-    status = 409
-    code = "conflict"
-
 
 class DuplicateCaError(ConflictError):
-    code = "ca_already_registered"
+    """The CA certificate is already registered (in this account or another)."""
 
 
 class CaLimitError(ConflictError):
-    code = "ca_limit_reached"
+    """The account already has the most CA certificates it may register."""
 
 
 class DeviceOfflineError(ConflictError):
-    code = "device_offline"
+    """A message cannot be delivered: the device is not connected."""
 
 
 class PayloadTooLargeError(ServerStubError):
-    status = 413
-    code = "payload_too_large"
+    """A request body is over the upload limit."""
 
 
 class CsvRejectedError(ServerStubError):
     """An association file was refused as a whole; nothing of it was saved."""
 
-    status = 422
-    code = "invalid_csv"
-
 
 class ProductNotEligibleError(CsvRejectedError):
     """The file's product is missing or not configured for private-CA association."""
-
-    code = "product_not_eligible"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,48 +79,24 @@ class RowError:
 class AssociationRejectedError(CsvRejectedError):
     """Some rows are bad: every one of them is listed, and nothing was saved."""
 
-    code = "association_rejected"
-
     def __init__(self, message: str, rows: list[RowError]) -> None:
         super().__init__(message)
         self.rows = rows
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "error": {
-                "code": self.code,
-                "message": self.message,
-                "rows": [{"row": r.row, "message": r.message} for r in self.rows],
-            }
-        }
 
-
-class StoreError(ServerStubError):
+class DataStoreError(ServerStubError):
     """The data directory's database cannot be opened or written."""
 
-    code = "store_error"
 
+class SchemaVersionError(DataStoreError):
+    """The database was written by a newer version of the server than this one understands."""
 
-class PlatformClientError(ServerStubError):
-    """The ``iotx509 platform`` client failed: the server's own message, or why it is unreachable."""
-
-    def __init__(
-        self, message: str, *, status: int = 0, code: str = "client_error",
-        rows: list[RowError] | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, found: int, supported: int) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
-        self.rows = rows or []
-
-    def __str__(self) -> str:
-        if not self.rows:
-            return self.message
-        lines = [self.message, *(f"  row {r.row}: {r.message}" for r in self.rows)]
-        return "\n".join(lines)
+        self.found = found
+        self.supported = supported
 
 
 class ServerStartupError(ServerStubError):
     """The server cannot start: data directory, port in use, another server on the same data."""
 
-    code = "startup_error"

@@ -19,9 +19,6 @@ LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
 def register(tree: CommandTree) -> None:
     """Add ``iotx509 fleet create`` and ``iotx509 fleet run``."""
-    from simulator.errors import SimulatorError
-
-    tree.user_errors(SimulatorError)
     group = tree.group("fleet", help="simulated device fleets: create them, load-test with Locust")
 
     create = group.add_parser(

@@ -27,10 +27,11 @@ from device_sdk.credentials import Credentials
 from device_sdk.errors import DeviceSDKError, NotConnectedError
 from device_sdk.identity import Identity
 from device_sdk.platform import KEEPALIVE_DEFAULT
+from simulator.errors import SimulatorError
 from simulator.gevent_loop import GeventLoop, shared_loop
 
 
-class IdentityMismatchError(DeviceSDKError):
+class IdentityMismatchError(SimulatorError):
     """The platform told the device another identity than the fleet expects."""
 
 

@@ -1,4 +1,5 @@
-"""The simulator's exception tree (one root: :class:`SimulatorError`).
+"""The simulator's branch of the kit's exception tree (:class:`SimulatorError`; the whole
+tree is drawn in :mod:`device_sdk.errors`).
 
 Errors from the platform's HTTP API, from reading a fleet or a template, and from allocating
 devices to simulated users all derive from it, so ``iotx509 fleet ...`` prints one clear line
@@ -8,8 +9,10 @@ to Locust as failures, with their own message.
 
 from __future__ import annotations
 
+from device_sdk.errors import Iotx509Error
 
-class SimulatorError(Exception):
+
+class SimulatorError(Iotx509Error):
     """Root of every error the simulator raises."""
 
 

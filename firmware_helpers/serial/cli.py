@@ -16,9 +16,6 @@ DEFAULT_BAUD = 115200
 
 def register(tree: CommandTree) -> None:
     """Add the serial provisioning commands."""
-    from firmware_helpers.errors import SerialProvisioningError
-
-    tree.user_errors(SerialProvisioningError)
     _provision_parser(tree.command(
         "provision",
         help="write a device certificate, key and server CA to a board over a serial line",

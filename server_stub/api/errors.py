@@ -2,7 +2,9 @@
 
 That includes the errors FastAPI and Starlette raise themselves (unknown path 404, wrong method
 405, request validation 422) and uploads over the size limit (413), so a client needs exactly one
-error parser.
+error parser. This module is the only place that knows which HTTP status and stable machine
+``code`` each class of the server's error tree (:mod:`server_stub.errors`) becomes: the registry,
+the store and the MQTT endpoint raise plain classes, and :data:`HTTP_ERRORS` translates them.
 """
 
 from __future__ import annotations
@@ -16,9 +18,44 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server_stub.errors import PayloadTooLargeError, ServerStubError
+from server_stub.errors import (
+    AssociationRejectedError,
+    AuthenticationError,
+    CaCertificateRejectedError,
+    CaLimitError,
+    ConflictError,
+    CsvRejectedError,
+    DataStoreError,
+    DeviceOfflineError,
+    DuplicateCaError,
+    InvalidFieldError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ProductNotEligibleError,
+    ServerStartupError,
+    ServerStubError,
+)
 
 log = logging.getLogger(__name__)
+
+#: class -> (HTTP status, machine code); an error takes the entry of its nearest class.
+HTTP_ERRORS: dict[type[ServerStubError], tuple[int, str]] = {
+    ServerStubError: (500, "internal_error"),
+    InvalidFieldError: (400, "invalid_input"),
+    CaCertificateRejectedError: (400, "invalid_certificate"),
+    AuthenticationError: (401, "unauthorized"),
+    NotFoundError: (404, "not_found"),
+    ConflictError: (409, "conflict"),
+    DuplicateCaError: (409, "ca_already_registered"),
+    CaLimitError: (409, "ca_limit_reached"),
+    DeviceOfflineError: (409, "device_offline"),
+    PayloadTooLargeError: (413, "payload_too_large"),
+    CsvRejectedError: (422, "invalid_csv"),
+    ProductNotEligibleError: (422, "product_not_eligible"),
+    AssociationRejectedError: (422, "association_rejected"),
+    DataStoreError: (500, "store_error"),
+    ServerStartupError: (500, "startup_error"),
+}
 
 _CODES = {
     400: "bad_request",
@@ -37,6 +74,25 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
+def http_status(exc: ServerStubError) -> tuple[int, str]:
+    """The HTTP status and machine code of ``exc``: those of its nearest class in the table."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_ERRORS:
+            return HTTP_ERRORS[cls]
+    raise AssertionError("unreachable: ServerStubError is in the table")
+
+
+def server_error_response(exc: ServerStubError) -> JSONResponse:
+    """``exc`` as the API's JSON error (with the rows of a rejected association file)."""
+    status, code = http_status(exc)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, AssociationRejectedError):
+        extra["rows"] = [{"row": r.row, "message": r.message} for r in exc.rows]
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(code, exc.message, **extra), status_code=status,
+                        headers=headers)
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -48,14 +104,12 @@ def _validation_message(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     async def server_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServerStubError)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
+        return server_error_response(exc)
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         if isinstance(exc.__cause__, ServerStubError):
-            cause = exc.__cause__
-            return JSONResponse(cause.to_json(), status_code=cause.status)
+            return server_error_response(exc.__cause__)
         code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
@@ -105,8 +159,7 @@ class UploadLimitMiddleware:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                err = self._error(f"{int(value):,} bytes")
-                response = JSONResponse(err.to_json(), status_code=413)
+                response = server_error_response(self._error(f"{int(value):,} bytes"))
                 await response(scope, receive, send)
                 return
         received = 0

@@ -29,7 +29,7 @@ from server_stub.api.schemas import (
     StatusIn,
     iso,
 )
-from server_stub.errors import DeviceOfflineError, InvalidInputError
+from server_stub.errors import DeviceOfflineError, InvalidFieldError
 from server_stub.ports import DeviceMessaging
 from server_stub.registry import Registry
 from server_stub.registry.associations import template
@@ -210,8 +210,8 @@ def _payload(body: MessageIn) -> bytes:
         try:
             return base64.b64decode(body.payload, validate=True)
         except binascii.Error as exc:
-            raise InvalidInputError(f"payload is not valid base64: {exc}") from exc
-    raise InvalidInputError(
+            raise InvalidFieldError(f"payload is not valid base64: {exc}") from exc
+    raise InvalidFieldError(
         f"payloadEncoding {body.payloadEncoding!r} is not one of utf-8, base64"
     )
 
@@ -227,16 +227,16 @@ async def send_message(
     check_device_path(productKey, deviceName)
     registry.device(account, productKey, deviceName)
     if not body.topic or any(ch in body.topic for ch in "#+\x00"):
-        raise InvalidInputError(
+        raise InvalidFieldError(
             f"topic {body.topic!r} must be a non-empty topic name without wildcards (# +)"
         )
     if body.qos not in (0, 1):
-        raise InvalidInputError(f"qos {body.qos} is not supported; use 0 or 1")
+        raise InvalidFieldError(f"qos {body.qos} is not supported; use 0 or 1")
     payload = _payload(body)
     try:
         delivered = messaging.deliver(productKey, deviceName, body.topic, payload, body.qos)
     except ValueError as exc:  # the endpoint's InvalidTopicError / InvalidMessageError (size)
-        raise InvalidInputError(str(exc)) from exc
+        raise InvalidFieldError(str(exc)) from exc
     if not delivered:
         raise DeviceOfflineError(f"device {productKey}/{deviceName} is not connected")
     return Delivered(delivered=True)
@@ -254,7 +254,7 @@ async def recent_messages(
     check_device_path(productKey, deviceName)
     registry.device(account, productKey, deviceName)
     if not 1 <= limit <= MAX_RECENT:
-        raise InvalidInputError(f"limit {limit} must be 1..{MAX_RECENT}")
+        raise InvalidFieldError(f"limit {limit} must be 1..{MAX_RECENT}")
     out = []
     for msg in messaging.recent_messages(productKey, deviceName, limit):
         try:

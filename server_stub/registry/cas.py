@@ -25,7 +25,7 @@ from device_sdk.certs import (
 )
 from device_sdk.errors import ClockError, CredentialError, InvalidNameError
 from device_sdk.naming import CA_FILE_SUFFIXES, validate_ca_name
-from server_stub.errors import CertificateRejectedError, InvalidInputError
+from server_stub.errors import CaCertificateRejectedError, InvalidFieldError
 
 MAX_CAS_PER_ACCOUNT = 10
 CA_STATUSES = ("active", "inactive")
@@ -51,7 +51,7 @@ def _check_suffix(filename: str | None, what: str) -> None:
         return
     suffix = PurePath(filename).suffix.lower()
     if suffix not in CA_FILE_SUFFIXES:
-        raise InvalidInputError(
+        raise InvalidFieldError(
             f"{what} file {PurePath(filename).name!r} must end in "
             f"{', '.join(CA_FILE_SUFFIXES[:-1])} or {CA_FILE_SUFFIXES[-1]}"
         )
@@ -61,14 +61,14 @@ def _load(data: bytes, what: str) -> x509.Certificate:
     try:
         return load_certificates(data, source=what)[0]
     except CredentialError as exc:
-        raise CertificateRejectedError(str(exc)) from exc
+        raise CaCertificateRejectedError(str(exc)) from exc
 
 
 def _valid(cert: x509.Certificate, what: str, now: datetime | None) -> None:
     try:
         check_validity(cert, now=now, what=what)
     except ClockError as exc:
-        raise CertificateRejectedError(str(exc)) from exc
+        raise CaCertificateRejectedError(str(exc)) from exc
 
 
 def check_ca_upload(
@@ -85,31 +85,31 @@ def check_ca_upload(
     try:
         validate_ca_name(name)
     except InvalidNameError as exc:
-        raise InvalidInputError(str(exc)) from exc
+        raise InvalidFieldError(str(exc)) from exc
     _check_suffix(ca_filename, "CA certificate")
     _check_suffix(verification_filename, "verification certificate")
 
     ca = _load(ca_data, "CA certificate")
     if not is_ca(ca):
-        raise CertificateRejectedError(
+        raise CaCertificateRejectedError(
             "CA certificate is not a CA certificate: it lacks basicConstraints CA=true "
             "(did you upload a device or verification certificate?)"
         )
     try:
         require_rsa(ca, what="CA certificate")
     except CredentialError as exc:
-        raise CertificateRejectedError(str(exc)) from exc
+        raise CaCertificateRejectedError(str(exc)) from exc
     _valid(ca, "CA certificate", now)
 
     verification = _load(verification_data, "verification certificate")
     cn = common_name(verification.subject)
     if cn != registration_code:
-        raise CertificateRejectedError(
+        raise CaCertificateRejectedError(
             f"verification certificate's Common Name is {cn!r}, not this account's registration "
             f"code {registration_code} (get it with 'iotx509 platform registration-code')"
         )
     if not signed_by(verification, ca.public_key()):
-        raise CertificateRejectedError(
+        raise CaCertificateRejectedError(
             "verification certificate is not signed by this CA certificate's private key: sign "
             "its CSR with the CA's key (openssl x509 -req -CA <ca> -CAkey <ca key> ...)"
         )

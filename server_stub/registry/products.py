@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import string
 
-from server_stub.errors import InvalidInputError
+from server_stub.errors import InvalidFieldError
 from server_stub.store.base import ProductRecord
 
 AUTH_TYPES = ("x509", "secret")
@@ -23,21 +23,21 @@ def validate_product_settings(name: str, auth_type: str, private_ca: bool, netwo
     """Check a new product's settings; return the cleaned name."""
     clean = name.strip()
     if not clean:
-        raise InvalidInputError("product name must not be empty")
+        raise InvalidFieldError("product name must not be empty")
     if len(clean) > PRODUCT_NAME_MAX:
-        raise InvalidInputError(
+        raise InvalidFieldError(
             f"product name is {len(clean)} characters long; at most {PRODUCT_NAME_MAX} are allowed"
         )
     if any(ch < " " or ch == "\x7f" for ch in clean):
-        raise InvalidInputError("product name must not contain control characters")
+        raise InvalidFieldError("product name must not contain control characters")
     if auth_type not in AUTH_TYPES:
-        raise InvalidInputError(
+        raise InvalidFieldError(
             f"authType {auth_type!r} is not one of {', '.join(AUTH_TYPES)}"
         )
     if network not in NETWORKS:
-        raise InvalidInputError(f"network {network!r} is not one of {', '.join(NETWORKS)}")
+        raise InvalidFieldError(f"network {network!r} is not one of {', '.join(NETWORKS)}")
     if private_ca and auth_type != "x509":
-        raise InvalidInputError(
+        raise InvalidFieldError(
             f"privateCa=true needs authType=x509 (got authType={auth_type})"
         )
     return clean

@@ -25,7 +25,7 @@ from server_stub.errors import (
     CaLimitError,
     ConflictError,
     DuplicateCaError,
-    InvalidInputError,
+    InvalidFieldError,
     NotFoundError,
     ProductNotEligibleError,
 )
@@ -79,7 +79,7 @@ class Registry:
     def create_account(self, name: str) -> tuple[AccountRecord, str]:
         """A new account and its API token (shown once; only its hash is stored)."""
         if not acct.ACCOUNT_NAME_RE.fullmatch(name):
-            raise InvalidInputError(
+            raise InvalidFieldError(
                 f"account name {name!r} must be 1-64 characters of letters, digits and _.@-"
             )
         token = acct.new_token()
@@ -207,7 +207,7 @@ class Registry:
 
     def set_ca_status(self, account: AccountRecord, ca_sn: str, status: str) -> CaRecord:
         if status not in CA_STATUSES:
-            raise InvalidInputError(
+            raise InvalidFieldError(
                 f"CA status {status!r} is not one of {', '.join(CA_STATUSES)}"
             )
         record = self.ca(account, ca_sn)
@@ -293,7 +293,7 @@ class Registry:
         self, account: AccountRecord, product_key: str, device_name: str, status: str
     ) -> DeviceRecord:
         if status not in DEVICE_STATUSES:
-            raise InvalidInputError(
+            raise InvalidFieldError(
                 f"device status {status!r} is not one of {', '.join(DEVICE_STATUSES)}"
             )
         record = self.device(account, product_key, device_name)
@@ -308,13 +308,13 @@ class Registry:
     ) -> tuple[int, list[DeviceListRow]]:
         """One page of the account's devices, filtered and counted by the store (not in memory)."""
         if not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidInputError(f"pageSize {page_size} must be 1..{MAX_PAGE_SIZE}")
+            raise InvalidFieldError(f"pageSize {page_size} must be 1..{MAX_PAGE_SIZE}")
         if page < 1:
-            raise InvalidInputError(f"page {page} must be 1 or more")
+            raise InvalidFieldError(f"page {page} must be 1 or more")
         if text is not None and len(text) > MAX_FILTER_CHARS:
-            raise InvalidInputError(f"the filter is longer than {MAX_FILTER_CHARS} characters")
+            raise InvalidFieldError(f"the filter is longer than {MAX_FILTER_CHARS} characters")
         if status is not None and status not in DEVICE_STATUSES:
-            raise InvalidInputError(
+            raise InvalidFieldError(
                 f"device status {status!r} is not one of {', '.join(DEVICE_STATUSES)}"
             )
         query = DeviceQuery(
@@ -401,5 +401,5 @@ def check_device_path(product_key: str, device_name: str) -> None:
         validate_product_key(product_key)
         validate_device_name(device_name)
     except InvalidNameError as exc:
-        raise InvalidInputError(str(exc)) from exc
+        raise InvalidFieldError(str(exc)) from exc
 

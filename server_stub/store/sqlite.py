@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from server_stub.errors import ConflictError, StoreError
+from server_stub.errors import ConflictError, DataStoreError
 from server_stub.store.base import (
     AccountRecord,
     AssociationRecord,
@@ -111,7 +111,7 @@ class SqliteStore:
             conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot initialise the database {self.path}: {exc}") from exc
+            raise DataStoreError(f"cannot initialise the database {self.path}: {exc}") from exc
 
     # --- connections and transactions -----------------------------------------------------------
 
@@ -120,7 +120,7 @@ class SqliteStore:
         if conn is not None:
             return conn
         if self._closed:
-            raise StoreError("the store is closed")
+            raise DataStoreError("the store is closed")
         try:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -129,7 +129,7 @@ class SqliteStore:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the database {self.path}: {exc}") from exc
+            raise DataStoreError(f"cannot open the database {self.path}: {exc}") from exc
         self._local.conn = conn
         self._local.depth = 0
         with self._all_lock:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from device_sdk.certs import load_certificates
 from device_sdk.errors import CertificateFormatError
 from fuzz import seeds
-from server_stub.errors import CertificateRejectedError
+from server_stub.errors import CaCertificateRejectedError
 from server_stub.registry.cas import check_ca_upload
 
 
@@ -41,7 +41,7 @@ def test_found_inputs_are_refused_with_our_errors(name: str) -> None:
     data = _replace_once(_ca_der(), old, new)
     with pytest.raises(CertificateFormatError, match="CA certificate: "):
         load_certificates(data, source="CA certificate")
-    with pytest.raises(CertificateRejectedError):
+    with pytest.raises(CaCertificateRejectedError):
         check_ca_upload(
             name="found_ca", ca_data=data,
             verification_data=seeds.verification().cert_pem(),

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from server_stub.errors import AuthenticationError, ConflictError, InvalidInputError, NotFoundError
+from server_stub.errors import AuthenticationError, ConflictError, InvalidFieldError, NotFoundError
 from server_stub.registry import Registry
 from server_stub.registry.products import eligibility_problems
 from server_stub.store.base import AccountRecord
@@ -33,7 +33,7 @@ def test_rotated_token_replaces_the_old_one(registry: Registry) -> None:
 
 @pytest.mark.parametrize("name", ["", "has space", "x" * 65, "semi;colon"])
 def test_bad_account_names_are_refused(registry: Registry, name: str) -> None:
-    with pytest.raises(InvalidInputError, match="account name"):
+    with pytest.raises(InvalidFieldError, match="account name"):
         registry.create_account(name)
 
 
@@ -74,7 +74,7 @@ def test_product_key_is_11_letters_and_digits(registry: Registry, account: Accou
 def test_bad_product_settings_are_refused(
     registry: Registry, account: AccountRecord, kwargs: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(InvalidInputError, match=re.escape(message)):
+    with pytest.raises(InvalidFieldError, match=re.escape(message)):
         registry.create_product(account, **kwargs)  # type: ignore[arg-type]
 
 

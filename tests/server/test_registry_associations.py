@@ -9,7 +9,7 @@ import pytest
 from firmware_helpers.pki import CertifiedKey, create_ca
 from server_stub.errors import (
     AssociationRejectedError,
-    InvalidInputError,
+    InvalidFieldError,
     NotFoundError,
     ProductNotEligibleError,
 )
@@ -184,7 +184,7 @@ def test_device_status_rules(
     g0 = registry.trust_generation
     assert registry.set_device_status(account, pk, "dev-a", "disabled").status == "disabled"
     assert registry.trust_generation > g0
-    with pytest.raises(InvalidInputError, match="device status 'off' is not one of enabled, disabled"):
+    with pytest.raises(InvalidFieldError, match="device status 'off' is not one of enabled, disabled"):
         registry.set_device_status(account, pk, "dev-a", "off")
     other, _ = registry.create_account("other")
     with pytest.raises(NotFoundError, match=f"no device {pk}/dev-a in this account"):

@@ -21,11 +21,11 @@ from firmware_helpers.pki import (
     issue_verification_certificate,
 )
 from server_stub.errors import (
+    CaCertificateRejectedError,
     CaLimitError,
-    CertificateRejectedError,
     ConflictError,
     DuplicateCaError,
-    InvalidInputError,
+    InvalidFieldError,
     NotFoundError,
 )
 from server_stub.registry import Registry
@@ -76,7 +76,7 @@ def test_der_ca_file_is_accepted(registry: Registry, account: AccountRecord,
 @pytest.mark.parametrize("name", ["abc", "x" * 31, "has-dash", "with space", "ünï_code"])
 def test_bad_ca_names_are_refused(registry: Registry, account: AccountRecord,
                                   test_ca: CertifiedKey, name: str) -> None:
-    with pytest.raises(InvalidInputError, match="4-30 characters of letters, digits and underscore"):
+    with pytest.raises(InvalidFieldError, match="4-30 characters of letters, digits and underscore"):
         _register(registry, account, test_ca.cert_pem(), b"", name=name)
 
 
@@ -88,22 +88,22 @@ def test_file_types_other_than_cer_crt_pem_are_refused(
     registry: Registry, account: AccountRecord, test_ca: CertifiedKey, ca_file: str,
     ver_file: str, what: str,
 ) -> None:
-    with pytest.raises(InvalidInputError, match=re.escape(what) + r" must end in \.cer, \.crt or \.pem"):
+    with pytest.raises(InvalidFieldError, match=re.escape(what) + r" must end in \.cer, \.crt or \.pem"):
         _register(registry, account, test_ca.cert_pem(), b"x", ca_file=ca_file, ver_file=ver_file)
 
 
 def test_unreadable_ca_file_is_refused(registry: Registry, account: AccountRecord,
                                        test_ca: CertifiedKey) -> None:
-    with pytest.raises(CertificateRejectedError, match="CA certificate: neither a PEM nor a DER"):
+    with pytest.raises(CaCertificateRejectedError, match="CA certificate: neither a PEM nor a DER"):
         _register(registry, account, b"garbage", b"")
-    with pytest.raises(CertificateRejectedError, match=r"no CERTIFICATE block .is it a key"):
+    with pytest.raises(CaCertificateRejectedError, match=r"no CERTIFICATE block .is it a key"):
         _register(registry, account, test_ca.key_pem(), b"")
 
 
 def test_a_non_ca_certificate_is_refused(registry: Registry, account: AccountRecord,
                                          test_ca: CertifiedKey) -> None:
     device = issue_device_certificate(test_ca, "dev1")
-    with pytest.raises(CertificateRejectedError, match="lacks basicConstraints CA=true"):
+    with pytest.raises(CaCertificateRejectedError, match="lacks basicConstraints CA=true"):
         _register(registry, account, device.cert_pem(), b"")
 
 
@@ -124,17 +124,17 @@ def _ec_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 def test_a_non_rsa_ca_is_refused(registry: Registry, account: AccountRecord) -> None:
     cert, _key = _ec_ca()
     pem = cert.public_bytes(serialization.Encoding.PEM)
-    with pytest.raises(CertificateRejectedError, match=r"EC \(secp256r1\) key; the platform supports only RSA"):
+    with pytest.raises(CaCertificateRejectedError, match=r"EC \(secp256r1\) key; the platform supports only RSA"):
         _register(registry, account, pem, b"")
 
 
 def test_expired_and_not_yet_valid_cas_are_refused(registry: Registry,
                                                    account: AccountRecord) -> None:
     expired = create_ca("Old CA", days=1, now=datetime(2020, 1, 1, tzinfo=UTC))
-    with pytest.raises(CertificateRejectedError, match="CA certificate has expired"):
+    with pytest.raises(CaCertificateRejectedError, match="CA certificate has expired"):
         _register(registry, account, expired.cert_pem(), b"")
     future = create_ca("Future CA", days=10, now=datetime.now(UTC) + timedelta(days=5))
-    with pytest.raises(CertificateRejectedError, match="CA certificate is not yet valid"):
+    with pytest.raises(CaCertificateRejectedError, match="CA certificate is not yet valid"):
         _register(registry, account, future.cert_pem(), b"")
 
 
@@ -142,7 +142,7 @@ def test_verification_cn_must_be_this_accounts_code(registry: Registry, account:
                                                     test_ca: CertifiedKey) -> None:
     other, _ = registry.create_account("other")
     wrong = issue_verification_certificate(test_ca, registry.registration_code(other))
-    with pytest.raises(CertificateRejectedError,
+    with pytest.raises(CaCertificateRejectedError,
                        match=r"Common Name is '[0-9a-f]{64}', not this account's registration code"):
         _register(registry, account, test_ca.cert_pem(), wrong.cert_pem())
 
@@ -154,7 +154,7 @@ def test_verification_signed_by_another_key_with_the_same_ca_name_is_refused(
         NameOID.COMMON_NAME)[0].value)  # type: ignore[arg-type]
     assert impostor.certificate.subject == test_ca.certificate.subject
     forged = issue_verification_certificate(impostor, registry.registration_code(account))
-    with pytest.raises(CertificateRejectedError, match="not signed by this CA certificate's private key"):
+    with pytest.raises(CaCertificateRejectedError, match="not signed by this CA certificate's private key"):
         _register(registry, account, test_ca.cert_pem(), forged.cert_pem())
 
 
@@ -164,13 +164,13 @@ def test_expired_verification_certificate_is_refused(registry: Registry, account
         test_ca, registry.registration_code(account), days=1,
         now=datetime.now(UTC) - timedelta(days=3),
     )
-    with pytest.raises(CertificateRejectedError, match="verification certificate has expired"):
+    with pytest.raises(CaCertificateRejectedError, match="verification certificate has expired"):
         _register(registry, account, test_ca.cert_pem(), old.cert_pem())
 
 
 def test_unreadable_verification_file_is_refused(registry: Registry, account: AccountRecord,
                                                  test_ca: CertifiedKey) -> None:
-    with pytest.raises(CertificateRejectedError, match="verification certificate: the file is empty"):
+    with pytest.raises(CaCertificateRejectedError, match="verification certificate: the file is empty"):
         _register(registry, account, test_ca.cert_pem(), b"")
 
 
@@ -214,7 +214,7 @@ def test_rejected_registration_leaves_the_store_unchanged(
         lambda: _register(registry, account, create_ca("X").cert_pem(), b"nope"),
     ]
     for attempt in bad:
-        with pytest.raises((DuplicateCaError, CertificateRejectedError)):
+        with pytest.raises((DuplicateCaError, CaCertificateRejectedError)):
             attempt()
     assert store.row_counts() == before
     assert registry.trust_generation == generation
@@ -227,7 +227,7 @@ def test_status_changes_and_deletion(registry: Registry, account: AccountRecord,
     assert registry.set_ca_status(account, record.ca_sn, "inactive").status == "inactive"
     assert registry.trust_generation > g0
     assert registry.active_ca_certificates() == ()
-    with pytest.raises(InvalidInputError, match="CA status 'paused' is not one of active, inactive"):
+    with pytest.raises(InvalidFieldError, match="CA status 'paused' is not one of active, inactive"):
         registry.set_ca_status(account, record.ca_sn, "paused")
     assert registry.set_ca_status(account, "0" + record.ca_sn.upper(), "active").status == "active"
     assert list(registry.active_ca_certificates()) == [test_ca.certificate]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server_stub.errors import ConflictError, StoreError
+from server_stub.errors import ConflictError, DataStoreError
 from server_stub.registry import Registry
 from server_stub.registry.accounts import hash_token
 from server_stub.store import SqliteStore
@@ -85,7 +85,7 @@ def test_concurrent_writers_do_not_fail_with_locked_database(store: SqliteStore)
 
 
 def test_unwritable_location_gives_a_store_error(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="cannot open the database"):
+    with pytest.raises(DataStoreError, match="cannot open the database"):
         SqliteStore(tmp_path / "missing-dir" / "registry.sqlite3")
 
 
@@ -97,7 +97,7 @@ def test_closed_store_refuses_new_connections(tmp_path: Path) -> None:
     def use() -> None:
         try:
             s.account_by_name("x")
-        except StoreError as exc:
+        except DataStoreError as exc:
             result.append(exc)
 
     t = threading.Thread(target=use)
