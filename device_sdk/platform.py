@@ -79,6 +79,38 @@ class ClientId:
         return cls(head, tuple(params))
 
 
+def device_topic_prefixes(product_key: str, device_name: str) -> tuple[str, str]:
+    """The two topic spaces a device owns: ``/{pk}/{dn}/`` and ``/sys/{pk}/{dn}/``."""
+    return f"/{product_key}/{device_name}/", f"/sys/{product_key}/{device_name}/"
+
+
+def topic_within_prefixes(prefixes: tuple[str, str], topic: str) -> bool:
+    """Whether a topic name or filter starts with one of ``prefixes`` (a literal prefix).
+
+    Literal comparison means a wildcard can never reach into another device's space:
+    ``/+/dn/...`` or ``#`` are outside every device's space. A relative topic (``user/get``)
+    is outside too: only :meth:`Identity.topic` makes it absolute.
+    """
+    return topic.startswith(prefixes[0]) or topic.startswith(prefixes[1])
+
+
+def topic_within_device_space(product_key: str, device_name: str, topic: str) -> bool:
+    """THE rule of the platform's topic space: may device ``pk``/``dn`` use ``topic``?
+
+    The device's own publishes and subscriptions, and every message the cloud sends it, must
+    lie under ``/{pk}/{dn}/`` or ``/sys/{pk}/{dn}/``. The reference server's MQTT endpoint and
+    its HTTP API both call this; nothing else restates it.
+    """
+    return topic_within_prefixes(device_topic_prefixes(product_key, device_name), topic)
+
+
+def device_topic_space(product_key: str, device_name: str) -> str:
+    """The rule in words, for error messages: which topics the device may use."""
+    own, sys_space = device_topic_prefixes(product_key, device_name)
+    return f"topics under {own} or {sys_space} (absolute: relative topics like 'user/get' " \
+        "must be given with the device's prefix)"
+
+
 def format_username(identity: Identity) -> str:
     return f"{identity.device_name}&{identity.product_key}"
 

@@ -8,6 +8,7 @@ the check compares literal prefixes, so a wildcard can never reach into another 
 
 from __future__ import annotations
 
+from device_sdk.platform import device_topic_prefixes, topic_within_prefixes
 from server_stub.mqtt.errors import InvalidTopicError
 
 MAX_TOPIC_BYTES = 65535
@@ -54,10 +55,10 @@ def validate_topic_filter(topic_filter: str) -> str:
 
 
 def device_prefixes(product_key: str, device_name: str) -> tuple[str, str]:
-    """The two topic spaces a device owns."""
-    return f"/{product_key}/{device_name}/", f"/sys/{product_key}/{device_name}/"
+    """The two topic spaces a device owns (the rule lives in :mod:`device_sdk.platform`)."""
+    return device_topic_prefixes(product_key, device_name)
 
 
 def device_may_use(prefixes: tuple[str, str], topic: str) -> bool:
     """Whether a topic name or filter lies inside the device's own spaces (literal prefix)."""
-    return topic.startswith(prefixes[0]) or topic.startswith(prefixes[1])
+    return topic_within_prefixes(prefixes, topic)
