@@ -60,7 +60,7 @@ class PlatformClient:
     token: str
     timeout: float = 30.0
     _opener: urllib.request.OpenerDirector = field(
-        default_factory=urllib.request.build_opener, repr=False
+        default_factory=lambda: _build_opener(), repr=False
     )
 
     def __post_init__(self) -> None:
@@ -70,7 +70,7 @@ class PlatformClient:
         host = urllib.parse.urlsplit(self.base_url).hostname or ""
         if host in ("localhost", "::1") or host.startswith("127."):
             # An HTTP proxy from the environment must not intercept a server on this machine.
-            self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            self._opener = _build_opener(urllib.request.ProxyHandler({}))
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -100,6 +100,8 @@ class PlatformClient:
                 ctype = resp.headers.get("Content-Type", "")
         except urllib.error.HTTPError as exc:
             with exc:
+                if 300 <= exc.code < 400:
+                    raise _redirect_error(exc, url) from exc
                 raise _api_error(exc, url) from exc
         except urllib.error.URLError as exc:
             raise PlatformAPIError(
@@ -197,6 +199,36 @@ class PlatformClient:
                 "GET", f"/devices/{_q(product_key)}/{_q(device_name)}/messages?limit={limit}"
             )
         )
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would send the bearer token on to wherever it points.
+
+    Following only same-origin redirects would be safe too, but the API has none, so any
+    redirect is a misconfigured ``--server`` (or a hostile answer): it becomes an error that
+    names the ``Location`` instead.
+    """
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+        newurl: str,
+    ) -> None:
+        return None
+
+
+def _build_opener(*handlers: urllib.request.BaseHandler) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(*handlers, _NoRedirects())
+
+
+def _redirect_error(exc: urllib.error.HTTPError, url: str) -> PlatformAPIError:
+    location = exc.headers.get("Location") if exc.headers is not None else None
+    return PlatformAPIError(
+        f"the server at {url} answered HTTP {exc.code} redirecting to "
+        f"{location or '(no Location)'}; the client does not follow redirects, so the API token "
+        "is never sent to another address: give --server (or IOTX509_SERVER) the address the "
+        "API really has",
+        status=exc.code, code="redirect",
+    )
 
 
 def _q(part: str) -> str:
