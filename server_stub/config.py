@@ -16,7 +16,30 @@ class MqttLimits:
     """Seconds allowed between the end of the handshake and the CONNECT packet."""
     max_packet_size: int = 256 * 1024
     max_connections: int = 20_000
+    """Open connections in all, authenticated or not."""
+    max_pending_connections: int = 1_000
+    """Connections not authenticated yet (TLS handshake, waiting for CONNECT, registry lookup).
+    When full, a new connection closes the oldest of them, so idle sockets cannot keep a real
+    device out and never hold the slots of authenticated devices."""
+    max_pending_per_source: int = 64
+    """Connections not authenticated yet from one source address; more are refused."""
+    max_client_id_length: int = 256
+    """Characters of the whole clientId (the id itself is <= 64 by the platform's rule, then
+    ``|params|``)."""
+    max_filters_per_session: int = 100
+    """Topic filters one session may hold; further filters get SUBACK 0x80."""
+    max_filter_levels: int = 16
+    """Levels (``/``-separated) of one topic filter."""
+    max_filter_bytes: int = 512
+    """UTF-8 bytes of one topic filter."""
     recent_messages_per_device: int = 100
+    """Messages kept per device for ``GET .../messages``."""
+    recent_bytes_per_device: int = 1024 * 1024
+    """Bytes (topic + payload) kept per device; older messages are dropped first."""
+    recent_bytes_total: int = 64 * 1024 * 1024
+    """Bytes kept for all devices together; the oldest messages of all go first."""
+    recent_retention: float = 600.0
+    """Seconds a disconnected device's messages are kept."""
     deliver_identity: bool = True
     """Publish the identity to /ext/auth/identity/response after CONNACK 0."""
 

@@ -1,8 +1,11 @@
-"""Sessions, authentication of CONNECT, routing and the cloud side (``DeviceMessaging``).
+"""Session registry, authentication of CONNECT, routing and the cloud side (``DeviceMessaging``).
 
-Transport-free: connections call in with decoded packets; the broker answers through
-``conn.send`` / ``conn.publish`` / ``conn.close``. Every refusal is logged as one line with the
-certificate's SN and issuer and the reason, because a device only ever sees a CONNACK code.
+Transport-free: connections (anything shaped like :class:`Link`) hand in decoded packets; the
+broker feeds each connection's :class:`~server_stub.mqtt.session.Session` machine and answers
+through ``link.send`` / ``link.close``. It never imports the connection module: the connection
+depends on the broker, not the other way round. Every refusal and every limit reached is logged
+as one line with the certificate's SN and issuer and the reason, because a device only ever
+sees a CONNACK code.
 
 CONNACK codes chosen where the platform's documentation is silent:
 - 1: protocol level is not 4 (MQTT 3.1.1), as the MQTT specification requires;
@@ -10,15 +13,23 @@ CONNACK codes chosen where the platform's documentation is silent:
   outside 30..1200 s -- CONNECT fields that break the platform's conventions;
 - 5 (not authorised): everything about *who* the device is (registry refusal, username that
   is malformed or names another device).
+
+Limits (each a field of :class:`~server_stub.config.MqttLimits`, documented in
+``docs/device-endpoint-limits.md``): connections in all, connections not authenticated yet in all
+and per source address, client id length, filters per session and their levels and bytes, and
+the recent-messages store's budgets (:mod:`server_stub.mqtt.recent`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import ssl
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 from cryptography import x509
 
@@ -27,25 +38,70 @@ from device_sdk.errors import InvalidNameError
 from device_sdk.identity import Identity
 from device_sdk.platform import (
     IDENTITY_TOPIC,
-    KEEPALIVE_MAX,
-    KEEPALIVE_MIN,
     SECURE_MODE_X509,
     ClientId,
     identity_payload,
     parse_username,
+    validate_keepalive,
 )
 from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
 from server_stub.mqtt.activity import Activity
-from server_stub.mqtt.connection import AWAIT_CONNECT, CONNECTED, HANDSHAKE, MqttConnection
 from server_stub.mqtt.errors import InvalidMessageError, MqttProtocolError
+from server_stub.mqtt.recent import RecentMessages
 from server_stub.mqtt.router import Router
+from server_stub.mqtt.session import Closed as SessionClosed
+from server_stub.mqtt.session import (
+    ConnectAccepted,
+    ConnectReceived,
+    Expired,
+    HandshakeDone,
+    PacketReceived,
+    Session,
+    State,
+    Tick,
+    WillDue,
+)
 from server_stub.mqtt.topics import device_may_use, device_prefixes, validate_topic_name
-from server_stub.ports import AuthRefused, DeviceDirectory, DeviceMessage
+from server_stub.ports import AuthDecision, AuthRefused, DeviceDirectory, DeviceMessage
 
 log = logging.getLogger("server_stub.mqtt")
 
 DeviceKey = tuple[str, str]
+
+#: Longest text of client-chosen origin (client id, topic, username) written into one log line.
+LOG_CLIP = 200
+
+
+def clip(text: str, limit: int = LOG_CLIP) -> str:
+    """``text`` cut for a log line, saying how long it really was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text)} characters)"
+
+
+class Link(Protocol):
+    """What the broker needs of one connection (:class:`~server_stub.mqtt.connection.MqttConnection`)."""
+
+    peer: str
+    source: str
+    session: Session
+
+    def __hash__(self) -> int: ...
+
+    def send(self, packet: codec.Packet) -> None: ...
+
+    def send_bytes(self, data: bytes) -> None: ...
+
+    def close(self, reason: str | None = None, *, tls_shutdown: bool = True) -> None: ...
+
+    def peer_certificate_der(self) -> bytes | None: ...
+
+    def hold(self) -> None:
+        """Stop reading and dispatching packets (the registry lookup of CONNECT is running)."""
+
+    def release(self) -> None:
+        """Dispatch what was held back and read again."""
 
 
 class Broker:
@@ -62,69 +118,100 @@ class Broker:
         self.context = context
         self.limits = limits
         self.now = clock
-        self.connections: set[MqttConnection] = set()
-        self.sessions: dict[DeviceKey, MqttConnection] = {}
-        self.router: Router[MqttConnection] = Router()
-        self._recent: dict[DeviceKey, deque[DeviceMessage]] = {}
-        self.refused_at_capacity = 0
+        self.connections: set[Link] = set()
+        self.pending: OrderedDict[Link, None] = OrderedDict()
+        """Connections not authenticated yet, oldest first."""
+        self._pending_by_source: dict[str, int] = {}
+        self.sessions: dict[DeviceKey, Link] = {}
+        self.router: Router[Link] = Router()
+        self.recent = RecentMessages(limits)
         self.activity = Activity()
         """The console's counters and live listeners (see :mod:`server_stub.mqtt.activity`)."""
 
     # --- connection lifecycle ------------------------------------------------------------------
 
-    def admit(self, conn: MqttConnection) -> bool:
-        if len(self.connections) >= self.limits.max_connections:
-            self.refused_at_capacity += 1
+    def new_session(self) -> Session:
+        return Session(self.limits, self.now())
+
+    def admit(self, conn: Link) -> bool:
+        """Take a new TCP connection, or refuse it (one log line); may close the oldest pending.
+
+        A full endpoint, or a full budget for unauthenticated connections, closes the *oldest*
+        unauthenticated connection to make room: idle sockets then cannot keep a real device
+        out, while one source address can never hold more than its own share.
+        """
+        limits = self.limits
+        source = conn.source
+        from_source = self._pending_by_source.get(source, 0)
+        if from_source >= limits.max_pending_per_source:
             log.warning(
-                "mqtt %s: refused: %d connections is the limit (max_connections)",
-                conn.peer, self.limits.max_connections,
+                "mqtt %s: refused: %d connections from %s are not authenticated yet "
+                "(max_pending_per_source)", conn.peer, from_source, source,
             )
             return False
+        full = len(self.connections) >= limits.max_connections
+        if full or len(self.pending) >= limits.max_pending_connections:
+            if not self.pending:
+                log.warning("mqtt %s: refused: %d connections is the limit (max_connections)",
+                            conn.peer, limits.max_connections)
+                return False
+            oldest = next(iter(self.pending))
+            which = "max_connections" if full else "max_pending_connections"
+            oldest.close(f"oldest unauthenticated connection, closed to admit a new one ({which})",
+                         tls_shutdown=False)
         self.connections.add(conn)
+        self.pending[conn] = None
+        self._pending_by_source[source] = from_source + 1
         return True
 
-    def forget(self, conn: MqttConnection) -> None:
+    def _unpend(self, conn: Link) -> None:
+        if conn in self.pending:
+            del self.pending[conn]
+            left = self._pending_by_source[conn.source] - 1
+            if left:
+                self._pending_by_source[conn.source] = left
+            else:
+                del self._pending_by_source[conn.source]
+
+    def forget(self, conn: Link) -> None:
         """Drop every trace of a closing connection; publish its will if it did not DISCONNECT."""
         self.connections.discard(conn)
-        device = conn.device
+        self._unpend(conn)
+        session = conn.session
+        device = session.device
+        for topic_filter in session.filters:
+            self.router.unsubscribe(conn, topic_filter)
+        outcome = session.handle(SessionClosed())
         if device is None:
             return
         key = (device.product_key, device.device_name)
         if self.sessions.get(key) is conn:
             del self.sessions[key]
-        for topic_filter in conn.filters:
-            self.router.unsubscribe(conn, topic_filter)
-        conn.filters.clear()
-        will, conn.will = conn.will, None
-        if will is not None and conn.state == CONNECTED:
-            if device_may_use(conn.prefixes, will.topic):
+            self.recent.left(key, self.now())
+        if isinstance(outcome, WillDue):
+            will = outcome.will
+            if device_may_use(session.prefixes, will.topic):
                 qos = min(will.qos, 1)
-                self._record(conn, will.topic, will.payload, qos)
-                self._route(conn, will.topic, will.payload, qos)
+                self._record(key, will.topic, will.payload, qos)
+                self._route(will.topic, will.payload, qos)
             else:
-                self._refusal_log(conn, None, f"will topic {will.topic!r} is outside the device's topics; dropped")
-
-    def keepalive_deadline(self, keep_alive: int) -> float:
-        return self.now() + keep_alive * 1.5
+                self._refusal_log(conn, None, f"will topic {clip(will.topic)!r} is outside the "
+                                  "device's topics; dropped")
 
     def sweep(self) -> None:
-        """Close connections past their deadline (handshake, CONNECT, keep-alive x 1.5)."""
+        """Close connections past their deadline; forget messages of devices long gone."""
         now = self.now()
-        expired = [c for c in self.connections if c.deadline <= now]
-        for conn in expired:
-            if conn.state == HANDSHAKE:
-                conn.close(f"no TLS handshake within {self.limits.handshake_timeout:g} s",
-                           tls_shutdown=False)
-            elif conn.state == AWAIT_CONNECT:
-                conn.close(f"no CONNECT within {self.limits.connect_timeout:g} s after the handshake")
-            else:
-                conn.close(f"keep-alive: nothing received for 1.5 x {conn.keep_alive} s")
+        for conn in list(self.connections):
+            outcome = conn.session.handle(Tick(now))
+            if isinstance(outcome, Expired):
+                conn.close(outcome.reason, tls_shutdown=outcome.tls_shutdown)
+        self.recent.expire(now)
 
     def recheck(self) -> None:
         """After a registry change: close sessions whose acceptance no longer holds."""
         directory = self.directory
         for conn in list(self.sessions.values()):
-            device = conn.device
+            device = conn.session.device
             if device is not None and not directory.is_current(device):
                 conn.close("the registry no longer accepts this device (CA or device disabled, "
                            "association removed)")
@@ -135,99 +222,157 @@ class Broker:
 
     # --- logging -------------------------------------------------------------------------------
 
-    def _refusal_log(self, conn: MqttConnection, leaf: x509.Certificate | None, reason: str) -> None:
+    def _refusal_log(self, conn: Link, leaf: x509.Certificate | None, reason: str) -> None:
+        device = conn.session.device
         if leaf is not None:
             sn, issuer = certificate_sn(leaf), leaf.issuer.rfc4514_string()
-        elif conn.device is not None:
-            sn, issuer = conn.device.cert_sn, f"CA SN {conn.device.ca_sn}"
+        elif device is not None:
+            sn, issuer = device.cert_sn, f"CA SN {device.ca_sn}"
         else:
             sn, issuer = "-", "-"
         log.warning(
             "mqtt %s: %s (cert SN %s, issuer %s, client id %r)",
-            conn.peer, reason, sn, issuer, conn.client_id,
+            conn.peer, clip(reason, 4 * LOG_CLIP), sn, issuer, conn.session.client_id,
         )
 
-    def log_close(self, conn: MqttConnection, reason: str) -> None:
+    def log_close(self, conn: Link, reason: str) -> None:
         self._refusal_log(conn, None, f"closed: {reason}")
 
-    def handshake_failed(self, conn: MqttConnection, exc: ssl.SSLError) -> None:
+    def handshake_failed(self, conn: Link, exc: ssl.SSLError) -> None:
         detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
         log.warning(
             "mqtt %s: TLS handshake refused: %s (%s; the certificate is not available after a "
             "failed handshake)", conn.peer, detail, exc.reason or type(exc).__name__,
         )
 
+    def handshake_done(self, conn: Link) -> None:
+        conn.session.handle(HandshakeDone(self.now()))
+
+    # --- packets -------------------------------------------------------------------------------
+
+    def on_packet(self, conn: Link, packet: codec.Packet) -> None:
+        """One decoded packet; raises :class:`MqttProtocolError` for one out of order."""
+        session = conn.session
+        session.handle(PacketReceived(self.now(), packet))
+        if isinstance(packet, codec.Connect):
+            self._on_connect(conn, packet)
+        elif isinstance(packet, codec.Publish):
+            self._on_publish(conn, packet)
+        elif isinstance(packet, codec.Pingreq):
+            conn.send_bytes(codec.PINGRESP_BYTES)
+        elif isinstance(packet, codec.Subscribe):
+            self._on_subscribe(conn, packet)
+        elif isinstance(packet, codec.Unsubscribe):
+            for topic_filter in session.unsubscribe(packet.topics):
+                self.router.unsubscribe(conn, topic_filter)
+            conn.send(codec.Unsuback(packet.packet_id))
+        elif isinstance(packet, codec.Disconnect):
+            conn.close()
+        elif not isinstance(packet, codec.Puback):  # PUBACK: the session dropped its id
+            raise MqttProtocolError(f"{type(packet).__name__.upper()} is sent by servers only")
+
     # --- CONNECT -------------------------------------------------------------------------------
 
-    def _refuse(self, conn: MqttConnection, leaf: x509.Certificate | None, code: int,
-                reason: str) -> None:
+    def _refuse(self, conn: Link, leaf: x509.Certificate | None, code: int, reason: str) -> None:
         self._refusal_log(conn, leaf, f"CONNECT refused with CONNACK {code}: {reason}")
         conn.send(codec.Connack(code))
         conn.close()
 
-    def on_connect(self, conn: MqttConnection, packet: codec.Connect) -> None:
-        conn.client_id = packet.client_id
+    def _on_connect(self, conn: Link, packet: codec.Connect) -> None:
+        session = conn.session
+        session.client_id = clip(packet.client_id, self.limits.max_client_id_length)
         leaf = self._peer_leaf(conn)
         if leaf is None:
             conn.close("no client certificate after the handshake")
             return
-        if not KEEPALIVE_MIN <= packet.keep_alive <= KEEPALIVE_MAX:
+        if len(packet.client_id) > self.limits.max_client_id_length:
             self._refuse(conn, leaf, codec.CONNACK_IDENTIFIER_REJECTED,
-                         f"keep-alive {packet.keep_alive} s is outside "
-                         f"{KEEPALIVE_MIN}..{KEEPALIVE_MAX} s")
+                         f"client id of {len(packet.client_id)} characters is longer than "
+                         f"{self.limits.max_client_id_length} (max_client_id_length)")
+            return
+        try:
+            validate_keepalive(packet.keep_alive)
+        except ValueError as exc:
+            self._refuse(conn, leaf, codec.CONNACK_IDENTIFIER_REJECTED, str(exc))
             return
         try:
             client_id = ClientId.parse(packet.client_id)
+            if client_id.id:  # the platform's id rule (<= 64 characters); MQTT allows none
+                ClientId.for_x509(client_id.id)
         except InvalidNameError as exc:
             self._refuse(conn, leaf, codec.CONNACK_IDENTIFIER_REJECTED, str(exc))
             return
         mode = client_id.param("securemode")
         if mode is not None and mode != SECURE_MODE_X509:
             self._refuse(conn, leaf, codec.CONNACK_IDENTIFIER_REJECTED,
-                         f"securemode={mode} in the client id; X.509 devices use securemode=2")
-            return
-        decision = self.directory.authenticate(leaf)
-        if isinstance(decision, AuthRefused):
-            self._refuse(conn, leaf, codec.CONNACK_NOT_AUTHORIZED, decision.reason)
+                         f"securemode={clip(mode)} in the client id; X.509 devices use "
+                         "securemode=2")
             return
         try:
             claimed = parse_username(packet.username or "")
         except InvalidNameError as exc:
             self._refuse(conn, leaf, codec.CONNACK_NOT_AUTHORIZED, str(exc))
             return
+        session.handle(ConnectReceived(self.now()))
+        # The registry reads SQLite and checks signatures: off the event loop, so one CONNECT
+        # never stalls every other connection. Packets after CONNECT wait until it answers.
+        conn.hold()
+        future = asyncio.get_running_loop().run_in_executor(
+            None, self.directory.authenticate, leaf
+        )
+        future.add_done_callback(
+            functools.partial(self._connect_decided, conn, packet, leaf, claimed)
+        )
+
+    def _connect_decided(
+        self, conn: Link, packet: codec.Connect, leaf: x509.Certificate,
+        claimed: Identity | None, future: asyncio.Future[AuthDecision],
+    ) -> None:
+        session = conn.session
+        if session.closed or future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            log.error("mqtt %s: the registry lookup of CONNECT failed", conn.peer,
+                      exc_info=error)
+            self._refuse(conn, leaf, codec.CONNACK_SERVER_UNAVAILABLE,
+                         f"registry lookup failed: {error}")
+            return
+        decision = future.result()
+        if isinstance(decision, AuthRefused):
+            self._refuse(conn, leaf, codec.CONNACK_NOT_AUTHORIZED, decision.reason)
+            return
         if claimed is not None and (claimed.product_key, claimed.device_name) != (
             decision.product_key, decision.device_name
         ):
             self._refuse(
                 conn, leaf, codec.CONNACK_NOT_AUTHORIZED,
-                f"username {packet.username!r} names another device than the certificate's "
-                f"({decision.device_name}&{decision.product_key})",
+                f"username {clip(packet.username or '')!r} names another device than the "
+                f"certificate's ({decision.device_name}&{decision.product_key})",
             )
             return
         key = (decision.product_key, decision.device_name)
         previous = self.sessions.get(key)
-        conn.device = decision
         if previous is not None:
             previous.close(f"replaced by a new connection of the same device from {conn.peer}")
+        session.handle(ConnectAccepted(self.now(), decision, device_prefixes(*key),
+                                       packet.keep_alive, packet.will))
+        self._unpend(conn)
         self.sessions[key] = conn
-        conn.prefixes = device_prefixes(*key)
-        conn.keep_alive = packet.keep_alive
-        conn.will = packet.will
-        conn.state = CONNECTED
-        conn.deadline = self.keepalive_deadline(packet.keep_alive)
+        self.recent.returned(key)
         conn.send(codec.Connack(codec.CONNACK_ACCEPTED))
         self.activity.connected(decision, leaf.not_valid_after_utc.timestamp())
         log.info("mqtt %s: %s&%s connected (cert SN %s, CA SN %s)", conn.peer,
                  decision.device_name, decision.product_key, decision.cert_sn, decision.ca_sn)
         if self.limits.deliver_identity:
-            conn.publish(
-                IDENTITY_TOPIC,
-                identity_payload(Identity(decision.product_key, decision.device_name)),
-                0,
+            self._send_publish(
+                conn, IDENTITY_TOPIC,
+                identity_payload(Identity(decision.product_key, decision.device_name)), 0,
             )
+        conn.release()
 
     @staticmethod
-    def _peer_leaf(conn: MqttConnection) -> x509.Certificate | None:
+    def _peer_leaf(conn: Link) -> x509.Certificate | None:
         der = conn.peer_certificate_der()
         if not der:
             return None
@@ -235,71 +380,56 @@ class Broker:
 
     # --- after CONNECT -------------------------------------------------------------------------
 
-    def on_packet(self, conn: MqttConnection, packet: codec.Packet) -> None:
-        if isinstance(packet, codec.Publish):
-            self._on_publish(conn, packet)
-        elif isinstance(packet, codec.Pingreq):
-            conn.send_bytes(codec.PINGRESP_BYTES)
-        elif isinstance(packet, codec.Puback):
-            conn.inflight.discard(packet.packet_id)
-        elif isinstance(packet, codec.Subscribe):
-            self._on_subscribe(conn, packet)
-        elif isinstance(packet, codec.Unsubscribe):
-            for topic_filter in packet.topics:
-                if conn.filters.pop(topic_filter, None) is not None:
-                    self.router.unsubscribe(conn, topic_filter)
-            conn.send(codec.Unsuback(packet.packet_id))
-        elif isinstance(packet, codec.Disconnect):
-            conn.will = None
-            conn.close()
-        elif isinstance(packet, codec.Connect):
-            raise MqttProtocolError("a second CONNECT on one connection")
-        else:
-            raise MqttProtocolError(f"{type(packet).__name__.upper()} is sent by servers only")
-
-    def _on_publish(self, conn: MqttConnection, packet: codec.Publish) -> None:
+    def _on_publish(self, conn: Link, packet: codec.Publish) -> None:
         if packet.qos == 2:
             raise MqttProtocolError("QoS 2 is not supported (the platform offers QoS 0 and 1)")
-        if device_may_use(conn.prefixes, packet.topic):
-            self._record(conn, packet.topic, packet.payload, packet.qos)
-            self._route(conn, packet.topic, packet.payload, packet.qos)
+        session = conn.session
+        if device_may_use(session.prefixes, packet.topic):
+            device = session.device
+            assert device is not None
+            self._record((device.product_key, device.device_name), packet.topic,
+                         packet.payload, packet.qos)
+            self._route(packet.topic, packet.payload, packet.qos)
         else:
             self._refusal_log(
-                conn, None, f"PUBLISH to {packet.topic!r} dropped: outside the device's topics"
+                conn, None,
+                f"PUBLISH to {clip(packet.topic)!r} dropped: outside the device's topics",
             )
         if packet.qos == 1 and packet.packet_id is not None:
             conn.send(codec.Puback(packet.packet_id))
 
-    def _record(self, conn: MqttConnection, topic: str, payload: bytes, qos: int) -> None:
-        device = conn.device
-        assert device is not None
-        key = (device.product_key, device.device_name)
-        recent = self._recent.get(key)
-        if recent is None:
-            recent = self._recent[key] = deque(maxlen=self.limits.recent_messages_per_device)
+    def _record(self, key: DeviceKey, topic: str, payload: bytes, qos: int) -> None:
         message = DeviceMessage(topic, payload, qos, time.time())
-        recent.append(message)
+        self.recent.add(key, message)
         self.activity.published(key, message)
 
-    def _route(self, sender: MqttConnection | None, topic: str, payload: bytes, qos: int) -> None:
+    def _route(self, topic: str, payload: bytes, qos: int) -> None:
         for target, granted in self.router.match(topic).items():
-            target.publish(topic, payload, min(qos, granted))
+            self._send_publish(target, topic, payload, min(qos, granted))
 
-    def _on_subscribe(self, conn: MqttConnection, packet: codec.Subscribe) -> None:
-        codes: list[int] = []
-        for topic_filter, qos in packet.topics:
-            if device_may_use(conn.prefixes, topic_filter):
-                granted = min(qos, 1)
-                self.router.subscribe(conn, topic_filter, granted)
-                conn.filters[topic_filter] = granted
-                codes.append(granted)
-            else:
-                self._refusal_log(
-                    conn, None, f"SUBSCRIBE to {topic_filter!r} refused (0x80): outside the "
-                    "device's topics",
-                )
-                codes.append(codec.SUBACK_FAILURE)
-        conn.send(codec.Suback(packet.packet_id, tuple(codes)))
+    def _send_publish(self, conn: Link, topic: str, payload: bytes, qos: int) -> None:
+        """Send a PUBLISH, numbering QoS 1 messages from the session's free packet ids."""
+        if qos == 0:
+            conn.send(codec.Publish(topic, payload))
+            return
+        packet_id = conn.session.allocate_packet_id()
+        if packet_id is None:
+            log.warning("mqtt %s: 65535 unacknowledged QoS 1 messages; dropping one", conn.peer)
+            return
+        conn.send(codec.Publish(topic, payload, 1, packet_id=packet_id))
+
+    def _on_subscribe(self, conn: Link, packet: codec.Subscribe) -> None:
+        result = conn.session.subscribe(packet.topics)
+        for topic_filter, granted in result.granted:
+            self.router.subscribe(conn, topic_filter, granted)
+        if result.refused:
+            more = len(result.refused) - 1
+            self._refusal_log(
+                conn, None,
+                f"SUBSCRIBE: {len(result.refused)} of {len(packet.topics)} filters refused "
+                f"(0x80): {result.refused[0]}" + (f"; and {more} more" if more else ""),
+            )
+        conn.send(codec.Suback(packet.packet_id, result.codes))
 
     # --- cloud side (DeviceMessaging) ----------------------------------------------------------
 
@@ -317,16 +447,11 @@ class Broker:
                 f"{self.limits.max_packet_size}"
             )
         conn = self.sessions.get((product_key, device_name))
-        if conn is None:
+        if conn is None or conn.session.state is not State.CONNECTED:
             return False
-        conn.publish(topic, payload, qos)
+        self._send_publish(conn, topic, payload, qos)
         return True
 
     def recent_messages(self, product_key: str, device_name: str,
                         limit: int = 100) -> list[DeviceMessage]:
-        recent = self._recent.get((product_key, device_name))
-        if not recent or limit <= 0:
-            return []
-        items = list(recent)
-        return items[-limit:]
-
+        return self.recent.get((product_key, device_name), limit)

@@ -1,64 +1,59 @@
-"""One device connection: TLS over memory BIOs inside a plain asyncio Protocol.
+"""One device connection: TLS over memory BIOs inside a plain asyncio Protocol. Nothing else.
 
 Why not ``loop.create_server(ssl=...)`` or ``start_tls``: CPython's TLS transport preallocates a
-256 KiB read buffer per connection, and both tie a server to one SSLContext. Driving an
-:class:`ssl.SSLObject` over two :class:`ssl.MemoryBIO` ourselves keeps an idle authenticated
-connection to the OpenSSL state plus a few small Python objects (see ``bench/``), works the same
-on uvloop and on the default loop, and lets every accepted socket take the trust store current
-at that moment.
+256 KiB read buffer per connection, has no verify callback, and lets OpenSSL choose a device
+certificate's issuer by name. A :class:`~server_stub.mqtt.tls_engine.TlsEngine` (pyOpenSSL over
+memory BIOs) keeps an idle authenticated connection to the OpenSSL state plus a few small Python
+objects (see ``bench/``), works the same on uvloop and on the default loop, and takes the trust
+snapshot current when the socket was accepted; it attributes the certificate to a registered CA
+by key during the handshake (:attr:`issuer`).
 
-States: HANDSHAKE -> AWAIT_CONNECT -> CONNECTED -> CLOSED. Deadlines (handshake, CONNECT,
-keep-alive x 1.5) are checked by the broker's periodic sweep, so idle connections carry no timer.
+The MQTT session (states, deadlines, filters, in-flight ids, will) is a sans-IO machine,
+:class:`~server_stub.mqtt.session.Session`, owned here and fed by the broker; deadlines are
+checked by the broker's periodic sweep, so idle connections carry no timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
-from typing import TYPE_CHECKING, cast
+from collections import deque
+from typing import cast
 
 from server_stub.mqtt import codec
+from server_stub.mqtt.broker import Broker
 from server_stub.mqtt.errors import MqttProtocolError, UnacceptableProtocolLevelError
-
-if TYPE_CHECKING:
-    from server_stub.mqtt.broker import Broker
-    from server_stub.ports import AuthenticatedDevice
+from server_stub.mqtt.session import Closed, Session, State
+from server_stub.mqtt.tls_engine import TlsClosed, TlsEngine, TlsError, TlsHandshakeError
+from server_stub.ports import IssuingCa
 
 log = logging.getLogger("server_stub.mqtt")
 
-HANDSHAKE, AWAIT_CONNECT, CONNECTED, CLOSED = 0, 1, 2, 3
-READ_CHUNK = 16 * 1024
 #: A connection whose unsent output grows past this is a consumer that cannot keep up.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
 
 
 class MqttConnection(asyncio.Protocol):
     __slots__ = (
-        "_broker", "_decoder", "_in", "_next_packet_id", "_out", "_paused", "_ssl",
-        "client_id", "deadline", "device", "filters", "inflight", "keep_alive", "peer",
-        "prefixes", "state", "transport", "will",
+        "_backlog", "_broker", "_decoder", "_held", "_paused", "_tls",
+        "peer", "session", "source", "transport",
     )
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
         self.transport: asyncio.Transport | None = None
-        self.state = HANDSHAKE
+        self.session: Session = broker.new_session()
         self.peer = "?"
-        self.deadline = 0.0
-        self.keep_alive = 0
-        self.device: AuthenticatedDevice | None = None
-        self.prefixes: tuple[str, str] = ("\x00", "\x00")
-        self.client_id = ""
-        self.filters: dict[str, int] = {}
-        self.inflight: set[int] = set()
-        self.will: codec.Will | None = None
-        self._next_packet_id = 0
+        self.source = "?"
         self._paused = False
+        self._held = False
+        self._backlog: deque[codec.Packet] = deque()
         self._decoder: codec.Decoder | None = None
-        self._in: ssl.MemoryBIO | None = None
-        self._out: ssl.MemoryBIO | None = None
-        self._ssl: ssl.SSLObject | None = None
+        self._tls: TlsEngine | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.session.state is State.CLOSED
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -68,66 +63,52 @@ class MqttConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.source = str(peer[0])
         broker = self._broker
         if not broker.admit(self):
-            self.state = CLOSED
+            self.session.handle(Closed())
             self.transport.abort()
             return
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._ssl = broker.context.wrap_bio(self._in, self._out, server_side=True)
-        self.deadline = broker.now() + broker.limits.handshake_timeout
+        self._tls = broker.context.accept()
 
     def data_received(self, data: bytes) -> None:
-        if self.state == CLOSED or self._ssl is None or self._in is None:
+        tls = self._tls
+        if self.closed or tls is None:
             return
-        self._in.write(data)
-        sslobj = self._ssl
-        if self.state == HANDSHAKE:
+        tls.feed(data)
+        if self.session.state is State.HANDSHAKE:
             try:
-                sslobj.do_handshake()
-            except ssl.SSLWantReadError:
-                self._flush()
-                return
-            except ssl.SSLError as exc:
+                done = tls.handshake()
+            except TlsHandshakeError as exc:
                 self._flush()  # the alert tells the client why
                 self._broker.handshake_failed(self, exc)
                 self.close(tls_shutdown=False)
                 return
             self._flush()
-            self.state = AWAIT_CONNECT
-            self.deadline = self._broker.now() + self._broker.limits.connect_timeout
+            if not done:
+                return
+            self._broker.handshake_done(self)
             self._decoder = codec.Decoder(self._broker.limits.max_packet_size)
-        chunks: list[bytes] = []
-        while True:
-            try:
-                chunk = sslobj.read(READ_CHUNK)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                self._feed(chunks)
-                self.close(reason=None)
-                return
-            except ssl.SSLError as exc:
-                log.info("mqtt %s: TLS error after the handshake: %s", self.peer, exc)
-                self.close(tls_shutdown=False)
-                return
-            if not chunk:
-                break
-            chunks.append(chunk)
+        try:
+            chunks = tls.read()
+        except TlsClosed:
+            self.close(reason=None)
+            return
+        except TlsError as exc:
+            log.info("mqtt %s: %s", self.peer, exc)
+            self.close(tls_shutdown=False)
+            return
         self._feed(chunks)
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state != CLOSED:
+        if not self.closed:
             self._broker.forget(self)
-        self.state = CLOSED
-        self._ssl = None
-        self._in = None
-        self._out = None
+        self._tls = None
         self._decoder = None
+        self._backlog.clear()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -141,70 +122,78 @@ class MqttConnection(asyncio.Protocol):
         decoder = self._decoder
         if not chunks or decoder is None:
             return
-        broker = self._broker
         try:
             for chunk in chunks:
-                for packet in decoder.feed(chunk):
-                    if self.state == CLOSED:
-                        return
-                    if self.state == CONNECTED:
-                        self.deadline = broker.keepalive_deadline(self.keep_alive)
-                        broker.on_packet(self, packet)
-                    elif isinstance(packet, codec.Connect):
-                        broker.on_connect(self, packet)
-                    else:
-                        raise MqttProtocolError(
-                            f"{type(packet).__name__.upper()} before CONNECT"
-                        )
-        except UnacceptableProtocolLevelError as exc:
-            if self.state == AWAIT_CONNECT:
+                self._backlog.extend(decoder.feed(chunk))
+        except MqttProtocolError as exc:
+            self._dispatch()  # what came before the bad bytes still counts
+            self._protocol_error(exc)
+            return
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        backlog = self._backlog
+        broker = self._broker
+        try:
+            while backlog and not self._held and not self.closed:
+                broker.on_packet(self, backlog.popleft())
+        except MqttProtocolError as exc:
+            self._protocol_error(exc)
+
+    def _protocol_error(self, exc: MqttProtocolError) -> None:
+        if self.closed:
+            return
+        if isinstance(exc, UnacceptableProtocolLevelError):
+            if self.session.state is State.AWAIT_CONNECT:
                 self.send(codec.Connack(codec.CONNACK_UNACCEPTABLE_PROTOCOL))
             self.close(reason=str(exc))
-        except MqttProtocolError as exc:
+        else:
             self.close(reason=f"protocol error: {exc}")
+
+    def hold(self) -> None:
+        """Keep later packets back (and stop reading) until :meth:`release`."""
+        self._held = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def release(self) -> None:
+        self._held = False
+        self._dispatch()
+        if not self.closed and self.transport is not None:
+            self.transport.resume_reading()
 
     def send(self, packet: codec.Packet) -> None:
         self.send_bytes(codec.encode(packet))
 
     def send_bytes(self, data: bytes) -> None:
-        if self.state == CLOSED or self._ssl is None or self.transport is None:
+        if self.closed or self._tls is None or self.transport is None:
             return
         try:
-            self._ssl.write(data)
-        except ssl.SSLError as exc:
-            self.close(reason=f"TLS error while sending: {exc}", tls_shutdown=False)
+            self._tls.write(data)
+        except TlsError as exc:
+            self.close(reason=str(exc), tls_shutdown=False)
             return
         self._flush()
         if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             self.close(reason="the client does not read its messages (write buffer full)")
 
-    def publish(self, topic: str, payload: bytes, qos: int) -> None:
-        """Send a PUBLISH to this client, numbering QoS 1 messages."""
-        if qos == 0:
-            self.send(codec.Publish(topic, payload))
-            return
-        if len(self.inflight) >= 0xFFFF:
-            log.warning("mqtt %s: 65535 unacknowledged QoS 1 messages; dropping one", self.peer)
-            return
-        packet_id = self._next_packet_id
-        while True:
-            packet_id = packet_id % 0xFFFF + 1
-            if packet_id not in self.inflight:
-                break
-        self._next_packet_id = packet_id
-        self.inflight.add(packet_id)
-        self.send(codec.Publish(topic, payload, 1, packet_id=packet_id))
-
     def peer_certificate_der(self) -> bytes | None:
         """The client's leaf certificate (DER) once the handshake is done."""
-        if self._ssl is None:
+        if self._tls is None:
             return None
-        return self._ssl.getpeercert(binary_form=True)
+        return self._tls.peer_certificate_der()
+
+    @property
+    def issuer(self) -> IssuingCa | None:
+        """The registered CA the handshake attributed the certificate to (by key), if any."""
+        return None if self._tls is None else self._tls.issuer
 
     def _flush(self) -> None:
-        out = self._out
-        if out is not None and out.pending and self.transport is not None:
-            self.transport.write(out.read())
+        tls = self._tls
+        if tls is not None and self.transport is not None:
+            out = tls.outgoing()
+            if out:
+                self.transport.write(out)
 
     def close(self, reason: str | None = None, *, tls_shutdown: bool = True) -> None:
         """Close this connection only; ``reason`` (if any) goes to the log in one line.
@@ -212,17 +201,14 @@ class MqttConnection(asyncio.Protocol):
         Output already queued (a CONNACK refusal, a TLS alert) is still sent before the socket
         closes.
         """
-        if self.state == CLOSED:
+        if self.closed:
             return
         if reason:
             self._broker.log_close(self, reason)
         self._broker.forget(self)
-        self.state = CLOSED
-        if tls_shutdown and self._ssl is not None:
-            try:
-                self._ssl.unwrap()
-            except (ssl.SSLError, ValueError):
-                pass
+        self._backlog.clear()
+        if tls_shutdown and self._tls is not None:
+            self._tls.shutdown()
             self._flush()
         if self.transport is not None:
             self.transport.close()

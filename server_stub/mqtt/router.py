@@ -64,30 +64,37 @@ class Router(Generic[S]):
         return True
 
     def match(self, topic: str) -> dict[S, int]:
-        """Every subscriber whose filter matches ``topic``, with its highest granted QoS."""
+        """Every subscriber whose filter matches ``topic``, with its highest granted QoS.
+
+        Iterative (an explicit stack), because the depth is the client's to choose: a recursive
+        walk raised ``RecursionError`` on a topic matching a 3,000-level filter. Each trie node
+        sits at one depth, so one match visits every node at most once.
+        """
         found: dict[S, int] = {}
         levels = topic.split("/")
+        depth = len(levels)
         # Section 4.7.2: wildcards at the first level do not match topics starting with '$'.
         dollar = topic.startswith("$")
-        self._walk(self._root, levels, 0, found, dollar)
+        stack: list[tuple[_Node[S], int]] = [(self._root, 0)]
+        while stack:
+            node, i = stack.pop()
+            wild_ok = not (dollar and i == 0)
+            children = node.children
+            if wild_ok:
+                hash_node = children.get("#")
+                if hash_node is not None:
+                    _merge(found, hash_node.subscribers)
+            if i == depth:
+                _merge(found, node.subscribers)
+                continue
+            exact = children.get(levels[i])
+            if exact is not None:
+                stack.append((exact, i + 1))
+            if wild_ok:
+                plus = children.get("+")
+                if plus is not None:
+                    stack.append((plus, i + 1))
         return found
-
-    def _walk(
-        self, node: _Node[S], levels: list[str], i: int, found: dict[S, int], dollar: bool
-    ) -> None:
-        wild_ok = not (dollar and i == 0)
-        hash_node = node.children.get("#") if wild_ok else None
-        if hash_node is not None:
-            _merge(found, hash_node.subscribers)
-        if i == len(levels):
-            _merge(found, node.subscribers)
-            return
-        exact = node.children.get(levels[i])
-        if exact is not None:
-            self._walk(exact, levels, i + 1, found, dollar)
-        plus = node.children.get("+") if wild_ok else None
-        if plus is not None:
-            self._walk(plus, levels, i + 1, found, dollar)
 
 
 def _merge(found: dict[S, int], subscribers: dict[S, int]) -> None:

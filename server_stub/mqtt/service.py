@@ -139,8 +139,9 @@ class MqttService:
     def online_by_account(self) -> dict[int, int]:
         counts: dict[int, int] = {}
         for conn in self.broker.sessions.values():
-            if conn.device is not None:
-                account_id = conn.device.account_id
+            device = conn.session.device
+            if device is not None:
+                account_id = device.account_id
                 counts[account_id] = counts.get(account_id, 0) + 1
         return counts
 
@@ -148,7 +149,7 @@ class MqttService:
         """(ProductKey, DeviceName) of every device of the account that is connected now."""
         return [
             key for key, conn in self.broker.sessions.items()
-            if conn.device is not None and conn.device.account_id == account_id
+            if (device := conn.session.device) is not None and device.account_id == account_id
         ]
 
     def last_connection(self, product_key: str, device_name: str) -> LastConnection | None:
