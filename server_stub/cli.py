@@ -60,12 +60,27 @@ def _register_server(tree: CommandTree) -> None:
     )
     run.add_argument("--max-upload-bytes", type=int, default=4 * 1024 * 1024)
     limits = run.add_argument_group("MQTT limits")
-    limits.add_argument("--handshake-timeout", type=float, default=10.0)
-    limits.add_argument("--connect-timeout", type=float, default=10.0)
-    limits.add_argument("--max-packet-size", type=int, default=256 * 1024)
-    limits.add_argument("--max-connections", type=int, default=20_000)
-    limits.add_argument("--recent-messages", type=int, default=100,
-                        help="messages kept per device for GET .../messages")
+    # defaults and meanings live once, in MqttLimits (docs/device-endpoint-limits.md)
+    from server_stub.config import MqttLimits
+
+    for flag, dest, kind in (
+        ("--handshake-timeout", "handshake_timeout", float),
+        ("--connect-timeout", "connect_timeout", float),
+        ("--max-packet-size", "max_packet_size", int),
+        ("--max-connections", "max_connections", int),
+        ("--max-pending-connections", "max_pending_connections", int),
+        ("--max-pending-per-source", "max_pending_per_source", int),
+        ("--max-client-id-length", "max_client_id_length", int),
+        ("--max-filters-per-session", "max_filters_per_session", int),
+        ("--max-filter-levels", "max_filter_levels", int),
+        ("--max-filter-bytes", "max_filter_bytes", int),
+        ("--recent-messages", "recent_messages_per_device", int),
+        ("--recent-bytes-per-device", "recent_bytes_per_device", int),
+        ("--recent-bytes-total", "recent_bytes_total", int),
+        ("--recent-retention", "recent_retention", float),
+    ):
+        limits.add_argument(flag, dest=dest, type=kind, default=getattr(MqttLimits, dest),
+                            help="default %(default)s")
     limits.add_argument("--no-identity-publish", action="store_true",
                         help="do not publish /ext/auth/identity/response after CONNACK")
     run.set_defaults(handler=_server_run)
@@ -84,6 +99,8 @@ def _register_server(tree: CommandTree) -> None:
 def _server_run(args: argparse.Namespace) -> int:
     require_extra("fastapi", "server")
     require_extra("uvicorn", "server")
+    from dataclasses import fields
+
     from server_stub.app import run
     from server_stub.config import MqttLimits, ServerConfig
 
@@ -92,10 +109,9 @@ def _server_run(args: argparse.Namespace) -> int:
         mqtt_port=args.mqtt_port, hostnames=tuple(args.hostname),
         max_upload_bytes=args.max_upload_bytes,
         mqtt=MqttLimits(
-            handshake_timeout=args.handshake_timeout, connect_timeout=args.connect_timeout,
-            max_packet_size=args.max_packet_size, max_connections=args.max_connections,
-            recent_messages_per_device=args.recent_messages,
             deliver_identity=not args.no_identity_publish,
+            **{f.name: getattr(args, f.name) for f in fields(MqttLimits)
+               if f.name != "deliver_identity"},
         ),
     )
     level = logging.getLogger().getEffectiveLevel()
