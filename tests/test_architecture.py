@@ -1,8 +1,29 @@
-"""The direction of dependencies stays one-way, checked on the source, not by convention."""
+"""The direction of dependencies stays one-way, checked on the source, not by convention.
+
+The import graph is read from every module's syntax tree: ``import`` and ``from ... import``
+statements wherever they are (module level, inside functions, under ``TYPE_CHECKING``: a deferred
+import is still a dependency), and imports made by string: a literal passed to
+``importlib.import_module``, ``require_extra`` or ``__import__``, or a name bound to such literals
+(a module-level constant, or the variable of a ``for`` loop over a constant tuple of them). On
+that graph:
+
+* each part imports only the parts it builds on (``ALLOWED``); the simulator never imports the
+  reference server (ruff bans it too: ``simulator/ruff.toml``);
+* the device SDK imports none of the server's or the simulator's third-party dependencies, so it
+  installs on a board without them;
+* no module takes part in an import cycle, inside a package or across packages; a cycle is
+  reported with its path.
+
+Every check is also run on a small fake package with a planted violation, to show it can fail.
+"""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
@@ -15,30 +36,287 @@ ALLOWED = {
     "firmware_helpers": {"device_sdk", "firmware_helpers"},
     "server_stub": {"device_sdk", "firmware_helpers", "server_stub"},
     "simulator": {"device_sdk", "firmware_helpers", "simulator"},
+    "iotx509": {"device_sdk", "firmware_helpers", "server_stub", "simulator", "iotx509"},
 }
-FIRST_PARTY = {"device_sdk", "firmware_helpers", "server_stub", "simulator", "iotx509"}
 #: The device must install without the server's or the simulator's dependencies.
 SDK_FORBIDDEN_THIRD_PARTY = {"fastapi", "uvicorn", "uvloop", "starlette", "locust", "gevent"}
+#: Calls whose first argument names a module that will be imported.
+STRING_IMPORTERS = {"import_module", "require_extra", "__import__"}
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+# --- reading the graph ---------------------------------------------------------------------------
+
+
+def _strings(node: ast.expr | None) -> list[str] | None:
+    """The string(s) a literal, or a tuple/list of literals, holds; None for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Tuple | ast.List) and node.elts:
+        values = [e.value for e in node.elts if isinstance(e, ast.Constant)]
+        if len(values) == len(node.elts) and all(isinstance(v, str) for v in values):
+            return [str(v) for v in values]
+    return None
+
+
+def _string_names(tree: ast.Module) -> dict[str, list[str]]:
+    """Names bound to module names as strings: module constants, loops over them."""
+    names: dict[str, list[str]] = {}
+    for node in tree.body:
+        targets = (
+            node.targets if isinstance(node, ast.Assign)
+            else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        values = _strings(node.value) if isinstance(node, ast.Assign | ast.AnnAssign) else None
+        for target in targets:
+            if values is not None and isinstance(target, ast.Name):
+                names[target.id] = values
+    for node in ast.walk(tree):
+        if isinstance(node, ast.For) and isinstance(node.target, ast.Name):
+            values = _strings(node.iter)
+            if values is None and isinstance(node.iter, ast.Name):
+                values = names.get(node.iter.id)
+            if values is not None:
+                names[node.target.id] = values
+    return names
+
+
+def _called_name(call: ast.Call) -> str | None:
+    if isinstance(call.func, ast.Name):
+        return call.func.id
+    if isinstance(call.func, ast.Attribute):
+        return call.func.attr
+    return None
+
+
+def imports_of(tree: ast.Module, module: str, is_package: bool, modules: set[str]) -> set[str]:
+    """Every dotted name the module imports.
+
+    ``from pkg import sub`` depends on the module ``pkg.sub`` when there is one, not on ``pkg``'s
+    ``__init__`` (which runs anyway); a name that is no module makes ``pkg`` the dependency.
+    """
+    string_names = _string_names(tree)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = module if is_package else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = f"{package}.{node.module}" if node.module else package
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+        elif isinstance(node, ast.Call) and _called_name(node) in STRING_IMPORTERS and node.args:
+            arg = node.args[0]
+            values = _strings(arg)
+            if values is None and isinstance(arg, ast.Name):
+                values = string_names.get(arg.id)
+            found.update(values or ())
+    found.discard("")
+    found.discard(module)
     return found
 
 
-@pytest.mark.parametrize("part", sorted(ALLOWED))
-def test_part_imports_only_what_it_builds_on(part: str) -> None:
-    offenders = []
-    for path in sorted((ROOT / part).rglob("*.py")):
-        bad = (_imports(path) & FIRST_PARTY) - ALLOWED[part]
-        if part == "device_sdk":
-            bad |= _imports(path) & SDK_FORBIDDEN_THIRD_PARTY
+def import_graph(root: Path, packages: Iterable[str]) -> dict[str, set[str]]:
+    """module -> the dotted names it imports (first-party ones are the graph's other nodes)."""
+    files: dict[str, tuple[Path, bool]] = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            is_package = parts[-1] == "__init__"
+            files[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    modules = set(files)
+    return {
+        module: imports_of(ast.parse(path.read_text(), filename=str(path)), module, is_package,
+                           modules)
+        for module, (path, is_package) in files.items()
+    }
+
+
+# --- the rules -----------------------------------------------------------------------------------
+
+
+def layer_violations(
+    graph: Mapping[str, set[str]], allowed: Mapping[str, set[str]],
+    forbidden_third_party: Mapping[str, set[str]],
+) -> list[str]:
+    first_party = set(allowed)
+    out = []
+    for module, edges in sorted(graph.items()):
+        part = module.split(".")[0]
+        tops = {name.split(".")[0] for name in edges}
+        bad = (tops & first_party) - allowed[part]
+        bad |= tops & forbidden_third_party.get(part, set())
         if bad:
-            offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
-    assert not offenders, "\n".join(offenders)
+            names = sorted(n for n in edges if n.split(".")[0] in bad)
+            out.append(f"{module} imports {', '.join(names)}")
+    return out
+
+
+def cycles(graph: Mapping[str, set[str]]) -> list[str]:
+    """One path per strongly connected component of the module graph (Tarjan), as ``a -> b -> a``."""
+    nodes = set(graph)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(start: str) -> None:  # iterative, so a deep graph cannot hit the recursion limit
+        work = [(start, iter(sorted(graph[start] & nodes)))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            for child in children:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child] & nodes))))
+                    break
+                if child in on_stack:
+                    low[node] = min(low[node], index[child])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        components.append(component)
+
+    for node in sorted(nodes):
+        if node not in index:
+            visit(node)
+    return [_cycle_path(graph, sorted(c)) for c in sorted(components, key=min)]
+
+
+def _cycle_path(graph: Mapping[str, set[str]], component: list[str]) -> str:
+    """The shortest way from the component's first module back to itself."""
+    start, members = component[0], set(component)
+    paths = {start: [start]}
+    queue = [start]
+    while queue:
+        node = queue.pop(0)
+        for child in sorted(graph[node] & members):
+            if child == start:
+                return " -> ".join([*paths[node], start])
+            if child not in paths:
+                paths[child] = [*paths[node], child]
+                queue.append(child)
+    raise AssertionError("a strongly connected component always has a cycle")
+
+
+# --- the kit -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    return import_graph(ROOT, ALLOWED)
+
+
+def test_parts_import_only_what_they_build_on(graph: dict[str, set[str]]) -> None:
+    assert "server_stub.launcher" in graph["iotx509.demo"]  # imports by string are read
+    assert layer_violations(graph, ALLOWED, {"device_sdk": SDK_FORBIDDEN_THIRD_PARTY}) == []
+
+
+def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
+    assert cycles(graph) == []
+
+
+def test_ruff_bans_the_server_in_the_simulator() -> None:
+    planted = "import server_stub.errors\n\nprint(server_stub.errors)\n"
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--select", "TID251", "--output-format",
+         "concise", "--stdin-filename", "simulator/planted.py", "-"],
+        input=planted, capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    assert done.returncode == 1 and "TID251 `server_stub` is banned" in done.stdout, done
+
+
+# --- each check fails on a planted violation -----------------------------------------------------
+
+
+def _fake_kit(root: Path, files: Mapping[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+
+
+FAKE_ALLOWED = {"base": {"base"}, "sim": {"base", "sim"}, "srv": {"base", "srv"}}
+
+
+def test_a_string_import_across_layers_is_caught(tmp_path: Path) -> None:
+    _fake_kit(tmp_path, {
+        "base/__init__.py": "",
+        "base/cli.py": """
+            import importlib
+            from base.support import require_extra
+            PARTS = ("srv.cli", "base.support")
+            def load():
+                for name in PARTS:
+                    importlib.import_module(name)
+                return require_extra("sim.launcher", "sim")
+        """,
+        "base/support.py": "def require_extra(module, extra): ...\n",
+        "sim/__init__.py": "",
+        "sim/launcher.py": "MODULE = 'srv.app'\ndef go():\n    return __import__(MODULE)\n",
+        "srv/__init__.py": "",
+        "srv/cli.py": "",
+        "srv/app.py": "",
+    })
+    graph = import_graph(tmp_path, FAKE_ALLOWED)
+    assert layer_violations(graph, FAKE_ALLOWED, {}) == [
+        "base.cli imports sim.launcher, srv.cli",
+        "sim.launcher imports srv.app",
+    ]
+
+
+def test_a_cycle_inside_a_package_is_caught_with_its_path(tmp_path: Path) -> None:
+    _fake_kit(tmp_path, {
+        "srv/__init__.py": "",
+        "srv/mqtt/__init__.py": "",
+        "srv/mqtt/broker.py": "from srv.mqtt import session\n",
+        "srv/mqtt/session.py": "from . import link\n",
+        "srv/mqtt/link.py": """
+            from typing import TYPE_CHECKING
+            if TYPE_CHECKING:
+                from srv.mqtt.broker import Broker
+        """,
+        "srv/mqtt/codec.py": "from srv.mqtt.link import x\n",
+    })
+    assert cycles(import_graph(tmp_path, FAKE_ALLOWED)) == [
+        "srv.mqtt.broker -> srv.mqtt.session -> srv.mqtt.link -> srv.mqtt.broker"
+    ]
+
+
+def test_the_simulator_importing_the_server_is_caught(tmp_path: Path) -> None:
+    _fake_kit(tmp_path, {
+        "base/__init__.py": "",
+        "sim/__init__.py": "",
+        "sim/fleet.py": "def f():\n    from srv.errors import Oops\n    return Oops\n",
+        "srv/__init__.py": "",
+        "srv/errors.py": "class Oops(Exception): ...\n",
+    })
+    graph = import_graph(tmp_path, FAKE_ALLOWED)
+    assert layer_violations(graph, FAKE_ALLOWED, {}) == ["sim.fleet imports srv.errors"]
+
+
+def test_a_forbidden_third_party_import_is_caught(tmp_path: Path) -> None:
+    _fake_kit(tmp_path, {"base/__init__.py": "", "base/net.py": "import gevent.monkey\n"})
+    graph = import_graph(tmp_path, {"base": {"base"}})
+    assert layer_violations(graph, {"base": {"base"}}, {"base": {"gevent"}}) == [
+        "base.net imports gevent.monkey"
+    ]
