@@ -70,6 +70,7 @@ named once (no two classes share a name).
   |   + StoreError  (the board's credential store)
   |   + CommitRefused  (firmware_helpers/serial/board.py)
   |   + BatchError
+  |     + PairInUseError  (a pair the provisioning report gives to another board)
   + ServerStubError  (server_stub/errors.py)
   | + InvalidFieldError
   | | + CaCertificateRejectedError

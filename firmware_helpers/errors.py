@@ -172,3 +172,7 @@ class BatchError(SerialProvisioningError):
     """A factory batch cannot go on (no unused pairs, unreadable report, bad directory)."""
 
     exit_code = 2
+
+
+class PairInUseError(BatchError):
+    """The provisioning report gives this pair to another board already: refused, nothing sent."""

@@ -12,21 +12,33 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.x509.oid import NameOID
+
 from device_sdk.certs import certificate_sn, read_certificates
-from device_sdk.errors import CredentialError
+from device_sdk.csvsafe import restore_cell, safe_cells
+from device_sdk.errors import CredentialError, InvalidNameError
+from device_sdk.fileio import open_no_follow
 from device_sdk.naming import CERT_SUFFIX, DeviceFileName
-from firmware_helpers.errors import BatchError, LinkError, SerialProvisioningError
-from firmware_helpers.serial.host import Host, load_credentials
-from firmware_helpers.serial.protocol import HelloReply
+from firmware_helpers.errors import (
+    BatchError,
+    LinkError,
+    PairInUseError,
+    ProvisioningInputError,
+    SerialProvisioningError,
+)
+from firmware_helpers.serial.host import Host, ProvisionResult, load_credentials
+from firmware_helpers.serial.protocol import HelloReply, ObjectType
 
 log = logging.getLogger(__name__)
 
 REPORT_FIELDS = ("BoardId", "ProductKey", "DeviceName", "CertSN", "Time", "Status")
+#: The report's default name, in the directory of the pairs: every mode records there.
+REPORT_NAME = "provisioning-report.csv"
 STATUS_OK = "ok"
 STATUS_UNCERTAIN = "uncertain"
 
@@ -68,6 +80,35 @@ def find_pairs(directory: str | Path) -> list[Pair]:
     return pairs
 
 
+def pair_of(cert: str | Path, key: str | Path) -> Pair:
+    """The pair a single-mode ``provision`` sends, named as the report records it.
+
+    The device is named by the file name (``[PK]_[DN]_[CA_SN].cer``, as ``certs issue`` writes
+    it), else by the certificate's subject (O = ProductKey, CN = DeviceName, as the kit issues
+    it); a certificate that names no device cannot be recorded, so it is refused.
+    """
+    cert, key = Path(cert), Path(key)
+    try:
+        certificate = read_certificates(cert)[0]
+    except CredentialError as exc:
+        raise ProvisioningInputError(f"not provisioning: {exc}") from exc
+    name = DeviceFileName.try_parse(cert.name)
+    if name is None:
+        subject = certificate.subject
+        cns = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        orgs = subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        try:
+            name = DeviceFileName(str(orgs[0].value), str(cns[0].value), "0")
+        except (IndexError, InvalidNameError, ValueError) as exc:
+            raise ProvisioningInputError(
+                f"cannot tell which device {cert} is for: its name does not follow "
+                "[ProductKey]_[DeviceName]_[CA_SN].cer and its subject has no valid O=ProductKey "
+                "and CN=DeviceName; the provisioning report must record which device each board "
+                "got. Name the files as 'iotx509 certs issue' does."
+            ) from exc
+    return Pair(name, cert, key, certificate_sn(certificate))
+
+
 @dataclass
 class Report:
     """The append-only report CSV: one row per board that got (or may have got) a pair."""
@@ -75,16 +116,31 @@ class Report:
     path: Path
     used_pairs: set[tuple[str, str, str]] = field(default_factory=set)
     boards: set[str] = field(default_factory=set)
+    #: pair -> every board that got (or may have got) it
+    holders: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: str | Path) -> Report:
+        """Read the report back (cells as written, see :mod:`device_sdk.csvsafe`).
+
+        A symbolic link at the report's path is refused here, before any board is touched:
+        the report is appended to in place, never through a link.
+        """
         report = cls(Path(path))
-        if not report.path.exists() or report.path.stat().st_size == 0:
-            return report
         try:
-            with report.path.open(newline="") as fh:
+            fd = open_no_follow(report.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return report
+        except OSError as exc:
+            raise BatchError(
+                f"cannot use {report.path} as the provisioning report: {exc.strerror or exc}"
+            ) from exc
+        try:
+            with os.fdopen(fd, newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
-                if tuple(reader.fieldnames or ()) != REPORT_FIELDS:
+                if reader.fieldnames is None:
+                    return report  # an empty file: a report without rows yet
+                if tuple(reader.fieldnames) != REPORT_FIELDS:
                     raise BatchError(
                         f"{report.path}: not a provisioning report (header must be "
                         f"{','.join(REPORT_FIELDS)}); give another --report file"
@@ -92,7 +148,10 @@ class Report:
                 for line, row in enumerate(reader, start=2):
                     if None in row.values() or None in row:
                         raise BatchError(f"{report.path}:{line}: wrong number of columns")
-                    report.used_pairs.add((row["ProductKey"], row["DeviceName"], row["CertSN"]))
+                    row = {name: restore_cell(value) for name, value in row.items()}
+                    ident = (row["ProductKey"], row["DeviceName"], row["CertSN"])
+                    report.used_pairs.add(ident)
+                    report.holders.setdefault(ident, set()).add(row["BoardId"])
                     if row["Status"] == STATUS_OK:
                         report.boards.add(row["BoardId"])
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -100,22 +159,69 @@ class Report:
         return report
 
     def append(self, board_id: str, pair: Pair, status: str) -> None:
-        new = not self.path.exists() or self.path.stat().st_size == 0
+        """One row, fsync'd; every cell neutralised (a board's id is whatever it says)."""
         row = [board_id, pair.name.product_key, pair.name.device_name, pair.cert_sn,
                datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), status]
         try:
-            with self.path.open("a", newline="") as fh:
+            fd = open_no_follow(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            with os.fdopen(fd, "a", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
-                if new:
-                    writer.writerow(REPORT_FIELDS)
-                writer.writerow(row)
+                if os.fstat(fd).st_size == 0:
+                    writer.writerow(safe_cells(REPORT_FIELDS))
+                writer.writerow(safe_cells(row))
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
-            raise BatchError(f"cannot append to report {self.path}: {exc}") from exc
+            raise BatchError(
+                f"cannot append to report {self.path}: {exc.strerror or exc}"
+            ) from exc
         self.used_pairs.add(pair.ident)
+        self.holders.setdefault(pair.ident, set()).add(board_id)
         if status == STATUS_OK:
             self.boards.add(board_id)
+
+
+def provision_pair(
+    host: Host, report: Report, pair: Pair, objects: Mapping[ObjectType, bytes]
+) -> ProvisionResult:
+    """Provision one pair and record it in ``report``: the one rule every mode follows.
+
+    A pair the report already gives to another board is refused before anything is sent (the
+    same board may get it again). Success is recorded as ``ok``; a line failure after COMMIT
+    was sent as ``uncertain`` (the board may hold the pair), so no other board ever gets it.
+    """
+
+    def check(board: HelloReply) -> None:
+        others = report.holders.get(pair.ident, set()) - {board.board_id}
+        if others:
+            raise PairInUseError(
+                f"{pair.name.stem} (SN {pair.cert_sn}) is already on board "
+                f"{', '.join(sorted(others))} according to {report.path}; two boards with one "
+                "certificate kick each other off. Issue a new pair for board "
+                f"{board.board_id}."
+            )
+
+    try:
+        result = host.provision(objects, on_board=check)
+    except (SerialProvisioningError, KeyboardInterrupt) as exc:
+        doubtful = isinstance(exc, LinkError | KeyboardInterrupt)
+        if host.commit_sent and doubtful and host.board is not None:
+            # The board may have stored the pair: never hand it to another board.
+            why = str(exc) if isinstance(exc, LinkError) else "interrupted after COMMIT was sent"
+            report.append(host.board.board_id, pair, f"{STATUS_UNCERTAIN}: {why}")
+        raise
+    report.append(result.board_id, pair, STATUS_OK)
+    return result
+
+
+def check_report_writable(report: Report) -> None:
+    """Refuse before the line is touched when the report could not record the result."""
+    target = report.path if report.path.exists() else report.path.parent
+    if not os.access(target, os.W_OK):
+        raise BatchError(
+            f"cannot write the provisioning report {report.path}: every provisioned pair must "
+            "be recorded there; give --report FILE in a writable place"
+        )
 
 
 @dataclass
@@ -135,6 +241,7 @@ class Batch:
         report: Report,
         *,
         server_ca: str | Path | None = None,
+        password: bytes | None = None,
         mode: str = "wait",
         max_boards: int | None = None,
         board_timeout: float | None = None,
@@ -148,6 +255,7 @@ class Batch:
         self.directory = Path(directory)
         self.report = report
         self.server_ca = server_ca
+        self.password = password
         self.mode = mode
         self.max_boards = max_boards
         self.board_timeout = board_timeout
@@ -171,22 +279,19 @@ class Batch:
             if board is None:
                 break
             pair = queue.popleft()
-            objects = load_credentials(pair.cert, pair.key, self.server_ca)
+            objects = load_credentials(pair.cert, pair.key, self.server_ca,
+                                       password=self.password)
             label = f"{pair.name.stem} (SN {pair.cert_sn})"
             self.say(f"board {board.board_id}: provisioning {label}")
             self._tried.add(board.board_id)
             try:
-                result = self.host.provision(objects)
+                result = provision_pair(self.host, self.report, pair, objects)
             except SerialProvisioningError as exc:
-                if self.host.commit_sent and isinstance(exc, LinkError):
-                    # The board may have stored the pair: never hand it to another board.
-                    self.report.append(board.board_id, pair, f"{STATUS_UNCERTAIN}: {exc}")
-                else:
+                if pair.ident not in self.report.used_pairs:
                     queue.appendleft(pair)  # nothing was stored: the pair is still fresh
                 summary.failed.append((board.board_id, str(exc)))
                 self.say(f"board {board.board_id}: FAILED: {exc}")
                 continue
-            self.report.append(result.board_id, pair, STATUS_OK)
             summary.provisioned.append((result.board_id, pair))
             self.say(f"board {result.board_id}: ok in {result.seconds:.2f} s")
         summary.remaining = len(queue)
@@ -220,7 +325,8 @@ class Batch:
                 return None
             if answer.strip().lower() in ("q", "quit"):
                 return None
-            board = self.host.probe(timeout=1.0)
+            # The operator says a board is there: give it the host's whole retry budget.
+            board = self.host.probe(timeout=1.0, retries=self.host.machine.max_retries)
             if board is None:
                 self.say("no board answered; check the cable and that the board is powered")
             elif not self._is_new(board):

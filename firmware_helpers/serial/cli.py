@@ -67,17 +67,25 @@ def register(tree: CommandTree) -> None:
 def _provision_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", required=True,
                         help="serial port: /dev/ttyUSB0, a pty path, socket://host:port, loop://")
-    parser.add_argument("--cert", help="device certificate (PEM)")
-    parser.add_argument("--key", help="device private key (PEM)")
+    parser.add_argument("--cert", help="device certificate (PEM or DER; stored as PEM)")
+    parser.add_argument("--key", help="device private key (PEM or DER, PKCS#1 or PKCS#8, "
+                        "encrypted or not; stored as unencrypted PKCS#1 PEM)")
+    parser.add_argument("--key-password-file", metavar="FILE",
+                        help="file whose first line is the password of an encrypted key "
+                        "(default: the IOTX509_KEY_PASSWORD environment variable)")
     parser.add_argument("--server-ca", help="CA certificate the device uses to check the server")
-    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD)
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                        help="line speed; must be the board's own (the agent's --baud) "
+                        "(default: %(default)s)")
+    parser.add_argument("--report", help="provisioning report CSV that records which board got "
+                        "which pair (default: provisioning-report.csv beside the pairs: the "
+                        "--cert file's directory, or the --batch DIR)")
     parser.add_argument("--retries", type=int, default=6, help="retries per request")
     parser.add_argument("--timeout", type=float, default=0.5,
                         help="seconds to wait for an answer, on top of the line time")
     batch = parser.add_argument_group("factory batch")
     batch.add_argument("--batch", metavar="DIR",
                        help="provision boards one after another from the pairs in DIR")
-    batch.add_argument("--report", help="report CSV (default: DIR/provisioning-report.csv)")
     how = batch.add_mutually_exclusive_group()
     how.add_argument("--wait", dest="mode", action="store_const", const="wait",
                      help="wait for the next board to answer (default)")
@@ -112,8 +120,29 @@ class _ProgressPrinter:
         self.last = ""
 
 
+def _key_password(args: argparse.Namespace) -> bytes | None:
+    """--key-password-file, else the environment variable, else none."""
+    import os
+
+    from firmware_helpers.serial.host import KEY_PASSWORD_ENV, read_password_file
+
+    if args.key_password_file:
+        return read_password_file(args.key_password_file)
+    value = os.environ.get(KEY_PASSWORD_ENV)
+    return value.encode() if value else None
+
+
 def _provision(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from firmware_helpers.errors import ProvisioningInputError
+    from firmware_helpers.serial.batch import (
+        REPORT_NAME,
+        Report,
+        check_report_writable,
+        pair_of,
+        provision_pair,
+    )
     from firmware_helpers.serial.host import Host, load_credentials
     from firmware_helpers.serial.link import SerialLink
 
@@ -123,20 +152,24 @@ def _provision(args: argparse.Namespace) -> int:
         return _batch(args)
     if not args.cert or not args.key:
         raise ProvisioningInputError("--cert and --key are required (or --batch DIR)")
-    objects = load_credentials(args.cert, args.key, args.server_ca)
+    objects = load_credentials(args.cert, args.key, args.server_ca,
+                               password=_key_password(args))
+    pair = pair_of(args.cert, args.key)
+    report = Report.open(args.report or Path(args.cert).parent / REPORT_NAME)
+    check_report_writable(report)
     link = SerialLink.open(args.port, baud=args.baud)
     progress = _ProgressPrinter()
     try:
         host = Host(link, baud=args.baud, max_retries=args.retries, base_timeout=args.timeout,
                     progress=progress)
-        result = host.provision(objects)
+        result = provision_pair(host, report, pair, objects)
     finally:
         progress.done()
         link.close()
     print(
         f"provisioned board {result.board_id}: {result.payload_bytes} bytes in "
         f"{result.seconds:.2f} s ({result.retransmissions} retransmissions, "
-        f"{result.restarts} restarts)"
+        f"{result.restarts} restarts); recorded in {report.path}"
     )
     return 0
 
@@ -144,15 +177,18 @@ def _provision(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from firmware_helpers.serial.batch import Batch, Report
+    from firmware_helpers.serial.batch import REPORT_NAME, Batch, Report, check_report_writable
     from firmware_helpers.serial.host import Host
     from firmware_helpers.serial.link import SerialLink
 
-    report = Report.open(args.report or Path(args.batch) / "provisioning-report.csv")
+    report = Report.open(args.report or Path(args.batch) / REPORT_NAME)
+    check_report_writable(report)
+    password = _key_password(args)
     link = SerialLink.open(args.port, baud=args.baud)
     try:
         host = Host(link, baud=args.baud, max_retries=args.retries, base_timeout=args.timeout)
-        batch = Batch(host, args.batch, report, server_ca=args.server_ca, mode=args.mode,
+        batch = Batch(host, args.batch, report, server_ca=args.server_ca, password=password,
+                      mode=args.mode,
                       max_boards=args.max_boards, board_timeout=args.board_timeout)
         summary = batch.run()
     finally:

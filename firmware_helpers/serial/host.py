@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from device_sdk.certs import (
     load_certificates,
@@ -20,8 +23,10 @@ from device_sdk.certs import (
     require_key_matches,
     require_rsa,
     require_rsa_key,
+    rsa_key_pkcs1_pem,
+    to_pem,
 )
-from device_sdk.errors import CredentialError
+from device_sdk.errors import CredentialError, KeyPasswordError
 from firmware_helpers.errors import (
     BoardRebootedError,
     LinkTimeoutError,
@@ -61,33 +66,84 @@ Progress = Callable[[str, int, int], None]
 SEND_ORDER = (ObjectType.CERTIFICATE, ObjectType.PRIVATE_KEY, ObjectType.SERVER_CA)
 
 
+#: Environment variable read for the password of an encrypted device key.
+KEY_PASSWORD_ENV = "IOTX509_KEY_PASSWORD"
+#: The hint every "give the password" error carries, naming the CLI's own ways.
+KEY_PASSWORD_HINT = f"give --key-password-file FILE or set {KEY_PASSWORD_ENV}"
+
+
+def read_password_file(path: str | Path) -> bytes:
+    """The first line of ``path`` (a trailing newline is not part of the password)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ProvisioningInputError(
+            f"cannot read the key password file {path}: {exc.strerror or exc}"
+        ) from exc
+    password = data.splitlines()[0] if data.strip(b"\r\n") else b""
+    if not password:
+        raise ProvisioningInputError(f"the key password file {path} is empty")
+    return password
+
+
 def load_credentials(
-    cert: str | Path, key: str | Path, server_ca: str | Path | None = None
+    cert: str | Path,
+    key: str | Path,
+    server_ca: str | Path | None = None,
+    *,
+    password: bytes | str | None = None,
 ) -> dict[ObjectType, bytes]:
-    """Read and check the files with the shared model before anything goes on the line."""
-    objects: dict[ObjectType, bytes] = {}
+    """Read and check the files with the shared model before anything goes on the line.
+
+    What goes on the line is what the board stores, in the forms the device SDK and the
+    platform document: certificates as PEM (a DER file is converted), the key as unencrypted
+    PKCS#1 PEM (an encrypted key is decrypted here with ``password``; the board has no way to
+    ask for one).
+    """
+    raw: dict[ObjectType, bytes] = {}
     paths = {ObjectType.CERTIFICATE: cert, ObjectType.PRIVATE_KEY: key}
     if server_ca is not None:
         paths[ObjectType.SERVER_CA] = server_ca
     for obj, path in paths.items():
         try:
-            objects[obj] = Path(path).read_bytes()
+            raw[obj] = Path(path).read_bytes()
         except OSError as exc:
             raise ProvisioningInputError(
                 f"cannot read {obj.label} file {path}: {exc.strerror or exc}"
             ) from exc
+    objects: dict[ObjectType, bytes] = {}
     try:
-        certs = load_certificates(objects[ObjectType.CERTIFICATE], source=str(cert))
+        certs = load_certificates(raw[ObjectType.CERTIFICATE], source=str(cert))
         require_rsa(certs[0], what=f"{cert}")
         private = require_rsa_key(
-            load_private_key(objects[ObjectType.PRIVATE_KEY], source=str(key)), source=str(key)
+            load_private_key(raw[ObjectType.PRIVATE_KEY], source=str(key), password=password),
+            source=str(key),
         )
         require_key_matches(private, certs[0], source=str(key))
+        objects[ObjectType.CERTIFICATE] = _as_pem(raw[ObjectType.CERTIFICATE], certs)
+        objects[ObjectType.PRIVATE_KEY] = _as_pkcs1(raw[ObjectType.PRIVATE_KEY], private)
         if server_ca is not None:
-            load_certificates(objects[ObjectType.SERVER_CA], source=str(server_ca))
+            cas = load_certificates(raw[ObjectType.SERVER_CA], source=str(server_ca))
+            objects[ObjectType.SERVER_CA] = _as_pem(raw[ObjectType.SERVER_CA], cas)
+    except KeyPasswordError as exc:
+        hint = f"; {KEY_PASSWORD_HINT}" if "give its password" in str(exc) else (
+            f" (the password came from --key-password-file or {KEY_PASSWORD_ENV})")
+        raise ProvisioningInputError(f"not provisioning: {exc}{hint}") from exc
     except CredentialError as exc:
         raise ProvisioningInputError(f"not provisioning: {exc}") from exc
     return objects
+
+
+def _as_pem(data: bytes, certs: Sequence[x509.Certificate]) -> bytes:
+    """PEM files are sent as they are (comments and chain order kept); DER becomes PEM."""
+    return data if b"-----BEGIN" in data else to_pem(certs)
+
+
+def _as_pkcs1(data: bytes, key: rsa.RSAPrivateKey) -> bytes:
+    """An unencrypted PKCS#1 PEM file is sent as it is; any other form is re-encoded."""
+    if data.lstrip().startswith(b"-----BEGIN RSA PRIVATE KEY-----") and b"ENCRYPTED" not in data:
+        return data
+    return rsa_key_pkcs1_pem(key)
 
 
 @dataclass(frozen=True)
@@ -202,10 +258,10 @@ class Host:
             return answer
         raise BoardRebootedError("the board kept restarting while asked for INFO")
 
-    def probe(self, *, timeout: float = 0.5) -> HelloReply | None:
-        """One HELLO without retries: the board's reply, or None if nothing answered."""
+    def probe(self, *, timeout: float = 0.5, retries: int = 0) -> HelloReply | None:
+        """A HELLO with ``retries`` retries: the board's reply, or None if nothing answered."""
         saved = self.machine.max_retries
-        self.machine.max_retries = 0
+        self.machine.max_retries = retries
         try:
             return self.hello(timeout=timeout)
         except (LinkTimeoutError, RetriesExhaustedError, _RestartNeeded):
@@ -224,15 +280,25 @@ class Host:
         finally:
             self.machine.max_retries = saved
 
-    def provision(self, objects: Mapping[ObjectType, bytes]) -> ProvisionResult:
-        """Send the set and commit it; restart from HELLO if the board loses the session."""
+    def provision(
+        self,
+        objects: Mapping[ObjectType, bytes],
+        *,
+        on_board: Callable[[HelloReply], None] | None = None,
+    ) -> ProvisionResult:
+        """Send the set and commit it; restart from HELLO if the board loses the session.
+
+        ``on_board(reply)`` is called after each HELLO, before anything is sent: it may raise to
+        refuse the board that answered (the provisioning report does, for a pair already on
+        another board).
+        """
         start = time.monotonic()
         restarts = 0
         self.commit_sent = False
         try:
             while True:
                 try:
-                    board = self._transaction(objects)
+                    board = self._transaction(objects, on_board)
                     break
                 except _RestartNeeded as exc:
                     restarts += 1
@@ -254,8 +320,12 @@ class Host:
             seconds=time.monotonic() - start,
         )
 
-    def _transaction(self, objects: Mapping[ObjectType, bytes]) -> HelloReply:
+    def _transaction(
+        self, objects: Mapping[ObjectType, bytes], on_board: Callable[[HelloReply], None] | None
+    ) -> HelloReply:
         board = self.hello()
+        if on_board is not None:
+            on_board(board)
         chunk = max(1, min(self.max_chunk, board.max_chunk))
         total = sum(len(d) for d in objects.values())
         sent = 0

@@ -344,6 +344,9 @@ class HostMachine:
         self._pending_bytes = b""
         self.attempts = 0
         self.retransmissions = 0
+        #: bytes received since the current request, and whether any of them was a valid frame
+        self.bytes_received = 0
+        self.valid_frames = 0
 
     @property
     def current_seq(self) -> int:
@@ -362,6 +365,8 @@ class HostMachine:
         self._pending = msg
         self._pending_bytes = encode_message(msg, self._seq)
         self.attempts = 1
+        self.bytes_received = 0
+        self.valid_frames = 0
         self.state = HostState.AWAITING_REPLY
         return self._pending_bytes
 
@@ -372,6 +377,7 @@ class HostMachine:
         if self.attempts > self.max_retries:
             raise RetriesExhaustedError(
                 f"{self._describe()}: gave up after {self.attempts} attempts (last: {reason})"
+                f"{self._line_hint()}"
             )
         self.attempts += 1
         self.retransmissions += 1
@@ -383,10 +389,24 @@ class HostMachine:
             return self.retransmit("no answer within the timeout")
         except RetriesExhaustedError as exc:
             raise LinkTimeoutError(
-                f"the board did not answer {self._describe()} after {self.attempts} attempts; "
-                "is the board connected, powered and running the agent, and is the baud rate "
-                "right?"
+                f"the board did not answer {self._describe()} after {self.attempts} attempts"
+                f"{self._line_hint()}"
             ) from exc
+
+    def _line_hint(self) -> str:
+        """What to check, from what the line carried: garbage points at the line speed."""
+        if self.bytes_received and not self.valid_frames:
+            return (
+                f"; {self.bytes_received} byte(s) arrived but not one valid frame: the host's "
+                "--baud most likely differs from the board's line speed (both sides must use "
+                "the same --baud; the agent's default is 115200)"
+            )
+        if not self.bytes_received:
+            return (
+                "; is the board connected, powered and running the agent? The host's --baud "
+                "must also match the board's line speed (the agent's --baud)"
+            )
+        return ""
 
     def _describe(self) -> str:
         name = _TYPE_OF[type(self._pending)].name if self._pending is not None else "nothing"
@@ -394,7 +414,10 @@ class HostMachine:
 
     def receive_data(self, data: bytes) -> list[HostEvent]:
         events: list[HostEvent] = []
+        self.bytes_received += len(data)
         for item in self._decoder.feed(data):
+            if isinstance(item, Frame):
+                self.valid_frames += 1
             if self.state is not HostState.AWAITING_REPLY:
                 events.append(Ignored("no request outstanding"))
                 continue

@@ -7,6 +7,10 @@ simulated line, from a seeded random generator so that a test run can be repeate
 - ``flip_rate`` / ``drop_rate``: probability that a frame (either direction) gets one bit
   flipped / loses one byte (which may be the delimiter, merging two frames);
 - ``stall_after`` + ``stall_seconds``: the line stops delivering for a while (bytes wait);
+- ``pause_after``: the board stops at frame N and holds every frame from there on, until
+  :meth:`SimBoard.resume` is called or, with ``resume_after_resends``, until the host has sent
+  that many more frames (its retransmissions). Tests time a signal or a retry by these events
+  of the code under test, never by a clock: ``sim.wait(lambda s: s.paused)``;
 - ``reboot_after`` (+ ``reboot_times``): the board loses power while a frame arrives, forgets
   its RAM state (staging, session) and announces itself again;
 - ``unplug_after``: the pty is closed, as a USB adapter pulled out;
@@ -50,6 +54,8 @@ class FaultPlan:
     reboot_after: int | None = None
     reboot_times: int = 1
     unplug_after: int | None = None
+    pause_after: int | None = None
+    resume_after_resends: int | None = None
     protocol_version: int = PROTOCOL_VERSION
     baud: int | None = None
 
@@ -60,6 +66,10 @@ class FaultPlan:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
         if self.baud is not None and self.baud <= 0:
             raise ValueError("baud must be positive")
+        if self.resume_after_resends is not None and (
+            self.pause_after is None or self.resume_after_resends < 1
+        ):
+            raise ValueError("resume_after_resends needs pause_after and must be at least 1")
 
 
 @dataclass
@@ -71,6 +81,9 @@ class SimStats:
     stalls: int = 0
     reboots: int = 0
     unplugged: bool = False
+    #: the board is holding frames (``pause_after``); ``held`` counts the frames it holds
+    paused: bool = False
+    held: int = 0
     boards_served: list[str] = field(default_factory=list)
 
 
@@ -108,6 +121,9 @@ class SimBoard:
         self._buffer = bytearray()
         self.error: BaseException | None = None
         self.changed = threading.Condition()
+        self._held: list[bytes] = []
+        self._paused_once = False
+        self._resume = threading.Event()
 
     # --- boards -------------------------------------------------------------------------------
 
@@ -175,6 +191,10 @@ class SimBoard:
                     os.close(fd)
         self._master = self._slave = -1
 
+    def resume(self) -> None:
+        """Let a paused board go on: it answers the held frames in order, then runs normally."""
+        self._resume.set()
+
     def unplug(self) -> None:
         """Close the pty pair, as a USB serial adapter pulled out."""
         self.stats.unplugged = True
@@ -219,6 +239,8 @@ class SimBoard:
             self.stats.boards_served.append(self.agent.board_id)
             swap_at: float | None = None
             while not self._stop.is_set():
+                if self._resume.is_set() and self.stats.paused:
+                    self._release(link)
                 if swap_at is not None and time.monotonic() >= swap_at:
                     swap_at = None
                     self._swap(link)
@@ -264,15 +286,43 @@ class SimBoard:
                 continue
             self.stats.frames_in += 1
             self._frames_since_boot += 1
+            if self._hold(frame):
+                continue
             fate = self._faults_before(link)
             if fate == "gone":
                 return False
             if fate == "lost":
                 continue
-            for reply in self.agent.handle(self._damage(frame)):
-                self._send(link, reply)
-            self.agent.after_replies()
-            self._notify()
+            self._deliver(link, frame)
+
+    def _deliver(self, link: FdLink, frame: bytes) -> None:
+        for reply in self.agent.handle(self._damage(frame)):
+            self._send(link, reply)
+        self.agent.after_replies()
+        self._notify()
+
+    def _hold(self, frame: bytes) -> bool:
+        """``pause_after``: keep the frame for later instead of answering it."""
+        plan, stats = self.faults, self.stats
+        if not stats.paused:
+            if plan.pause_after is None or self._paused_once or stats.frames_in < plan.pause_after:
+                return False
+            self._paused_once = True
+            stats.paused = True
+            stats.stalls += 1
+        self._held.append(frame)
+        stats.held = len(self._held)
+        if plan.resume_after_resends is not None and stats.held > plan.resume_after_resends:
+            self._resume.set()
+        self._notify()
+        return True
+
+    def _release(self, link: FdLink) -> None:
+        held, self._held = self._held, []
+        self.stats.paused = False
+        self._notify()
+        for frame in held:
+            self._deliver(link, frame)
 
     def _faults_before(self, link: FdLink) -> str:
         """Apply the scheduled faults that fall on this frame: "ok", "lost" or "gone"."""

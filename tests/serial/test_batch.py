@@ -40,10 +40,13 @@ def test_find_pairs_reads_names_and_serials(batch_dir: Path) -> None:
 
 def test_cli_batch_wait_mode_three_boards_then_resume(tmp_path: Path, batch_dir: Path) -> None:
     report = tmp_path / "report.csv"
+    # The run stops because three boards are done (an event), not because a timeout expired:
+    # --board-timeout is only a safety net, long enough for any machine load.
     with SimBoard(tmp_path / "boards", boards=3, swap_delay=0.2) as sim:
         proc = subprocess.run(
             [sys.executable, "-m", "iotx509", "provision", "--batch", str(batch_dir),
-             "--port", sim.port, "--report", str(report), "--wait", "--board-timeout", "3"],
+             "--port", sim.port, "--report", str(report), "--wait", "--max-boards", "3",
+             "--board-timeout", "60"],
             capture_output=True, text=True, timeout=120,
         )
     assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -61,7 +64,7 @@ def test_cli_batch_wait_mode_three_boards_then_resume(tmp_path: Path, batch_dir:
     with SimBoard(tmp_path / "more", boards=2) as sim:
         link = SerialLink.open(sim.port)
         summary = Batch(Host(link), batch_dir, Report.open(report), mode="wait",
-                        board_timeout=3, say=lambda _: None).run()
+                        board_timeout=60, say=lambda _: None).run()
         link.close()
     assert [p.name.device_name for _, p in summary.provisioned] == ["line1-dev003"]
     assert len({r["CertSN"] for r in _rows(report)}) == 4
@@ -104,3 +107,102 @@ def test_batch_and_cert_options_are_exclusive(tmp_path: Path, batch_dir: Path) -
 def test_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(BatchError, match="not a directory"):
         find_pairs(tmp_path / "missing")
+
+
+# --- one record for every mode -----------------------------------------------------------------
+
+
+@pytest.fixture
+def line_dir(pki: PKI, tmp_path: Path) -> Path:
+    directory = tmp_path / "pairs"
+    for i in range(3):
+        pki.write_device("PKline02", f"line2-dev{i:03d}", directory=directory)
+    return directory
+
+
+def _single(sim: SimBoard, cert: Path) -> subprocess.CompletedProcess[str]:
+    """``iotx509 provision --cert --key`` with the default report (beside the pairs)."""
+    return subprocess.run(
+        [sys.executable, "-m", "iotx509", "provision", "--port", sim.port, "--cert", str(cert),
+         "--key", str(cert.with_suffix(".key"))],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_a_pair_provisioned_in_single_mode_is_never_given_to_another_board(
+    tmp_path: Path, line_dir: Path
+) -> None:
+    first = sorted(line_dir.glob("*.cer"))[0]
+    report = line_dir / "provisioning-report.csv"
+    with SimBoard(tmp_path / "single", board_id="BENCH-7") as sim:
+        proc = _single(sim, first)
+    assert proc.returncode == 0, proc.stderr
+    assert f"recorded in {report}" in proc.stdout
+    (row,) = _rows(report)
+    assert (row["BoardId"], row["Status"]) == ("BENCH-7", "ok")
+    assert f"{row['ProductKey']}_{row['DeviceName']}_" in first.name
+
+    # A batch over the same directory (default report: the same file) skips that pair and
+    # that board, and gives the two other pairs to two new boards.
+    with SimBoard(tmp_path / "boards", boards=3, swap_delay=0.2) as sim:
+        proc = subprocess.run(
+            [sys.executable, "-m", "iotx509", "provision", "--batch", str(line_dir),
+             "--port", sim.port, "--wait", "--board-timeout", "60"],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "2 unused pair(s) of 3" in proc.stdout
+    assert "2 board(s) provisioned, 0 failed, 0 unused pair(s) left" in proc.stdout
+    rows = _rows(report)
+    assert len(rows) == 3 and len({r["CertSN"] for r in rows}) == 3
+    holders = {r["CertSN"]: r["BoardId"] for r in rows}
+    assert holders[row["CertSN"]] == "BENCH-7"
+    for board in sim.stats.boards_served[:2]:
+        assert (tmp_path / "boards" / board / "device.cer").read_bytes() != first.read_bytes()
+
+    # Single mode honours the record too: the pair goes to no other board, the line untouched
+    # beyond HELLO, and the message says where the pair is.
+    with SimBoard(tmp_path / "other", board_id="BENCH-8") as sim:
+        proc = _single(sim, first)
+        assert sim.stats.frames_in == 1  # HELLO only
+    assert proc.returncode == 2
+    assert "is already on board BENCH-7" in proc.stderr and str(report) in proc.stderr
+    assert not (tmp_path / "other" / "device.cer").exists()
+    assert len(_rows(report)) == 3
+
+    # The same board may get its own pair again (a re-run after a doubtful line).
+    with SimBoard(tmp_path / "single", board_id="BENCH-7") as sim:
+        proc = _single(sim, first)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["BoardId"] for r in _rows(report) if r["CertSN"] == row["CertSN"]] == [
+        "BENCH-7", "BENCH-7"]
+
+
+def test_single_mode_refuses_when_the_report_cannot_be_written(
+    tmp_path: Path, line_dir: Path
+) -> None:
+    first = sorted(line_dir.glob("*.cer"))[0]
+    with SimBoard(tmp_path / "store") as sim:
+        proc = subprocess.run(
+            [sys.executable, "-m", "iotx509", "provision", "--port", sim.port, "--cert",
+             str(first), "--key", str(first.with_suffix(".key")), "--report",
+             str(tmp_path / "missing-dir" / "report.csv")],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert sim.stats.frames_in == 0
+    assert proc.returncode == 2 and "cannot write the provisioning report" in proc.stderr
+
+
+def test_single_mode_names_a_pair_by_its_subject_when_the_file_name_does_not(
+    tmp_path: Path, line_dir: Path
+) -> None:
+    import shutil
+
+    from firmware_helpers.serial.batch import pair_of
+
+    first = sorted(line_dir.glob("*.cer"))[0]
+    cert, key = tmp_path / "device.cer", tmp_path / "device.key"
+    shutil.copy(first, cert)
+    shutil.copy(first.with_suffix(".key"), key)
+    by_subject, by_name = pair_of(cert, key), pair_of(first, first.with_suffix(".key"))
+    assert by_subject.ident == by_name.ident

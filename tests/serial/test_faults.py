@@ -52,7 +52,8 @@ def _provision(sim: SimBoard, objects: dict[ObjectType, bytes], **host: float) -
         FaultPlan(flip_rate=0.2, seed=3),
         FaultPlan(drop_rate=0.2, seed=5),
         FaultPlan(flip_rate=0.1, drop_rate=0.1, seed=11),
-        FaultPlan(stall_after=3, stall_seconds=1.2),
+        # the board holds frame 3 until the host has sent it again: a retry, on any machine load
+        FaultPlan(pause_after=3, resume_after_resends=1),
         FaultPlan(reboot_after=4),
     ],
     ids=["flipped-bits", "dropped-bytes", "both", "stalled-line", "reboot-mid-transfer"],
@@ -77,7 +78,7 @@ def test_recoverable_faults_end_with_the_new_set(
     ("plan", "host", "error", "message"),
     [
         (FaultPlan(flip_rate=1.0), {"max_retries": 3}, RetriesExhaustedError, "gave up after 4"),
-        (FaultPlan(stall_after=3, stall_seconds=30), {"max_retries": 2, "base_timeout": 0.3},
+        (FaultPlan(pause_after=3), {"max_retries": 2, "base_timeout": 0.3},
          LinkTimeoutError, "did not answer"),
         (FaultPlan(reboot_after=3, reboot_times=100), {}, BoardRebootedError, "lost the session"),
         (FaultPlan(unplug_after=4), {}, BoardDisconnectedError, "went away"),
@@ -118,7 +119,7 @@ def test_cli_other_version_exits_with_a_clear_message(
     with SimBoard(store, faults=FaultPlan(protocol_version=7)) as sim:
         proc = subprocess.run(
             [sys.executable, "-m", "iotx509", "provision", "--port", sim.port,
-             "--cert", str(b.cert), "--key", str(b.key)],
+             "--cert", str(b.cert), "--key", str(b.key), "--report", str(store.parent / "r.csv")],
             capture_output=True, text=True, timeout=60,
         )
     assert proc.returncode == 5
@@ -127,27 +128,36 @@ def test_cli_other_version_exits_with_a_clear_message(
 
 
 def test_ctrl_c_on_the_host_keeps_the_previous_credentials(
-    store_with_a: tuple[Path, dict[str, str]], pairs: tuple[PairFiles, PairFiles]
+    store_with_a: tuple[Path, dict[str, str]], pairs: tuple[PairFiles, PairFiles], tmp_path: Path
 ) -> None:
     store, before = store_with_a
     b = pairs[1]
-    # The line stalls after the 4th frame, so the transfer cannot finish before the Ctrl-C,
-    # however slowly a loaded machine schedules this test; the host is waiting for an ACK
-    # (its first retry comes only after ~9 s at 9600 baud) when the signal arrives.
-    with SimBoard(store, faults=FaultPlan(baud=9600, stall_after=4, stall_seconds=3)) as sim:
+    # The board pauses at the 4th frame (HELLO, BEGIN cert, DATA cert, BEGIN key) and answers
+    # nothing until resumed, so the Ctrl-C lands mid-transfer whatever the machine's load: the
+    # moment is an event of the board, not a sleep. The host's timeout is long enough that it
+    # is still waiting for that ACK, not giving up, when the signal comes.
+    with SimBoard(store, faults=FaultPlan(pause_after=4)) as sim:
         host = subprocess.Popen(
-            [sys.executable, "-m", "iotx509", "provision", "--port", sim.port, "--baud", "9600",
+            [sys.executable, "-m", "iotx509", "provision", "--port", sim.port,
+             "--timeout", "600", "--report", str(tmp_path / "report.csv"),
              "--cert", str(b.cert), "--key", str(b.key), "--server-ca", str(b.server_ca)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        # HELLO, BEGIN cert, DATA cert, BEGIN key: the key is on its way when Ctrl-C comes
-        assert sim.wait(lambda s: s.frames_in >= 4, timeout=30)
-        os.kill(host.pid, signal.SIGINT)
-        _, err = host.communicate(timeout=30)
+        try:
+            assert sim.wait(lambda s: s.paused, timeout=60)
+            assert sim.agent.machine.staged_types == (ObjectType.CERTIFICATE,)
+            os.kill(host.pid, signal.SIGINT)
+            _, err = host.communicate(timeout=60)
+        finally:
+            if host.poll() is None:
+                host.kill()
+                host.communicate()
+        sim.resume()  # the board now reads BEGIN key, then the host's ABORT
+        assert sim.wait(lambda s: not sim.agent.machine.staged_types, timeout=60)
         assert sim.agent.commits == 0
-        assert sim.wait(lambda s: not sim.agent.machine.staged_types, timeout=5)
     assert host.returncode == 130 and "interrupted" in err
     assert snapshot(store) == before
+    assert not (tmp_path / "report.csv").exists()  # nothing was committed: nothing recorded
 
 
 class _PowerCut(Exception):

@@ -85,7 +85,7 @@ def test_cli_provision_success(tmp_path: Path, pairs: tuple[PairFiles, PairFiles
     with SimBoard(tmp_path / "store") as sim:
         proc = subprocess.run(
             [*CLI, "provision", "--port", sim.port, "--cert", str(a.cert), "--key", str(a.key),
-             "--server-ca", str(a.server_ca)],
+             "--server-ca", str(a.server_ca), "--report", str(tmp_path / "report.csv")],
             capture_output=True, text=True, timeout=60,
         )
     assert proc.returncode == 0, proc.stderr
@@ -223,3 +223,178 @@ def test_socket_url(tmp_path: Path, pairs: tuple[PairFiles, PairFiles]) -> None:
         server.close()
     assert result.board_id == "bridge-1"
     assert (tmp_path / "net-store" / "device.key").read_bytes() == a.key.read_bytes()
+
+
+# --- what the host accepts, and what the board gets -------------------------------------------
+
+
+def _run_provision(sim: SimBoard, cert: Path, key: Path, tmp_path: Path, *extra: str,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "provision", "--port", sim.port, "--cert", str(cert), "--key", str(key),
+         "--report", str(tmp_path / "report.csv"), *extra],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})} if env is not None else _env_without_password(),
+    )
+
+
+def _env_without_password() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "IOTX509_KEY_PASSWORD"}
+
+
+@pytest.fixture
+def encrypted_key(tmp_path: Path, pairs: tuple[PairFiles, PairFiles]) -> Path:
+    """Pair A's key as an encrypted PKCS#8 PEM (password ``s3cret pass``)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from device_sdk.certs import read_private_key
+
+    key = read_private_key(pairs[0].key)
+    path = tmp_path / "encrypted.key"
+    path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"s3cret pass"),
+    ))
+    return path
+
+
+def test_cli_decrypts_a_key_with_the_password_file(
+    tmp_path: Path, pairs: tuple[PairFiles, PairFiles], encrypted_key: Path
+) -> None:
+    a, _ = pairs
+    password = tmp_path / "password.txt"
+    password.write_text("s3cret pass\n")  # the trailing newline is not part of it
+    with SimBoard(tmp_path / "store") as sim:
+        proc = _run_provision(sim, a.cert, encrypted_key, tmp_path,
+                              "--key-password-file", str(password))
+    assert proc.returncode == 0, proc.stderr
+    # the board gets the platform's form: unencrypted PKCS#1, the same key as pair A's
+    assert (tmp_path / "store" / "device.key").read_bytes() == a.key.read_bytes()
+
+
+def test_cli_decrypts_a_key_with_the_environment_variable(
+    tmp_path: Path, pairs: tuple[PairFiles, PairFiles], encrypted_key: Path
+) -> None:
+    a, _ = pairs
+    with SimBoard(tmp_path / "store") as sim:
+        proc = _run_provision(sim, a.cert, encrypted_key, tmp_path,
+                              env={"IOTX509_KEY_PASSWORD": "s3cret pass"})
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "store" / "device.key").read_bytes() == a.key.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("none", "the key is encrypted; give its password; give --key-password-file FILE or set "
+                 "IOTX509_KEY_PASSWORD"),
+        ("wrong-file", "wrong password for the encrypted key"),
+        ("wrong-env", "wrong password for the encrypted key"),
+        ("empty-file", "is empty"),
+        ("missing-file", "cannot read the key password file"),
+    ],
+)
+def test_cli_password_errors_touch_nothing(
+    tmp_path: Path, pairs: tuple[PairFiles, PairFiles], encrypted_key: Path, how: str,
+    message: str,
+) -> None:
+    a, _ = pairs
+    password = tmp_path / "password.txt"
+    extra: list[str] = []
+    env = None
+    if how == "wrong-file":
+        password.write_text("not it\n")
+        extra = ["--key-password-file", str(password)]
+    elif how == "empty-file":
+        password.write_text("\n")
+        extra = ["--key-password-file", str(password)]
+    elif how == "missing-file":
+        extra = ["--key-password-file", str(tmp_path / "nope.txt")]
+    elif how == "wrong-env":
+        env = {"IOTX509_KEY_PASSWORD": "not it"}
+    with SimBoard(tmp_path / "store") as sim:
+        proc = _run_provision(sim, a.cert, encrypted_key, tmp_path, *extra, env=env)
+        assert sim.stats.frames_in == 0  # refused before the line was touched
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "store" / "device.key").exists()
+
+
+def test_der_certificates_are_stored_as_pem(
+    tmp_path: Path, pairs: tuple[PairFiles, PairFiles]
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from device_sdk.certs import read_certificates
+
+    a, _ = pairs
+    cert, server_ca = read_certificates(a.cert)[0], read_certificates(a.server_ca)[0]
+    der_cert, der_ca = tmp_path / "device.der", tmp_path / "server-ca.der"
+    der_cert.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    der_ca.write_bytes(server_ca.public_bytes(serialization.Encoding.DER))
+    with SimBoard(tmp_path / "store") as sim:
+        proc = _run_provision(sim, der_cert, a.key, tmp_path, "--server-ca", str(der_ca))
+    assert proc.returncode == 0, proc.stderr
+    stored = (tmp_path / "store" / store_layout.CERTIFICATE_FILE).read_bytes()
+    assert stored.startswith(b"-----BEGIN CERTIFICATE-----")
+    assert stored == cert.public_bytes(serialization.Encoding.PEM)
+    stored_ca = (tmp_path / "store" / store_layout.SERVER_CA_FILE).read_bytes()
+    assert stored_ca == server_ca.public_bytes(serialization.Encoding.PEM)
+
+
+# --- the line speed ----------------------------------------------------------------------------
+
+
+def test_silent_line_names_the_baud_rate(tmp_path: Path) -> None:
+    """Nothing answers (no board, or one at another speed that never sends a delimiter)."""
+    from firmware_helpers.errors import LinkTimeoutError
+
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    try:
+        link = SerialLink.open(os.ttyname(slave))
+        with pytest.raises(LinkTimeoutError) as caught:
+            Host(link, max_retries=1, base_timeout=0.1).hello()
+        link.close()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert "did not answer HELLO" in str(caught.value)
+    assert "--baud must also match the board's line speed" in str(caught.value)
+
+
+def test_garbage_on_the_line_points_at_the_baud_rate(tmp_path: Path) -> None:
+    """A board at another line speed answers, but what arrives is garbage."""
+    import random
+
+    from firmware_helpers.errors import LinkError
+
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    stop = threading.Event()
+    rng = random.Random(7)
+
+    def wrong_speed_board() -> None:
+        link = FdLink(master)
+        while not stop.is_set():
+            if link.read(0.05):
+                link.write(rng.randbytes(40) + b"\x00" + rng.randbytes(20))
+
+    thread = threading.Thread(target=wrong_speed_board, daemon=True)
+    thread.start()
+    try:
+        link = SerialLink.open(os.ttyname(slave))
+        with pytest.raises(LinkError) as caught:
+            Host(link, max_retries=2, base_timeout=0.3).hello()
+        link.close()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        os.close(master)
+        os.close(slave)
+    text = str(caught.value)
+    assert "arrived but not one valid frame" in text
+    assert "--baud most likely differs from the board's line speed" in text
