@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from server_stub.api.console_routes import console_api, console_pages
 from server_stub.api.errors import UploadLimitMiddleware, install_error_handlers
 from server_stub.api.messaging import NoMessaging
 from server_stub.api.routes import router
@@ -31,6 +32,8 @@ def create_app(
     app.state.messaging = messaging or NoMessaging()
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(console_api)  # the web console's reads: device list, overview, live stream
+    app.include_router(console_pages)  # the web console itself, at /console/
     app.add_middleware(UploadLimitMiddleware, max_bytes=max_upload_bytes)
     return app
 

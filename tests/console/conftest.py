@@ -1,0 +1,77 @@
+"""Console fixtures: the real server process, Debian's headless Chromium driven by Playwright.
+
+The browser is the system's ``/usr/bin/chromium`` (scripts/test.sh installs it); Playwright's own
+browser download is never used. Screenshots go to ``docs/console/`` (override with
+``IOTX509_CONSOLE_SCREENSHOTS``) so that docs/console.md shows what the last run saw.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server_stub.launcher import RunningServer, running_server
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+VIEWPORT = {"width": 1280, "height": 860}
+#: Playwright's expect() waits for page state up to this long (an upper bound, not a sleep).
+EXPECT_TIMEOUT_MS = 20_000
+
+playwright_sync = pytest.importorskip(
+    "playwright.sync_api", reason="playwright (the test extra) is not installed"
+)
+
+
+def screenshot_dir() -> Path:
+    directory = Path(os.environ.get("IOTX509_CONSOLE_SCREENSHOTS", ROOT / "docs" / "console"))
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("console-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
+    playwright_sync.expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    with playwright_sync.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.console_errors = errors
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def sign_in(page: Any, server: RunningServer) -> None:
+    page.goto(server.http_url + "/console/")
+    page.get_by_label("API token").fill(server.token)
+    page.get_by_role("button", name="Sign in").click()
+    playwright_sync.expect(page.get_by_role("link", name="Products")).to_be_visible()
