@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from server_stub.errors import ConflictError, DataStoreError
+from server_stub.store import migrations
 from server_stub.store.base import (
     AccountRecord,
     AssociationRecord,
@@ -30,7 +31,10 @@ from server_stub.store.base import (
     SnBinding,
 )
 
-SCHEMA_VERSION = 1
+#: The schema's version, in the file's ``PRAGMA user_version``. To change the schema: change
+#: SCHEMA (what a new file gets), bump this, and add the step from the previous version to
+#: MIGRATIONS (what an existing file gets; see :mod:`server_stub.store.migrations`).
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -87,6 +91,12 @@ CREATE INDEX IF NOT EXISTS associations_ca_sn ON associations(ca_id, cert_sn);
 CREATE INDEX IF NOT EXISTS devices_account ON devices(account_id, id);
 """
 
+#: version N -> the statements that take a file from N to N + 1 (run in one transaction).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: the console's paged device list reads devices by account in id order.
+    1: ("CREATE INDEX IF NOT EXISTS devices_account ON devices(account_id, id)",),
+}
+
 #: Stay far below SQLite's bound-parameter limit when querying ``IN (...)`` lists.
 _CHUNK = 900
 
@@ -108,10 +118,16 @@ class SqliteStore:
         self._closed = False
         conn = self._conn()
         try:
-            conn.executescript(SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise DataStoreError(f"cannot initialise the database {self.path}: {exc}") from exc
+            with self._write_lock:
+                migrations.prepare(conn, self.path, schema=SCHEMA, version=SCHEMA_VERSION,
+                                   steps=MIGRATIONS)
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, sqlite3.Error):
+                raise DataStoreError(
+                    f"cannot initialise the database {self.path}: {exc}"
+                ) from exc
+            raise
 
     # --- connections and transactions -----------------------------------------------------------
 
