@@ -136,18 +136,21 @@ def test_connect_timeout(world: World, env: tuple[ServerThread, Device, Device],
     assert "no CONNECT within 1 s" in caplog.text
 
 
-def test_max_connections(world: World, env: tuple[ServerThread, Device, Device],
-                         caplog: pytest.LogCaptureFixture) -> None:
+def test_max_connections_closes_the_oldest_unauthenticated_one(
+    world: World, env: tuple[ServerThread, Device, Device], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
     server, bystander, _a = env
     good = _online(world, server, bystander)
-    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
-             for _ in range(LIMITS.max_connections - 1)]
+    broker = server.service.broker  # type: ignore[union-attr]
+    socks = []
+    for _ in range(LIMITS.max_connections - 1):
+        socks.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        assert wait_for(lambda: server.call(len, broker.pending) == len(socks))
     extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-    with pytest.raises(ConnectionResetError):
-        if extra.recv(10) == b"":
-            raise ConnectionResetError
-    assert "max_connections" in caplog.text
+    assert socks[0].recv(10) == b""  # the oldest idle socket made room for the newcomer
+    assert wait_for(lambda: server.call(len, broker.connections) == LIMITS.max_connections)
+    assert [r.getMessage() for r in caplog.records if "(max_connections)" in r.getMessage()]
     _still_fine(good)
     for s in [*socks, extra]:
         s.close()
