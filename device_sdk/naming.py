@@ -1,7 +1,12 @@
 """The platform's naming rules, in one place for every part of the kit.
 
 - ProductKey: letters and digits (the platform generates 11 of them).
-- DeviceName: 4-32 characters of letters, digits and ``-_@.:``.
+- DeviceName: 4-32 characters of letters, digits and ``-_@.:``. Stricter than the platform,
+  the kit does not issue, write into a CSV or register a DeviceName that *begins* with ``-``,
+  ``@``, ``=`` or ``+`` (:func:`validate_new_device_name`): DeviceNames end up in CSV files
+  (association CSVs, provisioning reports) and spreadsheet programs run such a cell as a
+  formula (:mod:`device_sdk.csvsafe` owns those characters). An identity the platform tells a
+  device is still read with the platform's own rule.
 - CA certificate name: 4-30 characters of letters, digits and ``_``.
 - Device certificate files: ``[ProductKey]_[DeviceName]_[CA_SN].cer`` and ``.key``. A DeviceName
   may itself contain ``_``; a ProductKey and a CA SN never do, so the name splits at the first and
@@ -14,6 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from device_sdk.csvsafe import FORMULA_LEADING
 from device_sdk.errors import InvalidNameError
 from device_sdk.serials import normalize_sn
 
@@ -36,6 +42,24 @@ def validate_device_name(value: str) -> str:
     if not DEVICE_NAME_RE.fullmatch(value):
         raise InvalidNameError(
             f"DeviceName {value!r} must be 4-32 characters of letters, digits and -_@.:"
+        )
+    return value
+
+
+def validate_new_device_name(value: str) -> str:
+    """The rule for a DeviceName the kit issues, writes into a CSV or registers.
+
+    The platform's rule, plus: no ``-``, ``@``, ``=`` or ``+`` as the first character, because
+    the name goes into CSV files that people open in spreadsheet programs. Names the platform
+    *tells* a device (its identity) are checked with :func:`validate_device_name` only.
+    """
+    validate_device_name(value)
+    if value.startswith(FORMULA_LEADING):
+        raise InvalidNameError(
+            f"DeviceName {value!r} must not begin with {value[0]!r}: DeviceNames go into CSV "
+            "files, and spreadsheet programs run a cell beginning with = + - @ as a formula "
+            "(the kit is stricter than the platform here); start it with a letter, a digit or "
+            "one of _.:"
         )
     return value
 

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from device_sdk.csvsafe import csv_text
 from device_sdk.fileio import atomic_write
-from device_sdk.naming import validate_device_name, validate_product_key
+from device_sdk.naming import validate_new_device_name, validate_product_key
 from device_sdk.serials import normalize_sn
 from firmware_helpers.errors import InvalidInputError
 
@@ -52,11 +53,10 @@ def split_rows(
 
 
 def render(rows: Sequence[Association]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(HEADER)
-    writer.writerows((row.product_key, row.device_name, row.cert_sn) for row in rows)
-    return buffer.getvalue().encode()
+    """The file's bytes; cells are neutralised like every CSV the kit writes (a no-op for rows
+    that passed :func:`_check`: no valid cell begins with a formula character)."""
+    table = [HEADER, *((row.product_key, row.device_name, row.cert_sn) for row in rows)]
+    return csv_text(table, lineterminator="\n").encode()
 
 
 def _check(rows: Sequence[Association]) -> None:
@@ -69,7 +69,7 @@ def _check(rows: Sequence[Association]) -> None:
     seen: set[str] = set()
     for row in rows:
         validate_product_key(row.product_key)
-        validate_device_name(row.device_name)
+        validate_new_device_name(row.device_name)
         if row.device_name in seen:
             raise InvalidInputError(f"DeviceName {row.device_name!r} appears twice")
         seen.add(row.device_name)

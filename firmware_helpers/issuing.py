@@ -61,7 +61,7 @@ from device_sdk.naming import (
     CERT_SUFFIX,
     KEY_SUFFIX,
     DeviceFileName,
-    validate_device_name,
+    validate_new_device_name,
     validate_product_key,
 )
 from firmware_helpers.association_csv import Association, write_associations
@@ -193,7 +193,7 @@ def validate_inputs(product_key: str, names: Sequence[str]) -> None:
     seen: set[str] = set()
     for index, name in enumerate(names, start=1):
         try:
-            validate_device_name(name)
+            validate_new_device_name(name)
         except InvalidNameError as exc:
             problems.append(f"#{index}: {exc}")
         if name in seen:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from device_sdk.certs import certificate_sn, read_certificates, to_pem
 from device_sdk.errors import DeviceSDKError
 from device_sdk.fileio import PUBLIC_FILE_MODE, atomic_write, ensure_private_dir
-from device_sdk.naming import validate_device_name, validate_product_key
+from device_sdk.naming import validate_new_device_name, validate_product_key
 from device_sdk.platform import DEFAULT_MQTT_PORT
 from firmware_helpers.association_csv import MAX_ROWS_PER_FILE, Association, render
 from firmware_helpers.errors import FirmwareHelpersError
@@ -92,7 +92,7 @@ def _check_options(options: CreateOptions) -> None:
         except ValueError as exc:
             raise FleetCreateError(str(exc), step="options") from exc
     try:
-        validate_device_name(_device_name(options.prefix, MAX_COUNT - 1))
+        validate_new_device_name(_device_name(options.prefix, MAX_COUNT - 1))
     except ValueError as exc:
         raise FleetCreateError(
             f"--prefix {options.prefix!r} makes invalid DeviceNames: {exc}", step="options"

@@ -20,7 +20,9 @@ from pathlib import Path
 from cryptography.x509.oid import NameOID
 
 from device_sdk.certs import certificate_sn, read_certificates
+from device_sdk.csvsafe import restore_cell, safe_cells
 from device_sdk.errors import CredentialError, InvalidNameError
+from device_sdk.fileio import open_no_follow
 from device_sdk.naming import CERT_SUFFIX, DeviceFileName
 from firmware_helpers.errors import (
     BatchError,
@@ -119,13 +121,26 @@ class Report:
 
     @classmethod
     def open(cls, path: str | Path) -> Report:
+        """Read the report back (cells as written, see :mod:`device_sdk.csvsafe`).
+
+        A symbolic link at the report's path is refused here, before any board is touched:
+        the report is appended to in place, never through a link.
+        """
         report = cls(Path(path))
-        if not report.path.exists() or report.path.stat().st_size == 0:
-            return report
         try:
-            with report.path.open(newline="") as fh:
+            fd = open_no_follow(report.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return report
+        except OSError as exc:
+            raise BatchError(
+                f"cannot use {report.path} as the provisioning report: {exc.strerror or exc}"
+            ) from exc
+        try:
+            with os.fdopen(fd, newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
-                if tuple(reader.fieldnames or ()) != REPORT_FIELDS:
+                if reader.fieldnames is None:
+                    return report  # an empty file: a report without rows yet
+                if tuple(reader.fieldnames) != REPORT_FIELDS:
                     raise BatchError(
                         f"{report.path}: not a provisioning report (header must be "
                         f"{','.join(REPORT_FIELDS)}); give another --report file"
@@ -133,6 +148,7 @@ class Report:
                 for line, row in enumerate(reader, start=2):
                     if None in row.values() or None in row:
                         raise BatchError(f"{report.path}:{line}: wrong number of columns")
+                    row = {name: restore_cell(value) for name, value in row.items()}
                     ident = (row["ProductKey"], row["DeviceName"], row["CertSN"])
                     report.used_pairs.add(ident)
                     report.holders.setdefault(ident, set()).add(row["BoardId"])
@@ -143,19 +159,22 @@ class Report:
         return report
 
     def append(self, board_id: str, pair: Pair, status: str) -> None:
-        new = not self.path.exists() or self.path.stat().st_size == 0
+        """One row, fsync'd; every cell neutralised (a board's id is whatever it says)."""
         row = [board_id, pair.name.product_key, pair.name.device_name, pair.cert_sn,
                datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), status]
         try:
-            with self.path.open("a", newline="") as fh:
+            fd = open_no_follow(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            with os.fdopen(fd, "a", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
-                if new:
-                    writer.writerow(REPORT_FIELDS)
-                writer.writerow(row)
+                if os.fstat(fd).st_size == 0:
+                    writer.writerow(safe_cells(REPORT_FIELDS))
+                writer.writerow(safe_cells(row))
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
-            raise BatchError(f"cannot append to report {self.path}: {exc}") from exc
+            raise BatchError(
+                f"cannot append to report {self.path}: {exc.strerror or exc}"
+            ) from exc
         self.used_pairs.add(pair.ident)
         self.holders.setdefault(pair.ident, set()).add(board_id)
         if status == STATUS_OK:

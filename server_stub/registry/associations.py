@@ -13,8 +13,9 @@ import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from device_sdk.csvsafe import csv_text
 from device_sdk.errors import InvalidNameError, InvalidSerialNumberError
-from device_sdk.naming import validate_device_name, validate_product_key
+from device_sdk.naming import validate_new_device_name, validate_product_key
 from device_sdk.serials import normalize_sn
 from server_stub.errors import AssociationRejectedError, CsvRejectedError, RowError
 from server_stub.store.base import DeviceBinding, SnBinding
@@ -25,8 +26,8 @@ MAX_ROWS = 10_000
 
 
 def template() -> str:
-    """The association template: the header row, nothing else."""
-    return HEADER_LINE + "\r\n"
+    """The association template: the header row, nothing else (written like every kit CSV)."""
+    return csv_text([HEADER])
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +138,7 @@ def _check_rows(raw: list[tuple[int, list[str]]]) -> ParsedAssociations:
                 "devices in one file must belong to one product"
             )
         try:
-            validate_device_name(dn)
+            validate_new_device_name(dn)
         except InvalidNameError as exc:
             problems.append(str(exc))
         else:

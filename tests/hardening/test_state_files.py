@@ -162,3 +162,19 @@ def test_server_data_dir_lock_symlink_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ServerStartupError, match="symbolic link"):
         server._lock_data_dir()
     assert _untouched(target, before)
+
+
+def test_provisioning_report_symlink_is_refused_before_any_board(tmp_path: Path) -> None:
+    from firmware_helpers.errors import BatchError
+    from firmware_helpers.serial.batch import Report
+
+    target, before = _precious(tmp_path)
+    path = tmp_path / "provisioning-report.csv"
+    path.symlink_to(target)
+    with pytest.raises(BatchError, match=r"provisioning-report\.csv .*symbolic link"):
+        Report.open(path)
+    assert _untouched(target, before)
+    record("escape-report-symlink", threat="symbolic link at the serial provisioning report",
+           tried="open the report for a batch", count=1,
+           result="BatchError naming the report and 'symbolic link' before any board is "
+           "touched; target unchanged")
