@@ -188,88 +188,169 @@ def test_load_issuing_ca_maps_unreadable_files(tmp_path: Path) -> None:
 
 
 # --- interrupted runs (real subprocesses) ------------------------------------------------------
+#
+# The moment a run is interrupted is an event of the run itself, never a sleep: the command runs
+# with a hook that, after the Nth pair is written, says so on a pipe and waits (blocked on its
+# stdin). The test signals it only then, so however loaded the machine, the run is mid-way.
+
+_PAUSING_RUN = """
+import os, sys
+from firmware_helpers import issuing
+
+pause_after, ready_fd = int(sys.argv[1]), int(sys.argv[2])
+real_write_pair = issuing._write_pair
+written = 0
+
+def write_pair(*args, **kwargs):
+    global written
+    device = real_write_pair(*args, **kwargs)
+    written += 1
+    if written == pause_after:
+        os.write(ready_fd, b"paused\\n")
+        sys.stdin.readline()  # held here until the test acts (or closes stdin)
+    return device
+
+issuing._write_pair = write_pair
+from iotx509.cli import main
+sys.argv = ["iotx509", *sys.argv[3:]]
+sys.exit(main())
+"""
+
+
+class _PausedRun:
+    """``iotx509 certs issue ...`` paused after ``pause_after`` pairs are written."""
+
+    def __init__(self, ca_cert: Path, ca_key: Path, out: Path, count: int,
+                 pause_after: int) -> None:
+        ready_r, ready_w = os.pipe()
+        self.ready = os.fdopen(ready_r, "rb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _PAUSING_RUN, str(pause_after), str(ready_w),
+             *_issue_args(ca_cert, ca_key, out, count)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, pass_fds=(ready_w,),
+        )
+        os.close(ready_w)
+
+    def wait_paused(self) -> None:
+        line = self.ready.readline()  # EOF if the run ended without pausing
+        assert line == b"paused\n", self.proc.communicate()
+
+    def close(self) -> None:
+        self.ready.close()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.communicate()
+
+
+def _issue_args(ca_cert: Path, ca_key: Path, out: Path, count: int) -> list[str]:
+    return ["certs", "issue", "--ca", str(ca_cert), "--ca-key", str(ca_key), "--product-key", PK,
+            "--count", str(count), "--prefix", "kill-", "--out", str(out), "--jobs", "2"]
 
 
 def _start_issue(ca_cert: Path, ca_key: Path, out: Path, count: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "iotx509", "certs", "issue", "--ca", str(ca_cert),
-         "--ca-key", str(ca_key), "--product-key", PK, "--count", str(count),
-         "--prefix", "kill-", "--out", str(out), "--jobs", "2"],
+        [sys.executable, "-m", "iotx509", *_issue_args(ca_cert, ca_key, out, count)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )
-
-
-def _wait_for_certs(out: Path, at_least: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if out.is_dir() and len(list(out.glob("*.cer"))) >= at_least:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
-    pytest.fail("the issuing run made no progress")
 
 
 def test_sigkill_mid_run_then_rerun_completes_every_pair(pki: TestPKI, tmp_path: Path) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     out = tmp_path / "out"
     count = 48
-    proc = _start_issue(ca_cert, ca_key, out, count)
+    run = _PausedRun(ca_cert, ca_key, out, count, pause_after=3)
     try:
-        _wait_for_certs(out, 3, proc)
-        workers = psutil.Process(proc.pid).children(recursive=True)
+        run.wait_paused()
+        workers = psutil.Process(run.proc.pid).children(recursive=True)
         assert workers, "the run should generate keys in worker processes"
-        os.kill(proc.pid, signal.SIGKILL)  # the run only, not its workers
-        proc.wait(timeout=30)
+        os.kill(run.proc.pid, signal.SIGKILL)  # the run only, not its workers
+        run.proc.wait(timeout=30)
         # the key-generation workers notice their parent is gone and exit by themselves
         _gone, alive = psutil.wait_procs(workers, timeout=15)
         assert not alive
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-    made = len(list(out.glob("*.cer")))
-    assert made >= 3
+        run.close()
+    assert len(list(out.glob("*.cer"))) == 3
     for cert in out.glob("*.cer"):  # key first, certificate last: no certificate without key
         assert cert.with_suffix(".key").exists()
 
     rerun = _start_issue(ca_cert, ca_key, out, count)
     stdout, stderr = rerun.communicate(timeout=240)
     assert rerun.returncode == 0, stderr.decode()
-    if made < count:
-        assert f"{made} already present" in stdout.decode()
+    assert "3 already present" in stdout.decode()
     _check_directory(out, ca_cert, names_from_count("kill-", count))
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(pki: TestPKI, tmp_path: Path) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     out = tmp_path / "out"
-    proc = _start_issue(ca_cert, ca_key, out, 40)
+    run = _PausedRun(ca_cert, ca_key, out, 40, pause_after=2)
     try:
-        _wait_for_certs(out, 2, proc)
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
-        _stdout, stderr = proc.communicate(timeout=60)
+        run.wait_paused()
+        os.killpg(run.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+        _stdout, stderr = run.proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    if proc.returncode == 0:  # pragma: no cover - the run finished before the signal landed
-        pytest.skip("the run finished before Ctrl-C")
-    assert proc.returncode == 130
+        run.close()
+    assert run.proc.returncode == 130
     text = stderr.decode()
     assert "run the same command again to resume" in text
     assert "Traceback" not in text
+    assert len(list(out.glob("*.cer"))) == 2  # nothing after the interrupt
     for cert in out.glob("*.cer"):
         assert cert.with_suffix(".key").exists()
     for key in out.glob("*.key"):  # Ctrl-C finishes the pair in hand: no orphan key either
         assert key.with_suffix(".cer").exists()
 
 
-@pytest.mark.parametrize("settle", [0.0, 1.0], ids=["noticed-by-result", "noticed-by-submit"])
+# --- a worker killed mid-run -------------------------------------------------------------------
+#
+# The pool reports a dead worker from ``result()`` of a job that was running, or from
+# ``submit()`` once it has marked itself broken. Each path is made certain by an event, not a
+# sleep: for ``result()`` every job is in flight and all but the first are held in the workers
+# until the pool is torn down; for ``submit()`` the test waits until the pool is marked broken.
+
+_GATE: Path | None = None
+
+
+def _gated_key(key_size: int) -> tuple[bytes, bytes]:
+    """Runs in a worker: the first job makes a key, every other one waits for ever."""
+    assert _GATE is not None
+    try:
+        os.close(os.open(_GATE / "first", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        while True:  # ended by the pool, which terminates its workers once broken
+            time.sleep(0.05)
+    return _real_generate_key_material(key_size)
+
+
+_real_generate_key_material = generate_key_material
+
+
+@pytest.mark.parametrize("path", ["noticed-by-result", "noticed-by-submit"])
 def test_a_worker_killed_mid_run_is_a_clear_error_and_loses_nothing(
-    pki: TestPKI, tmp_path: Path, settle: float
+    pki: TestPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    """The pool reports a dead worker from ``result()`` or, once it noticed, from ``submit()``;
-    ``settle`` gives it time to notice so that the second path is taken for certain."""
+    import multiprocessing
+
+    from firmware_helpers import issuing
+
+    pools: list[object] = []
+    real_make_pool = issuing.make_pool
+
+    def recording_pool(jobs: int) -> object:
+        pools.append(real_make_pool(jobs))
+        return pools[-1]
+
+    # fork, so that the workers inherit the gate below whatever threads the test runner has
+    monkeypatch.setattr(issuing, "_pool_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(issuing, "make_pool", recording_pool)
+    if path == "noticed-by-result":
+        count = 2 * issuing.IN_FLIGHT_PER_JOB  # every job submitted before the first finishes
+        monkeypatch.setattr(sys.modules[__name__], "_GATE", tmp_path)
+        monkeypatch.setattr(issuing, "generate_key_material", _gated_key)
+    else:
+        count = 30
     before = {p.pid for p in psutil.Process().children()}
     killed: list[int] = []
 
@@ -279,19 +360,30 @@ def test_a_worker_killed_mid_run_is_a_clear_error_and_loses_nothing(
                 if child.pid not in before:
                     child.kill()
                     killed.append(child.pid)
-            time.sleep(settle)
+                    break
+            if path == "noticed-by-submit":
+                deadline = time.monotonic() + 60
+                while not getattr(pools[0], "_broken", False):
+                    assert time.monotonic() < deadline, "the pool never noticed the dead worker"
+                    time.sleep(0.01)
 
     out = tmp_path / "out"
-    with pytest.raises(IssuanceError, match="worker process died"):
-        issue_devices(pki.ca, PK, names_from_count("w-", 30), out, jobs=2,
+    with pytest.raises(IssuanceError, match="worker process died") as caught:
+        issue_devices(pki.ca, PK, names_from_count("w-", count), out, jobs=2,
                       progress=kill_a_worker)
     assert killed
+    # the cause shows which path reported it: result() of a running job, or submit()
+    cause = str(caught.value.__cause__)
+    assert ("while the future was running or pending" if path == "noticed-by-result"
+            else "not usable anymore") in cause, cause
+    assert len(list(out.glob("*.cer"))) >= 1
     for key in out.glob("*.key"):
         assert key.with_suffix(".cer").exists()
-    report = issue_devices(pki.ca, PK, names_from_count("w-", 30), out, jobs=2)
+    monkeypatch.undo()
+    report = issue_devices(pki.ca, PK, names_from_count("w-", count), out, jobs=2)
     assert len(report.skipped) >= 1
     ca_cert, _ = write_ca(pki.ca, tmp_path / "ca")
-    _check_directory(out, ca_cert, names_from_count("w-", 30))
+    _check_directory(out, ca_cert, names_from_count("w-", count))
 
 
 def test_unreadable_existing_certificate_is_reported_not_overwritten(
