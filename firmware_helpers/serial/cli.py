@@ -28,7 +28,9 @@ def register(tree: CommandTree) -> None:
     )
     agent.add_argument("--port", required=True, help="serial port path or pyserial URL")
     agent.add_argument("--store", required=True, help="credential store directory")
-    agent.add_argument("--baud", type=int, default=DEFAULT_BAUD)
+    agent.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                       help="line speed; the host's --baud must be the same "
+                       "(default: %(default)s)")
     agent.add_argument("--board-id", help="id reported in HELLO (default: /etc/machine-id)")
     agent.add_argument("--max-chunk", type=int, default=4096, help="largest DATA chunk accepted")
     agent.set_defaults(handler=_agent)
