@@ -157,49 +157,24 @@ def layer_violations(
 
 
 def cycles(graph: Mapping[str, set[str]]) -> list[str]:
-    """One path per strongly connected component of the module graph (Tarjan), as ``a -> b -> a``."""
+    """One path per group of modules that import each other, as ``a -> b -> a``.
+
+    Two modules are in one group when each reaches the other; the graph has about a hundred
+    nodes, so plain reachability sets are fast enough and easy to check by eye.
+    """
     nodes = set(graph)
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-
-    def visit(start: str) -> None:  # iterative, so a deep graph cannot hit the recursion limit
-        work = [(start, iter(sorted(graph[start] & nodes)))]
-        index[start] = low[start] = len(index)
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            node, children = work[-1]
-            for child in children:
-                if child not in index:
-                    index[child] = low[child] = len(index)
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph[child] & nodes))))
-                    break
-                if child in on_stack:
-                    low[node] = min(low[node], index[child])
-            else:
-                work.pop()
-                if work:
-                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
-                if low[node] == index[node]:
-                    component = []
-                    while True:
-                        member = stack.pop()
-                        on_stack.discard(member)
-                        component.append(member)
-                        if member == node:
-                            break
-                    if len(component) > 1:
-                        components.append(component)
-
-    for node in sorted(nodes):
-        if node not in index:
-            visit(node)
-    return [_cycle_path(graph, sorted(c)) for c in sorted(components, key=min)]
+    reach: dict[str, set[str]] = {}
+    for start in nodes:
+        seen: set[str] = set()
+        todo = list(graph[start] & nodes)
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(graph[node] & nodes)
+        reach[start] = seen
+    groups = {frozenset(m for m in reach[n] if n in reach[m]) for n in nodes if n in reach[n]}
+    return sorted(_cycle_path(graph, sorted(group)) for group in groups)
 
 
 def _cycle_path(graph: Mapping[str, set[str]], component: list[str]) -> str:
