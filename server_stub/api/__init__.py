@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from server_stub.api.console_routes import console_api, console_pages
 from server_stub.api.errors import UploadLimitMiddleware, install_error_handlers
@@ -12,6 +13,8 @@ from server_stub.ports import DeviceMessaging
 from server_stub.registry import Registry
 
 DEFAULT_MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+#: Where the Swagger UI / ReDoc assets are served from (the server itself, never a CDN).
+DOCS_ASSETS_URL = "/docs/assets"
 
 
 def create_app(
@@ -21,12 +24,18 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> FastAPI:
     """The ASGI app. ``messaging`` is the MQTT endpoint (or none: every device is offline)."""
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc load their JavaScript, CSS and favicon
+    # from DOCS_ASSETS_URL on this server (files shipped in the fastapi-offline package), so
+    # the API documentation also works on a lab network without internet access.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS_URL,
         title="iot-x509-kit reference server",
         version="1",
         description="Registry of a private-CA X.509 IoT platform: products, CA certificates "
         "with proof of possession, device certificate associations, devices.",
         openapi_url="/openapi.json",
+        # no badge from the public validator service: nothing on /docs leaves the server
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.registry = registry
     app.state.messaging = messaging or NoMessaging()
