@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import importlib
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import uvicorn
 
@@ -28,13 +27,12 @@ from server_stub.api import create_app
 from server_stub.config import ServerConfig
 from server_stub.datadir import DataDir, ensure_default_account, server_identity
 from server_stub.errors import ServerStartupError
+from server_stub.mqtt.service import MqttService
 from server_stub.ports import DeviceMessaging
 from server_stub.registry import Registry
 from server_stub.store import SqliteStore
 
 log = logging.getLogger("server_stub")
-
-MQTT_SERVICE_MODULE = "server_stub.mqtt.service"
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -76,7 +74,7 @@ class ServerProcess:
         self.store: SqliteStore | None = None
         self.registry: Registry | None = None
         self.admin_token = ""
-        self._mqtt: Any = None
+        self._mqtt: MqttService | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self.http_port = 0
@@ -127,7 +125,7 @@ class ServerProcess:
         registry = self.registry = Registry(self.store)
         self.admin_token = ensure_default_account(registry, self.data)
         identity = server_identity(self.data, self.config.hostnames)
-        messaging = await self._start_mqtt(identity.cert_pem(), identity.key_pem())
+        messaging = await self._start_mqtt(registry, identity.cert_pem(), identity.key_pem())
         app = create_app(registry, messaging, max_upload_bytes=self.config.max_upload_bytes)
         sock = _listen(self.config.host, self.config.http_port)
         self.http_port = int(sock.getsockname()[1])
@@ -143,19 +141,13 @@ class ServerProcess:
                 raise ServerStartupError("the HTTP server stopped while starting")
             await asyncio.sleep(0.01)
         self._write_ports()
-        log.info("serving HTTP on %s, MQTT on %s", self.http_url, self.mqtt_url or "(disabled)")
+        log.info("serving HTTP on %s, MQTT on %s", self.http_url, self.mqtt_url)
 
-    async def _start_mqtt(self, cert_pem: bytes, key_pem: bytes) -> DeviceMessaging | None:
-        try:
-            module = importlib.import_module(MQTT_SERVICE_MODULE)
-        except ModuleNotFoundError as exc:
-            if exc.name != MQTT_SERVICE_MODULE:
-                raise
-            log.warning("the MQTT endpoint (%s) is not available: serving HTTP only",
-                        MQTT_SERVICE_MODULE)
-            return None
-        service = module.MqttService(
-            directory=self.registry, cert_pem=cert_pem, key_pem=key_pem, host=self.config.host,
+    async def _start_mqtt(
+        self, registry: Registry, cert_pem: bytes, key_pem: bytes
+    ) -> DeviceMessaging:
+        service = MqttService(
+            directory=registry, cert_pem=cert_pem, key_pem=key_pem, host=self.config.host,
             port=self.config.mqtt_port, limits=self.config.mqtt,
         )
         await service.start()
@@ -174,7 +166,7 @@ class ServerProcess:
 
     def ready_line(self) -> str:
         return (
-            f"ready http={self.http_url} mqtt={self.mqtt_url or 'disabled'} data={self.data.root}"
+            f"ready http={self.http_url} mqtt={self.mqtt_url} data={self.data.root}"
         )
 
     async def stop(self) -> None:

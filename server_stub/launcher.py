@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from server_stub.errors import ServerStartupError
@@ -33,13 +33,12 @@ class RunningServer:
 
     http_url: str
     mqtt_host: str
-    mqtt_port: int | None
+    mqtt_port: int
     token: str
     server_ca: Path
     data_dir: Path
     process: subprocess.Popen[str]
     log_path: Path
-    stdout_lines: list[str] = field(default_factory=list)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -88,13 +87,12 @@ def running_server(
         match = _wait_ready(proc, lines, log_path)
         drainer = threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True)
         drainer.start()
-        mqtt = match["mqtt"]
-        mqtt_port = int(mqtt.rsplit(":", 1)[1]) if mqtt.startswith("mqtts://") else None
         server = RunningServer(
-            http_url=match["http"], mqtt_host="127.0.0.1", mqtt_port=mqtt_port,
+            http_url=match["http"], mqtt_host="127.0.0.1",
+            mqtt_port=int(match["mqtt"].rsplit(":", 1)[1]),
             token=(data_dir / "admin-token").read_text().strip(),
             server_ca=data_dir / "server-ca.pem", data_dir=data_dir, process=proc,
-            log_path=log_path, stdout_lines=lines,
+            log_path=log_path,
         )
         yield server
     finally:

@@ -7,7 +7,6 @@ from fastapi_offline import FastAPIOffline
 
 from server_stub.api.console_routes import console_api, console_pages
 from server_stub.api.errors import UploadLimitMiddleware, install_error_handlers
-from server_stub.api.messaging import NoMessaging
 from server_stub.api.routes import router
 from server_stub.ports import DeviceMessaging
 from server_stub.registry import Registry
@@ -19,11 +18,11 @@ DOCS_ASSETS_URL = "/docs/assets"
 
 def create_app(
     registry: Registry,
-    messaging: DeviceMessaging | None = None,
+    messaging: DeviceMessaging,
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> FastAPI:
-    """The ASGI app. ``messaging`` is the MQTT endpoint (or none: every device is offline)."""
+    """The ASGI app. ``messaging`` is the MQTT endpoint (or a test's in-memory one)."""
     # FastAPIOffline: FastAPI whose /docs and /redoc load their JavaScript, CSS and favicon
     # from DOCS_ASSETS_URL on this server (files shipped in the fastapi-offline package), so
     # the API documentation also works on a lab network without internet access.
@@ -38,7 +37,7 @@ def create_app(
         swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.registry = registry
-    app.state.messaging = messaging or NoMessaging()
+    app.state.messaging = messaging
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(console_api)  # the web console's reads: device list, overview, live stream

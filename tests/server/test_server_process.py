@@ -110,31 +110,3 @@ def test_sigint_stops_the_server_cleanly(tmp_path: Path) -> None:
         server.process.send_signal(signal.SIGINT)
         assert server.process.wait(30) == 0
         assert "Traceback" not in server.log()
-
-
-def test_in_process_server_runs_http_only_without_the_mqtt_module(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    import asyncio
-
-    from server_stub import app as app_module
-    from server_stub.config import ServerConfig
-
-    monkeypatch.setattr(app_module, "MQTT_SERVICE_MODULE", "server_stub.mqtt.not_there")
-    config = ServerConfig(data_dir=tmp_path / "data", http_port=0, mqtt_port=0)
-
-    async def scenario() -> tuple[str, str, int | None]:
-        server = app_module.ServerProcess(config)
-        await server.start()
-        try:
-            loop = asyncio.get_running_loop()
-            client = PlatformClient(server.http_url, server.admin_token)
-            code = await loop.run_in_executor(None, client.registration_code)
-            return code, server.ready_line(), server.mqtt_port
-        finally:
-            await server.stop()
-
-    code, ready, mqtt_port = asyncio.run(scenario())
-    assert len(code) == 64 and mqtt_port is None
-    assert " mqtt=disabled " in ready
-    assert "is not available: serving HTTP only" in caplog.text
