@@ -7,7 +7,6 @@ import hmac
 import re
 import secrets
 
-REGISTRATION_CODE_RE = re.compile(r"[0-9a-f]{64}")
 ACCOUNT_NAME_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 #: Tokens carry 256 bits of randomness; the prefix makes a leaked one easy to recognise.
 TOKEN_PREFIX = "iotx_"
