@@ -7,6 +7,12 @@ times, what happened) into the directory named by ``IOTX509_RELIABILITY_DIR``; t
 parts that cover a row of the table (the serial line faults, the certificate parsing inputs) are
 listed from ``STATIC_ROWS`` with their pass/fail result from the same pytest run (JUnit XML).
 A row whose test failed says so: the document never shows a result the latest run did not see.
+
+To add a row: a test under ``tests/hardening`` calls ``tests.hardening.reliability.record(key,
+threat=..., tried=..., count=..., result=...)``; the key's prefix picks the section (``SECTIONS``).
+A test elsewhere either does the same and its file goes into ``EXTRA_TESTS``, or gets a
+``StaticRow`` (file in ``EXTRA_TESTS`` too) with ``key=`` naming the section prefix and
+``result=`` the text shown when it passed.
 ``--quick`` leaves out the tests marked ``heavy``.
 """
 
@@ -29,7 +35,10 @@ sys.path.insert(0, str(ROOT))
 from device_sdk.fileio import atomic_write  # noqa: E402
 
 HARDENING = "tests/hardening"
-EXTRA_TESTS = ["tests/serial/test_faults.py"]
+EXTRA_TESTS = [
+    "tests/serial/test_faults.py",
+    "tests/server/test_mqtt_bounds.py",  # issue 10, part 2: every bound over real TLS
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,8 @@ class StaticRow:
     threat: str
     tried: str
     count: str
+    key: str = ""  # section prefix (see SECTIONS); default: static-serial / static-input
+    result: str = ""  # shown when the test passed; default: the section's usual sentence
 
 
 STATIC_ROWS = [
@@ -84,13 +95,61 @@ STATIC_ROWS = [
               "serial: board power cut before the commit point", "simulated power cut", "1"),
     StaticRow("tests/serial/test_faults.py::test_power_cut_after_the_commit_point_rolls_forward",
               "serial: board power cut after the commit point", "simulated power cut", "1"),
+    # --- issue 10, part 2: every resource a client can grow has a bound (real TLS, real sockets)
+    StaticRow("tests/server/test_mqtt_bounds.py::test_huge_filters_are_refused_and_never_reach_the_topic_tree",
+              "SUBSCRIBE with huge filters (`/pk/dn/x////...`, every '/' a tree node)",
+              "19 SUBSCRIBE packets of three 65,000-byte filters from one device", "57",
+              key="bounds", result="SUBACK 0x80 for every filter (max_filter_bytes), topic tree "
+              "empty, one short log line per SUBSCRIBE; offender and bystander still answer PINGREQ"),
+    StaticRow("tests/server/test_mqtt_bounds.py::test_many_short_filters_stop_at_the_session_limit",
+              "very many short topic filters in one session",
+              "12 SUBSCRIBE packets of 10,000 filters each", "120,000", key="bounds",
+              result="exactly max_filters_per_session granted, the rest 0x80, one log line per "
+              "packet; the router holds only those and frees them with the session"),
+    StaticRow("tests/server/test_mqtt_bounds.py::test_deep_filter_within_the_limit_matches_without_recursion",
+              "PUBLISH matching a 3,000-level subscription (RecursionError before)",
+              "a 3,000-level '+' filter allowed by the settings, then a matching PUBLISH", "1",
+              key="bounds", result="delivered; matching does not recurse on the depth"),
+    StaticRow("tests/server/test_mqtt_bounds.py::test_deep_filter_over_the_limit_is_refused",
+              "topic filter deeper than max_filter_levels", "a 3,000-level filter", "1",
+              key="bounds", result="SUBACK 0x80; the connection keeps working"),
+    StaticRow("tests/server/test_mqtt_bounds.py::test_recent_messages_keep_within_the_byte_budgets_and_expire",
+              "large messages filling the recent-messages store",
+              "8 devices x 100 PUBLISH of 255 KiB, then disconnect", "800", key="bounds",
+              result="kept bytes within the per-device and the global budget; every byte gone "
+              "once the retention for devices that left has passed"),
+    StaticRow("tests/server/test_mqtt_bounds.py::test_per_source_limit_refuses_only_that_source",
+              "idle TCP sockets from one source address",
+              "max_pending_per_source idle sockets + 1 from one address", "5", key="bounds",
+              result="the extra one closed with one log line; a device from another address "
+              "connects"),
+    StaticRow("tests/server/test_mqtt_bounds.py::test_device_gets_in_while_the_pending_budget_is_full_of_idle_sockets",
+              "unauthenticated sockets filling the pending budget (kept a real device out 25 s)",
+              "max_pending_connections idle sockets from two addresses, then a real device",
+              "8", key="bounds", result="the device gets in at once; only the oldest idle socket "
+              "is closed, with one log line"),
+    StaticRow("tests/server/test_mqtt_bounds.py::test_full_endpoint_refuses_newcomers_when_all_are_authenticated",
+              "endpoint full of authenticated devices", "max_connections devices + 1 socket", "4",
+              key="bounds", result="the newcomer refused with one log line; every connected "
+              "device keeps working"),
+    StaticRow("tests/server/test_mqtt_bounds.py::test_long_client_ids_are_refused_and_logged_short",
+              "unbounded client ids (60,000 characters accepted and logged before)",
+              "CONNECT with a 60,000-character and a 65-character id", "2", key="bounds",
+              result="CONNACK 2 (identifier rejected), one log line under 1,000 characters; "
+              "a bystander keeps working"),
+    StaticRow("tests/server/test_mqtt_bounds.py::test_a_64_character_id_is_accepted",
+              "client id at the platform's 64-character limit", "CONNECT with a 64-character id",
+              "1", key="bounds", result="accepted"),
 ]
 
 # Order of sections in the document: key prefix of recorded rows -> section title
 SECTIONS = [
     ("Hostile input", ("fuzz-", "api-", "static-input")),
     ("Isolation and secrets", ("isolation", "tokens", "logs")),
+    ("Tenants are isolated by key, not by name (issue 10, part 1)", ("tenant",)),
+    ("Every resource a client can grow has a bound (issue 10, part 2)", ("bounds",)),
     ("Network abuse on the device endpoint", ("idle", "failed", "malformed")),
+    ("Inputs that escaped (issue 10, part 3)", ("escape",)),
     ("Faults", ("crash", "restart", "static-serial")),
 ]
 
@@ -143,11 +202,14 @@ def build_rows(record_dir: Path, outcomes: dict[str, str]) -> list[dict[str, obj
         static_state = outcomes.get(static.test)
         if static_state is None:
             continue  # not collected in this run (e.g. a file another part has not landed)
-        key = "static-serial" if static.test.startswith("tests/serial") else "static-input"
+        key = static.key or (
+            "static-serial" if static.test.startswith("tests/serial") else "static-input")
         result = {"passed": "accepted or refused with the kit's own error type; nothing lost",
                   "failed": "FAILED in the latest run", "skipped": "skipped"}[static_state]
         if key == "static-serial" and static_state == "passed":
             result = "clear error naming the cause; the board keeps its previous credentials"
+        if static.result and static_state == "passed":
+            result = static.result
         rows.append({"key": key, "threat": static.threat, "tried": static.tried,
                      "count": static.count, "result": result, "test": static.test})
     return rows

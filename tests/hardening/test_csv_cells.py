@@ -128,7 +128,7 @@ def test_device_names_with_a_formula_lead_are_refused_everywhere(
     assert render([Association(PK, "dev@0001", "1f")]) == (
         b"ProductKey,DeviceName,CertSN\n" + PK.encode() + b",dev@0001,1f\n")
     record("escape-csv-device-name", threat="DeviceName beginning with a formula character "
-           "(= + - @) in association CSVs", tried=f"{len(HOSTILE_NAMES)} names through the "
+           "in association CSVs (- and @ are allowed first by the platform's rule)", tried=f"{len(HOSTILE_NAMES)} names through the "
            "naming rule, the kit's CSV writer and the server's CSV upload parser", count=refused,
            result="refused each time with the spreadsheet-formula reason (and the row number "
            "on upload); nothing written")

@@ -52,3 +52,24 @@ def test_rows_table_and_failures(tmp_path: Path) -> None:
     serial = [r for r in rows if r["key"] == "static-serial"]
     assert serial and serial[0]["result"] == "FAILED in the latest run"
     assert text.index("## Network abuse") < text.index("## Faults")
+
+
+def test_static_rows_with_their_own_section_and_result(tmp_path: Path) -> None:
+    """A test outside tests/hardening joins a section with StaticRow(key=..., result=...)."""
+    report = _script()
+    bounds = [r for r in report.STATIC_ROWS if r.key == "bounds"]
+    assert bounds and all(r.result for r in bounds)
+    assert all(r.test.split("::")[0] in report.EXTRA_TESTS for r in bounds)
+    outcomes = {bounds[0].test: "passed", bounds[1].test: "failed"}
+    (tmp_path / "escape-x.json").write_text(json.dumps({
+        "key": "escape-x", "threat": "t", "tried": "x", "count": 1, "result": "r",
+        "test": "tests/hardening/test_y.py::test_y"}))
+    rows = report.build_rows(tmp_path, outcomes)
+    by_test = {r["test"]: r for r in rows}
+    assert by_test[bounds[0].test]["result"] == bounds[0].result
+    assert by_test[bounds[0].test]["key"] == "bounds"
+    assert by_test[bounds[1].test]["result"] == "FAILED in the latest run"
+    assert bounds[2].test not in by_test  # not collected in this run: no row
+    text = report.render(rows, quick=True, status=1, seconds=1)
+    assert text.index("## Every resource a client can grow has a bound") < text.index(
+        "## Inputs that escaped")
