@@ -8,11 +8,13 @@ pid, after a warm-up (first-use allocations are not leaks) and a settle period.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import socket
 import ssl
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +34,7 @@ from .mqtt_tools import (
     mqtt_connect,
     mqtt_connect_retry,
     ping_ok,
+    read_packets,
     tls_connect,
 )
 from .reliability import record
@@ -73,11 +76,13 @@ class Endpoint:
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     _raise_nofile()
+    # budgets for unauthenticated connections opened wide: these tests are about time-outs
+    # (the budgets have tests of their own below, on a server with small ones)
     args = ["--handshake-timeout", str(TIMEOUT_S), "--connect-timeout", str(TIMEOUT_S),
-            "--max-packet-size", str(MAX_PACKET)]
+            "--max-packet-size", str(MAX_PACKET), "--max-pending-connections", "20000",
+            "--max-pending-per-source", "20000"]
     with running_server(tmp_path_factory.mktemp("abuse") / "data", extra_args=args) as srv:
-        if srv.mqtt_port is None:
-            pytest.skip("the server runs without its MQTT endpoint")
+        _require_endpoint(srv)
         tenant = make_tenant(srv.http_url, srv.token,
                              devices={"witness-01": 0xA001, "abuser-01": 0xA002})
         witness = pki.issue_device_certificate(tenant.ca, "witness-01", serial=0xA001)
@@ -87,6 +92,13 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
         sock, _dec, _packets = mqtt_connect_retry(*ep.addr, ep.ctx(witness))
         sock.close()
         yield ep
+
+
+def _require_endpoint(srv: RunningServer) -> None:
+    """A server without its device endpoint is a failure here, never a reason to skip."""
+    if srv.mqtt_port is None:
+        pytest.fail("the server started without its MQTT device endpoint; these tests need it:\n"
+                    + srv.log()[-2000:])
 
 
 def _parallel(fn: Callable[[int], str], count: int) -> Counter[str]:
@@ -295,3 +307,219 @@ def test_malformed_mqtt_closes_only_that_connection(endpoint: Endpoint) -> None:
            result=(f"{len(closed)} of {len(abuses)} closed that connection only; another "
                    "connected device answered PINGREQ after each"))
     assert closed == list(abuses), set(abuses) - set(closed)
+
+
+# --- bounds on what one client can grow (issue 10, part 2) --------------------------------------
+#
+# A second server with small, explicit budgets; every case feeds the abusive input through a real
+# TLS connection and checks that the offender alone is refused or closed, with one log line, that
+# another device keeps working, and that what the server holds or answers stays bounded.
+
+PENDING = 40
+PER_SOURCE = 20
+FILTERS = 100
+RECENT_PER_DEVICE = 1_000_000
+RECENT_TOTAL = 4_000_000
+PUBLISHERS = 8
+
+
+@dataclass
+class Bounded:
+    server: RunningServer
+    tenant: Tenant
+    devices: dict[str, pki.CertifiedKey]
+
+    def ctx(self, name: str) -> ssl.SSLContext:
+        return device_context(self.server.server_ca, self.devices[name])
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        assert self.server.mqtt_port is not None
+        return self.server.mqtt_host, self.server.mqtt_port
+
+    def online(self, name: str, client_id: str = "hardening|securemode=2|"
+               ) -> tuple[ssl.SSLSocket, codec.Decoder]:
+        sock, decoder, packets = mqtt_connect(*self.addr, self.ctx(name), client_id)
+        assert isinstance(packets[0], codec.Connack) and packets[0].return_code == 0, name
+        return sock, decoder
+
+    def log_lines(self, needle: str) -> list[str]:
+        return [line for line in self.server.log().splitlines() if needle in line]
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.server.process.pid).memory_info().rss)
+
+
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bounded]:
+    _raise_nofile()
+    args = ["--handshake-timeout", "60", "--connect-timeout", "60",
+            "--max-pending-connections", str(PENDING), "--max-pending-per-source", str(PER_SOURCE),
+            "--max-filters-per-session", str(FILTERS),
+            "--recent-bytes-per-device", str(RECENT_PER_DEVICE),
+            "--recent-bytes-total", str(RECENT_TOTAL), "--recent-retention", "1"]
+    with running_server(tmp_path_factory.mktemp("bounded") / "data", extra_args=args) as srv:
+        _require_endpoint(srv)
+        names = ["witness-01", "abuser-01", *(f"pub-{i:02d}" for i in range(PUBLISHERS))]
+        sns = {name: 0xB000 + i for i, name in enumerate(names)}
+        tenant = make_tenant(srv.http_url, srv.token, devices=sns)
+        devices = {n: pki.issue_device_certificate(tenant.ca, n, serial=sn) for n, sn in sns.items()}
+        ep = Bounded(srv, tenant, devices)
+        sock, _dec, _packets = mqtt_connect_retry(*ep.addr, ep.ctx("witness-01"))
+        sock.close()
+        yield ep
+
+
+def _suback(sock: ssl.SSLSocket, decoder: codec.Decoder) -> codec.Suback:
+    while True:
+        for packet in read_packets(sock, decoder, 1):
+            if isinstance(packet, codec.Suback):
+                return packet
+
+
+@pytest.mark.timeout(120)
+def test_huge_and_many_filters_are_refused_past_the_limits(bounded: Bounded) -> None:
+    ep = bounded
+    pk = ep.tenant.product_key
+    witness, wdec = ep.online("witness-01")
+    abuser, adec = ep.online("abuser-01")
+    start = ep.rss()
+    huge = f"/{pk}/abuser-01/x" + "/" * 65_000
+    for packet_id in range(1, 20):  # 19 packets of three 65,000-byte filters, as in the review
+        abuser.sendall(codec.encode(codec.Subscribe(
+            packet_id, ((huge, 0), (huge + "a", 0), (huge + "b", 1)))))
+        assert _suback(abuser, adec).return_codes == (0x80, 0x80, 0x80)
+    granted = 0
+    for n in range(20):  # 120,000 short filters, 6,000 to a packet (under the packet size)
+        topics = tuple((f"/{pk}/abuser-01/f{n * 6_000 + i}", 0) for i in range(6_000))
+        abuser.sendall(codec.encode(codec.Subscribe(100 + n, topics)))
+        granted += sum(1 for c in _suback(abuser, adec).return_codes if c != 0x80)
+    growth = ep.rss() - start
+    assert ping_ok(abuser, adec) and ping_ok(witness, wdec)
+    record("subscription-bounds",
+           threat="SUBSCRIBE with 65,000-byte filters of '/' levels, and 120,000 short filters",
+           tried="19 packets x 3 filters of 65,000 bytes; 20 packets x 6,000 filters",
+           count=19 * 3 + 120_000,
+           result=(f"every huge filter refused (0x80), {granted} of 120,000 short ones granted "
+                   f"(max {FILTERS}); server RSS {growth / 2**20:+.1f} MiB; one log line a packet"))
+    assert granted == FILTERS
+    assert len(ep.log_lines("max_filter_bytes")) == 19
+    assert len(ep.log_lines(f"max_filters_per_session {FILTERS}")) == 20
+    assert growth < 64 * 2**20, growth  # the review saw +1.1 GiB
+    witness.close()
+    abuser.close()
+
+
+@pytest.mark.timeout(120)
+def test_deep_subscription_and_matching_publish_leave_the_server_serving(bounded: Bounded) -> None:
+    ep = bounded
+    pk = ep.tenant.product_key
+    abuser, adec = ep.online("abuser-01")
+    deep = "/".join(["+"] * 3_000)
+    abuser.sendall(codec.encode(codec.Subscribe(1, ((f"/{pk}/abuser-01/{deep}", 0),))))
+    assert _suback(abuser, adec).return_codes == (0x80,)
+    topic = f"/{pk}/abuser-01/" + "/".join(["a"] * 3_000)
+    abuser.sendall(codec.encode(codec.Publish(topic, b"deep", 1, packet_id=7)))
+    got = read_packets(abuser, adec, 1)
+    assert codec.Puback(7) in got, got
+    assert ping_ok(abuser, adec)
+    assert "RecursionError" not in ep.server.log() and "Traceback" not in ep.server.log()
+    abuser.close()
+
+
+def _get_messages(ep: Bounded, name: str) -> bytes:
+    url = (f"{ep.server.http_url}/api/v1/devices/{ep.tenant.product_key}/{name}/messages?limit=1000")
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {ep.server.token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return bytes(resp.read())
+
+
+@pytest.mark.timeout(300)
+def test_recent_messages_stay_within_their_budgets_and_leave_with_the_device(
+    bounded: Bounded,
+) -> None:
+    ep = bounded
+    pk = ep.tenant.product_key
+    payload = b"p" * (255 * 1024)
+    names = [f"pub-{i:02d}" for i in range(PUBLISHERS)]
+    clients = []
+    for name in names:
+        sock, dec = ep.online(name)
+        for i in range(100):
+            sock.sendall(codec.encode(codec.Publish(f"/{pk}/{name}/user/t", payload, 1,
+                                                    packet_id=i + 1)))
+        acked = 0
+        while acked < 100:
+            acked += sum(isinstance(p, codec.Puback) for p in read_packets(sock, dec, 1))
+        clients.append((sock, dec))
+    bodies = {name: _get_messages(ep, name) for name in names}
+    kept = {name: len(json.loads(body)) for name, body in bodies.items()}
+    for sock, _dec in clients:
+        sock.sendall(codec.encode(codec.Disconnect()))
+        sock.close()
+    # retention is 1 s: wait on what the server answers, not on a clock
+    deadline = time.monotonic() + 60
+    while any(json.loads(_get_messages(ep, n)) for n in names):
+        assert time.monotonic() < deadline, "messages of devices that left were never forgotten"
+        time.sleep(0.2)
+    largest = max(len(b) for b in bodies.values())
+    record("recent-message-bounds",
+           threat="devices publishing large messages to fill the recent-messages store",
+           tried=f"{PUBLISHERS} devices x 100 messages of 255 KiB",
+           count=PUBLISHERS * 100,
+           result=(f"kept {sum(kept.values())} messages ({kept}) within {RECENT_TOTAL:,} bytes "
+                   f"in all and {RECENT_PER_DEVICE:,} per device; largest GET .../messages "
+                   f"{largest:,} bytes; all forgotten after the devices left"))
+    assert sum(kept.values()) * len(payload) <= RECENT_TOTAL
+    assert all(n * len(payload) <= RECENT_PER_DEVICE for n in kept.values())
+    size = len(f"/{pk}/{names[-1]}/user/t".encode()) + len(payload)
+    assert kept[names[-1]] == RECENT_PER_DEVICE // size  # the newest are kept
+    assert largest < 2 * RECENT_PER_DEVICE
+
+
+def _idle_from(ep: Bounded, source: str) -> socket.socket:
+    return socket.create_connection(ep.addr, timeout=10, source_address=(source, 0))
+
+
+@pytest.mark.timeout(120)
+def test_idle_sockets_cannot_keep_a_real_device_out(bounded: Bounded) -> None:
+    ep = bounded
+    before_source = len(ep.log_lines("(max_pending_per_source)"))
+    before_budget = len(ep.log_lines("(max_pending_connections)"))
+    # the server accepts in order: by the time it takes a socket, it took those opened before
+    first = [_idle_from(ep, "127.0.0.2") for _ in range(PER_SOURCE)]
+    refused = _idle_from(ep, "127.0.0.2")
+    assert closed_by_server(refused, 10), "a source got more than its share"
+    second = [_idle_from(ep, "127.0.0.3") for _ in range(PENDING - PER_SOURCE)]
+    # the budget for unauthenticated connections is full of idle sockets: a device still gets in
+    witness, wdec = ep.online("witness-01")
+    assert ping_ok(witness, wdec)
+    assert closed_by_server(first[0], 10), "the oldest idle socket should have made room"
+    still_open = sum(not closed_by_server(s, 0.2) for s in [*first[1:4], *second[-3:]])
+    record("pending-connection-bounds",
+           threat="plain TCP sockets that never start TLS, from one and from several addresses",
+           tried=f"{PER_SOURCE + 1} from one address, then {PENDING - PER_SOURCE} from another "
+                 f"(budget {PENDING} unauthenticated, {PER_SOURCE} per source)",
+           count=PENDING + 1,
+           result=("the extra socket of the first address refused; with the budget full a real "
+                   "device connected, closing only the oldest idle socket; one log line each"))
+    assert still_open == 6
+    assert len(ep.log_lines("(max_pending_per_source)")) == before_source + 1
+    assert len(ep.log_lines("(max_pending_connections)")) == before_budget + 1
+    for s in [*first, refused, *second, witness]:
+        s.close()
+
+
+@pytest.mark.timeout(60)
+def test_long_client_id_is_refused_and_logged_short(bounded: Bounded) -> None:
+    ep = bounded
+    witness, wdec = ep.online("witness-01")
+    long_id = "i" * 60_000 + "|securemode=2|"
+    sock, _dec, packets = mqtt_connect(*ep.addr, ep.ctx("abuser-01"), long_id)
+    assert packets[0] == codec.Connack(codec.CONNACK_IDENTIFIER_REJECTED)
+    assert closed_by_server(sock, 10)
+    lines = ep.log_lines("max_client_id_length")
+    assert len(lines) == 1 and len(lines[0]) < 1_000, [len(x) for x in lines]
+    assert ping_ok(witness, wdec)
+    sock.close()
+    witness.close()
