@@ -120,7 +120,7 @@
   async function pageProducts() {
     const main = view;
     main.append(el("h1", { text: "Products" }));
-    const nameInput = el("input", { type: "text", id: "product-name", maxlength: "64" });
+    const nameInput = el("input", { type: "text", id: "product-name" });
     const error = el("p", { className: "error", role: "alert" });
     const form = el("form", { className: "card", "aria-label": "Create Product" },
       el("h2", { text: "Create Product" }),
