@@ -104,6 +104,34 @@ class Link(Protocol):
         """Dispatch what was held back and read again."""
 
 
+#: Descriptors kept for everything but device connections (listeners, SQLite, logs, HTTP).
+RESERVED_DESCRIPTORS = 128
+
+
+def connection_capacity(wanted: int) -> int:
+    """How many connections this process can really hold, raising its descriptor limit if it may.
+
+    Why: with ``max_connections`` above the descriptor limit, ``accept`` fails first and the
+    budgets of :meth:`Broker.admit` (which close idle connections to admit new ones) never act.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + RESERVED_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - RESERVED_DESCRIPTORS))
+
+
 class Broker:
     """State shared by all connections of one endpoint; lives on the event loop thread."""
 
@@ -118,6 +146,11 @@ class Broker:
         self.context = context
         self.limits = limits
         self.now = clock
+        self.max_connections = connection_capacity(limits.max_connections)
+        if self.max_connections < limits.max_connections:
+            log.warning("mqtt: max_connections %d is above what the descriptor limit allows; "
+                        "holding at most %d connections", limits.max_connections,
+                        self.max_connections)
         self.connections: set[Link] = set()
         self.pending: OrderedDict[Link, None] = OrderedDict()
         """Connections not authenticated yet, oldest first."""
@@ -149,11 +182,11 @@ class Broker:
                 "(max_pending_per_source)", conn.peer, from_source, source,
             )
             return False
-        full = len(self.connections) >= limits.max_connections
+        full = len(self.connections) >= self.max_connections
         if full or len(self.pending) >= limits.max_pending_connections:
             if not self.pending:
                 log.warning("mqtt %s: refused: %d connections is the limit (max_connections)",
-                            conn.peer, limits.max_connections)
+                            conn.peer, self.max_connections)
                 return False
             oldest = next(iter(self.pending))
             which = "max_connections" if full else "max_pending_connections"
