@@ -93,6 +93,9 @@ named once (no two classes share a name).
   |   | + InvalidTopicError  (also ValueError)
   |   + InvalidMessageError  (also ValueError)
   |   + MqttServiceError
+  |   + TlsError  (server_stub/mqtt/tls_engine.py; one connection's TLS)
+  |     + TlsHandshakeError
+  |     + TlsClosed
   + SimulatorError  (simulator/errors.py)
     + TemplateError
     + FleetError
