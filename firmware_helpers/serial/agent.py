@@ -10,19 +10,21 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from firmware_helpers.errors import StoreError
 from firmware_helpers.serial.board import CommitRefused, CredentialStore, check_credentials
+from firmware_helpers.serial.keygen import generate_key_and_csr
 from firmware_helpers.serial.link import Link
 from firmware_helpers.serial.protocol import (
     DEFAULT_MAX_CHUNK,
-    PROTOCOL_VERSION,
+    FEATURE_KEYGEN,
     BoardMachine,
     CommitRequested,
     ErrorCode,
     InfoRequested,
+    KeyRequested,
     LineError,
     ObjectType,
     Send,
@@ -53,13 +55,18 @@ class BoardAgent:
         *,
         max_chunk: int = DEFAULT_MAX_CHUNK,
         capacity: int = 64 * 1024,
-        version: int = PROTOCOL_VERSION,
+        version: int | None = None,
+        keygen: Callable[[int], tuple[bytes, bytes]] | None = generate_key_and_csr,
     ) -> None:
+        """``version``: speak only that protocol version (default: all); ``keygen(bits)`` makes
+        (key, CSR DER) for GENKEY (None: a board that cannot generate keys)."""
         self.store = store
         self.board_id = board_id
         self.max_chunk = max_chunk
         self.capacity = capacity
         self.version = version
+        self.keygen = keygen
+        self.keys_generated = 0
         self.machine = self._new_machine()
         self.commits = 0
         self.last_commit_seconds = 0.0
@@ -67,7 +74,8 @@ class BoardAgent:
 
     def _new_machine(self) -> BoardMachine:
         return BoardMachine(
-            self.board_id, max_chunk=self.max_chunk, capacity=self.capacity, version=self.version
+            self.board_id, max_chunk=self.max_chunk, capacity=self.capacity, version=self.version,
+            features=FEATURE_KEYGEN if self.keygen is not None else 0,
         )
 
     def boot(self) -> bytes:
@@ -94,6 +102,8 @@ class BoardAgent:
                         log.error("%s", exc)
                         inventory = ()
                     out.append(self.machine.info_done(inventory))
+                case KeyRequested(_key_type, bits):
+                    out.append(self._generate(bits))
                 case SessionStarted():
                     log.info("session started")
                 case LineError(reason):
@@ -117,6 +127,18 @@ class BoardAgent:
         log.info("stored %s in %.1f ms", ", ".join(sorted(o.label for o in objects)),
                  self.last_commit_seconds * 1000)
         return self.machine.commit_done()
+
+    def _generate(self, bits: int) -> bytes:
+        """The key stays here, staged in RAM until COMMIT stores it; the host gets the CSR."""
+        assert self.keygen is not None  # the machine only asks when FEATURE_KEYGEN was announced
+        try:
+            key, csr = self.keygen(bits)
+        except (ValueError, OSError) as exc:
+            log.error("key generation failed: %s", exc)
+            return self.machine.keygen_failed(ErrorCode.STORAGE_ERROR, f"key generation: {exc}")
+        self.keys_generated += 1
+        log.info("generated an RSA-%d key; CSR of %d bytes", bits, len(csr))
+        return self.machine.keygen_done(key, csr)
 
     def after_replies(self) -> None:
         """Once the replies are on the line: make a commit durable and retire its journal."""

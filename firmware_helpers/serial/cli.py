@@ -62,7 +62,9 @@ def register(tree: CommandTree) -> None:
     faults.add_argument("--reboot-times", type=int, default=1)
     faults.add_argument("--unplug-after", type=int, metavar="N",
                         help="close the pty (USB unplugged) when frame N arrives")
-    faults.add_argument("--protocol-version", type=int, help="speak another protocol version")
+    faults.add_argument("--protocol-version", type=int,
+                        help="speak only this protocol version (1: an old board without key "
+                        "generation; default: every version)")
     board.set_defaults(handler=_sim_board)
 
 
@@ -221,7 +223,6 @@ def _sim_board(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from firmware_helpers.serial.protocol import PROTOCOL_VERSION
     from firmware_helpers.serial.simboard import FaultPlan, SimBoard
 
     try:
@@ -230,7 +231,7 @@ def _sim_board(args: argparse.Namespace) -> int:
             stall_after=args.stall_after, stall_seconds=args.stall_seconds,
             reboot_after=args.reboot_after, reboot_times=args.reboot_times,
             unplug_after=args.unplug_after, baud=args.baud,
-            protocol_version=args.protocol_version or PROTOCOL_VERSION,
+            protocol_version=args.protocol_version,
         )
     except ValueError as exc:
         from firmware_helpers.errors import SerialProvisioningError

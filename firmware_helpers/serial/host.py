@@ -31,24 +31,30 @@ from firmware_helpers.errors import (
     BoardRebootedError,
     LinkTimeoutError,
     ProtocolError,
+    ProtocolVersionError,
     ProvisioningInputError,
     RetriesExhaustedError,
 )
 from firmware_helpers.serial.link import DEFAULT_BAUD, Link
 from firmware_helpers.serial.protocol import (
     DEFAULT_MAX_CHUNK,
+    KEYGEN_VERSION,
+    SUPPORTED_VERSIONS,
     Abort,
     Ack,
     Answer,
     Begin,
     Commit,
+    Csr,
     Data,
+    GenKey,
     Hello,
     HelloReply,
     HostMachine,
     Ignored,
     Info,
     InfoReply,
+    KeyType,
     Message,
     Nak,
     ObjectType,
@@ -174,6 +180,7 @@ class Host:
         commit_timeout: float = 10.0,
         max_restarts: int = 2,
         progress: Progress | None = None,
+        genkey_timeout: float = 60.0,
     ) -> None:
         self.link = link
         self.baud = baud
@@ -185,7 +192,11 @@ class Host:
         self.machine = HostMachine(max_retries=max_retries)
         self.wire_bytes = 0
         self.commit_sent = False
+        self.sent_bytes = 0
         self.board: HelloReply | None = None
+        #: the older protocol version the host fell back to for this board, if it did
+        self.fell_back_to: int | None = None
+        self.genkey_timeout = genkey_timeout
 
     # --- one request --------------------------------------------------------------------------
 
@@ -236,7 +247,23 @@ class Host:
     # --- operations ---------------------------------------------------------------------------
 
     def hello(self, *, timeout: float | None = None) -> HelloReply:
-        answer = self.exchange(Hello(self.max_chunk), timeout=timeout)
+        """Start a session, in the highest version both sides speak.
+
+        The host offers its own version; a board that answers in an older version the host
+        also speaks (an old board's NAK UNSUPPORTED_VERSION) is greeted again in that one, and
+        :attr:`fell_back_to` says so. Any other version is :class:`ProtocolVersionError`.
+        """
+        try:
+            answer = self.exchange(Hello(self.max_chunk), timeout=timeout)
+        except ProtocolVersionError as exc:
+            remote = exc.remote_version
+            if remote not in SUPPORTED_VERSIONS or remote == self.machine.version:
+                raise
+            log.warning("board speaks protocol version %d: using the version %d flow",
+                        remote, remote)
+            self.machine.version = remote
+            self.fell_back_to = remote
+            answer = self.exchange(Hello(self.max_chunk), timeout=timeout)
         if isinstance(answer, Nak):
             raise board_error(answer, during="HELLO")
         if not isinstance(answer, HelloReply):
@@ -292,13 +319,53 @@ class Host:
         refuse the board that answered (the provisioning report does, for a pair already on
         another board).
         """
+        return self._run(objects, on_board)
+
+    def provision_generated(
+        self,
+        issue: Callable[[HelloReply, bytes], Mapping[ObjectType, bytes]],
+        *,
+        bits: int = 2048,
+        on_board: Callable[[HelloReply], None] | None = None,
+    ) -> ProvisionResult:
+        """Protocol version 2: the board generates the key and returns a CSR (DER); ``issue``
+        turns it into the objects to send (certificate, server CA), then the board commits.
+
+        No private key crosses the line. A restart (the board lost its session, and with it
+        the staged key) asks for a new key and calls ``issue`` again.
+        """
+
+        def plan(board: HelloReply) -> Mapping[ObjectType, bytes]:
+            if not board.can_generate_keys:
+                why = (f"it speaks protocol version {self.machine.version}, which has no key "
+                       "generation" if self.machine.version < KEYGEN_VERSION else
+                       "it says it cannot generate keys")
+                raise ProvisioningInputError(
+                    f"board {board.board_id} cannot generate its key: {why}. Provision it with "
+                    "an issued pair instead (--cert and --key)."
+                )
+            answer = self.exchange(GenKey(KeyType.RSA, bits), timeout=self.genkey_timeout)
+            if isinstance(answer, Nak):
+                raise board_error(answer, during="GENKEY")
+            if not isinstance(answer, Csr):
+                raise ProtocolError(f"expected CSR, got {type(answer).__name__}")
+            return issue(board, answer.der)
+
+        return self._run(plan, on_board)
+
+    def _run(
+        self,
+        plan: Mapping[ObjectType, bytes] | Callable[[HelloReply], Mapping[ObjectType, bytes]],
+        on_board: Callable[[HelloReply], None] | None,
+    ) -> ProvisionResult:
         start = time.monotonic()
         restarts = 0
         self.commit_sent = False
+        self.sent_bytes = 0
         try:
             while True:
                 try:
-                    board = self._transaction(objects, on_board)
+                    board = self._transaction(plan, on_board)
                     break
                 except _RestartNeeded as exc:
                     restarts += 1
@@ -313,7 +380,7 @@ class Host:
             raise
         return ProvisionResult(
             board_id=board.board_id,
-            payload_bytes=sum(len(d) for d in objects.values()),
+            payload_bytes=self.sent_bytes,
             wire_bytes=self.wire_bytes,
             retransmissions=self.machine.retransmissions,
             restarts=restarts,
@@ -321,11 +388,15 @@ class Host:
         )
 
     def _transaction(
-        self, objects: Mapping[ObjectType, bytes], on_board: Callable[[HelloReply], None] | None
+        self,
+        plan: Mapping[ObjectType, bytes] | Callable[[HelloReply], Mapping[ObjectType, bytes]],
+        on_board: Callable[[HelloReply], None] | None,
     ) -> HelloReply:
         board = self.hello()
         if on_board is not None:
             on_board(board)
+        objects = plan(board) if callable(plan) else plan
+        self.sent_bytes = sum(len(d) for d in objects.values())
         chunk = max(1, min(self.max_chunk, board.max_chunk))
         total = sum(len(d) for d in objects.values())
         sent = 0

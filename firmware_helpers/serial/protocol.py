@@ -32,7 +32,14 @@ from firmware_helpers.serial.framing import (
     encode_frame,
 )
 
-PROTOCOL_VERSION = 1
+#: The highest version this code speaks; version 2 adds key generation on the board.
+PROTOCOL_VERSION = 2
+#: Every version this code speaks (a host offers the highest and falls back to the board's).
+SUPPORTED_VERSIONS = (1, 2)
+#: First version with GENKEY / CSR.
+KEYGEN_VERSION = 2
+#: HELLO_REPLY ``features`` bit (version 2): the board generates key pairs and returns a CSR.
+FEATURE_KEYGEN = 0x01
 #: Sequence number of frames that answer nothing: NAKs of corrupt frames, boot announcements.
 NO_SEQ = 0xFFFF
 DATA_HEADER = struct.Struct(">I")
@@ -51,6 +58,8 @@ class MessageType(enum.IntEnum):
     ABORT = 0x13
     INFO = 0x20
     INFO_REPLY = 0x21
+    GENKEY = 0x30
+    CSR = 0x31
     ACK = 0x40
     NAK = 0x41
 
@@ -128,6 +137,31 @@ class HelloReply:
     max_chunk: int
     capacity: int
     board_id: str
+    #: version 2 only (a version 1 board has none): FEATURE_* bits
+    features: int = 0
+
+    @property
+    def can_generate_keys(self) -> bool:
+        return bool(self.features & FEATURE_KEYGEN)
+
+
+class KeyType(enum.IntEnum):
+    RSA = 1
+
+
+@dataclass(frozen=True, slots=True)
+class GenKey:
+    """Version 2: generate a key pair, stage it, and answer with a CSR signed by it."""
+
+    key_type: KeyType = KeyType.RSA
+    bits: int = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Csr:
+    """Version 2: the board's PKCS#10 request (DER) for the key it just staged."""
+
+    der: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +218,9 @@ class Nak:
     text: str = ""
 
 
-Message = Hello | HelloReply | Begin | Data | Commit | Abort | Info | InfoReply | Ack | Nak
+Message = (
+    Hello | HelloReply | Begin | Data | Commit | Abort | Info | InfoReply | GenKey | Csr | Ack | Nak
+)
 
 _TYPE_OF: dict[type[object], MessageType] = {
     Hello: MessageType.HELLO,
@@ -195,6 +231,8 @@ _TYPE_OF: dict[type[object], MessageType] = {
     Abort: MessageType.ABORT,
     Info: MessageType.INFO,
     InfoReply: MessageType.INFO_REPLY,
+    GenKey: MessageType.GENKEY,
+    Csr: MessageType.CSR,
     Ack: MessageType.ACK,
     Nak: MessageType.NAK,
 }
@@ -204,13 +242,18 @@ def _short_text(text: str, limit: int = MAX_TEXT) -> bytes:
     return text.encode("utf-8")[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
-def encode_payload(msg: Message) -> bytes:
+def encode_payload(msg: Message, version: int = PROTOCOL_VERSION) -> bytes:
     match msg:
         case Hello(max_chunk):
             return struct.pack(">H", max_chunk)
-        case HelloReply(max_chunk, capacity, board_id):
+        case HelloReply(max_chunk, capacity, board_id, features):
             ident = _short_text(board_id, 64)
-            return struct.pack(">HIB", max_chunk, capacity, len(ident)) + ident
+            head = struct.pack(">HIB", max_chunk, capacity, len(ident)) + ident
+            return head + struct.pack(">B", features) if version >= KEYGEN_VERSION else head
+        case GenKey(key_type, bits):
+            return struct.pack(">BH", int(key_type), bits)
+        case Csr(der):
+            return der
         case Begin(object_type, total, digest):
             return BEGIN_STRUCT.pack(int(object_type), total, digest)
         case Data(offset, chunk):
@@ -229,7 +272,9 @@ def encode_payload(msg: Message) -> bytes:
 
 def encode_message(msg: Message, seq: int, *, version: int = PROTOCOL_VERSION) -> bytes:
     """The line bytes of ``msg`` with sequence number ``seq``."""
-    return encode_frame(Frame(version, _TYPE_OF[type(msg)], seq, encode_payload(msg)))
+    if isinstance(msg, GenKey | Csr) and version < KEYGEN_VERSION:
+        raise ProtocolError(f"{type(msg).__name__} needs protocol version {KEYGEN_VERSION}")
+    return encode_frame(Frame(version, _TYPE_OF[type(msg)], seq, encode_payload(msg, version)))
 
 
 def decode_message(frame: Frame) -> Message:
@@ -239,13 +284,15 @@ def decode_message(frame: Frame) -> Message:
     except ValueError as exc:
         raise ProtocolError(f"unknown message type {frame.type:#04x}") from exc
     p = frame.payload
+    if kind in (MessageType.GENKEY, MessageType.CSR) and frame.version < KEYGEN_VERSION:
+        raise ProtocolError(f"unknown message type {frame.type:#04x} in version {frame.version}")
     try:
-        return _decode(kind, p)
+        return _decode(kind, p, frame.version)
     except (struct.error, ValueError, IndexError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed {kind.name} payload ({len(p)} bytes): {exc}") from exc
 
 
-def _decode(kind: MessageType, p: bytes) -> Message:
+def _decode(kind: MessageType, p: bytes, version: int = PROTOCOL_VERSION) -> Message:
     empty: dict[MessageType, Message] = {
         MessageType.COMMIT: Commit(), MessageType.ABORT: Abort(), MessageType.INFO: Info(),
         MessageType.ACK: Ack(),
@@ -259,9 +306,18 @@ def _decode(kind: MessageType, p: bytes) -> Message:
         return Hello(max_chunk)
     if kind is MessageType.HELLO_REPLY:
         max_chunk, capacity, n = struct.unpack(">HIB", p[:7])
-        if len(p) != 7 + n:
+        extra = 1 if version >= KEYGEN_VERSION else 0
+        if len(p) != 7 + n + extra:
             raise ValueError("board id length does not match")
-        return HelloReply(max_chunk, capacity, p[7:].decode("utf-8"))
+        features = p[7 + n] if extra else 0
+        return HelloReply(max_chunk, capacity, p[7 : 7 + n].decode("utf-8"), features)
+    if kind is MessageType.GENKEY:
+        key_type, bits = struct.unpack(">BH", p)
+        return GenKey(KeyType(key_type), bits)
+    if kind is MessageType.CSR:
+        if not p:
+            raise ValueError("empty CSR")
+        return Csr(p)
     if kind is MessageType.BEGIN:
         obj, total, digest = BEGIN_STRUCT.unpack(p)
         return Begin(ObjectType(obj), total, digest)
@@ -334,8 +390,13 @@ class HostState(enum.Enum):
 class HostMachine:
     """Numbers requests, matches replies to them, and owns the retry budget of each request."""
 
-    def __init__(self, *, max_retries: int = 6, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, *, max_retries: int = 6, rng: random.Random | None = None,
+        version: int = PROTOCOL_VERSION,
+    ) -> None:
         self.max_retries = max_retries
+        #: the version requests are sent in; :meth:`Host.hello` lowers it to an older board's
+        self.version = version
         self._rng = rng or random.Random()
         self._decoder = FrameDecoder()
         self._seq = self._rng.randrange(0, NO_SEQ)
@@ -363,7 +424,7 @@ class HostMachine:
         else:
             self._seq = (self._seq + 1) % NO_SEQ
         self._pending = msg
-        self._pending_bytes = encode_message(msg, self._seq)
+        self._pending_bytes = encode_message(msg, self._seq, version=self.version)
         self.attempts = 1
         self.bytes_received = 0
         self.valid_frames = 0
@@ -433,18 +494,19 @@ class HostMachine:
     def _on_frame(self, item: Frame | CorruptFrame) -> HostEvent:
         if isinstance(item, CorruptFrame):
             return Resend(self.retransmit(f"corrupt reply: {item.error}"), str(item.error))
-        if item.version != PROTOCOL_VERSION:
+        if item.version != self.version:
+            spoken = ", ".join(map(str, SUPPORTED_VERSIONS))
             raise ProtocolVersionError(
                 f"the board speaks serial protocol version {item.version}; this host speaks "
-                f"version {PROTOCOL_VERSION}. Update the host tool or the board firmware so "
-                "that both speak the same version.",
-                local_version=PROTOCOL_VERSION, remote_version=item.version,
+                f"version {self.version} (it knows versions {spoken}). Update the host tool or "
+                "the board firmware so that both speak a common version.",
+                local_version=self.version, remote_version=item.version,
             )
         try:
             msg = decode_message(item)
         except ProtocolError as exc:
             return Resend(self.retransmit(f"unreadable reply: {exc}"), str(exc))
-        if isinstance(msg, Hello | Begin | Data | Commit | Abort | Info):
+        if isinstance(msg, Hello | Begin | Data | Commit | Abort | Info | GenKey):
             return Ignored("a request, not a reply: is the line echoing?")
         if item.seq == NO_SEQ:
             if isinstance(msg, HelloReply):
@@ -499,6 +561,15 @@ class InfoRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyRequested:
+    """GENKEY: generate a key pair, then call :meth:`BoardMachine.keygen_done` with the key
+    (kept staged on the board: never sent) and a CSR signed with it."""
+
+    key_type: KeyType
+    bits: int
+
+
+@dataclass(frozen=True, slots=True)
 class SessionStarted:
     host_max_chunk: int
 
@@ -510,7 +581,7 @@ class LineError:
     reason: str
 
 
-BoardEvent = Send | CommitRequested | InfoRequested | SessionStarted | LineError
+BoardEvent = Send | CommitRequested | InfoRequested | KeyRequested | SessionStarted | LineError
 
 
 class BoardState(enum.Enum):
@@ -519,6 +590,7 @@ class BoardState(enum.Enum):
     RECEIVING = "receiving"
     COMMITTING = "committing"
     INFO = "answering info"
+    GENERATING = "generating a key"
 
 
 @dataclass
@@ -533,6 +605,8 @@ class _Staged:
 
 
 REQUIRED_OBJECTS = (ObjectType.CERTIFICATE, ObjectType.PRIVATE_KEY)
+#: RSA key sizes a board is asked to generate (the platform accepts RSA device certificates).
+KEYGEN_BITS = (2048, 3072, 4096)
 
 
 class BoardMachine:
@@ -544,14 +618,21 @@ class BoardMachine:
         *,
         max_chunk: int = DEFAULT_MAX_CHUNK,
         capacity: int = 64 * 1024,
-        version: int = PROTOCOL_VERSION,
+        version: int | None = None,
+        features: int = 0,
     ) -> None:
+        """``version``: speak only that version (a simulated old board); default: every
+        supported one, each request answered in its own version. ``features``: FEATURE_* bits
+        announced in a version 2 HELLO_REPLY (the caller must be able to do what they say)."""
         if not 1 <= max_chunk <= MAX_CHUNK:
             raise ValueError(f"max_chunk must be 1..{MAX_CHUNK}")
         self.board_id = board_id
         self.max_chunk = max_chunk
         self.capacity = capacity
-        self.version = version
+        self.versions = (version,) if version is not None else SUPPORTED_VERSIONS
+        self.version = max(self.versions)  # of the current frame (announcements: the highest)
+        self.features = features
+        self._generated = False
         self.state = BoardState.NO_SESSION
         self._decoder = FrameDecoder()
         self._last_seq: int | None = None
@@ -567,7 +648,12 @@ class BoardMachine:
 
     def announce(self) -> bytes:
         """The unsolicited HELLO_REPLY a board sends when it boots (seq = NO_SEQ)."""
-        return self._encode(HelloReply(self.max_chunk, self.capacity, self.board_id), NO_SEQ)
+        self.version = max(self.versions)
+        return self._encode(self._hello_reply(), NO_SEQ)
+
+    def _hello_reply(self) -> HelloReply:
+        features = self.features if self.version >= KEYGEN_VERSION else 0
+        return HelloReply(self.max_chunk, self.capacity, self.board_id, features)
 
     def _encode(self, msg: Message, seq: int) -> bytes:
         return encode_message(msg, seq, version=self.version)
@@ -590,13 +676,16 @@ class BoardMachine:
         if isinstance(item, CorruptFrame):
             nak = Nak(ErrorCode.BAD_CRC, str(item.error))
             return [LineError(str(item.error)), Send(self._encode(nak, NO_SEQ))]
-        if item.version != self.version:
+        if item.version not in self.versions:
+            spoken = " and ".join(map(str, self.versions))
             nak = Nak(
                 ErrorCode.UNSUPPORTED_VERSION,
-                f"board speaks protocol version {self.version}, not {item.version}",
+                f"board speaks protocol version {spoken}, not {item.version}",
             )
+            self.version = max(self.versions)
             return [LineError(f"version {item.version}"), Send(self._encode(nak, item.seq))]
-        if self.state in (BoardState.COMMITTING, BoardState.INFO):
+        self.version = item.version  # every answer goes in the request's version
+        if self.state in (BoardState.COMMITTING, BoardState.INFO, BoardState.GENERATING):
             return [Send(self._encode(Nak(ErrorCode.BUSY, "storing"), item.seq))]
         try:
             msg = decode_message(item)
@@ -620,12 +709,13 @@ class BoardMachine:
         self._discard()
         self.state = BoardState.READY
         self._chunk = max(1, min(self.max_chunk, msg.max_chunk))
-        reply = self._reply(seq, HelloReply(self.max_chunk, self.capacity, self.board_id))
+        reply = self._reply(seq, self._hello_reply())
         return [SessionStarted(msg.max_chunk), reply]
 
     def _discard(self) -> None:
         self._staged.clear()
         self._current = None
+        self._generated = False  # a generated key that was never committed is gone for good
 
     def _request(self, seq: int, msg: Message) -> list[BoardEvent]:
         match msg:
@@ -643,15 +733,57 @@ class BoardMachine:
                 self.state = BoardState.INFO
                 self._pending_seq = seq
                 return [InfoRequested()]
+            case GenKey():
+                return self._genkey(seq, msg)
             case _:
                 text = f"{type(msg).__name__} is not a request"
                 return [self._nak(seq, ErrorCode.BAD_STATE, text)]
+
+    def _genkey(self, seq: int, msg: GenKey) -> list[BoardEvent]:
+        if not self.features & FEATURE_KEYGEN:
+            return [self._nak(seq, ErrorCode.UNSUPPORTED_OBJECT, "this board cannot generate keys")]
+        if msg.key_type is not KeyType.RSA or msg.bits not in KEYGEN_BITS:
+            return [self._nak(
+                seq, ErrorCode.MALFORMED,
+                f"cannot generate {msg.key_type.name}-{msg.bits}: RSA with "
+                f"{', '.join(map(str, KEYGEN_BITS))} bits only",
+            )]
+        if self.state is BoardState.RECEIVING and self._current is not None:
+            self._staged.pop(self._current, None)
+        self._current = None
+        self._staged.pop(ObjectType.PRIVATE_KEY, None)
+        self._generated = False
+        self.state = BoardState.GENERATING
+        self._pending_seq = seq
+        return [KeyRequested(msg.key_type, msg.bits)]
+
+    def keygen_done(self, key: bytes, csr_der: bytes) -> bytes:
+        """Stage the new ``key`` (it stays on the board) and answer with the CSR."""
+        if self.state is not BoardState.GENERATING:
+            raise ProtocolError("keygen_done without a KeyRequested")
+        self.state = BoardState.READY
+        if len(csr_der) > MAX_PAYLOAD:
+            return self._nak(self._pending_seq, ErrorCode.TOO_LARGE, "CSR larger than a frame").data
+        self._staged[ObjectType.PRIVATE_KEY] = _Staged(len(key), sha256(key), bytearray(key))
+        self._generated = True
+        return self._reply(self._pending_seq, Csr(csr_der)).data
+
+    def keygen_failed(self, code: ErrorCode, text: str) -> bytes:
+        if self.state is not BoardState.GENERATING:
+            raise ProtocolError("keygen_failed without a KeyRequested")
+        self.state = BoardState.READY
+        return self._nak(self._pending_seq, code, text).data
 
     def _begin(self, seq: int, msg: Begin) -> Send:
         if self.state is BoardState.RECEIVING and self._current is not None:
             self._staged.pop(self._current, None)  # an unfinished object is abandoned
         self._current = None
         self.state = BoardState.READY
+        if msg.object_type is ObjectType.PRIVATE_KEY and self._generated:
+            return self._nak(
+                seq, ErrorCode.BAD_STATE,
+                "this session's key was generated on the board; it is not replaced over the line",
+            )
         if msg.total_length == 0:
             return self._nak(seq, ErrorCode.MALFORMED, "an object cannot be empty")
         others = sum(s.total for t, s in self._staged.items() if t is not msg.object_type)
@@ -723,6 +855,7 @@ class BoardMachine:
 __all__ = [
     "NO_SEQ",
     "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
     "Abort",
     "Ack",
     "Answer",
@@ -731,9 +864,11 @@ __all__ = [
     "BoardState",
     "Commit",
     "CommitRequested",
+    "Csr",
     "Data",
     "ErrorCode",
     "FrameError",
+    "GenKey",
     "Hello",
     "HelloReply",
     "HostMachine",
@@ -742,6 +877,8 @@ __all__ = [
     "Info",
     "InfoReply",
     "InfoRequested",
+    "KeyRequested",
+    "KeyType",
     "LineError",
     "Nak",
     "ObjectInfo",

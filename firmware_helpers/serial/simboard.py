@@ -14,7 +14,9 @@ simulated line, from a seeded random generator so that a test run can be repeate
 - ``reboot_after`` (+ ``reboot_times``): the board loses power while a frame arrives, forgets
   its RAM state (staging, session) and announces itself again;
 - ``unplug_after``: the pty is closed, as a USB adapter pulled out;
-- ``protocol_version``: the board speaks another protocol version;
+- ``protocol_version``: the board speaks only this protocol version (default: every version
+  the kit speaks; ``1`` is an old board that cannot generate keys);
+- ``no_keygen``: a version 2 board that cannot generate keys;
 - ``baud``: bytes take ``10 / baud`` seconds each in each direction (8N1), for benchmarks.
 """
 
@@ -36,8 +38,9 @@ from firmware_helpers.errors import BoardDisconnectedError, SerialProvisioningEr
 from firmware_helpers.serial.agent import BoardAgent
 from firmware_helpers.serial.board import CredentialStore
 from firmware_helpers.serial.framing import DELIMITER
+from firmware_helpers.serial.keygen import generate_key_and_csr
 from firmware_helpers.serial.link import FdLink
-from firmware_helpers.serial.protocol import DEFAULT_MAX_CHUNK, PROTOCOL_VERSION
+from firmware_helpers.serial.protocol import DEFAULT_MAX_CHUNK
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,8 @@ class FaultPlan:
     unplug_after: int | None = None
     pause_after: int | None = None
     resume_after_resends: int | None = None
-    protocol_version: int = PROTOCOL_VERSION
+    protocol_version: int | None = None
+    no_keygen: bool = False
     baud: int | None = None
 
     def __post_init__(self) -> None:
@@ -140,6 +144,7 @@ class SimBoard:
             self.board_id_of(index),
             max_chunk=self.max_chunk,
             version=self.faults.protocol_version,
+            keygen=None if self.faults.no_keygen else generate_key_and_csr,
         )
 
     # --- lifecycle ----------------------------------------------------------------------------

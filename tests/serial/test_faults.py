@@ -82,8 +82,8 @@ def test_recoverable_faults_end_with_the_new_set(
          LinkTimeoutError, "did not answer"),
         (FaultPlan(reboot_after=3, reboot_times=100), {}, BoardRebootedError, "lost the session"),
         (FaultPlan(unplug_after=4), {}, BoardDisconnectedError, "went away"),
-        (FaultPlan(protocol_version=2), {}, ProtocolVersionError,
-         "board speaks serial protocol version 2; this host speaks version 1"),
+        (FaultPlan(protocol_version=3), {}, ProtocolVersionError,
+         "board speaks serial protocol version 3; this host speaks version 2"),
     ],
     ids=["always-corrupt", "stalled-for-good", "reboot-loop", "usb-unplugged", "other-version"],
 )
@@ -123,7 +123,7 @@ def test_cli_other_version_exits_with_a_clear_message(
             capture_output=True, text=True, timeout=60,
         )
     assert proc.returncode == 5
-    assert "version 7; this host speaks version 1" in proc.stderr
+    assert "version 7; this host speaks version 2 (it knows versions 1, 2)" in proc.stderr
     assert snapshot(store) == before
 
 

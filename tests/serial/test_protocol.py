@@ -16,6 +16,7 @@ from firmware_helpers.errors import (
 )
 from firmware_helpers.serial.framing import Frame, FrameDecoder, encode_frame
 from firmware_helpers.serial.protocol import (
+    FEATURE_KEYGEN,
     NO_SEQ,
     Abort,
     Ack,
@@ -25,8 +26,10 @@ from firmware_helpers.serial.protocol import (
     BoardState,
     Commit,
     CommitRequested,
+    Csr,
     Data,
     ErrorCode,
+    GenKey,
     Hello,
     HelloReply,
     HostMachine,
@@ -34,6 +37,7 @@ from firmware_helpers.serial.protocol import (
     Info,
     InfoReply,
     InfoRequested,
+    KeyType,
     LineError,
     Message,
     Nak,
@@ -70,15 +74,34 @@ def _decode_one(wire: bytes) -> tuple[Frame, Message]:
     return frame, decode_message(frame)
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
-def test_every_message_round_trips(msg: Message) -> None:
-    frame, decoded = _decode_one(encode_message(msg, 42))
-    assert decoded == msg and frame.seq == 42 and frame.version == 1
+def test_every_message_round_trips(msg: Message, version: int) -> None:
+    frame, decoded = _decode_one(encode_message(msg, 42, version=version))
+    assert decoded == msg and frame.seq == 42 and frame.version == version
+
+
+@pytest.mark.parametrize("msg", [GenKey(KeyType.RSA, 2048), Csr(b"0\x82\x02I..."),
+                                 HelloReply(4096, 65536, "board-7", FEATURE_KEYGEN)],
+                         ids=lambda m: type(m).__name__)
+def test_version_2_messages_round_trip(msg: Message) -> None:
+    frame, decoded = _decode_one(encode_message(msg, 7, version=2))
+    assert decoded == msg and frame.version == 2
+
+
+def test_version_1_has_no_key_generation() -> None:
+    with pytest.raises(ProtocolError, match="needs protocol version 2"):
+        encode_message(GenKey(), 1, version=1)
+    with pytest.raises(ProtocolError, match="unknown message type 0x30 in version 1"):
+        decode_message(Frame(1, 0x30, 1, b"\x01\x08\x00"))
+    # a version 1 HELLO_REPLY carries no features byte: a version 1 board cannot generate keys
+    _, reply = _decode_one(encode_message(HelloReply(1, 2, "b", FEATURE_KEYGEN), 1, version=1))
+    assert reply == HelloReply(1, 2, "b", 0) and not reply.can_generate_keys
 
 
 def test_documented_hello_vector() -> None:
     """docs/serial-protocol.md, "Test vectors"."""
-    wire = encode_message(Hello(4096), 0x1234)
+    wire = encode_message(Hello(4096), 0x1234, version=1)
     assert wire.hex(" ") == "05 01 01 12 34 03 02 10 03 86 8d 00"
     assert _decode_one(wire) == (Frame(1, 0x01, 0x1234, b"\x10\x00"), Hello(4096))
 
@@ -212,15 +235,15 @@ def test_busy_while_committing_and_info_reply() -> None:
 
 
 def test_board_answers_corruption_and_other_versions() -> None:
-    board = BoardMachine("b")
+    board = BoardMachine("b", version=1)
     (line_error, send) = board.receive_data(b"\x05garbage\x00")
     assert isinstance(line_error, LineError)
     frame, nak = _decode_one(send.data)  # type: ignore[union-attr]
     assert frame.seq == NO_SEQ and isinstance(nak, Nak) and nak.code is ErrorCode.BAD_CRC
     events = board.receive_data(encode_message(Hello(), 3, version=2))
-    _, nak = _decode_one(events[-1].data)  # type: ignore[union-attr]
+    frame, nak = _decode_one(events[-1].data)  # type: ignore[union-attr]
     assert isinstance(nak, Nak) and nak.code is ErrorCode.UNSUPPORTED_VERSION
-    assert "version 1, not 2" in nak.text
+    assert "version 1, not 2" in nak.text and frame.version == 1  # in the board's own version
     events = board.receive_data(encode_frame(Frame(1, 0x77, 1, b"")))
     _, nak = _decode_one(events[-1].data)  # type: ignore[union-attr]
     assert isinstance(nak, Nak) and nak.code is ErrorCode.UNKNOWN_TYPE
@@ -280,7 +303,8 @@ def test_host_reports_another_protocol_version() -> None:
     host = HostMachine()
     host.request(Hello())
     reply = encode_message(HelloReply(1, 1, "b"), host.current_seq, version=3)
-    with pytest.raises(ProtocolVersionError, match="version 3; this host speaks version 1") as exc:
+    with pytest.raises(ProtocolVersionError,
+                       match=r"version 3; this host speaks version 2 \(it knows versions 1, 2\)") as exc:
         host.receive_data(reply)
     assert exc.value.remote_version == 3
 
