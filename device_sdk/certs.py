@@ -134,6 +134,13 @@ def fingerprint_sha256(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
+def public_key_spki(cert: x509.Certificate) -> bytes:
+    """The certificate's public key as DER SubjectPublicKeyInfo: equal bytes, equal key."""
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def to_pem(certs: x509.Certificate | Sequence[x509.Certificate]) -> bytes:
     if isinstance(certs, x509.Certificate):
         certs = [certs]
@@ -146,6 +153,25 @@ def is_ca(cert: x509.Certificate) -> bool:
     except x509.ExtensionNotFound:
         return False
     return bc.ca
+
+
+def device_certificate_problem(cert: x509.Certificate) -> str | None:
+    """Why ``cert`` cannot be a device certificate, or None when it can.
+
+    Checked by the server before it looks for the issuing CA, on every handshake, so it returns
+    the reason instead of raising. A device certificate must not be a CA (basicConstraints
+    CA:TRUE): a CA certificate presented as a device could issue "devices" of its own. A
+    version-1 certificate without extensions (what ``openssl x509 -req`` makes) is fine. Its SN
+    must follow the kit's one SN rule (:func:`device_sdk.serials.normalize_sn`: positive, at
+    most 20 bytes), because the SN is how the platform finds the device.
+    """
+    if is_ca(cert):
+        return "the device certificate is a CA certificate (basicConstraints CA:TRUE)"
+    try:
+        normalize_sn(cert.serial_number)
+    except ValueError as exc:
+        return f"the device certificate's serial number is unusable: {exc}"
+    return None
 
 
 def is_rsa(cert: x509.Certificate) -> bool:

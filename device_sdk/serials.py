@@ -25,8 +25,15 @@ def normalize_sn(value: str | int) -> str:
         raise InvalidSerialNumberError(f"SN {value!r} is not a number")
     if isinstance(value, int):
         if value < 0:
-            raise InvalidSerialNumberError(f"SN {value} is negative")
-        return format(value, "x")
+            raise InvalidSerialNumberError(
+                f"SN {value} is negative; RFC 5280 serial numbers are positive integers"
+            )
+        text = format(value, "x")
+        if len(text) > MAX_SN_HEX_DIGITS:
+            raise InvalidSerialNumberError(
+                f"SN {text} is {(len(text) + 1) // 2} bytes long; RFC 5280 allows at most 20 bytes"
+            )
+        return text
     text = value.strip()
     if text[:2].lower() == "0x":
         text = text[2:]

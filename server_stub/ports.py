@@ -38,6 +38,42 @@ class AuthRefused:
 AuthDecision = AuthenticatedDevice | AuthRefused
 
 
+@dataclass(frozen=True, slots=True)
+class IssuingCa:
+    """The one registered CA whose *key* verifies a device certificate's signature.
+
+    Found by :meth:`TrustIndex.attribute` during the TLS handshake and kept by the connection,
+    so that :meth:`DeviceDirectory.authenticate` needs no second signature check.
+    """
+
+    ca_id: int
+    account_id: int
+    ca_sn: str
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerRefused:
+    """No registered CA key verifies the certificate, or more than one does (``ambiguous``)."""
+
+    reason: str
+    ambiguous: bool = False
+
+
+Attribution = IssuingCa | IssuerRefused
+
+
+class TrustIndex(Protocol):
+    """An immutable snapshot of every registered CA (all accounts, active or not).
+
+    The MQTT endpoint takes one when it accepts a connection and attributes the device
+    certificate with it inside the handshake: the subject name only narrows the candidates, the
+    decision is by key, and exactly one registered key must verify the signature.
+    """
+
+    def attribute(self, leaf: x509.Certificate) -> Attribution: ...
+
+
 class DeviceDirectory(Protocol):
     """What the MQTT endpoint asks the registry. Calls are synchronous and fast (hot path)."""
 
@@ -51,11 +87,20 @@ class DeviceDirectory(Protocol):
         ...
 
     def active_ca_certificates(self) -> Sequence[x509.Certificate]:
-        """Every active registered CA certificate, of all accounts."""
+        """Every active registered CA certificate, of all accounts (informational: the TLS
+        layer decides with :meth:`trust_index`, never with a name-based trust store)."""
         ...
 
-    def authenticate(self, leaf: x509.Certificate) -> AuthDecision:
-        """Identify a device by the registered CA whose *key* verifies ``leaf`` plus its SN."""
+    def trust_index(self) -> TrustIndex:
+        """The current snapshot of registered CAs; cheap (rebuilt only when the generation moves)."""
+        ...
+
+    def authenticate(self, leaf: x509.Certificate, issuer: IssuingCa | None = None) -> AuthDecision:
+        """Identify a device by the registered CA whose *key* verifies ``leaf`` plus its SN.
+
+        ``issuer``: the attribution the TLS handshake already made with :meth:`trust_index`;
+        given, the signature is not verified again. Without it the directory attributes itself.
+        """
         ...
 
     def is_current(self, device: AuthenticatedDevice) -> bool:

@@ -1,0 +1,237 @@
+"""Server-side TLS of one device connection over memory BIOs, attributing the issuer by key.
+
+Why pyOpenSSL and not :mod:`ssl`: with a trust store of registered CAs, OpenSSL picks the
+issuer of a device certificate *by name* (subject, then authority key identifier). A look-alike
+CA with the same subject, registered by another account, then made the real issuer's devices
+fail (the first same-name CA is tried and its key does not verify), or, with a forged key under
+which the same signature verifies, could be chosen instead of the real one. :mod:`ssl` has no
+verify callback to take that decision away from OpenSSL; pyOpenSSL has one.
+
+So OpenSSL's trust store is empty and the verify callback decides at depth 0 (the device
+certificate) with the trust index snapshot taken when the connection was accepted
+(:class:`server_stub.ports.TrustIndex`): the subject name only narrows the candidates, exactly
+one registered CA key must verify the signature. The decision is made once per connection
+(OpenSSL calls the callback several times per certificate) and kept on the engine, so that
+CONNECT is authenticated with that CA and the SN without a second signature check.
+
+Alerts stay the ones OpenSSL sends for a certificate it cannot chain: *unknown CA* for a
+certificate no registered CA key verifies (and for the other refusals), *certificate expired*
+for a device certificate out of its dates, *certificate required* without a certificate. The
+SDK maps them (``device_sdk.tls.map_connect_error``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL, crypto
+
+from device_sdk.certs import certificate_sn, device_certificate_problem
+from server_stub.mqtt.errors import MqttError
+from server_stub.ports import IssuerRefused, IssuingCa, TrustIndex
+
+log = logging.getLogger("server_stub.mqtt")
+
+#: Errors OpenSSL reports at depth 0 because it cannot (or, with extra certificates the client
+#: sent, should not) build a chain to a trust anchor. The attribution by key replaces that part
+#: of verification, so these are overridden when the attribution succeeded; every other error
+#: (dates, purpose, unknown critical extensions) still refuses the certificate.
+_CHAIN_ERRORS = frozenset({
+    2,   # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+    7,   # X509_V_ERR_CERT_SIGNATURE_FAILURE (under a certificate the client sent)
+    18,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+    19,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    20,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    27,  # X509_V_ERR_CERT_UNTRUSTED
+})
+#: OpenSSL's texts for the errors that still refuse an attributed certificate (for the log).
+_VERIFY_TEXT = {
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    26: "unsupported certificate purpose",
+    34: "unhandled critical extension",
+}
+_OUT_CHUNK = 256 * 1024
+READ_CHUNK = 16 * 1024
+
+
+class TlsError(MqttError):
+    """TLS failed on one connection; the connection is closed (the alert, if any, is sent)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """OpenSSL's short reason, e.g. ``certificate verify failed``."""
+
+
+class TlsHandshakeError(TlsError):
+    """The handshake failed; ``verify_message`` says why the certificate was refused, if it was."""
+
+    def __init__(self, message: str, *, reason: str, verify_message: str | None,
+                 cert_sn: str | None, issuer: str | None) -> None:
+        super().__init__(message, reason=reason)
+        self.verify_message = verify_message
+        self.cert_sn = cert_sn
+        self.issuer = issuer
+
+
+class TlsClosed(TlsError):
+    """The client closed TLS cleanly (close_notify)."""
+
+
+def _reason(exc: SSL.Error) -> str:
+    args = exc.args[0] if exc.args else None
+    if isinstance(args, list) and args and isinstance(args[-1], tuple):
+        return str(args[-1][-1])
+    return str(exc) or type(exc).__name__
+
+
+def verify_callback(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int,
+                    ok: int) -> bool:
+    """OpenSSL's verify callback: the decision is the engine's attribution at depth 0."""
+    if depth != 0:
+        return True  # extra certificates the client sent decide nothing
+    engine = conn.get_app_data()
+    if not isinstance(engine, TlsEngine) or not engine.decide(cert):
+        return False
+    if ok or errnum in _CHAIN_ERRORS:
+        return True
+    engine.refusal = _VERIFY_TEXT.get(errnum, f"OpenSSL verify error {errnum}")
+    return False
+
+
+class TlsEngine:
+    """One server connection's TLS state: bytes from the socket in, bytes for it out."""
+
+    __slots__ = ("_conn", "_decided", "_index", "issuer", "leaf", "refusal")
+
+    def __init__(self, context: SSL.Context, index: TrustIndex) -> None:
+        self._index = index
+        self._decided = False
+        self.issuer: IssuingCa | None = None
+        self.leaf: x509.Certificate | None = None
+        self.refusal: str | None = None
+        conn = SSL.Connection(context, None)
+        conn.set_accept_state()
+        conn.set_app_data(self)
+        self._conn = conn
+
+    # --- attribution (called from the verify callback) -----------------------------------------
+
+    def decide(self, cert: crypto.X509) -> bool:
+        """Attribute the device certificate once per connection; True when it is accepted."""
+        if not self._decided:
+            self._decided = True
+            try:
+                self._attribute(cert.to_cryptography())
+            except Exception as exc:  # a certificate the parser refuses: refuse, never raise
+                self.issuer = None
+                self.refusal = f"the device certificate cannot be read: {exc}"
+        return self.issuer is not None
+
+    def _attribute(self, leaf: x509.Certificate) -> None:
+        self.leaf = leaf
+        problem = device_certificate_problem(leaf)
+        if problem is not None:
+            self.refusal = problem
+            return
+        found = self._index.attribute(leaf)
+        if isinstance(found, IssuerRefused):
+            self.refusal = found.reason
+        elif not found.active:
+            self.refusal = f"its issuing CA (caSn {found.ca_sn}) is disabled"
+        else:
+            self.issuer = found
+
+    # --- bytes ---------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self._conn.bio_write(data)
+
+    def outgoing(self) -> bytes:
+        """Everything TLS produced for the peer since the last call (b"" when nothing)."""
+        parts: list[bytes] = []
+        conn = self._conn
+        while True:
+            try:
+                chunk = conn.bio_read(_OUT_CHUNK)
+            except SSL.WantReadError:
+                break
+            parts.append(chunk)
+            if len(chunk) < _OUT_CHUNK:
+                break
+        return b"".join(parts)
+
+    def handshake(self) -> bool:
+        """Advance the handshake; True once it is complete and the certificate attributed."""
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            raise self._handshake_error(_reason(exc)) from exc
+        if self.issuer is None:  # e.g. a resumed session: never without an attribution
+            self.refusal = self.refusal or "no device certificate was attributed in the handshake"
+            raise self._handshake_error("no attributed certificate")
+        return True
+
+    def _handshake_error(self, reason: str) -> TlsHandshakeError:
+        leaf = self.leaf
+        sn = issuer = None
+        if leaf is not None:
+            issuer = leaf.issuer.rfc4514_string()
+            try:
+                sn = certificate_sn(leaf)
+            except ValueError:
+                sn = f"unusable ({leaf.serial_number})"
+        detail = self.refusal or reason
+        return TlsHandshakeError(
+            f"TLS handshake refused: {detail}", reason=reason, verify_message=self.refusal,
+            cert_sn=sn, issuer=issuer,
+        )
+
+    def read(self) -> list[bytes]:
+        """Decrypted application data available now. Raises :class:`TlsClosed` at
+        close_notify and :class:`TlsError` on a TLS failure."""
+        chunks: list[bytes] = []
+        conn = self._conn
+        while True:
+            try:
+                chunk = conn.recv(READ_CHUNK)
+            except SSL.WantReadError:
+                return chunks
+            except SSL.ZeroReturnError as exc:
+                raise TlsClosed("the client closed TLS", reason="close notify") from exc
+            except SSL.Error as exc:
+                reason = _reason(exc)
+                raise TlsError(f"TLS error after the handshake: {reason}", reason=reason) from exc
+            if not chunk:
+                return chunks
+            chunks.append(chunk)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        conn = self._conn
+        try:
+            while view:
+                sent = conn.send(view)
+                view = view[sent:]
+        except SSL.Error as exc:
+            reason = _reason(exc)
+            raise TlsError(f"TLS error while sending: {reason}", reason=reason) from exc
+
+    def shutdown(self) -> None:
+        """Queue close_notify (then read :meth:`outgoing`)."""
+        try:
+            self._conn.shutdown()
+        except SSL.Error:
+            pass
+
+    def peer_certificate_der(self) -> bytes | None:
+        leaf = self.leaf
+        if leaf is None or self.issuer is None:
+            return None
+        return leaf.public_bytes(Encoding.DER)
