@@ -137,6 +137,15 @@ STATIC_ROWS = [
               "CONNECT with a 60,000-character and a 65-character id", "2", key="bounds",
               result="CONNACK 2 (identifier rejected), one log line under 1,000 characters; "
               "a bystander keeps working"),
+    StaticRow("tests/hardening/test_device_endpoint_abuse.py::test_deep_subscription_and_matching_publish_leave_the_server_serving",
+              "3,000-level subscription and a matching PUBLISH on the real server process",
+              "SUBSCRIBE with a 3,000-level filter, then PUBLISH to a 3,000-level topic", "1",
+              key="bounds", result="filter refused (SUBACK 0x80), PUBLISH acknowledged, no "
+              "RecursionError or traceback in the log; the connection keeps working"),
+    StaticRow("tests/hardening/test_device_endpoint_abuse.py::test_long_client_id_is_refused_and_logged_short",
+              "60,000-character client id on the real server process", "one CONNECT", "1",
+              key="bounds", result="CONNACK 2, one log line under 1,000 characters naming "
+              "max_client_id_length; another device keeps working"),
     StaticRow("tests/server/test_mqtt_bounds.py::test_a_64_character_id_is_accepted",
               "client id at the platform's 64-character limit", "CONNECT with a 64-character id",
               "1", key="bounds", result="accepted"),
@@ -147,7 +156,8 @@ SECTIONS = [
     ("Hostile input", ("fuzz-", "api-", "static-input")),
     ("Isolation and secrets", ("isolation", "tokens", "logs")),
     ("Tenants are isolated by key, not by name (issue 10, part 1)", ("tenant",)),
-    ("Every resource a client can grow has a bound (issue 10, part 2)", ("bounds",)),
+    ("Every resource a client can grow has a bound (issue 10, part 2)",
+     ("bounds", "subscription-bounds", "recent-message-bounds", "pending-connection-bounds")),
     ("Network abuse on the device endpoint", ("idle", "failed", "malformed")),
     ("Inputs that escaped (issue 10, part 3)", ("escape",)),
     ("Faults", ("crash", "restart", "static-serial")),
