@@ -40,8 +40,10 @@ from device_sdk.platform import (
     IDENTITY_TOPIC,
     SECURE_MODE_X509,
     ClientId,
+    device_topic_space,
     identity_payload,
     parse_username,
+    topic_within_device_space,
     validate_keepalive,
 )
 from server_stub.config import MqttLimits
@@ -471,7 +473,17 @@ class Broker:
 
     def deliver(self, product_key: str, device_name: str, topic: str, payload: bytes,
                 qos: int) -> bool:
+        """Send to the device's live session; False when it is not connected.
+
+        The topic must lie in the device's own space (``device_sdk.platform``'s one rule, which
+        the HTTP API calls too), so no caller can reach into another device's topics.
+        """
         validate_topic_name(topic)
+        if not topic_within_device_space(product_key, device_name, topic):
+            raise InvalidMessageError(
+                f"topic {clip(topic)!r} is outside device {product_key}/{device_name}'s topic "
+                f"space; allowed: {device_topic_space(product_key, device_name)}"
+            )
         if qos not in (0, 1):
             raise InvalidMessageError(f"qos {qos} is not 0 or 1")
         if len(payload) > self.limits.max_packet_size:

@@ -96,7 +96,7 @@ def test_paho_with_username_routes_messages_both_ways(
         ]
         assert server.call(svc.deliver, PK, "paho-user", f"/{PK}/paho-user/user/down", b"cmd", 1)
         assert client.wait_message(f"/{PK}/paho-user/user/down").payload == b"cmd"
-        assert not server.call(svc.deliver, PK, "nobody", "/x/y", b"", 0)
+        assert not server.call(svc.deliver, PK, "nobody", f"/{PK}/nobody/user/x", b"", 0)
     finally:
         client.stop()
 

@@ -225,9 +225,12 @@ def test_deliver_rejects_what_cannot_be_sent(world: World,
     with pytest.raises(InvalidTopicError, match="wildcard"):
         server.call(svc.deliver, PK, "bystander", "/a/+", b"", 0)
     with pytest.raises(InvalidMessageError, match="qos 2"):
-        server.call(svc.deliver, PK, "bystander", "/a/b", b"", 2)
+        server.call(svc.deliver, PK, "bystander", f"/{PK}/bystander/user/x", b"", 2)
     with pytest.raises(InvalidMessageError, match="exceeds"):
-        server.call(svc.deliver, PK, "bystander", "/a/b", b"x" * 2000, 0)
+        server.call(svc.deliver, PK, "bystander", f"/{PK}/bystander/user/x", b"x" * 2000, 0)
+    for elsewhere in ("/a/b", f"/{PK}/attacker/user/x", f"/sys/{PK}/bystanderX/y"):
+        with pytest.raises(InvalidMessageError, match="outside device"):
+            server.call(svc.deliver, PK, "bystander", elsewhere, b"", 0)
     _still_fine(good)
     good.close()
 
