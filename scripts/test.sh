@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command (README, .ci/run). It installs what the tests need:
 #   - system packages: openssl, mosquitto (broker, for side-by-side tests and benchmarks),
-#     mosquitto-clients (mosquitto_pub / mosquitto_sub, real command-line MQTT clients);
+#     mosquitto-clients (mosquitto_pub / mosquitto_sub, real command-line MQTT clients),
+#     chromium and fonts (the web console's tests drive Debian's headless Chromium through
+#     Playwright; Playwright's own browser download is never used);
 #   - the project itself with every extra and the test tools.
 # Then it runs the linters and the whole suite, heavy checks included (marker "heavy").
 # Benchmarks (bench/) are not tests; run them with `python -m bench`.
@@ -12,6 +14,9 @@ missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+[ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing system packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
