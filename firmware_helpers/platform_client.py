@@ -119,6 +119,10 @@ class PlatformClient:
     def registration_code(self) -> str:
         return str(self.request("GET", "/registration-code")["registrationCode"])
 
+    def endpoint(self) -> dict[str, Any]:
+        """``{"mqtt": "mqtts://HOST:PORT", "serverCa": PEM}``: where devices connect."""
+        return dict(self.request("GET", "/endpoint"))
+
     def create_product(
         self, name: str, *, auth_type: str = "x509", private_ca: bool = True, network: str = "mqtt"
     ) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import uvicorn
 
 from device_sdk.fileio import atomic_write, open_no_follow
 from server_stub.api import create_app
+from server_stub.api.endpoint import DeviceEndpoint
 from server_stub.config import ServerConfig
 from server_stub.datadir import DataDir, ensure_default_account, server_identity
 from server_stub.errors import ServerStartupError
@@ -127,6 +128,8 @@ class ServerProcess:
         identity = server_identity(self.data, self.config.hostnames)
         messaging = await self._start_mqtt(registry, identity.cert_pem(), identity.key_pem())
         app = create_app(registry, messaging, max_upload_bytes=self.config.max_upload_bytes)
+        if self.mqtt_port is not None:  # GET /api/v1/endpoint tells clients where devices connect
+            app.state.endpoint = DeviceEndpoint(self.mqtt_port, self.server_ca_path.read_text("ascii"))
         sock = _listen(self.config.host, self.config.http_port)
         self.http_port = int(sock.getsockname()[1])
         uv_config = uvicorn.Config(

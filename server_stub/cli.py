@@ -159,6 +159,10 @@ def _register_platform(tree: CommandTree) -> None:
         return parser
 
     add(group, "registration-code", "print this account's registration code", _registration_code)
+    endpoint = add(group, "endpoint", "print where devices connect (mqtts://HOST:PORT) and "
+                   "optionally save the server CA they verify it with", _endpoint)
+    endpoint.add_argument("--server-ca-out", type=Path, metavar="FILE",
+                          help="write the server CA certificate (PEM) to FILE")
 
     product = group.add_parser("product", help="products")
     product.set_defaults(handler=lambda _a: (product.print_help(), 2)[1])
@@ -215,6 +219,24 @@ def _register_platform(tree: CommandTree) -> None:
         parser.add_argument("product_key")
         parser.add_argument("device_name")
 
+    message = group.add_parser("message", help="cloud-to-device messages and what devices sent")
+    message.set_defaults(handler=lambda _a: (message.print_help(), 2)[1])
+    message_sub = message.add_subparsers(dest="message_command", metavar="COMMAND")
+    send = add(message_sub, "send", "send a message to a connected device (the topic must lie "
+               "under /PK/DN/ or /sys/PK/DN/)", _message_send)
+    send.add_argument("product_key", metavar="PK")
+    send.add_argument("device_name", metavar="DN")
+    send.add_argument("topic", metavar="TOPIC",
+                      help="absolute topic, e.g. /PK/DN/user/get; a relative one (user/get) is "
+                      "refused with the allowed prefixes")
+    send.add_argument("payload", metavar="PAYLOAD", help="UTF-8 text sent as it is")
+    send.add_argument("--qos", type=int, choices=(0, 1), default=0, help="0 or 1 (default 0)")
+    listed = add(message_sub, "list", "list the most recent messages a device published "
+                 "(oldest first)", _message_list)
+    listed.add_argument("product_key", metavar="PK")
+    listed.add_argument("device_name", metavar="DN")
+    listed.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+
 
 def _client(args: argparse.Namespace) -> Any:
     from firmware_helpers.platform_client import PlatformClient
@@ -258,6 +280,17 @@ def _ca_text(c: dict[str, Any]) -> str:
 def _registration_code(args: argparse.Namespace) -> int:
     code = _client(args).registration_code()
     return _print(args, {"registrationCode": code}, code)
+
+
+def _endpoint(args: argparse.Namespace) -> int:
+    info = _client(args).endpoint()
+    if args.server_ca_out:
+        from device_sdk.fileio import PUBLIC_FILE_MODE, atomic_write
+
+        atomic_write(args.server_ca_out, str(info["serverCa"]).encode("ascii"),
+                     mode=PUBLIC_FILE_MODE)
+        print(f"wrote the server CA to {args.server_ca_out}", file=sys.stderr)
+    return _print(args, info, str(info["mqtt"]))
 
 
 def _product_create(args: argparse.Namespace) -> int:
@@ -358,3 +391,18 @@ def _device_enable(args: argparse.Namespace) -> int:
     return _print(args, d, _device_text(d))
 
 
+def _message_send(args: argparse.Namespace) -> int:
+    _client(args).send_message(args.product_key, args.device_name, args.topic, args.payload,
+                               qos=args.qos)
+    return _print(args, {"delivered": True},
+                  f"delivered to {args.product_key}/{args.device_name} on {args.topic}")
+
+
+def _message_list(args: argparse.Namespace) -> int:
+    messages = _client(args).device_messages(args.product_key, args.device_name, args.limit)
+    text = "\n".join(
+        f"{m['receivedAt']}  {m['topic']}  qos={m['qos']}  "
+        f"{m['payload'] if m['payloadEncoding'] == 'utf-8' else 'base64:' + m['payload']}"
+        for m in messages
+    )
+    return _print(args, messages, text or f"no messages from {args.product_key}/{args.device_name}")

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from device_sdk.fileio import open_no_follow
-from simulator.errors import SimulatorError
+from device_sdk.platform import KEEPALIVE_DEFAULT
+from simulator.errors import FleetError, SimulatorError
 from simulator.fleet import Fleet, MqttEndpoint
+from simulator.options import RECONNECT_BASE, RECONNECT_CAP, STABLE_PERIOD
 from simulator.template import DeviceTemplate
 
 if TYPE_CHECKING:
@@ -28,11 +30,14 @@ class SimulationConfig:
     template: DeviceTemplate
     leases: Leases
     endpoint: tuple[str, int]
+    server_ca: Path | None = None
+    expect_identity: bool = True
+    """False for a generic broker (``--no-identity``): no identity wait, no identity event."""
     scenario: str = "steady"
-    keepalive: int = 300
-    reconnect_base: float = 1.0
-    reconnect_cap: float = 120.0
-    stable_period: float = 30.0
+    keepalive: int = KEEPALIVE_DEFAULT
+    reconnect_base: float = RECONNECT_BASE
+    reconnect_cap: float = RECONNECT_CAP
+    stable_period: float = STABLE_PERIOD
     lease_log: Path | None = None
     fleet_api_token: str | None = None
 
@@ -73,3 +78,13 @@ def endpoint_for(fleet: Fleet, host_option: str | None) -> tuple[str, int]:
         parsed = MqttEndpoint.parse(host_option)
         return parsed.host, parsed.port
     return fleet.mqtt.host, fleet.mqtt.port
+
+
+def server_ca_for(fleet: Fleet, option: str | None) -> Path | None:
+    """``--server-ca PEM`` if given (it must exist), else the fleet's ``serverCa``."""
+    if not option:
+        return fleet.server_ca_path
+    path = Path(option)
+    if not path.is_file():
+        raise FleetError(f"--server-ca {option}: no such file")
+    return path

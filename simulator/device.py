@@ -44,7 +44,7 @@ class SimDevice:
 
     Events: ``connect`` (TLS + CONNECT until CONNACK, from the SDK's timing; a failed first
     attempt carries the SDK error), ``identity`` (CONNACK until the identity message; a failure
-    when it is not the fleet's), ``connection lost`` (failure only), ``reconnect`` (from the loss
+    when it is not the fleet's; none with ``expect_identity=False``), ``connection lost`` (failure only), ``reconnect`` (from the loss
     until the device is back, or a failed attempt's error).
     """
 
@@ -56,6 +56,7 @@ class SimDevice:
         *,
         server_ca: Path | None,
         expected: Identity | None = None,
+        expect_identity: bool = True,
         keepalive: int = KEEPALIVE_DEFAULT,
         backoff: BackoffPolicy | None = None,
         rng: random.Random | None = None,
@@ -66,6 +67,7 @@ class SimDevice:
     ) -> None:
         policy = backoff or BackoffPolicy()
         self.expected = expected
+        self.expect_identity = expect_identity
         self.on_event = on_event or (lambda name, seconds, error: None)
         self._closing = False
         self._was_online = False
@@ -77,6 +79,7 @@ class SimDevice:
             reconnect_base=policy.base, reconnect_cap=policy.cap,
             stable_period=policy.stable_period, rng=rng,
             attempt_timeout=attempt_timeout, identity_timeout=identity_timeout,
+            expect_identity=expect_identity,
             on_connection_state=self._on_state, network=loop or shared_loop(),
         )
 
@@ -130,6 +133,8 @@ class SimDevice:
         self._was_online = True
         self._online_now = True
         self._lost_at = None
+        if not self.expect_identity:
+            return  # a generic broker: no identity to time or check
         identity = self.client.identity
         mismatch = None
         if self.expected is not None and identity != self.expected:
@@ -148,7 +153,7 @@ class SimDevice:
             cause = f" ({self.last_error})" if self.last_error else ""
             raise NotConnectedError(f"the device is offline{cause}")
         started = time.perf_counter()
-        delivery = self.client.publish(topic, payload, qos=qos)
+        delivery = self.client.publish(self._topic(topic), payload, qos=qos)
         if not delivery.wait(timeout):
             raise NotConnectedError(
                 f"no PUBACK within {timeout:g} s" if not delivery.dropped
@@ -165,4 +170,12 @@ class SimDevice:
         def deliver(message: Message) -> None:
             gevent.spawn(callback, message.payload)
 
-        self.client.subscribe(topic, deliver)
+        self.client.subscribe(self._topic(topic), deliver)
+
+    def _topic(self, topic: str) -> str:
+        """Relative topics resolve under the identity; without one (a generic broker, no
+        identity message) under the identity the fleet gave this device."""
+        if (self.expect_identity or topic.startswith("/") or self.client.identity is not None
+                or self.expected is None):
+            return topic
+        return self.expected.topic(topic)

@@ -20,7 +20,8 @@ directory, so a fleet can be copied to the machines of a distributed run.
       ]
     }
 
-The API token is not in ``fleet.json``: it lives in ``FLEET/api-token`` (mode 0600).
+The API token is not in ``fleet.json``: it lives in ``FLEET/api-token`` (mode 0600). A fleet made
+with ``--no-platform`` for a generic broker has ``"http": null`` and unregistered CA.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ class Fleet:
 
     directory: Path
     mqtt: MqttEndpoint
-    http_url: str
+    http_url: str | None
+    """The platform's HTTP API; None for a ``--no-platform`` fleet (a generic broker)."""
     server_ca: str | None
     product_key: str | None = None
     ca: FleetCA | None = None
@@ -241,8 +243,8 @@ class Fleet:
             raise FleetError(f"{source}: endpoint.mqtt (mqtts://HOST:PORT) is missing")
         mqtt = MqttEndpoint.parse(endpoint["mqtt"])
         http_url = endpoint.get("http")
-        if not isinstance(http_url, str):
-            raise FleetError(f"{source}: endpoint.http is missing")
+        if http_url is not None and not isinstance(http_url, str):
+            raise FleetError(f"{source}: endpoint.http must be the platform's URL or null")
         server_ca = data.get("serverCa")
         if server_ca is not None and not isinstance(server_ca, str):
             raise FleetError(f"{source}: serverCa must be a path or null")

@@ -1,5 +1,9 @@
 """``iotx509 fleet create``: a fleet of real, associated device certificates on a platform.
 
+The devices' endpoint and server CA come from the platform (``GET /api/v1/endpoint``) unless
+``--mqtt``/``--server-ca`` say otherwise. With ``--no-platform`` (a generic broker such as
+Mosquitto) only steps 2 (CA, not registered) and 3 run: certificates and ``fleet.json``, no HTTP.
+
 Steps, each saved to ``fleet.json`` as soon as it is done so that an interrupted run resumes
 instead of starting over (and never issues a device twice):
 
@@ -23,11 +27,10 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from device_sdk.certs import certificate_sn, read_certificates, to_pem
+from device_sdk.certs import certificate_sn, load_certificates, read_certificates, to_pem
 from device_sdk.errors import DeviceSDKError
 from device_sdk.fileio import PUBLIC_FILE_MODE, atomic_write, ensure_private_dir
 from device_sdk.naming import validate_new_device_name, validate_product_key
-from device_sdk.platform import DEFAULT_MQTT_PORT
 from firmware_helpers.association_csv import MAX_ROWS_PER_FILE, Association, render
 from firmware_helpers.errors import FirmwareHelpersError
 from firmware_helpers.issuing import issue_devices, load_issuing_ca
@@ -49,17 +52,20 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class CreateOptions:
-    server: str
-    token: str
+    server: str | None
+    token: str | None
     count: int
     out: Path
     product_key: str | None = None
     ca_cert: Path | None = None
     ca_key: Path | None = None
     mqtt: str | None = None
-    """``mqtts://H:P``; defaults to the HTTP server's host and port 8883."""
+    """``mqtts://H:P``; default: what the platform's ``GET /api/v1/endpoint`` says."""
     server_ca: Path | None = None
-    """The CA the devices use to verify the endpoint; copied into the fleet."""
+    """The CA the devices use to verify the endpoint; copied into the fleet (default: the
+    platform's, from the same endpoint call)."""
+    no_platform: bool = False
+    """A fleet for a generic broker: no HTTP API at all, the CA is not registered anywhere."""
     prefix: str = "sim"
     jobs: int | None = None
     key_size: int = 2048
@@ -70,15 +76,47 @@ def create_fleet(options: CreateOptions, progress: Progress | None = None) -> Fl
     """Create or grow the fleet in ``options.out``; return what ``fleet.json`` now holds."""
     _check_options(options)
     report = progress or (lambda step, done, total: None)
+    if options.no_platform:
+        return _create_without_platform(options, report)
+    assert options.server is not None and options.token is not None
     client = PlatformClient(options.server, options.token)
     out = ensure_private_dir(options.out)
-    fleet = _load_or_start(options, out)
+    fleet = _load_or_start(options, out, client)
     fleet.save_token(options.token)
     fleet = _ensure_product(fleet, options, client)
     fleet = _ensure_ca(fleet, options, client)
     fleet = _issue_missing(fleet, options, report)
     fleet = _associate_pending(fleet, options, client, report)
     return fleet
+
+
+def _create_without_platform(options: CreateOptions, report: Progress) -> Fleet:
+    """Certificates and ``fleet.json`` only: for a broker that trusts the fleet's CA file."""
+    out = ensure_private_dir(options.out)
+    if (out / FLEET_FILE).exists():
+        fleet = Fleet.load(out)
+        if fleet.http_url is not None:
+            raise FleetCreateError(
+                f"{out} is a fleet on the platform {fleet.http_url}; --no-platform fleets go "
+                "into another --out", step="options",
+            )
+        if options.product_key and options.product_key != fleet.product_key:
+            raise FleetCreateError(
+                f"{out} is a fleet of product {fleet.product_key}, not {options.product_key}; "
+                "use another --out for another product", step="options",
+            )
+        if options.mqtt:
+            fleet = replace(fleet, mqtt=MqttEndpoint.parse(options.mqtt))
+        if options.server_ca:
+            fleet = replace(fleet, server_ca=_copy_server_ca(options.server_ca, out))
+    else:
+        assert options.mqtt is not None
+        server_ca = _copy_server_ca(options.server_ca, out) if options.server_ca else None
+        fleet = Fleet(out, MqttEndpoint.parse(options.mqtt), None, server_ca,
+                      product_key=options.product_key or f"sim{secrets.token_hex(4)}")
+    fleet.save()
+    fleet = _ensure_ca(fleet, options, None)
+    return _issue_missing(fleet, options, report)
 
 
 def _check_options(options: CreateOptions) -> None:
@@ -101,6 +139,26 @@ def _check_options(options: CreateOptions) -> None:
         raise FleetCreateError(
             f"rows per association file must be 1..{MAX_ROWS_PER_FILE}", step="options"
         )
+    if options.mqtt is not None:
+        try:
+            MqttEndpoint.parse(options.mqtt)
+        except FleetError as exc:
+            raise FleetCreateError(f"--mqtt: {exc}", step="options") from exc
+    if options.no_platform:
+        if not options.mqtt:
+            raise FleetCreateError(
+                "--no-platform: give the broker's endpoint with --mqtt mqtts://HOST:PORT "
+                "(and --server-ca PEM unless the broker's certificate is publicly trusted)",
+                step="options",
+            )
+        return
+    if not options.server:
+        raise FleetCreateError(
+            "--server URL (or env IOTX509_SERVER) is required; for a broker without the "
+            "platform's HTTP API use --no-platform --mqtt mqtts://HOST:PORT", step="options",
+        )
+    if not options.token:
+        raise FleetCreateError("--token T (or env IOTX509_TOKEN) is required", step="options")
     parts = urlsplit(options.server)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FleetCreateError(
@@ -113,26 +171,67 @@ def _device_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}"
 
 
-def _load_or_start(options: CreateOptions, out: Path) -> Fleet:
+def _load_or_start(options: CreateOptions, out: Path, client: PlatformClient) -> Fleet:
+    assert options.server is not None
+    server = options.server.rstrip("/")
+    fleet: Fleet | None = None
     if (out / FLEET_FILE).exists():
         fleet = Fleet.load(out)
+        if fleet.http_url is None:
+            raise FleetCreateError(
+                f"{out} was created with --no-platform (its CA is registered nowhere); "
+                "create a platform fleet in another --out", step="options",
+            )
         if options.product_key and fleet.product_key and options.product_key != fleet.product_key:
             raise FleetCreateError(
                 f"{out} is a fleet of product {fleet.product_key}, not {options.product_key}; "
                 "use another --out for another product",
                 step="options",
             )
-        if options.mqtt:
-            fleet = replace(fleet, mqtt=MqttEndpoint.parse(options.mqtt))
-        if options.server_ca:
-            fleet = replace(fleet, server_ca=_copy_server_ca(options.server_ca, out))
-        return replace(fleet, http_url=options.server.rstrip("/"))
-    host = urlsplit(options.server).hostname or "127.0.0.1"
-    mqtt = MqttEndpoint.parse(options.mqtt) if options.mqtt else MqttEndpoint(host, DEFAULT_MQTT_PORT)
-    server_ca = _copy_server_ca(options.server_ca, out) if options.server_ca else None
-    fleet = Fleet(out, mqtt, options.server.rstrip("/"), server_ca)
+    mqtt, server_ca = _endpoint(options, out, client, fleet)
+    if fleet is None:
+        fleet = Fleet(out, mqtt, server, server_ca)
+    else:
+        fleet = replace(fleet, mqtt=mqtt, server_ca=server_ca, http_url=server)
     fleet.save()
     return fleet
+
+
+def _endpoint(
+    options: CreateOptions, out: Path, client: PlatformClient, fleet: Fleet | None
+) -> tuple[MqttEndpoint, str | None]:
+    """The devices' endpoint and server CA: the options', else the platform's own answer.
+
+    Asked again on every run, so a fleet follows a server that moved to another port. A platform
+    without ``GET /api/v1/endpoint`` keeps what the fleet had, or must be told with ``--mqtt``.
+    """
+    mqtt = MqttEndpoint.parse(options.mqtt) if options.mqtt else None
+    server_ca = _copy_server_ca(options.server_ca, out) if options.server_ca else None
+    if mqtt is not None and server_ca is not None:
+        return mqtt, server_ca
+    try:
+        info = client.endpoint()
+    except PlatformAPIError as exc:
+        if exc.status == 404 and fleet is not None:
+            return mqtt or fleet.mqtt, server_ca or fleet.server_ca
+        hint = (" (this platform does not say where devices connect: give --mqtt "
+                "mqtts://HOST:PORT and --server-ca PEM)" if exc.status == 404 else "")
+        raise FleetCreateError(
+            f"asking the platform for its device endpoint: {_refusal(exc)}{hint}",
+            step="endpoint",
+        ) from exc
+    try:
+        learned = MqttEndpoint.parse(str(info["mqtt"]))
+        pem = info.get("serverCa")
+        if server_ca is None and pem:
+            certs = load_certificates(str(pem).encode("ascii"), source="the platform's server CA")
+            atomic_write(out / SERVER_CA_FILE, to_pem(certs), mode=PUBLIC_FILE_MODE)
+            server_ca = SERVER_CA_FILE
+    except (KeyError, FleetError, DeviceSDKError, UnicodeEncodeError) as exc:
+        raise FleetCreateError(
+            f"the platform's endpoint answer is not usable: {exc}", step="endpoint"
+        ) from exc
+    return mqtt or learned, server_ca
 
 
 def _copy_server_ca(source: Path, out: Path) -> str:
@@ -180,7 +279,8 @@ def _load_ca(cert_path: Path, key_path: Path) -> CertifiedKey:
         raise FleetCreateError(f"the fleet's CA: {exc}", step="ca") from exc
 
 
-def _ensure_ca(fleet: Fleet, options: CreateOptions, client: PlatformClient) -> Fleet:
+def _ensure_ca(fleet: Fleet, options: CreateOptions, client: PlatformClient | None) -> Fleet:
+    """The fleet's CA, made or taken from the options; registered unless there is no platform."""
     ca_info = fleet.ca
     if ca_info is None:
         if options.ca_cert and options.ca_key:
@@ -203,7 +303,7 @@ def _ensure_ca(fleet: Fleet, options: CreateOptions, client: PlatformClient) -> 
                 "has one CA: use another --out",
                 step="ca",
             )
-    if ca_info.registered:
+    if ca_info.registered or client is None:
         return fleet
     ca = _load_ca(fleet.path(ca_info.cert), fleet.path(ca_info.key))
     code = _api("reading the registration code", client.registration_code)

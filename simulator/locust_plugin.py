@@ -1,12 +1,12 @@
 """The simulator's hooks into Locust: command-line options, set-up, scenario start and stop.
 
 Importing this module registers the listeners (``simulator/locustfile.py`` does it; so can your
-own locustfile). Options, all also settable as environment variables or in a Locust config file:
+own locustfile). The options are declared in :mod:`simulator.options` (``iotx509 fleet run
+--help`` lists them); they may also be set in a Locust config file. The endpoint comes from the
+fleet unless ``--host mqtts://HOST:PORT`` overrides it; the server CA likewise (``--server-ca``).
 
-``--fleet FLEET`` (required), ``--template FILE``, ``--scenario steady|reconnect-storm|revocation``,
-``--fault-at S``, ``--restore-at S``, ``--fault-command CMD``, ``--keepalive S``,
-``--reconnect-base S``, ``--reconnect-cap S``, ``--stable-period S``, ``--lease-log FILE``.
-The endpoint comes from the fleet unless ``--host mqtts://HOST:PORT`` overrides it.
+Console output stays readable with thousands of devices: the SDK's per-device log lines are
+counted, and one summary line is logged every ``--summary-every`` seconds and at the end.
 """
 
 from __future__ import annotations
@@ -17,49 +17,39 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gevent
 from locust import events
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from simulator.config import SimulationConfig, endpoint_for
+from device_sdk.platform import KEEPALIVE_DEFAULT
+from simulator.config import SimulationConfig, endpoint_for, server_ca_for
 from simulator.distribution import Leases
 from simulator.errors import SimulatorError
 from simulator.fleet import Fleet
-from simulator.scenarios import SCENARIOS, ScenarioPlan, ScenarioRunner
+from simulator.log_summary import DeviceLogSummary
+from simulator.options import (
+    FAULT_AT,
+    RECONNECT_BASE,
+    RECONNECT_CAP,
+    STABLE_PERIOD,
+    SUMMARY_EVERY,
+    add_to_locust,
+)
+from simulator.scenarios import ScenarioPlan, ScenarioRunner
 from simulator.template import DeviceTemplate
 
 log = logging.getLogger(__name__)
 
 _LEASES = "iotx509_leases"
 _SCENARIO = "iotx509_scenario"
+_SUMMARY = "iotx509_log_summary"
 #: Each device holds one socket; Locust raises the soft limit only to 10,000.
 WANTED_OPEN_FILES = 65_536
 
 
 def add_options(parser: Any, **_kw: Any) -> None:
-    group = parser
-    group.add_argument("--fleet", env_var="IOTX509_FLEET", default=None,
-                       help="fleet directory made by 'iotx509 fleet create' (required)")
-    group.add_argument("--template", env_var="IOTX509_TEMPLATE", default=None,
-                       help="device template JSON (default: the one shipped with the simulator)")
-    group.add_argument("--scenario", env_var="IOTX509_SCENARIO", default="steady",
-                       choices=SCENARIOS, help="steady, reconnect-storm or revocation")
-    group.add_argument("--fault-at", type=float, default=30.0,
-                       help="seconds into the test when the scenario's fault happens (default 30)")
-    group.add_argument("--restore-at", type=float, default=None,
-                       help="revocation: seconds into the test when the CA is enabled again")
-    group.add_argument("--fault-command", default=None,
-                       help="reconnect-storm: command that restarts the endpoint")
-    group.add_argument("--keepalive", type=int, default=300,
-                       help="MQTT keep-alive in seconds (30..1200, default 300)")
-    group.add_argument("--reconnect-base", type=float, default=1.0,
-                       help="backoff base in seconds (the SDK's default 1)")
-    group.add_argument("--reconnect-cap", type=float, default=120.0,
-                       help="backoff cap in seconds (the SDK's default 120)")
-    group.add_argument("--stable-period", type=float, default=30.0,
-                       help="seconds a connection must last before the backoff resets")
-    group.add_argument("--lease-log", default=None, include_in_web_ui=False,
-                       help="append 'pid index DeviceName' for every device a user takes")
+    add_to_locust(parser)
 
 
 def on_init(environment: Environment, **_kw: Any) -> None:
@@ -67,9 +57,66 @@ def on_init(environment: Environment, **_kw: Any) -> None:
     setattr(environment, _LEASES, Leases(environment))
     options = environment.parsed_options
     if options is not None and getattr(options, "fleet", None):
-        configure(environment)
+        config = configure(environment)
+        _refuse_more_users_than_devices(environment, config)
     elif not isinstance(environment.runner, WorkerRunner):
         sys.exit("error: --fleet FLEET is required (a directory made by 'iotx509 fleet create')")
+    _start_summary(environment)
+
+
+def _too_many_users(users: int | None, config: SimulationConfig) -> str | None:
+    devices = len(config.fleet.devices)
+    if users is None or users <= devices:
+        return None
+    return (f"{users} users but the fleet {config.fleet.directory} has {devices} devices (one "
+            f"device per user): use -u {devices} or grow the fleet with 'iotx509 fleet create "
+            f"--count {users} --out {config.fleet.directory} ...'")
+
+
+def _refuse_more_users_than_devices(environment: Environment, config: SimulationConfig) -> None:
+    """Headless runs know the user count before starting: refuse with one line, no tracebacks."""
+    options = environment.parsed_options
+    if isinstance(environment.runner, WorkerRunner) or options is None:
+        return
+    if not (getattr(options, "headless", False) or getattr(options, "autostart", False)):
+        return
+    problem = _too_many_users(getattr(options, "num_users", None), config)
+    if problem:
+        sys.exit(f"error: {problem}")
+
+
+def _start_summary(environment: Environment) -> None:
+    summary = DeviceLogSummary()
+    summary.install()
+    setattr(environment, _SUMMARY, summary)
+    every = float(_option(environment, "summary_every", SUMMARY_EVERY))
+    if every <= 0:
+        return
+
+    def loop() -> None:
+        while True:
+            gevent.sleep(every)
+            summary.flush(_counts(environment))
+
+    gevent.spawn(loop)
+
+
+def _counts(environment: Environment) -> str:
+    """Connection figures from Locust's own statistics (this process's, or the master's)."""
+    stats = environment.stats
+    parts = []
+    for name in ("connect", "identity", "reconnect", "connection lost"):
+        entry = stats.entries.get((name, "MQTT"))
+        if entry is not None and entry.num_requests:
+            ok = entry.num_requests - entry.num_failures
+            parts.append(f"{name} {ok} ok/{entry.num_failures} failed")
+    return ", ".join(parts) or "no connection events yet"
+
+
+def on_quitting(environment: Environment, **_kw: Any) -> None:
+    summary = getattr(environment, _SUMMARY, None)
+    if isinstance(summary, DeviceLogSummary):
+        summary.flush(_counts(environment), final=True)
 
 
 def on_test_start(environment: Environment, **_kw: Any) -> None:
@@ -77,9 +124,16 @@ def on_test_start(environment: Environment, **_kw: Any) -> None:
     config = configure(environment)
     if isinstance(environment.runner, WorkerRunner):
         return
+    runner_ = environment.runner
+    problem = _too_many_users(getattr(runner_, "target_user_count", None), config)
+    if problem and runner_ is not None:
+        # Started from the web UI (or a shape): stop at once instead of one failure per user.
+        log.error("%s", problem)
+        gevent.spawn(runner_.stop)
+        return
     plan = ScenarioPlan(
         name=config.scenario,
-        fault_at=_option(environment, "fault_at", 30.0),
+        fault_at=_option(environment, "fault_at", FAULT_AT),
         restore_at=_option(environment, "restore_at", None),
         fault_command=_option(environment, "fault_command", None),
     )
@@ -108,6 +162,7 @@ _listen(events.init_command_line_parser, add_options)
 _listen(events.init, on_init)
 _listen(events.test_start, on_test_start)
 _listen(events.test_stop, on_test_stop)
+_listen(events.quitting, on_quitting)
 
 
 def configure(environment: Environment) -> SimulationConfig:
@@ -133,17 +188,20 @@ def configure(environment: Environment) -> SimulationConfig:
     config = SimulationConfig(
         fleet=fleet, template=template, leases=leases,
         endpoint=endpoint_for(fleet, environment.host or (options.host if options else None)),
+        server_ca=server_ca_for(fleet, _option(environment, "server_ca", None)),
+        expect_identity=not _option(environment, "no_identity", False),
         scenario=_option(environment, "scenario", "steady"),
-        keepalive=int(_option(environment, "keepalive", 300)),
-        reconnect_base=float(_option(environment, "reconnect_base", 1.0)),
-        reconnect_cap=float(_option(environment, "reconnect_cap", 120.0)),
-        stable_period=float(_option(environment, "stable_period", 30.0)),
+        keepalive=int(_option(environment, "keepalive", KEEPALIVE_DEFAULT)),
+        reconnect_base=float(_option(environment, "reconnect_base", RECONNECT_BASE)),
+        reconnect_cap=float(_option(environment, "reconnect_cap", RECONNECT_CAP)),
+        stable_period=float(_option(environment, "stable_period", STABLE_PERIOD)),
         lease_log=Path(lease_log) if lease_log else None,
-        fleet_api_token=fleet.api_token(),
+        fleet_api_token=fleet.api_token() if fleet.http_url else None,
     )
     config.install(environment)
-    log.info("fleet %s: %d devices, endpoint %s:%d, scenario %s", fleet.directory,
-             len(fleet.devices), *config.endpoint, config.scenario)
+    log.info("fleet %s: %d devices, endpoint %s:%d, scenario %s%s", fleet.directory,
+             len(fleet.devices), *config.endpoint, config.scenario,
+             "" if config.expect_identity else ", not waiting for an identity")
     return config
 
 

@@ -27,13 +27,13 @@ from gevent import subprocess as gsubprocess
 
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient
 from simulator.errors import SimulatorError
+from simulator.options import SCENARIOS
 
 if TYPE_CHECKING:
     from locust.env import Environment
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("steady", "reconnect-storm", "revocation")
 REQUEST_TYPE = "SCENARIO"
 
 
@@ -70,7 +70,7 @@ class ScenarioPlan:
 class ScenarioRunner:
     """Runs a plan's fault on schedule in one greenlet; started and stopped with the test."""
 
-    def __init__(self, environment: Environment, plan: ScenarioPlan, *, http_url: str,
+    def __init__(self, environment: Environment, plan: ScenarioPlan, *, http_url: str | None,
                  token: str | None, ca_sn: str | None) -> None:
         self.environment = environment
         self.plan = plan
@@ -78,6 +78,11 @@ class ScenarioRunner:
         self.token = token
         self.ca_sn = ca_sn
         self._greenlet: gevent.Greenlet | None = None
+        if plan.name == "revocation" and not http_url:
+            raise ScenarioError(
+                "--scenario revocation disables the fleet's CA through the platform's HTTP API; "
+                "this fleet was made with --no-platform (a generic broker has no such API)"
+            )
         if plan.name == "revocation" and (not token or not ca_sn):
             raise ScenarioError(
                 "--scenario revocation disables the fleet's CA through the HTTP API: the fleet "
@@ -136,5 +141,5 @@ class ScenarioRunner:
             )
 
     def _set_ca(self, status: str) -> None:
-        assert self.token and self.ca_sn
+        assert self.http_url and self.token and self.ca_sn
         PlatformClient(self.http_url, self.token).set_ca_status(self.ca_sn, status)

@@ -100,8 +100,9 @@ class DeviceUser(User):
             raise StopUser() from exc
         host, port = config.endpoint
         self.device = SimDevice(
-            host, port, credentials, server_ca=config.fleet.server_ca_path,
-            expected=entry.identity, keepalive=config.keepalive,
+            host, port, credentials, server_ca=config.server_ca,
+            expected=entry.identity, expect_identity=config.expect_identity,
+            keepalive=config.keepalive,
             backoff=BackoffPolicy(config.reconnect_base, config.reconnect_cap,
                                   config.stable_period),
             rng=random.Random(f"{config.template.seed}:backoff:{index}"),
@@ -111,7 +112,7 @@ class DeviceUser(User):
             self.device.subscribe(config.template.commands.topic, self._on_command)
         now = time.monotonic()
         self._next_publish = now + self.behaviour.start_offset
-        if self.behaviour.answers_commands and config.fleet_api_token:
+        if self.behaviour.answers_commands and config.fleet_api_token and config.fleet.http_url:
             self._api = PlatformClient(config.fleet.http_url, config.fleet_api_token)
             self._next_command = now + config.template.commands.interval * random.Random(
                 f"{config.template.seed}:cmd-offset:{index}").random()

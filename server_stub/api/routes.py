@@ -15,12 +15,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, Response, Security, UploadFile
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from device_sdk.platform import device_topic_space, topic_within_device_space
+from server_stub.api.endpoint import DeviceEndpoint
 from server_stub.api.schemas import (
     Associated,
     AssociationOut,
     CaOut,
     Delivered,
     DeviceOut,
+    EndpointOut,
     MessageIn,
     MessageOut,
     ProductIn,
@@ -29,7 +32,7 @@ from server_stub.api.schemas import (
     StatusIn,
     iso,
 )
-from server_stub.errors import DeviceOfflineError, InvalidFieldError
+from server_stub.errors import DeviceOfflineError, InvalidFieldError, NotFoundError
 from server_stub.ports import DeviceMessaging
 from server_stub.registry import Registry
 from server_stub.registry.associations import template
@@ -75,6 +78,16 @@ def get_registration_code(registry: Reg, account: Account) -> RegistrationCode:
 @router.post("/registration-code/rotate", response_model=RegistrationCode, tags=["account"])
 def rotate_registration_code(registry: Reg, account: Account) -> RegistrationCode:
     return RegistrationCode(registrationCode=registry.rotate_registration_code(account))
+
+
+@router.get("/endpoint", response_model=EndpointOut, tags=["account"])
+def get_endpoint(request: Request, account: Account) -> EndpointOut:
+    """Where devices connect (``mqtts://HOST:PORT``) and the CA that signed the server's
+    certificate (PEM), so that tools need not guess ``HOST:8883``."""
+    endpoint = getattr(request.app.state, "endpoint", None)
+    if not isinstance(endpoint, DeviceEndpoint):
+        raise NotFoundError("this server runs without its MQTT device endpoint")
+    return EndpointOut(mqtt=endpoint.url(request.url.hostname), serverCa=endpoint.server_ca_pem)
 
 
 # --- products ------------------------------------------------------------------------------------
@@ -229,6 +242,11 @@ async def send_message(
     if not body.topic or any(ch in body.topic for ch in "#+\x00"):
         raise InvalidFieldError(
             f"topic {body.topic!r} must be a non-empty topic name without wildcards (# +)"
+        )
+    if not topic_within_device_space(productKey, deviceName, body.topic):
+        raise InvalidFieldError(
+            f"topic {body.topic!r} is outside device {productKey}/{deviceName}'s topic space; "
+            f"allowed: {device_topic_space(productKey, deviceName)}"
         )
     if body.qos not in (0, 1):
         raise InvalidFieldError(f"qos {body.qos} is not supported; use 0 or 1")

@@ -99,6 +99,11 @@ class DeviceOut(BaseModel):
         )
 
 
+class EndpointOut(BaseModel):
+    mqtt: str = Field(description="mqtts://HOST:PORT of the device endpoint")
+    serverCa: str = Field(description="PEM of the CA devices verify the endpoint with")
+
+
 class MessageIn(BaseModel):
     topic: str
     payload: str = ""

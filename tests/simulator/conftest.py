@@ -33,10 +33,10 @@ FAST_TEMPLATE = {
 
 
 def new_fleet(server: RunningServer, out: Path, count: int, **kwargs: object) -> Fleet:
+    """A fleet on ``server``; its endpoint and server CA as the server itself tells them."""
     return create_fleet(CreateOptions(
-        server=server.http_url, token=server.token, count=count, out=out,
-        server_ca=server.server_ca, mqtt=f"mqtts://{server.mqtt_host}:{server.mqtt_port}",
-        jobs=1, **kwargs,  # type: ignore[arg-type]
+        server=server.http_url, token=server.token, count=count, out=out, jobs=1,
+        **kwargs,  # type: ignore[arg-type]
     ))
 
 

@@ -15,14 +15,14 @@ from firmware_helpers.pki import create_ca
 from firmware_helpers.platform_client import PlatformClient
 from server_stub.launcher import RunningServer
 from simulator.errors import FleetCreateError
-from simulator.fleet import Fleet
+from simulator.fleet import Fleet, MqttEndpoint
 from simulator.fleet_create import CreateOptions, create_fleet
 from tests.simulator.conftest import locust_env
 
 
 def _options(server: RunningServer, out: Path, count: int, **kw: object) -> CreateOptions:
     return CreateOptions(server=server.http_url, token=server.token, count=count, out=out,
-                         server_ca=server.server_ca, jobs=1, **kw)  # type: ignore[arg-type]
+                         jobs=1, **kw)  # type: ignore[arg-type]
 
 
 def test_create_then_grow_never_reissues_and_associates_in_chunks(
@@ -44,7 +44,11 @@ def test_create_then_grow_never_reissues_and_associates_in_chunks(
         assert stat.S_IMODE(fleet.path(device.key).stat().st_mode) == 0o600
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert stat.S_IMODE((out / "api-token").stat().st_mode) == 0o600
-    assert fleet.mqtt.port == 8883  # no --mqtt: the HTTP host on the platform's default port
+    # No --mqtt, no --server-ca: both learned from GET /api/v1/endpoint (the port is not 8883).
+    assert shared_server.mqtt_port != 8883
+    assert fleet.mqtt == MqttEndpoint("127.0.0.1", shared_server.mqtt_port)
+    assert fleet.server_ca_path is not None
+    assert fleet.server_ca_path.read_bytes() == shared_server.server_ca.read_bytes()
     before = {d.device_name: fleet.path(d.cert).read_bytes() for d in fleet.devices}
 
     grown = create_fleet(_options(shared_server, out, 6, rows_per_file=3))
@@ -121,7 +125,8 @@ def test_platform_refusals_name_the_step(shared_server: RunningServer, tmp_path:
                             out=tmp_path / "fleet")
     with pytest.raises(FleetCreateError) as caught:
         create_fleet(options)
-    assert caught.value.step == "creating the product"
+    assert caught.value.step == "endpoint"  # the first question to the platform
+    assert "asking the platform for its device endpoint" in str(caught.value)
     assert "token" in str(caught.value)
     assert getattr(caught.value.__cause__, "status", None) == 401
     unknown = _options(shared_server, tmp_path / "fleet2", 1, product_key="nosuchproduct1")
@@ -136,9 +141,7 @@ def test_the_cli_creates_a_fleet_and_shows_progress(
     out = tmp_path / "fleet"
     result = subprocess.run(
         [sys.executable, "-m", "iotx509", "fleet", "create", "--server", shared_server.http_url,
-         "--token", shared_server.token, "--count", "3", "--out", str(out), "--server-ca",
-         str(shared_server.server_ca), "--mqtt", f"mqtts://127.0.0.1:{shared_server.mqtt_port}",
-         "--jobs", "1"],
+         "--token", shared_server.token, "--count", "3", "--out", str(out), "--jobs", "1"],
         capture_output=True, text=True, timeout=120, env=locust_env(),
     )
     assert result.returncode == 0, result.stderr
@@ -153,6 +156,10 @@ def test_the_cli_creates_a_fleet_and_shows_progress(
     ("args", "message"),
     [
         (["--count", "2", "--out", "f", "--token", "t"], "--server URL"),
+        (["--count", "2", "--out", "f", "--no-platform"], "--no-platform: give the broker's "
+         "endpoint with --mqtt"),
+        (["--count", "2", "--out", "f", "--no-platform", "--mqtt", "http://h:1"],
+         "use mqtts://HOST:PORT"),
         (["--count", "2", "--out", "f", "--server", "http://127.0.0.1:1"], "--token T"),
         (["--count", "2", "--out", "f", "--server", "http://127.0.0.1:1", "--token", "t"],
          "cannot reach the server at http://127.0.0.1:1"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server_stub.launcher import RunningServer
 from simulator.fleet import Fleet
 from tests.simulator.conftest import (
     explain,
@@ -41,19 +40,24 @@ def test_steady_telemetry_and_commands_run_without_failures(
     }
 
 
-def test_more_users_than_devices_is_reported_not_shared(
-    shared_fleet: Fleet, shared_server: RunningServer, tmp_path: Path
+def test_more_users_than_devices_is_refused_up_front_with_one_line(
+    shared_fleet: Fleet, tmp_path: Path
 ) -> None:
     result = run_locust(
         shared_fleet.directory, tmp_path / "run", "-u", "32", "-r", "32", "-t", "4s",
         "--template", str(write_template(tmp_path)),
     )
-    stats = read_stats(tmp_path / "run")
-    assert stats["connect"].requests == 30, explain(result)
-    assert stats["lease"].requests == stats["lease"].failures == 2
-    failures = read_failures(tmp_path / "run")
-    assert any(f["Name"] == "lease" and "all 30 devices of the fleet are in use" in f["Error"]
-               for f in failures), failures
+    assert result.returncode != 0, explain(result)
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [
+        f"error: 32 users but the fleet {shared_fleet.directory} has 30 devices (one device per "
+        f"user): use -u 30 or grow the fleet with 'iotx509 fleet create --count 32 --out "
+        f"{shared_fleet.directory} ...'"
+    ], explain(result)
+    assert "Traceback" not in result.stderr
+    # Refused before any user started: no device connected, no lease was attempted.
+    stats = read_stats(tmp_path / "run") if (tmp_path / "run_stats.csv").exists() else {}
+    assert "connect" not in stats and "lease" not in stats
 
 
 def test_host_option_overrides_the_fleet_endpoint(shared_fleet: Fleet, tmp_path: Path) -> None:
