@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import stat
 import tempfile
@@ -45,6 +44,13 @@ def atomic_write(path: str | Path, data: bytes, *, mode: int = PUBLIC_FILE_MODE)
     fsync_directory(directory)
 
 
+#: O_NOFOLLOW and O_NONBLOCK are POSIX (Linux, macOS, the boards); where they do not exist
+#: (Windows) only the regular-file check applies.
+_NO_FOLLOW_FLAGS = (
+    getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+
+
 def open_no_follow(path: str | Path, flags: int, mode: int = PUBLIC_FILE_MODE) -> int:
     """``os.open`` for a state file the kit changes in place; refuses links and non-files.
 
@@ -55,15 +61,19 @@ def open_no_follow(path: str | Path, flags: int, mode: int = PUBLIC_FILE_MODE) -
     whose ``strerror`` says what is wrong and what to do, for the caller's own message.
     """
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags | _NO_FOLLOW_FLAGS, mode)
     except OSError as exc:
-        if exc.errno == errno.ELOOP or (exc.errno == errno.ENXIO and _is_fifo(path)):
+        # ELOOP: Linux, macOS; EMLINK: the BSDs; ENXIO: a FIFO nobody reads (O_NONBLOCK)
+        if exc.errno in (errno.ELOOP, errno.EMLINK) or (
+            exc.errno == errno.ENXIO and _is_fifo(path)
+        ):
             raise OSError(exc.errno, _refusal(path), str(path)) from exc
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, _refusal(path), str(path))
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        if _NO_FOLLOW_FLAGS & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
