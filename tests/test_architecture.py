@@ -12,7 +12,8 @@ that graph:
 * the device SDK imports none of the server's or the simulator's third-party dependencies, so it
   installs on a board without them;
 * no module takes part in an import cycle, inside a package or across packages; a cycle is
-  reported with its path.
+  reported with its path;
+* no import by a string the checker cannot read (a blind spot of the graph).
 
 Every check is also run on a small fake package with a planted violation, to show it can fail.
 """
@@ -23,7 +24,7 @@ import ast
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -48,25 +49,37 @@ STRING_IMPORTERS = {"import_module", "require_extra", "__import__"}
 
 
 def _strings(node: ast.expr | None) -> list[str] | None:
-    """The string(s) a literal, or a tuple/list of literals, holds; None for anything else."""
+    """The strings a literal holds: a string, a tuple/list of them, a dict's values; else None."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
-    if isinstance(node, ast.Tuple | ast.List) and node.elts:
-        values = [e.value for e in node.elts if isinstance(e, ast.Constant)]
-        if len(values) == len(node.elts) and all(isinstance(v, str) for v in values):
-            return [str(v) for v in values]
-    return None
+    items = (
+        node.elts if isinstance(node, ast.Tuple | ast.List)
+        else [v for v in node.values if v is not None] if isinstance(node, ast.Dict) else None
+    )
+    if not items:
+        return None
+    values = [e.value for e in items if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return values if len(values) == len(items) else None
+
+
+def _assigned(node: ast.AST) -> tuple[list[ast.expr], ast.expr | None]:
+    if isinstance(node, ast.Assign):
+        return node.targets, node.value
+    if isinstance(node, ast.AnnAssign):
+        return [node.target], node.value
+    return [], None
 
 
 def _string_names(tree: ast.Module) -> dict[str, list[str]]:
-    """Names bound to module names as strings: module constants, loops over them."""
+    """Names bound to module names as strings.
+
+    Module-level constants (a string, a tuple, list or dict of them), the variable of a ``for``
+    loop over one, and a name assigned ``CONST[...]`` or ``CONST.get(...)``.
+    """
     names: dict[str, list[str]] = {}
     for node in tree.body:
-        targets = (
-            node.targets if isinstance(node, ast.Assign)
-            else [node.target] if isinstance(node, ast.AnnAssign) else []
-        )
-        values = _strings(node.value) if isinstance(node, ast.Assign | ast.AnnAssign) else None
+        targets, value = _assigned(node)
+        values = _strings(value)
         for target in targets:
             if values is not None and isinstance(target, ast.Name):
                 names[target.id] = values
@@ -77,6 +90,17 @@ def _string_names(tree: ast.Module) -> dict[str, list[str]]:
                 values = names.get(node.iter.id)
             if values is not None:
                 names[node.target.id] = values
+        targets, value = _assigned(node)
+        source = (
+            value.value if isinstance(value, ast.Subscript)
+            else value.func.value if isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute) and value.func.attr == "get"
+            else None
+        )
+        if isinstance(source, ast.Name) and source.id in names:
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    names[target.id] = names[source.id]
     return names
 
 
@@ -88,13 +112,50 @@ def _called_name(call: ast.Call) -> str | None:
     return None
 
 
+def _string_imports(tree: ast.Module) -> Iterator[tuple[ast.Call, list[str] | None]]:
+    """Each call that imports by string, with the module names it may import (None: unread)."""
+    string_names = _string_names(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _called_name(node) in STRING_IMPORTERS and node.args:
+            arg = node.args[0]
+            values = _strings(arg)
+            if values is None and isinstance(arg, ast.Name):
+                values = string_names.get(arg.id)
+            yield node, values
+
+
+def unread_string_imports(root: Path, packages: Iterable[str]) -> list[str]:
+    """Imports by a string the checker cannot read: each is a blind spot of the graph.
+
+    The one allowed form is a wrapper forwarding its own parameter (``require_extra(module,
+    ...)`` calling ``import_module(module)``): its callers' strings are read instead.
+    """
+    out = []
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            forwarded = {
+                id(call)
+                for func in ast.walk(tree)
+                if isinstance(func, ast.FunctionDef) and func.name in STRING_IMPORTERS
+                for call in ast.walk(func)
+                if isinstance(call, ast.Call) and call.args and isinstance(call.args[0], ast.Name)
+                and call.args[0].id in {a.arg for a in func.args.args}
+            }
+            out.extend(
+                f"{path.relative_to(root)}:{call.lineno} imports {ast.unparse(call.args[0])}"
+                for call, values in _string_imports(tree)
+                if values is None and id(call) not in forwarded
+            )
+    return out
+
+
 def imports_of(tree: ast.Module, module: str, is_package: bool, modules: set[str]) -> set[str]:
     """Every dotted name the module imports.
 
     ``from pkg import sub`` depends on the module ``pkg.sub`` when there is one, not on ``pkg``'s
     ``__init__`` (which runs anyway); a name that is no module makes ``pkg`` the dependency.
     """
-    string_names = _string_names(tree)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -109,12 +170,8 @@ def imports_of(tree: ast.Module, module: str, is_package: bool, modules: set[str
                 base = node.module or ""
             for alias in node.names:
                 found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
-        elif isinstance(node, ast.Call) and _called_name(node) in STRING_IMPORTERS and node.args:
-            arg = node.args[0]
-            values = _strings(arg)
-            if values is None and isinstance(arg, ast.Name):
-                values = string_names.get(arg.id)
-            found.update(values or ())
+    for _call, values in _string_imports(tree):
+        found.update(values or ())
     found.discard("")
     found.discard(module)
     return found
@@ -210,6 +267,10 @@ def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
     assert cycles(graph) == []
 
 
+def test_every_import_by_string_is_read() -> None:
+    assert unread_string_imports(ROOT, ALLOWED) == []
+
+
 def test_ruff_bans_the_server_in_the_simulator() -> None:
     planted = "import server_stub.errors\n\nprint(server_stub.errors)\n"
     done = subprocess.run(
@@ -256,6 +317,28 @@ def test_a_string_import_across_layers_is_caught(tmp_path: Path) -> None:
     assert layer_violations(graph, FAKE_ALLOWED, {}) == [
         "base.cli imports sim.launcher, srv.cli",
         "sim.launcher imports srv.app",
+    ]
+
+
+def test_an_import_by_string_that_cannot_be_read_is_caught(tmp_path: Path) -> None:
+    _fake_kit(tmp_path, {
+        "base/__init__.py": "",
+        "base/lazy.py": """
+            import importlib
+            LAZY = {"Client": "base.client"}
+            def load(name, where):
+                module = LAZY.get(name)
+                importlib.import_module(module)
+                return importlib.import_module(where + ".cli")
+            def require_extra(module, extra):
+                return importlib.import_module(module)
+        """,
+        "base/client.py": "",
+    })
+    assert imports_of(ast.parse((tmp_path / "base/lazy.py").read_text()), "base.lazy", False,
+                      {"base.client"}) >= {"base.client"}
+    assert unread_string_imports(tmp_path, ["base"]) == [
+        "base/lazy.py:7 imports where + '.cli'"
     ]
 
 
