@@ -35,6 +35,7 @@ from device_sdk.errors import (
     NotConnectedError,
     OfflineQueueFullError,
     ServerUntrustedError,
+    SessionTakenOverError,
     UnsupportedKeyTypeError,
 )
 from device_sdk.identity import Identity
@@ -96,5 +97,6 @@ __all__ = [
     "NotConnectedError",
     "OfflineQueueFullError",
     "ServerUntrustedError",
+    "SessionTakenOverError",
     "UnsupportedKeyTypeError",
 ]

@@ -21,14 +21,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from device_sdk.defaults import (
+    DEFAULT_RECONNECT_BASE,
+    DEFAULT_RECONNECT_CAP,
+    DEFAULT_STABLE_PERIOD,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:
     """The numbers: ``base`` and ``cap`` seconds, and the ``stable_period`` that resets them."""
 
-    base: float = 1.0
-    cap: float = 120.0
-    stable_period: float = 30.0
+    base: float = DEFAULT_RECONNECT_BASE
+    cap: float = DEFAULT_RECONNECT_CAP
+    stable_period: float = DEFAULT_STABLE_PERIOD
 
     def __post_init__(self) -> None:
         if not self.base > 0:

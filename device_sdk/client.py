@@ -5,24 +5,25 @@ need and paho does not do:
 
 - **Identity**: after CONNACK the platform publishes ``{"productKey", "deviceName"}`` to
   ``/ext/auth/identity/response`` without a subscription. The client takes it, exposes it as
-  :attr:`DeviceClient.identity`, persists it, sends ``DeviceName&ProductKey`` as username next
-  time, and resolves relative topics (``user/update`` -> ``/{pk}/{dn}/user/update``).
-- **Errors that say what to do**: TLS alerts, resets and CONNACK codes become
-  :class:`~device_sdk.errors.CertificateRejectedError`, :class:`NotAuthorizedError`, ...
-- **Its own reconnect loop** (paho's doubling without jitter causes reconnect storms): full
-  jitter backoff (:mod:`device_sdk.backoff`), reset only after a stable connection, and at most
-  one retry per ``cap`` for refusals that retrying cannot fix.
-- **An offline queue** for QoS 1 publishes (:mod:`device_sdk.offline_queue`).
+  :attr:`DeviceClient.identity`, persists it (bound to this certificate), sends
+  ``DeviceName&ProductKey`` as username next time, and resolves relative topics
+  (``user/update`` -> ``/{pk}/{dn}/user/update``).
+- **Errors that say what to do**: every refusal is mapped once, in :mod:`device_sdk.refusals`.
+- **Its own reconnect loop** (paho's doubling without jitter causes reconnect storms):
+  :mod:`device_sdk.reconnect` decides, with the full-jitter :mod:`device_sdk.backoff`.
+- **An offline queue** for QoS 1 publishes, and delivery tracking (:mod:`device_sdk.delivery`).
+
+This module is the I/O shell around sans-IO parts: one connection attempt is the state machine
+:class:`~device_sdk.attempt.Attempt`, fed the events paho reports.
 
 Threads: socket I/O is done by a network driver (:mod:`device_sdk.network`), by default one
-thread with one epoll selector shared by every client of the process -- no ``select()``, so no
-limit at file descriptor 1024, and no I/O thread per client. paho's callbacks, hence the
-application's ``on_message`` and ``on_identity_changed``, run on that network thread and must not
-block (a slow callback delays every client of the driver). Each client also has a connection
-thread that makes the blocking TCP connect + TLS handshake, watches the CONNACK/identity deadlines
-and sleeps through the backoff; ``on_connection_state`` runs there, or on the network thread for
-ONLINE. ``publish``/``subscribe``/``disconnect`` may be called from any thread (also from a
-callback).
+thread with one epoll selector shared by every client of the process. paho's callbacks, hence
+the application's ``on_message`` and ``on_identity_changed``, run on that network thread and must
+not block (a slow callback delays every client of the driver). Each client also has a
+connection thread that makes the blocking TCP connect + TLS handshake, watches the attempt's
+deadlines (CONNACK, identity) and sleeps through the backoff; ``on_connection_state`` runs there,
+or on the network thread for ONLINE. ``publish``/``subscribe``/``disconnect`` may be called from
+any thread (also from a callback).
 """
 
 from __future__ import annotations
@@ -40,62 +41,49 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from device_sdk import delivery as _delivery
+from device_sdk.attempt import (
+    Attempt,
+    AttemptSettings,
+    AttemptState,
+    Closed,
+    Connack,
+    ConnectTiming,
+    Event,
+    Failed,
+    IdentityReceived,
+    Stop,
+    Tick,
+    TlsOk,
+)
 from device_sdk.backoff import Backoff, BackoffPolicy
 from device_sdk.credentials import Credentials
+from device_sdk.defaults import (
+    DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_IDENTITY_TIMEOUT,
+    DEFAULT_KEEPALIVE,
+    DEFAULT_OFFLINE_QUEUE_SIZE,
+    DEFAULT_RECONNECT_BASE,
+    DEFAULT_RECONNECT_CAP,
+    DEFAULT_STABLE_PERIOD,
+)
+from device_sdk.delivery import Deliveries, Delivery
 from device_sdk.errors import (
-    CertificateRejectedError,
-    ClockError,
-    ConnectionFailedError,
-    ConnectionRefusedByServerError,
-    ConnectTimeoutError,
-    CredentialError,
     DeviceSDKError,
     IdentityStoreError,
-    IdentityTimeoutError,
     InvalidNameError,
-    NotAuthorizedError,
     NotConnectedError,
-    ServerUntrustedError,
 )
 from device_sdk.identity import Identity
 from device_sdk.identity_store import IdentityStore
 from device_sdk.network import NetworkDriver, default_driver
 from device_sdk.offline_queue import DropPolicy, OfflineQueue, QueuedMessage
-from device_sdk.platform import (
-    IDENTITY_TOPIC,
-    KEEPALIVE_DEFAULT,
-    ClientId,
-    format_username,
-    validate_keepalive,
-)
-from device_sdk.tls import build_ssl_context, map_connect_error
+from device_sdk.platform import IDENTITY_TOPIC, ClientId, format_username, validate_keepalive
+from device_sdk.reconnect import Reconnector
+from device_sdk.refusals import PERMANENT_ERRORS, SDK_HINTS, HintNames, Refusals, connack_code
+from device_sdk.tls import build_ssl_context
 
 log = logging.getLogger(__name__)
-
-#: Refusals that a quick retry cannot fix: reported, then retried at most once per ``cap``.
-PERMANENT_ERRORS: tuple[type[DeviceSDKError], ...] = (
-    CertificateRejectedError,
-    NotAuthorizedError,
-    ServerUntrustedError,
-    ClockError,
-    CredentialError,
-    IdentityTimeoutError,
-    ConnectionRefusedByServerError,
-)
-
-# MQTT 3.1.1 CONNACK return codes as paho 2.x reports them (MQTT 5 reason code values).
-_RC_UNSUPPORTED_PROTOCOL = 132
-_RC_IDENTIFIER_REJECTED = 133
-_RC_BAD_USERNAME_OR_PASSWORD = 134
-_RC_NOT_AUTHORIZED = 135
-_RC_SERVER_UNAVAILABLE = 136
-_V311_CODE = {
-    _RC_UNSUPPORTED_PROTOCOL: 1,
-    _RC_IDENTIFIER_REJECTED: 2,
-    _RC_SERVER_UNAVAILABLE: 3,
-    _RC_BAD_USERNAME_OR_PASSWORD: 4,
-    _RC_NOT_AUTHORIZED: 5,
-}
 
 #: How long a goodbye (DISCONNECT) may take before the socket is closed without it.
 _GOODBYE_TIMEOUT = 2.0
@@ -120,54 +108,9 @@ class Message:
     retain: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectTiming:
-    """How long the last successful connection took, measured by the client (seconds).
-
-    ``handshake``: TCP connect + TLS handshake; ``connect``: from the start of the attempt until
-    CONNACK (handshake included); ``identity``: from CONNACK until the platform's identity
-    message (None with ``expect_identity=False``).
-    """
-
-    handshake: float
-    connect: float
-    identity: float | None
-
-
 MessageCallback = Callable[[Message], None]
 IdentityChangedCallback = Callable[[Identity | None, Identity], None]
 ConnectionStateCallback = Callable[[ConnectionState, DeviceSDKError | None], None]
-
-
-class Delivery:
-    """Tracks one publish: sent now, or queued while offline and sent after reconnection."""
-
-    def __init__(self, topic: str, qos: int, *, queued: bool) -> None:
-        self.topic = topic
-        self.qos = qos
-        self.queued = queued
-        """True when the message waited in the offline queue."""
-        self.dropped = False
-        """True when the offline queue's policy dropped it (it will never be sent)."""
-        self._done = threading.Event()
-
-    @property
-    def is_published(self) -> bool:
-        """QoS 1: the server acknowledged it (PUBACK); QoS 0: it was written to the socket."""
-        return self._done.is_set() and not self.dropped
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until published (or dropped); True when published."""
-        self._done.wait(timeout)
-        return self.is_published
-
-    def _finish(self, *, dropped: bool = False) -> None:
-        self.dropped = dropped
-        self._done.set()
-
-    def __repr__(self) -> str:
-        state = "dropped" if self.dropped else "published" if self._done.is_set() else "pending"
-        return f"Delivery(topic={self.topic!r}, qos={self.qos}, {state})"
 
 
 @dataclass
@@ -179,19 +122,11 @@ class _Subscription:
 
 
 @dataclass
-class _Attempt:
-    """What happened during one connection attempt (network thread only)."""
+class _ConnectWaiter:
+    """A ``connect()`` call waiting: the loop stops at a permanent refusal and hands it over."""
 
-    sent_username: bool
-    started: float = 0.0
-    handshake_done: bool = False
-    handshake_at: float = 0.0
-    connack: bool = False
     online: bool = False
-    closed: bool = False
-    """paho reported the end of this connection (socket closed)."""
-    refusal: DeviceSDKError | None = None
-    connack_at: float = 0.0
+    error: DeviceSDKError | None = None
 
 
 class _LastSocketError(logging.Handler):
@@ -223,7 +158,8 @@ class DeviceClient:
     the one that came with ``credentials`` (credential store), else the system trust store.
     ``server_hostname``: the name the server certificate must carry when it differs from
     ``host`` (e.g. connecting by IP address).
-    ``identity_store``: JSON file for the identity (None: keep it in memory only).
+    ``identity_store``: JSON file for the identity (None: keep it in memory only); it records
+    the certificate it belongs to, and an identity stored for another certificate is ignored.
     ``keepalive``: 30..1200 s (the platform refuses others). ``client_id``: the id before
     ``|securemode=2|``; default the certificate's SN.
     ``reconnect_base`` / ``reconnect_cap`` / ``stable_period``: the backoff (seconds; see
@@ -243,6 +179,8 @@ class DeviceClient:
     ``network``: the :class:`~device_sdk.network.NetworkDriver` doing the socket I/O; default
     the process's shared epoll thread (:func:`~device_sdk.network.default_driver`). Event-loop
     applications (gevent, ...) pass their own.
+    ``hints``: how error messages name the settings to change (default: these keywords;
+    the ``iotx509`` command passes its flags, :data:`~device_sdk.refusals.CLI_HINTS`).
     """
 
     def __init__(
@@ -254,20 +192,21 @@ class DeviceClient:
         server_ca: str | os.PathLike[str] | bytes | None = None,
         server_hostname: str | None = None,
         identity_store: str | os.PathLike[str] | None = None,
-        keepalive: int = KEEPALIVE_DEFAULT,
+        keepalive: int = DEFAULT_KEEPALIVE,
         client_id: str | None = None,
-        reconnect_base: float = 1.0,
-        reconnect_cap: float = 120.0,
-        stable_period: float = 30.0,
-        offline_queue_size: int = 1000,
+        reconnect_base: float = DEFAULT_RECONNECT_BASE,
+        reconnect_cap: float = DEFAULT_RECONNECT_CAP,
+        stable_period: float = DEFAULT_STABLE_PERIOD,
+        offline_queue_size: int = DEFAULT_OFFLINE_QUEUE_SIZE,
         offline_drop_policy: DropPolicy | str = DropPolicy.DROP_OLDEST,
         expect_identity: bool = True,
-        identity_timeout: float = 10.0,
-        attempt_timeout: float = 10.0,
+        identity_timeout: float = DEFAULT_IDENTITY_TIMEOUT,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         on_identity_changed: IdentityChangedCallback | None = None,
         on_connection_state: ConnectionStateCallback | None = None,
         rng: random.Random | None = None,
         network: NetworkDriver | None = None,
+        hints: HintNames = SDK_HINTS,
     ) -> None:
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is not a TCP port (1-65535)")
@@ -283,35 +222,35 @@ class DeviceClient:
         self.on_identity_changed = on_identity_changed
         self.on_connection_state = on_connection_state
         self._server_ca = server_ca if server_ca is not None else credentials.server_ca
-        self._store = IdentityStore(identity_store) if identity_store is not None else None
-        self._backoff = Backoff(
-            BackoffPolicy(reconnect_base, reconnect_cap, stable_period), rng=rng
+        self._refusals = Refusals(host, port, server_hostname, str(self.client_id),
+                                  self.keepalive, credentials.sn, hints)
+        self._settings = AttemptSettings(expect_identity, attempt_timeout, identity_timeout)
+        self._reconnect = Reconnector(
+            Backoff(BackoffPolicy(reconnect_base, reconnect_cap, stable_period), rng=rng),
+            self._refusals,
         )
         self._queue = OfflineQueue(offline_queue_size, offline_drop_policy)
+        self._deliveries = Deliveries()
+        self._store = IdentityStore(identity_store) if identity_store is not None else None
+        stored = self._store.load(credentials.certificate) if self._store else None
 
+        # Everything below is guarded by _lock; _changed wakes the connection thread and
+        # connect() when the attempt or the state changes.
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._state = ConnectionState.STOPPED
-        self._identity: Identity | None = self._store.load() if self._store else None
-        self._stored_identity = self._identity
+        self._identity: Identity | None = stored
+        self._stored_identity = stored
         self._last_error: DeviceSDKError | None = None
-        self._error_serial = 0
-        self._online_serial = 0
-        self._subscriptions: dict[str, _Subscription] = {}
-        self._skip_username = False
-        self._retry_now = False
-        self._stop = threading.Event()
-        self._fail_fast = False
-        self._thread: threading.Thread | None = None
-        self._attempt: _Attempt | None = None
         self._last_timing: ConnectTiming | None = None
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._attempt: Attempt | None = None
+        self._waiter: _ConnectWaiter | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
         self._network = network if network is not None else default_driver()
         self._network_thread: int | None = None
-
-        self._deliveries: dict[int, Delivery] = {}
-        self._early_acks: set[int] = set()
-        self._delivery_lock = threading.Lock()
-
         self._mqtt = self._make_paho_client()
 
     # --- public API ----------------------------------------------------------------------------
@@ -349,65 +288,49 @@ class DeviceClient:
 
         Unlike :meth:`connect` it never raises for the server's answer: every attempt's outcome
         arrives through ``on_connection_state`` (ONLINE, or OFFLINE with the error), refusals
-        that retrying cannot fix are retried at the backoff cap. Stop with :meth:`disconnect`.
+        that retrying cannot fix are retried at the backoff cap. A device may boot offline this
+        way: QoS 1 publishes wait in the offline queue until the first connection. Stop with
+        :meth:`disconnect`.
         """
         with self._lock:
-            self._fail_fast = False
             self._start()
 
-    def connect(self, timeout: float = 10.0) -> Identity | None:
+    def connect(self, timeout: float = DEFAULT_ATTEMPT_TIMEOUT) -> Identity | None:
         """Connect and block until online (identity received); start reconnecting on loss.
 
-        Raises at once on refusals that retrying cannot fix (certificate rejected, not
-        authorised, server untrusted, clock, identity not delivered); keeps retrying other
+        Raises at once on refusals that retrying cannot fix (certificate rejected or no longer
+        valid, not authorised, server untrusted, identity not delivered); keeps retrying other
         failures with backoff until ``timeout``, then raises :class:`ConnectTimeoutError` (its
         cause is the last failure). When it raises, the client is stopped.
         Returns the identity (None only with ``expect_identity=False`` and none known).
         """
-        self.credentials.check_validity()
         deadline = time.monotonic() + timeout
         with self._lock:
             if self._state is ConnectionState.ONLINE:
                 return self._identity
-            error_serial = self._error_serial
-            online_serial = self._online_serial
-            self._fail_fast = True
+            waiter = _ConnectWaiter()
+            self._waiter = waiter
             self._start()
-            first_permanent: DeviceSDKError | None = None
-            while True:
-                if self._online_serial != online_serial:
-                    self._fail_fast = False
-                    return self._identity
-                if self._error_serial != error_serial:
-                    error_serial = self._error_serial
-                    err = self._last_error
-                    if err is not None and isinstance(err, PERMANENT_ERRORS):
-                        first_permanent = err
-                        break
+            while not waiter.online and waiter.error is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._changed.wait(remaining)
+            self._waiter = None
+            if waiter.online:
+                return self._identity
             attempt = self._attempt
             last = self._last_error
-            self._fail_fast = False
         self._shutdown()
-        if first_permanent is not None:
-            raise first_permanent
-        if attempt is not None and attempt.connack and self.expect_identity:
-            raise IdentityTimeoutError(
-                f"connected to {self.host}:{self.port} but the platform did not send this "
-                f"device's identity within {timeout:g} s; if this is a generic MQTT broker, "
-                f"connect with expect_identity=False"
-            )
-        detail = f": {last}" if last else ""
-        raise ConnectTimeoutError(
-            f"could not connect to {self.host}:{self.port} within {timeout:g} s{detail}",
-            host=self.host, port=self.port,
-        ) from last
+        if waiter.error is not None:
+            raise waiter.error
+        if attempt is not None and attempt.state is AttemptState.AWAIT_IDENTITY:
+            raise self._refusals.identity_timeout(timeout)
+        raise self._refusals.connect_timeout(timeout, last)
 
     def disconnect(self, timeout: float = 5.0) -> None:
-        """Say goodbye (DISCONNECT) and stop the network thread. Queued messages stay queued."""
+        """Say goodbye (DISCONNECT) and stop the connection thread. Queued messages stay
+        queued."""
         self._shutdown(timeout)
 
     def publish(
@@ -434,14 +357,17 @@ class DeviceClient:
                 f"the device is offline; QoS 0 message to {topic!r} not sent (publish with qos=1 "
                 f"to queue it until the connection is back)"
             )
-        delivery = Delivery(topic, qos, queued=True)
-        dropped = self._queue.put(QueuedMessage(topic, data, qos, retain, tag=delivery))
+        delivery = self._deliveries.new(topic, qos, queued=True)
+        try:
+            dropped = self._queue.put(QueuedMessage(topic, data, qos, retain, tag=delivery))
+        except DeviceSDKError:
+            self._deliveries.finish(delivery, dropped=True)
+            raise
         if dropped is not None and isinstance(dropped.tag, Delivery):
             log.warning("offline queue full: dropped a message to %r", dropped.topic)
-            dropped.tag._finish(dropped=True)
+            self._deliveries.finish(dropped.tag, dropped=True)
         if self.state is ConnectionState.ONLINE:
-            # The client came online between the check above and the put: send it now
-            # (paho accepts publishes from any thread; the network thread writes them).
+            # The client came online between the check above and the put: send it now.
             self._drain()
         return delivery
 
@@ -465,16 +391,10 @@ class DeviceClient:
             if sub is not None and sub.resolved and self._state is ConnectionState.ONLINE:
                 self._mqtt.unsubscribe(sub.resolved)
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until the offline queue is empty and every QoS 1 publish is acknowledged."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._delivery_lock:
-                all_acknowledged = not self._deliveries
-            if all_acknowledged and len(self._queue) == 0:
-                return True
-            time.sleep(0.02)
-        return False
+    def flush(self, timeout: float = DEFAULT_ATTEMPT_TIMEOUT) -> bool:
+        """Wait until every publish so far is acknowledged (or dropped by the offline queue's
+        policy), queued ones included; False on timeout."""
+        return self._deliveries.wait_idle(timeout)
 
     def topic(self, relative: str) -> str:
         """The absolute topic for ``relative`` under this device's identity."""
@@ -544,124 +464,100 @@ class DeviceClient:
             thread.join(timeout)
         self._thread = None
 
+    # --- the connection thread -----------------------------------------------------------------
+
     def _run(self) -> None:
+        """Attempt, then let the reconnector say how long to wait; until stopped."""
         try:
             while not self._stop.is_set():
-                error = self._session()
-                self._backoff.disconnected()
+                attempt = self._session()
                 if self._stop.is_set():
                     break
-                if self._retry_now:
-                    self._retry_now = False
-                    self._set_state(ConnectionState.CONNECTING, error, notify_error=False)
+                with self._lock:
+                    waiter = self._waiter
+                    step = self._reconnect.after(attempt, fail_fast=waiter is not None)
+                if not step.report:
+                    self._set_state(ConnectionState.CONNECTING, None)
                     continue
-                permanent = isinstance(error, PERMANENT_ERRORS)
-                if permanent and self._fail_fast:
+                if step.delay is None:
                     # connect() is waiting: it raises this error and stops the client.
-                    self._set_state(ConnectionState.OFFLINE, error)
+                    with self._lock:
+                        if waiter is not None:
+                            waiter.error = step.error
+                    self._set_state(ConnectionState.OFFLINE, step.error)
                     break
-                delay = self._backoff.next_delay(permanent=permanent)
-                log.warning(
-                    "%s:%d: %s; retrying in %.1f s", self.host, self.port, error, delay
-                )
-                self._set_state(ConnectionState.OFFLINE, error)
-                if self._stop.wait(delay):
+                log.warning("%s: %s; retrying in %.1f s", self._refusals.where, step.error,
+                            step.delay)
+                self._set_state(ConnectionState.OFFLINE, step.error)
+                if self._stop.wait(step.delay):
                     break
-        except Exception:  # the network thread must never die silently
-            log.exception("device network thread failed")
+        except Exception:  # the connection thread must never die silently
+            log.exception("device connection thread failed")
             raise
         finally:
-            self._set_state(ConnectionState.STOPPED, None, notify_error=False)
+            self._set_state(ConnectionState.STOPPED, None)
 
-    def _session(self) -> DeviceSDKError:
-        """One connection: connect, wait until it ends, return why it ended."""
+    def _session(self) -> Attempt:
+        """One connection attempt, from the TLS handshake until it ended."""
         with self._lock:
-            identity = self._identity if not self._skip_username else None
-        self._set_state(ConnectionState.CONNECTING, None, notify_error=False)
-        attempt = _Attempt(sent_username=identity is not None, started=time.monotonic())
-        self._attempt = attempt
+            identity = self._reconnect.username(self._identity)
+            attempt = Attempt(self._settings, self._refusals, started=time.monotonic(),
+                              sent_username=identity is not None)
+            self._attempt = attempt
+        self._set_state(ConnectionState.CONNECTING, None)
         self._socket_error.error = None
         self._mqtt.username_pw_set(format_username(identity) if identity else None, None)
         try:
+            # The certificate may have expired since it was loaded (a long-running device).
             self.credentials.check_validity()
             # Blocking TCP connect + TLS handshake on this (connection) thread; paho then hands
             # the non-blocking socket to the network driver and queues CONNECT.
             self._mqtt.connect(self.host, self.port, self.keepalive)
-        except DeviceSDKError as exc:
-            return exc
-        except (OSError, ValueError) as exc:
-            return map_connect_error(exc, self.host, self.port,
-                                     server_hostname=self.server_hostname)
+        except (DeviceSDKError, OSError, ValueError) as exc:
+            self._feed(attempt, Failed(exc, time.monotonic()))
+            return attempt
+        self._feed(attempt, TlsOk(time.monotonic()))
         with self._lock:
-            attempt.handshake_done = True
-            if not attempt.handshake_at:  # (CONNACK may already be in: then it was set there)
-                attempt.handshake_at = time.monotonic()
-        ended = self._wait_until_ended(attempt)
-        if self._stop.is_set() and not attempt.closed:
-            self._goodbye(attempt)
-            return NotConnectedError("disconnected by the application")
-        if not attempt.closed:
-            self._goodbye(attempt)
-        if attempt.refusal is not None:
-            return attempt.refusal
-        if ended is not None:
-            return ended
-        if self._stop.is_set():
-            return NotConnectedError("disconnected by the application")
-        cause = self._socket_error.error
-        if not attempt.connack:
-            return map_connect_error(
-                cause or ConnectionResetError("connection closed by the server"),
-                self.host, self.port, after_handshake=True,
-                server_hostname=self.server_hostname,
-            )
-        error = ConnectionFailedError(
-            f"connection to {self.host}:{self.port} lost"
-            + (f" ({cause})" if cause else " (closed by the server)"),
-            host=self.host, port=self.port,
-        )
-        if cause is not None:
-            error.__cause__ = cause
-        return error
-
-    def _wait_until_ended(self, attempt: _Attempt) -> DeviceSDKError | None:
-        """Sleep until the connection closes, the application stops, or a deadline (CONNACK,
-        identity) passes; the deadline's error, else None."""
-        with self._lock:
-            while not attempt.closed and not self._stop.is_set():
+            while attempt.state is not AttemptState.ENDED:
                 now = time.monotonic()
-                deadline: float | None = None
-                if not attempt.connack:
-                    deadline = attempt.handshake_at + self.attempt_timeout
-                    if now >= deadline:
-                        return ConnectTimeoutError(
-                            f"no CONNACK from {self.host}:{self.port} within "
-                            f"{self.attempt_timeout:g} s after the TLS handshake; is this an MQTT "
-                            f"server?", host=self.host, port=self.port,
-                        )
-                elif not attempt.online and self.expect_identity:
-                    deadline = attempt.connack_at + self.identity_timeout
-                    if now >= deadline:
-                        return IdentityTimeoutError(
-                            f"connected to {self.host}:{self.port} but the platform did not send "
-                            f"this device's identity within {self.identity_timeout:g} s; for a "
-                            f"generic MQTT broker use expect_identity=False"
-                        )
+                if self._stop.is_set():
+                    attempt.handle(Stop(now))
+                    break
+                deadline = attempt.deadline
+                if deadline is not None and now >= deadline:
+                    attempt.handle(Tick(now))
+                    continue
                 self._changed.wait(None if deadline is None else deadline - now)
-        return None
+        if attempt.socket_open:
+            self._goodbye(attempt)
+        return attempt
 
-    def _goodbye(self, attempt: _Attempt) -> None:
-        """Send DISCONNECT (the driver writes it, then paho closes the socket); close the
-        socket without it when that does not happen within ``_GOODBYE_TIMEOUT``."""
-        if self._mqtt.socket() is None:
-            return
-        try:
-            self._mqtt.disconnect()
-        except Exception:  # best effort: the link may already be gone
-            pass
+    def _feed(self, attempt: Attempt, event: Event) -> None:
+        """Hand ``event`` to ``attempt`` (any thread); act on its coming online."""
+        with self._lock:
+            if attempt is not self._attempt:
+                return
+            before = attempt.state
+            after = attempt.handle(event)
+            self._changed.notify_all()
+        if after is AttemptState.ONLINE and before is not AttemptState.ONLINE:
+            self._go_online(attempt)
+
+    def _goodbye(self, attempt: Attempt) -> None:
+        """End the attempt's connection before the next attempt starts: send DISCONNECT (the
+        driver writes it, then paho closes the socket) and wait until paho reported the end
+        (``on_disconnect``) -- else that report could arrive during the next attempt and be
+        taken for its end. When the server closed first, paho may have closed the socket but
+        not reported it yet: wait for the report as well. Close the socket without goodbye
+        when none of that happens within ``_GOODBYE_TIMEOUT``."""
+        if self._mqtt.socket() is not None:
+            try:
+                self._mqtt.disconnect()
+            except Exception:  # best effort: the link may already be gone
+                pass
         deadline = time.monotonic() + _GOODBYE_TIMEOUT
         with self._lock:
-            while not attempt.closed and self._mqtt.socket() is not None:
+            while not attempt.socket_closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -685,70 +581,18 @@ class DeviceClient:
         attempt = self._attempt
         if attempt is None:
             return
-        if reason_code.is_failure:
-            with self._lock:
-                attempt.refusal = self._connack_error(int(reason_code.value), attempt)
-                self._changed.notify_all()
-            return
-        with self._lock:
-            attempt.connack = True
-            attempt.connack_at = time.monotonic()
-            if not attempt.handshake_at:
-                attempt.handshake_at = attempt.connack_at
-            self._changed.notify_all()
-        log.info("%s:%d accepted the connection (client id %s)", self.host, self.port,
-                 self.client_id)
-        if not self.expect_identity:
-            self._go_online(attempt)
-
-    def _connack_error(self, value: int, attempt: _Attempt) -> DeviceSDKError:
-        code = _V311_CODE.get(value, value)
-        where = f"{self.host}:{self.port}"
-        if value in (_RC_NOT_AUTHORIZED, _RC_BAD_USERNAME_OR_PASSWORD) and attempt.sent_username:
-            # The stored identity may be stale (the platform re-associated the certificate):
-            # retry at once with an empty username and let the platform tell us who we are.
-            log.warning("%s refused the stored identity as username (CONNACK %d); retrying "
-                        "without it", where, code)
-            self._skip_username = True
-            self._retry_now = True
-        if value == _RC_NOT_AUTHORIZED:
-            return NotAuthorizedError(
-                f"the server at {where} accepted the TLS handshake but refused the device (CONNACK "
-                f"5, not authorised): is this certificate's SN ({self.credentials.sn}) associated "
-                f"with a device, and is that device enabled?",
-                host=self.host, port=self.port,
-            )
-        if value == _RC_BAD_USERNAME_OR_PASSWORD:
-            return ConnectionRefusedByServerError(
-                f"the server at {where} refused the username (CONNACK 4): the stored identity "
-                f"does not match this certificate",
-                code=4, host=self.host, port=self.port,
-            )
-        if value == _RC_IDENTIFIER_REJECTED:
-            return ConnectionRefusedByServerError(
-                f"the server at {where} rejected the client id {str(self.client_id)!r} or the "
-                f"keep-alive {self.keepalive} s (CONNACK 2, identifier rejected)",
-                code=2, host=self.host, port=self.port,
-            )
-        if value == _RC_SERVER_UNAVAILABLE:
-            return ConnectionFailedError(
-                f"the server at {where} is unavailable (CONNACK 3); will retry",
-                host=self.host, port=self.port,
-            )
-        return ConnectionRefusedByServerError(
-            f"the server at {where} refused the connection (CONNACK {code})",
-            code=code, host=self.host, port=self.port,
-        )
+        code = connack_code(int(reason_code.value)) if reason_code.is_failure else 0
+        if code == 0:
+            log.info("%s accepted the connection (client id %s)", self._refusals.where,
+                     self.client_id)
+        self._feed(attempt, Connack(code, time.monotonic()))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         """The socket is closed (by either side, or a keep-alive timeout): the session ends."""
         attempt = self._attempt
-        if attempt is None:
-            return
-        with self._lock:
-            attempt.closed = True
-            self._changed.notify_all()
+        if attempt is not None:
+            self._feed(attempt, Closed(time.monotonic(), self._socket_error.error))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._network_thread = threading.get_ident()
@@ -774,7 +618,7 @@ class DeviceClient:
         with self._lock:
             old = self._identity
             self._identity = new
-            self._skip_username = False
+            self._reconnect.identity_received()
             if old is not None and old != new:
                 # Relative subscriptions move to the new identity's topics.
                 for sub in self._subscriptions.values():
@@ -783,7 +627,7 @@ class DeviceClient:
                         sub.resolved = None
         if self._store is not None and new != self._stored_identity:
             try:
-                self._store.save(new)
+                self._store.save(new, self.credentials.certificate)
                 self._stored_identity = new
             except IdentityStoreError as exc:
                 log.error("%s", exc)
@@ -794,20 +638,16 @@ class DeviceClient:
         elif old is None and self.on_identity_changed is not None:
             self._call_user(self.on_identity_changed, None, new)
         attempt = self._attempt
-        if attempt is not None and attempt.connack:
-            if attempt.online:
-                self._resubscribe()
-            else:
-                self._go_online(attempt)
+        if attempt is None:
+            return
+        if attempt.state is AttemptState.ONLINE:
+            self._resubscribe()  # (a new identity while online: its topics)
+        else:
+            self._feed(attempt, IdentityReceived(time.monotonic()))
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
-        with self._delivery_lock:
-            delivery = self._deliveries.pop(mid, None)
-            if delivery is None:
-                self._early_acks.add(mid)
-                return
-        delivery._finish()
+        self._deliveries.acked(mid)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reason_codes: list[Any], properties: Any) -> None:
@@ -816,21 +656,17 @@ class DeviceClient:
                 log.warning("the server refused a subscription (mid %d): devices may only "
                             "subscribe under /{productKey}/{deviceName}/ and /sys/...", mid)
 
-    # --- online ------------------------------------------------------------------------------------
+    # --- online --------------------------------------------------------------------------------
 
-    def _go_online(self, attempt: _Attempt) -> None:
-        now = time.monotonic()
-        attempt.online = True
-        self._backoff.connected()
+    def _go_online(self, attempt: Attempt) -> None:
+        """The attempt reached ONLINE (on the thread that fed the last event)."""
+        self._reconnect.online()
         self._resubscribe()
         with self._lock:
-            self._last_timing = ConnectTiming(
-                handshake=attempt.handshake_at - attempt.started,
-                connect=attempt.connack_at - attempt.started,
-                identity=now - attempt.connack_at if self.expect_identity else None,
-            )
-            self._online_serial += 1
-        self._set_state(ConnectionState.ONLINE, None, notify_error=False)
+            self._last_timing = attempt.timing()
+            if self._waiter is not None:
+                self._waiter.online = True
+        self._set_state(ConnectionState.ONLINE, None)
         self._drain()
 
     def _resubscribe(self) -> None:
@@ -843,35 +679,24 @@ class DeviceClient:
                 self._mqtt.subscribe(sub.resolved, sub.qos)
 
     def _drain(self) -> None:
-        """Send what waited in the offline queue (network thread, once online)."""
-        while True:
-            with self._lock:
-                if self._state is not ConnectionState.ONLINE:
-                    return
-            item = self._queue.pop()
-            if item is None:
-                return
-            with self._lock:
-                resolved = self._resolve(item.topic)
-            delivery = item.tag if isinstance(item.tag, Delivery) else None
-            self._send(resolved, item.payload, item.qos, item.retain, delivery)
+        """Send what waited in the offline queue (whichever thread found the client online)."""
+        _delivery.drain(self._queue, online=lambda: self.state is ConnectionState.ONLINE,
+                        send=self._send_queued)
+
+    def _send_queued(self, topic: str, payload: bytes, qos: int, retain: bool,
+                     delivery: Delivery | None) -> None:
+        with self._lock:
+            resolved = self._resolve(topic)
+        self._send(resolved, payload, qos, retain, delivery)
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool,
               delivery: Delivery | None = None) -> Delivery:
-        delivery = delivery or Delivery(topic, qos, queued=False)
+        delivery = delivery or self._deliveries.new(topic, qos, queued=False)
         info = self._mqtt.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
-            delivery._finish(dropped=True)
+            self._deliveries.finish(delivery, dropped=True)
             return delivery
-        with self._delivery_lock:
-            if info.mid in self._early_acks:
-                self._early_acks.discard(info.mid)
-                done = True
-            else:
-                self._deliveries[info.mid] = delivery
-                done = False
-        if done:
-            delivery._finish()
+        self._deliveries.sent(info.mid, delivery)
         return delivery
 
     def _resolve(self, topic: str) -> str:
@@ -888,17 +713,16 @@ class DeviceClient:
 
     # --- state and callbacks -------------------------------------------------------------------
 
-    def _set_state(self, state: ConnectionState, error: DeviceSDKError | None, *,
-                   notify_error: bool = True) -> None:
+    def _set_state(self, state: ConnectionState, error: DeviceSDKError | None) -> None:
+        """Record ``state`` (and the error that led there) and tell the application."""
         with self._lock:
-            changed = state is not self._state or (error is not None and notify_error)
+            changed = state is not self._state or error is not None
             self._state = state
-            if error is not None and notify_error:
+            if error is not None:
                 self._last_error = error
-                self._error_serial += 1
             self._changed.notify_all()
         if changed:
-            self._call_user(self.on_connection_state, state, error if notify_error else None)
+            self._call_user(self.on_connection_state, state, error)
 
     def _call_user(self, callback: Callable[..., None] | None, *args: Any) -> None:
         if callback is None:
@@ -908,3 +732,12 @@ class DeviceClient:
         except Exception:
             log.exception("application callback %r failed", callback)
 
+
+__all__ = [
+    "PERMANENT_ERRORS",
+    "ConnectTiming",
+    "ConnectionState",
+    "Delivery",
+    "DeviceClient",
+    "Message",
+]

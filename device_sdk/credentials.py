@@ -134,8 +134,9 @@ class Credentials:
         certs.require_rsa(chain.leaf, what=f"{cert_source}: the device certificate")
         rsa_key = certs.require_rsa_key(key, source=key_source)  # type: ignore[arg-type]
         certs.require_key_matches(rsa_key, chain.leaf, source=key_source)
-        certs.check_validity(chain.leaf, now=now, what=f"{cert_source}: the device certificate")
-        return cls(chain, rsa_key, cert_source, key_source, file_name)
+        creds = cls(chain, rsa_key, cert_source, key_source, file_name)
+        creds.check_validity(now)
+        return creds
 
     # --- views ---------------------------------------------------------------------------------
 
@@ -160,7 +161,12 @@ class Credentials:
         return Identity(self.file_name.product_key, self.file_name.device_name)
 
     def check_validity(self, now: datetime | None = None) -> None:
-        """Raise :class:`~device_sdk.errors.ClockError` unless the certificate is valid now."""
+        """Raise :class:`~device_sdk.errors.ClockError` unless the certificate is valid now.
+
+        The one validity check of the device side: at load time (a wrong file or clock is
+        reported before any network traffic) and by the client before each connection attempt
+        (a long-running device outlives its certificate).
+        """
         certs.check_validity(self.chain.leaf, now=now, what=f"{self.cert_source}: the device certificate")
 
     def __repr__(self) -> str:
@@ -182,6 +188,7 @@ def warn_if_key_file_is_loose(path: Path) -> bool:
         f"private key file {path} is accessible by group or others (mode {mode:04o}); "
         f"other users of this board can copy the device's identity. Run: chmod 600 {path}"
     )
-    log.warning("%s", message)
+    # Once, as a warning: the application decides where warnings go (the iotx509 command
+    # prints it as one line; logging.captureWarnings() sends it to the log).
     warnings.warn(message, InsecureKeyFileWarning, stacklevel=3)
     return True

@@ -110,6 +110,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from device_sdk.exit_codes import ExitCode
+
 
 class Iotx509Error(Exception):
     """Root of every error the kit raises (see the tree in this module's docstring)."""
@@ -128,6 +130,8 @@ class CommandLineError(Iotx509Error):
 
 class CredentialError(DeviceSDKError):
     """A certificate or key cannot be used: unreadable, wrong type, mismatched, wrong password."""
+
+    exit_code = ExitCode.CREDENTIALS
 
     def __init__(self, message: str, *, source: str | None = None) -> None:
         super().__init__(message)
@@ -181,12 +185,28 @@ class ClockError(DeviceSDKError):
         self.not_before = not_before
         self.not_after = not_after
 
+    @property
+    def expired(self) -> bool:
+        """The clock is past the certificate's end (else: before its start)."""
+        try:
+            return bool(self.now > self.not_after)
+        except TypeError:
+            return False
+
+    @property
+    def exit_code(self) -> int:
+        """An expired certificate needs a new one (like bad credentials); a certificate not
+        valid yet usually means the clock is not set yet: worth a retry."""
+        return ExitCode.CREDENTIALS if self.expired else ExitCode.CLOCK
+
 
 # --- connecting --------------------------------------------------------------------------------
 
 
 class ConnectionFailedError(DeviceSDKError):
     """The device could not reach or talk to the server (network, refused, reset)."""
+
+    exit_code: int = ExitCode.NETWORK
 
     def __init__(self, message: str, *, host: str | None = None, port: int | None = None) -> None:
         super().__init__(message)
@@ -197,13 +217,19 @@ class ConnectionFailedError(DeviceSDKError):
 class ServerUntrustedError(ConnectionFailedError):
     """The server's certificate failed verification against the configured ``server_ca``."""
 
+    exit_code = ExitCode.CONFIGURATION
+
 
 class CertificateRejectedError(ConnectionFailedError):
     """The server refused the client certificate during the TLS handshake."""
 
+    exit_code = ExitCode.CERTIFICATE_REJECTED
+
 
 class NotAuthorizedError(ConnectionFailedError):
     """The server answered CONNACK 5 (not authorised)."""
+
+    exit_code = ExitCode.NOT_AUTHORISED
 
 
 class ConnectionRefusedByServerError(ConnectionFailedError):
@@ -213,18 +239,41 @@ class ConnectionRefusedByServerError(ConnectionFailedError):
                  port: int | None = None) -> None:
         super().__init__(message, host=host, port=port)
         self.code = code
+        # CONNACK 4 (the username) is an authorisation answer; 1 and 2 are configuration.
+        self.exit_code = ExitCode.NOT_AUTHORISED if code == 4 else ExitCode.CONFIGURATION
 
 
 class ConnectTimeoutError(ConnectionFailedError):
     """No CONNACK arrived in time."""
 
 
+class SessionTakenOverError(ConnectionFailedError):
+    """The server kept closing the session soon after accepting it: most likely another
+    connection with the same certificate (same client id) takes the session over each time."""
+
+    def __init__(self, message: str, *, sessions: int, host: str | None = None,
+                 port: int | None = None) -> None:
+        super().__init__(message, host=host, port=port)
+        self.sessions = sessions
+
+
 class IdentityTimeoutError(DeviceSDKError):
     """Connected, but the platform did not publish the device's identity in time."""
+
+    exit_code = ExitCode.CONFIGURATION
+
+    def __init__(self, message: str, *, host: str | None = None, port: int | None = None,
+                 timeout: float | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.port = port
+        self.timeout = timeout
 
 
 class NotConnectedError(DeviceSDKError):
     """An operation needs a connection (or a known identity) that the client does not have."""
+
+    exit_code = ExitCode.NETWORK
 
 
 class OfflineQueueFullError(DeviceSDKError):

@@ -10,10 +10,8 @@ anonymous in-memory file (``memfd``, Linux) or, elsewhere, a 0600 file in a priv
 temporary directory; either way it is encrypted with a one-time random password that never leaves
 this process, and the file is gone as soon as ``load_cert_chain`` returns.
 
-The error mapping turns what ``ssl`` and the socket layer raise into the SDK's errors, each with
-a message that says what to check. With TLS 1.3 the server's verdict on the client certificate
-arrives *after* the client finished its half of the handshake, so the same mapping is applied to
-the first read error of a connection that has not yet seen CONNACK.
+What ``ssl`` and the socket layer raise when connecting is mapped to the SDK's errors in one
+place, the refusal table (:mod:`device_sdk.refusals`).
 """
 
 from __future__ import annotations
@@ -33,28 +31,7 @@ from cryptography.hazmat.primitives import serialization
 
 from device_sdk import certs
 from device_sdk.credentials import Credentials
-from device_sdk.errors import (
-    CertificateRejectedError,
-    ConnectionFailedError,
-    ConnectTimeoutError,
-    CredentialError,
-    ServerUntrustedError,
-)
-
-#: OpenSSL alert reasons meaning: the server did not accept our certificate.
-CLIENT_CERT_REJECTED_REASONS = frozenset(
-    {
-        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
-        "SSLV3_ALERT_BAD_CERTIFICATE",
-        "TLSV1_ALERT_UNKNOWN_CA",
-        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
-        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
-        "SSLV3_ALERT_CERTIFICATE_REVOKED",
-        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
-        "TLSV1_ALERT_ACCESS_DENIED",
-        "TLSV1_ALERT_DECRYPT_ERROR",
-    }
-)
+from device_sdk.errors import CredentialError
 
 
 class _ServerNameContext(ssl.SSLContext):
@@ -139,99 +116,3 @@ def _private_file(data: bytes) -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-
-
-# --- error mapping -----------------------------------------------------------------------------
-
-
-def _where(host: str, port: int) -> str:
-    return f"{host}:{port}"
-
-
-def certificate_rejected(host: str, port: int, detail: str) -> CertificateRejectedError:
-    return CertificateRejectedError(
-        f"the server at {_where(host, port)} refused this device's certificate ({detail}). "
-        f"Is the CA that issued it registered with the platform and active? Was the device "
-        f"certificate issued by that CA (check the file name's CA SN)?",
-        host=host, port=port,
-    )
-
-
-def map_connect_error(exc: BaseException, host: str, port: int, *, after_handshake: bool = False,
-                      server_hostname: str | None = None) -> ConnectionFailedError:
-    """Translate an exception from connecting (or from the first read) into an SDK error.
-
-    ``after_handshake``: the TLS handshake had completed but no CONNACK arrived yet; a reset or
-    an alert at this point is how a TLS 1.3 server refuses a client certificate.
-    The original exception is kept as ``__cause__`` (as ``raise ... from`` would).
-    """
-    error = _map(exc, host, port, after_handshake, server_hostname)
-    error.__cause__ = exc
-    return error
-
-
-def _map(exc: BaseException, host: str, port: int, after_handshake: bool,
-         server_hostname: str | None) -> ConnectionFailedError:
-    where = _where(host, port)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
-        hint = "Is --server-ca the CA that issued the server's certificate?"
-        if "mismatch" in reason or "hostname" in reason.lower():
-            expected = server_hostname or host
-            hint = (
-                f"The server's certificate does not name {expected!r}; connect by a name it "
-                f"carries, or set the expected server hostname."
-            )
-        elif "expired" in reason or "not yet valid" in reason:
-            hint = "The server certificate's dates do not fit the system clock: the clock may be wrong."
-        return ServerUntrustedError(
-            f"the server at {where} could not be verified against the server CA ({reason}). {hint}",
-            host=host, port=port,
-        )
-    if isinstance(exc, ssl.SSLError):
-        # Set by OpenSSL-raised errors; an SSLError built elsewhere may carry it in the text only.
-        short = getattr(exc, "reason", None)
-        reason = (short or "").upper()
-        text = str(exc)
-        if reason in CLIENT_CERT_REJECTED_REASONS or any(
-            r.lower().replace("_", " ") in text.lower() for r in CLIENT_CERT_REJECTED_REASONS
-        ):
-            return certificate_rejected(host, port, short or text)
-        if reason in {"UNEXPECTED_EOF_WHILE_READING"} and after_handshake:
-            return certificate_rejected(host, port, "connection closed right after the handshake")
-        return ConnectionFailedError(
-            f"TLS with the server at {where} failed: {short or text}. Does the server speak "
-            f"TLS 1.2 or newer on this port?",
-            host=host, port=port,
-        )
-    if isinstance(exc, ConnectionRefusedError):
-        return ConnectionFailedError(
-            f"nothing accepts connections at {where} (connection refused); is the server running "
-            f"and the port right?",
-            host=host, port=port,
-        )
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return ConnectTimeoutError(
-            f"connecting to {where} timed out ({exc or 'no answer'}); check the network, host "
-            f"and port",
-            host=host, port=port,
-        )
-    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError | EOFError):
-        if after_handshake:
-            return certificate_rejected(
-                host, port, "the connection was closed right after the TLS handshake"
-            )
-        return ConnectionFailedError(
-            f"the server at {where} closed the connection during the TLS handshake ({exc}); "
-            f"it may not accept this device's certificate or TLS version",
-            host=host, port=port,
-        )
-    if isinstance(exc, socket.gaierror):
-        return ConnectionFailedError(
-            f"cannot resolve host {host!r}: {exc.strerror or exc}", host=host, port=port
-        )
-    if isinstance(exc, OSError):
-        return ConnectionFailedError(
-            f"cannot connect to {where}: {exc.strerror or exc}", host=host, port=port
-        )
-    return ConnectionFailedError(f"cannot connect to {where}: {exc}", host=host, port=port)

@@ -3,8 +3,11 @@ the mapping of TLS/socket failures to errors that say what to do."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import ssl
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,11 @@ from device_sdk.errors import (
     OfflineQueueFullError,
     ServerUntrustedError,
 )
+from device_sdk.exit_codes import ExitCode
 from device_sdk.identity_store import IdentityStore
 from device_sdk.platform import format_username
-from device_sdk.tls import build_ssl_context, map_connect_error
+from device_sdk.refusals import map_connect_error
+from device_sdk.tls import build_ssl_context
 from tests.sdk.conftest import PK
 
 
@@ -59,12 +64,28 @@ def test_username_comes_from_the_stored_identity(creds: Credentials, pki: Any, t
     ident = Identity(PK, "sensor01")
     assert format_username(ident) == f"sensor01&{PK}"
     store = tmp_path / "identity.json"
-    IdentityStore(store).save(ident)
+    IdentityStore(store).save(ident, creds.certificate)
     client = _client(creds, pki, identity_store=store)
     assert client.identity == ident
     assert client.topic("user/update") == f"/{PK}/sensor01/user/update"
     assert client.topic("/sys/x") == "/sys/x"
     assert _client(creds, pki).identity is None
+
+
+def test_identity_stored_for_another_certificate_is_not_used(creds: Credentials, pki: Any,
+                                                             tmp_path: Path) -> None:
+    store = tmp_path / "identity.json"
+    other = pki.device(PK, "sensor99")
+    IdentityStore(store).save(Identity(PK, "sensor99"), other.certificate)
+    with pytest.warns(RuntimeWarning, match=rf"sensor99.*stored for the certificate with SN "
+                      rf"{other.sn}, not this device's \(SN {creds.sn}\)"):
+        client = _client(creds, pki, identity_store=store)
+    assert client.identity is None  # so no username is sent: the platform names the device
+    # a file written by an older SDK does not say for which certificate: not trusted either
+    store.write_text(json.dumps({"productKey": PK, "deviceName": "sensor01"}))
+    with pytest.warns(RuntimeWarning, match="an unrecorded certificate"):
+        assert _client(creds, pki, identity_store=store).identity is None
+    assert IdentityStore(store).load() == Identity(PK, "sensor01")  # (unchecked read still works)
 
 
 def test_relative_topics_need_an_identity(creds: Credentials, pki: Any) -> None:
@@ -205,17 +226,13 @@ def test_key_reaches_openssl_without_a_lasting_file(creds: Credentials, pki: Any
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Without memfd (not Linux), the chain goes through a 0600 file in a private directory
     that is gone once the context is built; the key in it is encrypted (one-time password)."""
-    import tempfile
-
-    import device_sdk.tls as tls
-
     made: list[Path] = []
     seen: list[tuple[int, int, bytes]] = []
     real_mkdtemp = tempfile.mkdtemp
     real_load = ssl.SSLContext.load_cert_chain
 
     def mkdtemp(*args: Any, **kwargs: Any) -> str:
-        path = real_mkdtemp(*args, **kwargs)
+        path = str(real_mkdtemp(*args, **kwargs))
         made.append(Path(path))
         return path
 
@@ -224,8 +241,8 @@ def test_key_reaches_openssl_without_a_lasting_file(creds: Credentials, pki: Any
                      & 0o777, Path(certfile).read_bytes()))
         real_load(self, certfile, *args, **kwargs)
 
-    monkeypatch.delattr(tls.os, "memfd_create", raising=False)
-    monkeypatch.setattr(tls.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.delattr(os, "memfd_create", raising=False)  # (the module tls uses)
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", load_cert_chain)
     build_ssl_context(creds, pki.ca.cert_pem())
     assert len(made) == 1 and not made[0].exists()
@@ -239,10 +256,12 @@ def test_cli_usage_errors_are_messages_not_tracebacks(device_files: tuple[Path, 
     from iotx509.cli import main
 
     cert, key = device_files
-    assert main(["device", "connect", "--cert", str(cert)]) == 1
-    assert "give --cert and --key (or --store DIR)" in capsys.readouterr().err
-    assert main(["device", "connect", "--store", "/nonexistent", "--cert", str(cert)]) == 1
-    assert "either --store or --cert/--key" in capsys.readouterr().err
+    for args, says in ((["--cert", str(cert)], "give --cert and --key (or --store DIR)"),
+                       (["--store", "/nonexistent", "--cert", str(cert)],
+                        "either --store or --cert/--key")):
+        with pytest.raises(SystemExit) as info:  # usage mistakes: status 2, as argparse's own
+            main(["device", "connect", *args])
+        assert info.value.code == 2 and says in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["device", "connect", "--cert", str(cert), "--key", str(key), "--keepalive", "5"])
     assert info.value.code == 2 and "30..1200" in capsys.readouterr().err
@@ -250,5 +269,5 @@ def test_cli_usage_errors_are_messages_not_tracebacks(device_files: tuple[Path, 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         assert main(["device", "connect", "--cert", str(cert), "--key", str(key), "--port",
-                     str(port), "--timeout", "0.5"]) == 1
+                     str(port), "--timeout", "0.5"]) == ExitCode.NETWORK
     assert "connection refused" in capsys.readouterr().err

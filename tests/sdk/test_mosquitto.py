@@ -91,7 +91,8 @@ def test_publish_and_subscribe_through_mosquitto(mosquitto: Mosquitto, creds: Cr
                 sub.kill()
                 sub.wait()
         assert out.strip() == "hello cloud"
-    assert client.state is ConnectionState.STOPPED
+    final: ConnectionState = client.state  # (read again: the context manager stopped it)
+    assert final is ConnectionState.STOPPED
 
 
 def test_wrong_server_ca_is_server_untrusted(mosquitto: Mosquitto, creds: Credentials) -> None:
@@ -146,7 +147,7 @@ def test_broker_without_identity_delivery_times_out_with_a_hint(mosquitto: Mosqu
 def test_stored_identity_is_sent_as_username(mosquitto: Mosquitto, creds: Credentials,
                                              tmp_path: Path) -> None:
     store = tmp_path / "identity.json"
-    IdentityStore(store).save(Identity(PK, "sensor01"))
+    IdentityStore(store).save(Identity(PK, "sensor01"), creds.certificate)
     with _client(mosquitto, creds, identity_store=store,
                  client_id="username-check") as client:
         client.connect(timeout=10)

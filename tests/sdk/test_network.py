@@ -168,7 +168,8 @@ def test_start_keeps_retrying_a_refusal_and_reports_it(platform: Platform, tmp_p
     finally:
         client.disconnect()
     assert isinstance(errors[0], NotAuthorizedError), errors
-    assert client.state is ConnectionState.STOPPED
+    final: ConnectionState = client.state  # (read again: disconnect() stopped it)
+    assert final is ConnectionState.STOPPED
 
 
 @contextlib.contextmanager

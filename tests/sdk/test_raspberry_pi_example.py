@@ -9,11 +9,14 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from device_sdk.exit_codes import PERMANENT_EXIT_CODES, ExitCode
+from server_stub.launcher import running_server
 from tests.sdk.platform_setup import Platform, platform_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +52,7 @@ def test_device_program_publishes_readings(platform: Platform, tmp_path: Path) -
     assert seqs == [0, 1, 2]
 
 
-def test_device_program_exits_non_zero_with_the_reason(platform: Platform) -> None:
+def test_device_program_stops_with_the_refusals_status(platform: Platform) -> None:
     dev = platform.issue("pi-sensor02", associate=False)
     result = subprocess.run(
         [sys.executable, str(EXAMPLE / "device.py"), "--cert", str(dev.cert), "--key",
@@ -57,15 +60,64 @@ def test_device_program_exits_non_zero_with_the_reason(platform: Platform) -> No
          "--port", str(platform.server.mqtt_port), "--identity-store", "/dev/null/x"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )
-    assert result.returncode == 1 and "associated with a device" in result.stderr
+    # not authorised needs a person: a status the systemd unit does not restart on
+    assert result.returncode == ExitCode.NOT_AUTHORISED, result.stderr
+    assert "associated with a device" in result.stderr
+    assert str(int(ExitCode.NOT_AUTHORISED)) in _unit()["Service"]["RestartPreventExitStatus"]
+
+
+def test_device_program_boots_offline_and_delivers_once_the_server_is_up(tmp_path: Path) -> None:
+    """The server is down when the board boots: the program keeps measuring, queues the
+    readings, and delivers them in order once the server is back."""
+    with platform_server(tmp_path / "first") as platform:
+        dev = platform.issue("pi-offline01")
+        data_dir, api = platform.server.data_dir, platform.api
+        ports = ("--http-port", str(urllib.parse.urlsplit(platform.server.http_url).port),
+                 "--mqtt-port", str(platform.server.mqtt_port))
+        command = [sys.executable, str(EXAMPLE / "device.py"), "--cert", str(dev.cert), "--key",
+                   str(dev.key), "--server-ca", str(platform.server.server_ca), "--host",
+                   "127.0.0.1", "--port", str(platform.server.mqtt_port), "--identity-store",
+                   str(tmp_path / "identity.json"), "--interval", "0.05", "--count", "3",
+                   "--reconnect-cap", "1", "--flush-timeout", "60"]
+    # the server is stopped: boot the device now
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, cwd=ROOT)
+    try:
+        assert proc.stderr is not None
+        queued = []
+        for line in proc.stderr:  # the device's own report is the moment to go on
+            if "queued until the device is online" in line:
+                queued.append(line)
+            if len(queued) == 3:
+                break
+        assert len(queued) == 3 and proc.poll() is None
+        with running_server(data_dir, extra_args=ports):
+            assert proc.wait(timeout=90) == 0, proc.stderr.read()
+            recent = api.device_messages(platform.product_key, "pi-offline01")
+            seqs = [json.loads(m["payload"])["seq"] for m in recent
+                    if m["topic"].endswith("/user/update")]
+            assert seqs == [0, 1, 2]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert json.loads((tmp_path / "identity.json").read_text())["deviceName"] == "pi-offline01"
+
+
+def _unit() -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string((EXAMPLE / "iotx509-device.service").read_text())
+    return unit
 
 
 def test_systemd_unit_restarts_on_failure_and_waits_for_time_sync(tmp_path: Path) -> None:
     unit_text = (EXAMPLE / "iotx509-device.service").read_text()
-    unit = configparser.ConfigParser(strict=False, interpolation=None)
-    unit.optionxform = str  # type: ignore[assignment,method-assign]
-    unit.read_string(unit_text)
+    unit = _unit()
     assert unit["Service"]["Restart"] == "on-failure"
+    # permanent failures stop the restarts; the clock (75) and the network (69) do not
+    assert {int(c) for c in unit["Service"]["RestartPreventExitStatus"].split()} == \
+        PERMANENT_EXIT_CODES
     for key in ("After", "Wants"):
         assert {"time-sync.target", "network-online.target"} <= set(unit["Unit"][key].split())
     if shutil.which("systemd-analyze") is None:

@@ -4,8 +4,11 @@ username, identity change, each refusal, restart with the offline queue, loose k
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import stat
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -28,11 +31,14 @@ from device_sdk import (
     NotAuthorizedError,
     ServerUntrustedError,
 )
-from device_sdk.errors import DeviceSDKError
+from device_sdk.certs import fingerprint_sha256
+from device_sdk.errors import DeviceSDKError, SessionTakenOverError
+from device_sdk.exit_codes import ExitCode
 from device_sdk.identity_store import IdentityStore
 from firmware_helpers.pki import create_ca, issue_device_certificate
 from iotx509.cli import main as iotx509_main
 from server_stub.launcher import running_server
+from tests.sdk.brokers import free_port
 from tests.sdk.platform_setup import Platform, platform_server
 
 
@@ -82,7 +88,8 @@ def test_identity_is_received_persisted_and_used_for_topics(platform: Platform,
         msg = got.get(timeout=10)
         assert (msg.topic, msg.payload) == (f"/{platform.product_key}/sensor-id1/user/get", b"hello")
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
-    assert json.loads(store.read_text()) == expected.to_json()
+    assert json.loads(store.read_text()) == {**expected.to_json(), "certSn": dev.pair.sn,
+                                             "certSha256": fingerprint_sha256(creds.certificate)}
 
 
 def test_stored_identity_is_sent_as_username_next_time(platform: Platform, tmp_path: Path) -> None:
@@ -198,9 +205,127 @@ def test_cli_prints_the_identity_or_the_error(platform: Platform, tmp_path: Path
     stranger = platform.issue("sensor-cli2", associate=False)
     bad = ["device", "connect", "--cert", str(stranger.cert), "--key", str(stranger.key),
            *args[6:]]
-    assert iotx509_main(bad) == 1
+    assert iotx509_main(bad) == ExitCode.NOT_AUTHORISED
     captured = capsys.readouterr()
     assert captured.out == "" and "error: " in captured.err and "associated" in captured.err
+
+
+def _cli(platform: Platform, cert: Path, key: Path, *extra: str) -> list[str]:
+    return ["device", "connect", "--cert", str(cert), "--key", str(key),
+            "--server-ca", str(platform.server.server_ca), "--host", "127.0.0.1",
+            "--port", str(platform.server.mqtt_port), "--timeout", "10", *extra]
+
+
+def test_cli_exit_status_says_which_failure(platform: Platform, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Each failure a user meets at `iotx509 device connect`, with its documented status."""
+    def status(args: list[str]) -> tuple[int, str]:
+        code = iotx509_main(args)
+        return code, capsys.readouterr().err
+
+    now = datetime.now(UTC)
+    pk = platform.product_key
+    # credentials: the key of another device
+    one, other = platform.issue("exit-cred1"), platform.issue("exit-cred2")
+    code, err = status(_cli(platform, one.cert, other.key))
+    assert code == ExitCode.CREDENTIALS and "does not belong" in err
+    # an expired certificate needs a new one (not a clock retry)
+    expired = issue_device_certificate(platform.ca, "exit-expired", product_key=pk, days=1,
+                                       now=now - timedelta(days=3))
+    expired.write(tmp_path / "expired.cer", tmp_path / "expired.key")
+    code, err = status(_cli(platform, tmp_path / "expired.cer", tmp_path / "expired.key"))
+    assert code == ExitCode.CREDENTIALS and "has expired" in err
+    # a certificate not valid yet: the clock is probably not set yet
+    future = issue_device_certificate(platform.ca, "exit-future", product_key=pk, days=30,
+                                      now=now + timedelta(days=2))
+    future.write(tmp_path / "future.cer", tmp_path / "future.key")
+    code, err = status(_cli(platform, tmp_path / "future.cer", tmp_path / "future.key"))
+    assert code == ExitCode.CLOCK and "system clock" in err
+    # the server refuses the certificate in the TLS handshake (CA never registered)
+    stranger = platform.issue("exit-stranger", create_ca("Exit Unregistered CA"),
+                              associate=False)
+    code, err = status(_cli(platform, stranger.cert, stranger.key))
+    assert code == ExitCode.CERTIFICATE_REJECTED and "registered with the platform" in err
+    # not authorised: the certificate is associated with no device
+    loner = platform.issue("exit-loner", associate=False)
+    code, err = status(_cli(platform, loner.cert, loner.key))
+    assert code == ExitCode.NOT_AUTHORISED and "CONNACK 5" in err
+    # configuration: a server CA that did not issue the server's certificate; the hint names
+    # the command's own flag
+    good = platform.issue("exit-config")
+    impostor = tmp_path / "impostor-ca.pem"
+    impostor.write_bytes(create_ca("Exit Look-alike CA").cert_pem())
+    args = _cli(platform, good.cert, good.key)
+    args[args.index("--server-ca") + 1] = str(impostor)
+    code, err = status(args)
+    assert code == ExitCode.CONFIGURATION and "Is --server-ca the CA" in err
+    # network: nothing listens on the port (retried until --timeout, then given up)
+    args = _cli(platform, good.cert, good.key)
+    args[args.index("--port") + 1] = str(free_port())
+    args[args.index("--timeout") + 1] = "1"
+    code, err = status(args)
+    assert code == ExitCode.NETWORK and "connection refused" in err
+    assert status(_cli(platform, good.cert, good.key))[0] == 0
+
+
+def test_cli_says_a_loose_key_file_once(platform: Platform) -> None:
+    dev = platform.issue("sensor-loose-cli")
+    dev.key.chmod(0o644)
+    result = subprocess.run([sys.executable, "-m", "iotx509", *_cli(platform, dev.cert, dev.key)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("chmod 600") == 1, result.stderr
+    assert "warning: private key file" in result.stderr
+
+
+def test_two_processes_with_one_certificate_are_told_and_slowed_down(
+        platform: Platform, caplog: pytest.LogCaptureFixture) -> None:
+    """The server hands the session to the newest connection of a device: two clients with one
+    certificate kick each other off. Each is told so in plain words and backs off to the cap."""
+    dev = platform.issue("sensor-twin")
+    creds = Credentials.from_files(dev.cert, dev.key)
+    told: queue.Queue[SessionTakenOverError] = queue.Queue()
+
+    def on_state(state: ConnectionState, error: DeviceSDKError | None) -> None:
+        if isinstance(error, SessionTakenOverError):
+            told.put(error)
+
+    cap = 3.0
+    twins = [_client(platform, creds, reconnect_base=0.05, reconnect_cap=cap,
+                     on_connection_state=on_state) for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="device_sdk.client"):
+        for twin in twins:
+            twin.start()
+        try:
+            error = told.get(timeout=60)
+        finally:
+            for twin in twins:
+                twin.disconnect()
+    assert "another connection with the same certificate" in str(error)
+    assert f"SN {dev.pair.sn}" in str(error) and error.sessions >= 3
+    assert "replaced by a new connection of the same device" in platform.server.log()
+    # it waited the cap (no jitter below it) before trying again, instead of storming
+    assert any("taking over the session" in r.getMessage() and f"retrying in {cap:.1f} s"
+               in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_identity_file_of_another_device_costs_no_refused_attempt(platform: Platform,
+                                                                   tmp_path: Path) -> None:
+    first, second = platform.issue("sensor-first"), platform.issue("sensor-second")
+    store = tmp_path / "identity.json"
+    with _client(platform, Credentials.from_files(first.cert, first.key),
+                 identity_store=store) as client:
+        client.connect(timeout=10)
+    # the file is copied to another board (or the board gets a new certificate)
+    with pytest.warns(RuntimeWarning, match="stored for the certificate with SN"):
+        client = _client(platform, Credentials.from_files(second.cert, second.key),
+                         identity_store=store)
+    with client:
+        assert client.identity is None
+        assert client.connect(timeout=10) == Identity(platform.product_key, "sensor-second")
+    # the stale name was never sent as username, so the server never refused it
+    assert f"'sensor-first&{platform.product_key}'" not in platform.server.log()
+    assert IdentityStore(store).load(second.pair.certificate) == client.identity
 
 
 def test_restart_keeps_identity_and_delivers_the_offline_queue(tmp_path: Path) -> None:
