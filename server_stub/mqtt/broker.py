@@ -156,7 +156,8 @@ class Broker:
         self.connections: set[Link] = set()
         self.pending: OrderedDict[Link, None] = OrderedDict()
         """Connections not authenticated yet, oldest first."""
-        self._pending_by_source: dict[str, int] = {}
+        self._pending_by_source: dict[str, OrderedDict[Link, None]] = {}
+        """The same connections by source address, each oldest first."""
         self.sessions: dict[DeviceKey, Link] = {}
         self.router: Router[Link] = Router()
         self.recent = RecentMessages(limits)
@@ -169,15 +170,16 @@ class Broker:
         return Session(self.limits, self.now())
 
     def admit(self, conn: Link) -> bool:
-        """Take a new TCP connection, or refuse it (one log line); may close the oldest pending.
+        """Take a new TCP connection, or refuse it (one log line); may close a pending one.
 
-        A full endpoint, or a full budget for unauthenticated connections, closes the *oldest*
-        unauthenticated connection to make room: idle sockets then cannot keep a real device
-        out, while one source address can never hold more than its own share.
+        A full endpoint, or a full budget for unauthenticated connections, closes the oldest
+        unauthenticated connection of the source address that holds the most of them: idle
+        sockets then cannot keep a real device out, and one source address can never hold more
+        than its own share.
         """
         limits = self.limits
         source = conn.source
-        from_source = self._pending_by_source.get(source, 0)
+        from_source = len(self._pending_by_source.get(source, ()))
         if from_source >= limits.max_pending_per_source:
             log.warning(
                 "mqtt %s: refused: %d connections from %s are not authenticated yet "
@@ -190,22 +192,22 @@ class Broker:
                 log.warning("mqtt %s: refused: %d connections is the limit (max_connections)",
                             conn.peer, self.max_connections)
                 return False
-            oldest = next(iter(self.pending))
+            crowded = max(self._pending_by_source.values(), key=len)
+            oldest = next(iter(crowded))
             which = "max_connections" if full else "max_pending_connections"
             oldest.close(f"oldest unauthenticated connection, closed to admit a new one ({which})",
                          tls_shutdown=False)
         self.connections.add(conn)
         self.pending[conn] = None
-        self._pending_by_source[source] = from_source + 1
+        self._pending_by_source.setdefault(source, OrderedDict())[conn] = None
         return True
 
     def _unpend(self, conn: Link) -> None:
         if conn in self.pending:
             del self.pending[conn]
-            left = self._pending_by_source[conn.source] - 1
-            if left:
-                self._pending_by_source[conn.source] = left
-            else:
+            same_source = self._pending_by_source[conn.source]
+            del same_source[conn]
+            if not same_source:
                 del self._pending_by_source[conn.source]
 
     def forget(self, conn: Link) -> None:
@@ -352,16 +354,17 @@ class Broker:
         # The registry reads SQLite and checks signatures: off the event loop, so one CONNECT
         # never stalls every other connection. Packets after CONNECT wait until it answers.
         conn.hold()
+        generation = self.directory.trust_generation
         future = asyncio.get_running_loop().run_in_executor(
             None, self.directory.authenticate, leaf
         )
         future.add_done_callback(
-            functools.partial(self._connect_decided, conn, packet, leaf, claimed)
+            functools.partial(self._connect_decided, conn, packet, leaf, claimed, generation)
         )
 
     def _connect_decided(
         self, conn: Link, packet: codec.Connect, leaf: x509.Certificate,
-        claimed: Identity | None, future: asyncio.Future[AuthDecision],
+        claimed: Identity | None, generation: int, future: asyncio.Future[AuthDecision],
     ) -> None:
         session = conn.session
         if session.closed or future.cancelled():
@@ -376,6 +379,12 @@ class Broker:
         decision = future.result()
         if isinstance(decision, AuthRefused):
             self._refuse(conn, leaf, codec.CONNACK_NOT_AUTHORIZED, decision.reason)
+            return
+        if self.directory.trust_generation != generation and not self.directory.is_current(
+            decision
+        ):  # the registry changed while it answered: what it said may no longer hold
+            self._refuse(conn, leaf, codec.CONNACK_NOT_AUTHORIZED,
+                         "the registry changed during the lookup and no longer accepts it")
             return
         if claimed is not None and (claimed.product_key, claimed.device_name) != (
             decision.product_key, decision.device_name

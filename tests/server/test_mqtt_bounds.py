@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
 from server_stub.mqtt.broker import Broker
+from server_stub.ports import AuthRefused
 from tests.server.mqtt_fakes import (
     PK,
     Device,
@@ -228,19 +230,49 @@ def test_device_gets_in_while_the_pending_budget_is_full_of_idle_sockets(
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
     idle: list[socket.socket] = []
-    for source in ("127.0.0.2", "127.0.0.3"):
-        for _ in range(LIMITS.max_pending_per_source):
+    # the overall oldest come from a source with few; the crowded source pays for the newcomer
+    for source, count in (("127.0.0.3", 2), ("127.0.0.2", 4), ("127.0.0.4", 2)):
+        for _ in range(count):
             idle.append(_idle_from(env, source))
             assert wait_for(lambda: _pending(env) == len(idle))
     assert _pending(env) == LIMITS.max_pending_connections
     good = env.online(env.device("witness"))
     _still_fine(good)
-    assert _closed(idle[0])  # the oldest idle socket made room, and only it
+    assert _closed(idle[2])  # the oldest of 127.0.0.2 made room, and only it
     assert len(_lines(caplog, "(max_pending_connections)")) == 1
     assert _pending(env) == LIMITS.max_pending_connections - 1
+    sources = env.server.call(lambda: {s: len(c) for s, c in env.broker._pending_by_source.items()})
+    assert sources == {"127.0.0.3": 2, "127.0.0.2": 3, "127.0.0.4": 2}
     for s in idle:
         s.close()
     good.close()
+
+
+def test_registry_change_during_the_lookup_is_not_missed(env: Env) -> None:
+    """CONNECT's registry lookup runs off the loop; a change meanwhile must still count."""
+    dev = env.device("racer")
+    directory = env.directory
+    real = directory.authenticate
+    started, go = threading.Event(), threading.Event()
+
+    def slow(*args: object) -> object:
+        answer = real(*args)  # type: ignore[arg-type]
+        started.set()
+        assert go.wait(10)  # the answer arrives after the registry changed
+        return answer
+
+    directory.authenticate = slow  # type: ignore[method-assign,assignment]
+    try:
+        client = RawClient(env.server.port, env.world.server_ca_file, dev.cert, dev.key)
+        client.send(codec.Connect("racer|securemode=2|", 60))
+        assert started.wait(10)
+        assert not isinstance(real(dev.pair.certificate), AuthRefused)  # the answer: accepted
+        env.server.call(directory.set_device_enabled, PK, "racer", False)
+        go.set()
+        assert client.read() == codec.Connack(codec.CONNACK_NOT_AUTHORIZED)
+    finally:
+        directory.authenticate = real  # type: ignore[method-assign]
+    assert not env.server.call(env.broker.is_online, PK, "racer")
 
 
 def test_full_endpoint_refuses_newcomers_when_all_are_authenticated(
