@@ -195,13 +195,14 @@ async def overview(
     activity = _activity(messaging)
     if activity is None:
         return Overview(online=0, seconds=seconds, samples=[])
+    online = len(activity.online_devices(account.id))
     samples = [
         OverviewSample(at=iso(s.second), connections=s.connections, online=s.online)
         for s in activity.timeline(account.id, seconds)
     ]
-    return Overview(
-        online=len(activity.online_devices(account.id)), seconds=seconds, samples=samples
-    )
+    if samples:  # the current second is not sampled yet: it is what is online now
+        samples[-1] = samples[-1].model_copy(update={"online": online})
+    return Overview(online=online, seconds=seconds, samples=samples)
 
 
 class NamingRules(BaseModel):
