@@ -71,6 +71,7 @@ named once (no two classes share a name).
   |   + CommitRefused  (firmware_helpers/serial/board.py)
   |   + BatchError
   |     + PairInUseError  (a pair the provisioning report gives to another board)
+  |   + CsrRejectedError  (a board's CSR, protocol version 2)
   + ServerStubError  (server_stub/errors.py)
   | + InvalidFieldError
   | | + CaCertificateRejectedError

@@ -87,6 +87,24 @@ def _provision_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=int, default=6, help="retries per request")
     parser.add_argument("--timeout", type=float, default=0.5,
                         help="seconds to wait for an answer, on top of the line time")
+    onboard = parser.add_argument_group(
+        "keys generated on the board (protocol version 2)",
+        "The board generates its RSA key and returns a CSR; the host issues the certificate "
+        "([PK]_[DN]_[CA_SN].cer in --out, SN in the ledger first, one association CSV row) and "
+        "sends it with the server CA. No private key exists on the host or crosses the line.")
+    onboard.add_argument("--generate-on-board", action="store_true",
+                         help="have the board generate its key (needs --ca, --ca-key, "
+                         "--product-key, --device-name, --out)")
+    onboard.add_argument("--ca", help="the issuing CA certificate")
+    onboard.add_argument("--ca-key", help="the CA's private key")
+    onboard.add_argument("--product-key", help="the device's ProductKey")
+    onboard.add_argument("--device-name", help="the device's DeviceName")
+    onboard.add_argument("--out", metavar="DIR", help="directory of the issued certificates, "
+                         "association CSV, SN ledger and provisioning report")
+    onboard.add_argument("--ledger", help="SN ledger (default: DIR/sn-ledger.jsonl)")
+    onboard.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    onboard.add_argument("--key-bits", type=int, default=2048, choices=(2048, 3072, 4096),
+                         help="RSA key size the board generates (default 2048)")
     batch = parser.add_argument_group("factory batch")
     batch.add_argument("--batch", metavar="DIR",
                        help="provision boards one after another from the pairs in DIR")
@@ -150,6 +168,13 @@ def _provision(args: argparse.Namespace) -> int:
     from firmware_helpers.serial.host import Host, load_credentials
     from firmware_helpers.serial.link import SerialLink
 
+    if args.generate_on_board:
+        if args.cert or args.key or args.batch:
+            raise ProvisioningInputError(
+                "--generate-on-board makes the key on the board: give no --cert/--key; "
+                "--batch with --generate-on-board is not available yet"
+            )
+        return _generate_on_board(args)
     if args.batch:
         if args.cert or args.key:
             raise ProvisioningInputError("give either --batch DIR or --cert and --key, not both")
@@ -174,6 +199,71 @@ def _provision(args: argparse.Namespace) -> int:
         f"provisioned board {result.board_id}: {result.payload_bytes} bytes in "
         f"{result.seconds:.2f} s ({result.retransmissions} retransmissions, "
         f"{result.restarts} restarts); recorded in {report.path}"
+    )
+    if host.fell_back_to is not None:
+        print(f"note: the board speaks serial protocol version {host.fell_back_to} only; it was "
+              f"provisioned with the version {host.fell_back_to} flow")
+    return 0
+
+
+def _generate_on_board(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from device_sdk.certs import load_certificates, to_pem
+    from device_sdk.errors import CredentialError, InvalidNameError
+    from device_sdk.naming import validate_new_device_name, validate_product_key
+    from firmware_helpers.errors import ProvisioningInputError
+    from firmware_helpers.issuing import load_issuing_ca, prepare_output_dir
+    from firmware_helpers.ledger import DEFAULT_LEDGER_NAME
+    from firmware_helpers.serial.batch import REPORT_NAME, Report, check_report_writable
+    from firmware_helpers.serial.host import Host
+    from firmware_helpers.serial.link import SerialLink
+    from firmware_helpers.serial.onboard import OnBoardIssuer, provision_generated
+
+    missing = [f"--{n.replace('_', '-')}" for n in ("ca", "ca_key", "product_key", "device_name",
+                                                      "out") if not getattr(args, n)]
+    if missing:
+        raise ProvisioningInputError(f"--generate-on-board needs {', '.join(missing)}")
+    try:
+        validate_product_key(args.product_key)
+        validate_new_device_name(args.device_name)
+    except InvalidNameError as exc:
+        raise ProvisioningInputError(str(exc)) from exc
+    if args.days < 1:
+        raise ProvisioningInputError(f"--days must be at least 1, got {args.days}")
+    ca = load_issuing_ca(args.ca, args.ca_key)
+    server_ca = None
+    if args.server_ca:
+        try:
+            server_ca = to_pem(load_certificates(Path(args.server_ca).read_bytes(),
+                                                 source=args.server_ca))
+        except OSError as exc:
+            raise ProvisioningInputError(
+                f"cannot read server CA file {args.server_ca}: {exc.strerror or exc}") from exc
+        except CredentialError as exc:
+            raise ProvisioningInputError(f"not provisioning: {exc}") from exc
+    out = prepare_output_dir(args.out)
+    issuer = OnBoardIssuer(
+        ca, args.product_key, args.device_name, out,
+        Path(args.ledger) if args.ledger else out / DEFAULT_LEDGER_NAME,
+        server_ca_pem=server_ca, days=args.days,
+    )
+    issuer.check_free()
+    report = Report.open(args.report or out / REPORT_NAME)
+    check_report_writable(report)
+    link = SerialLink.open(args.port, baud=args.baud)
+    progress = _ProgressPrinter()
+    try:
+        host = Host(link, baud=args.baud, max_retries=args.retries, base_timeout=args.timeout,
+                    progress=progress)
+        result = provision_generated(host, issuer, report, bits=args.key_bits)
+    finally:
+        progress.done()
+        link.close()
+    print(
+        f"provisioned board {result.board_id} with a key it generated itself: "
+        f"{issuer.cert_path.name} (SN {issuer.sn}) in {result.seconds:.2f} s; no private key "
+        f"left the board; recorded in {report.path}"
     )
     return 0
 

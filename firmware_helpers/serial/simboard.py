@@ -103,6 +103,7 @@ class SimBoard:
         max_chunk: int = DEFAULT_MAX_CHUNK,
         boards: int = 1,
         swap_delay: float = 0.3,
+        record_wire: bool = False,
     ) -> None:
         self.store_root = Path(store)
         self.base_id = board_id or f"SIM-{secrets.token_hex(4)}"
@@ -110,6 +111,10 @@ class SimBoard:
         self.max_chunk = max_chunk
         self.boards = boards
         self.swap_delay = swap_delay
+        #: with ``record_wire``: every byte the host sent (``wire_in``) and the board sent
+        self.record_wire = record_wire
+        self.wire_in = bytearray()
+        self.wire_out = bytearray()
         self.stats = SimStats()
         self._rng = random.Random(self.faults.seed)
         self._stop = threading.Event()
@@ -234,7 +239,10 @@ class SimBoard:
 
     def _send(self, link: FdLink, data: bytes) -> None:
         self._tx_clock = self._pace(self._tx_clock, len(data))
-        link.write(self._damage(data))
+        data = self._damage(data)
+        if self.record_wire:
+            self.wire_out += data
+        link.write(data)
         self.stats.frames_out += 1
 
     def _run(self) -> None:
@@ -253,6 +261,8 @@ class SimBoard:
                 if not data:
                     continue
                 self._rx_clock = self._pace(self._rx_clock, len(data))
+                if self.record_wire:
+                    self.wire_in += data
                 commits = self.agent.commits
                 if not self._receive(link, data):
                     return

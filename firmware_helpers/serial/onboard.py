@@ -1,0 +1,211 @@
+"""Keys that never leave the board: issue a device certificate for the CSR a board returns.
+
+``iotx509 provision --generate-on-board`` (protocol version 2): the board generates the key and
+answers GENKEY with a PKCS#10 request; :func:`check_csr` decides what of it is trusted -- only
+the public key, once the signature proves the board holds its private key -- and
+:class:`OnBoardIssuer` issues the certificate by the platform's rules:
+
+- ``[PK]_[DN]_[CA_SN].cer`` in the output directory, and never a ``.key`` (there is none here);
+- the SN reserved in the CA's ledger (fsync'd) before the certificate exists, so an SN whose
+  certificate never reached a board is burnt, never reused;
+- after the board committed, one row in the association CSV and one in the provisioning report.
+
+A transaction that fails before COMMIT leaves no certificate file (its SN stays burnt in the
+ledger); one whose line failed after COMMIT was sent keeps the certificate, its association row
+and an ``uncertain`` report row: the board may hold it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from device_sdk.certs import certificate_sn, to_pem
+from device_sdk.fileio import PUBLIC_FILE_MODE, atomic_write
+from device_sdk.naming import DeviceFileName
+from firmware_helpers.association_csv import (
+    SINGLE_NAME,
+    Association,
+    existing_association_files,
+    read_associations,
+    write_associations,
+)
+from firmware_helpers.errors import (
+    CsrRejectedError,
+    DuplicateSerialError,
+    LinkError,
+    ProvisioningInputError,
+    SerialProvisioningError,
+)
+from firmware_helpers.ledger import SerialLedger
+from firmware_helpers.pki import CertifiedKey, build_device_certificate, random_serial
+from firmware_helpers.serial.batch import STATUS_OK, STATUS_UNCERTAIN, Pair, Report
+from firmware_helpers.serial.host import Host, ProvisionResult
+from firmware_helpers.serial.protocol import HelloReply, ObjectType
+
+log = logging.getLogger(__name__)
+
+#: The smallest RSA key a board may generate, and the only public exponent accepted.
+MIN_RSA_BITS = 2048
+RSA_EXPONENT = 65537
+SERIAL_BITS = 64
+MAX_SERIAL_DRAWS = 16
+
+
+def check_csr(der: bytes) -> rsa.RSAPublicKey:
+    """The CSR's public key, once it proves possession; every other field is refused.
+
+    The board names nothing: the host sets the subject, the validity and every extension. A
+    CSR that asks for a subject, attributes or extensions is a board (or firmware) that tries to
+    choose what its certificate says, and is refused rather than silently ignored.
+    """
+    try:
+        csr = x509.load_der_x509_csr(der)
+    except ValueError as exc:
+        raise CsrRejectedError(f"the board's answer is not a readable PKCS#10 CSR ({exc})") from exc
+    try:
+        valid = csr.is_signature_valid
+        public = csr.public_key()
+    except Exception as exc:  # cryptography raises several types for unsupported key encodings
+        raise CsrRejectedError(f"the CSR's key cannot be read ({exc})") from exc
+    if not isinstance(public, rsa.RSAPublicKey):
+        kind = type(public).__name__.removeprefix("_").replace("PublicKey", "")
+        raise CsrRejectedError(
+            f"the CSR's key is {kind}, not RSA; the platform accepts RSA device certificates only"
+        )
+    if not valid:
+        raise CsrRejectedError(
+            "the CSR's signature does not verify with its own public key: it does not prove "
+            "that the board holds the private key"
+        )
+    if public.key_size < MIN_RSA_BITS:
+        raise CsrRejectedError(
+            f"the CSR's RSA key has {public.key_size} bits; at least {MIN_RSA_BITS} are required"
+        )
+    if public.public_numbers().e != RSA_EXPONENT:
+        raise CsrRejectedError(
+            f"the CSR's RSA public exponent is {public.public_numbers().e}; only {RSA_EXPONENT} "
+            "is accepted"
+        )
+    if len(csr.subject):
+        raise CsrRejectedError(
+            f"the CSR asks for the subject {csr.subject.rfc4514_string()!r}; the board does not "
+            "choose its name (the host sets ProductKey and DeviceName), so the subject must be "
+            "empty"
+        )
+    if len(csr.extensions) or len(csr.attributes):
+        raise CsrRejectedError(
+            "the CSR carries extensions or attributes; the host decides every field of the "
+            "certificate, so the request must hold nothing but the public key"
+        )
+    return public
+
+
+@dataclass
+class OnBoardIssuer:
+    """Issues the certificate for one board's CSR, by the platform's rules (see module doc)."""
+
+    ca: CertifiedKey
+    product_key: str
+    device_name: str
+    out_dir: Path
+    ledger_path: Path
+    server_ca_pem: bytes | None = None
+    days: int = 3650
+    #: every SN reserved for this device in this run (more than one after a restart)
+    reserved: list[str] = field(default_factory=list)
+    cert_pem: bytes = b""
+
+    @property
+    def names(self) -> DeviceFileName:
+        return DeviceFileName(self.product_key, self.device_name, self.ca.sn)
+
+    @property
+    def cert_path(self) -> Path:
+        return self.out_dir / self.names.cert_name
+
+    def check_free(self) -> None:
+        """Before the line is touched: the DeviceName is not issued in this directory yet."""
+        if self.cert_path.exists():
+            raise ProvisioningInputError(
+                f"{self.cert_path} already exists: DeviceName {self.device_name} has a "
+                "certificate in this directory; give another --device-name"
+            )
+        for path in existing_association_files(self.out_dir):
+            if any(r.device_name == self.device_name for r in read_associations(path)):
+                raise ProvisioningInputError(
+                    f"DeviceName {self.device_name} is already in {path}; give another "
+                    "--device-name"
+                )
+
+    def __call__(self, board: HelloReply, csr_der: bytes) -> dict[ObjectType, bytes]:
+        public = check_csr(csr_der)
+        with SerialLedger(self.ledger_path) as ledger:
+            for _ in range(MAX_SERIAL_DRAWS):
+                serial = random_serial(SERIAL_BITS)
+                try:
+                    ledger.reserve(self.ca.sn, serial, self.product_key, self.device_name)
+                    break
+                except DuplicateSerialError:
+                    log.warning("SN %x is already in the ledger; drawing another", serial)
+            else:  # pragma: no cover - 16 collisions of random 64-bit SNs
+                raise ProvisioningInputError(f"{MAX_SERIAL_DRAWS} SNs in a row were taken")
+        self.reserved.append(format(serial, "x"))
+        cert = build_device_certificate(
+            self.ca, public, self.device_name, product_key=self.product_key, serial=serial,
+            days=self.days,
+        )
+        self.cert_pem = to_pem(cert)
+        atomic_write(self.cert_path, self.cert_pem, mode=PUBLIC_FILE_MODE)
+        log.info("issued %s (SN %s) for board %s", self.cert_path.name,
+                 certificate_sn(cert), board.board_id)
+        objects = {ObjectType.CERTIFICATE: self.cert_pem}
+        if self.server_ca_pem is not None:
+            objects[ObjectType.SERVER_CA] = self.server_ca_pem
+        return objects
+
+    @property
+    def sn(self) -> str:
+        return self.reserved[-1] if self.reserved else ""
+
+    def associate(self) -> Path:
+        """Append this device's row to the association CSV(s) of the directory."""
+        rows: list[Association] = []
+        for path in existing_association_files(self.out_dir):
+            rows.extend(read_associations(path))
+        rows.append(Association(self.product_key, self.device_name, self.sn))
+        written = write_associations(self.out_dir, rows)
+        return written[-1] if written else self.out_dir / SINGLE_NAME
+
+
+def provision_generated(
+    host: Host, issuer: OnBoardIssuer, report: Report, *, bits: int = 2048
+) -> ProvisionResult:
+    """The board generates its key; the host issues, sends and records. See the module doc."""
+    issuer.check_free()
+    pair = Pair(issuer.names, issuer.cert_path, issuer.cert_path.with_suffix(".key"), "")
+
+    def record(board_id: str, status: str) -> None:
+        report.append(board_id, Pair(pair.name, pair.cert, pair.key, issuer.sn), status)
+
+    try:
+        result = host.provision_generated(issuer, bits=bits)
+    except (SerialProvisioningError, KeyboardInterrupt) as exc:
+        doubtful = host.commit_sent and isinstance(exc, LinkError | KeyboardInterrupt)
+        if doubtful and host.board is not None:
+            issuer.associate()
+            why = str(exc) if isinstance(exc, LinkError) else "interrupted after COMMIT was sent"
+            record(host.board.board_id, f"{STATUS_UNCERTAIN}: {why}")
+        elif issuer.reserved:
+            # Never reached a board: no certificate without a key; the SN stays burnt.
+            with contextlib.suppress(FileNotFoundError):
+                issuer.cert_path.unlink()
+        raise
+    issuer.associate()
+    record(result.board_id, STATUS_OK)
+    return result

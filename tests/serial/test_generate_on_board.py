@@ -1,0 +1,280 @@
+"""Keys that never leave the board (protocol version 2), over real pseudo-terminals.
+
+The board generates its RSA key and returns a CSR; the host issues the certificate by the
+platform's rules and the board commits all or nothing. The proof that no private key byte
+crosses the line: every byte of both directions is recorded, every frame decoded, and no
+16-byte window of the key's secret numbers (d, p, q, in any of its encodings) appears in
+either -- while the public modulus does (the check can find what is there).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from device_sdk.certs import (
+    certificate_sn,
+    issued_by,
+    key_matches_certificate,
+    read_certificates,
+    read_private_key,
+)
+from firmware_helpers.association_csv import read_associations
+from firmware_helpers.errors import CsrRejectedError
+from firmware_helpers.ledger import SerialLedger
+from firmware_helpers.serial.framing import Frame, FrameDecoder
+from firmware_helpers.serial.onboard import check_csr
+from firmware_helpers.serial.protocol import Data, encode_message
+from firmware_helpers.serial.simboard import FaultPlan, SimBoard
+from tests.conftest import TestPKI
+from tests.firmware.cert_helpers import write_ca
+from tests.serial.conftest import PairFiles, snapshot
+
+CLI = [sys.executable, "-m", "iotx509", "provision"]
+PK = "a1OnBoard01"
+
+
+def _generate(sim: SimBoard, ca: tuple[Path, Path], out: Path, server_ca: Path, dn: str,
+              *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "--port", sim.port, "--generate-on-board", "--ca", str(ca[0]), "--ca-key",
+         str(ca[1]), "--product-key", PK, "--device-name", dn, "--server-ca", str(server_ca),
+         "--out", str(out), *extra],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def _payloads(wire: bytes) -> bytes:
+    frames = [f for f in FrameDecoder().feed(bytes(wire)) if isinstance(f, Frame)]
+    assert frames, "the recording holds frames"
+    return b"".join(f.payload for f in frames)
+
+
+def _windows(secret: bytes, size: int = 16) -> set[bytes]:
+    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
+
+
+def _secret_windows(key: rsa.RSAPrivateKey) -> set[bytes]:
+    """16-byte windows of the key's secret numbers, raw and base64 (at each of the 3 byte
+    alignments, as in a PEM or base64 file): the public modulus and exponent are left out."""
+    n = key.private_numbers()
+    found: set[bytes] = set()
+    for number in (n.d, n.p, n.q, n.dmp1, n.dmq1, n.iqmp):
+        raw = _int_bytes(number)
+        found |= _windows(raw)
+        for shift in range(3):
+            found |= _windows(base64.b64encode(raw[shift:])[:-4])
+    return found
+
+
+def _leaks(windows: set[bytes], data: bytes) -> bool:
+    return any(w in data for w in windows)
+
+
+def _int_bytes(n: int) -> bytes:
+    return n.to_bytes((n.bit_length() + 7) // 8, "big")
+
+
+@pytest.fixture
+def ca_files(pki: TestPKI, tmp_path: Path) -> tuple[Path, Path]:
+    return write_ca(pki.ca, tmp_path / "ca")
+
+
+def test_no_private_key_byte_crosses_the_line_and_none_exists_on_the_host(
+    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+    pki: TestPKI,
+) -> None:
+    out, store = tmp_path / "host-out", tmp_path / "board-store"
+    with SimBoard(store, board_id="KEYGEN-1", record_wire=True) as sim:
+        proc = _generate(sim, ca_files, out, pairs[0].server_ca, "keygen-0001")
+        assert sim.agent.keys_generated == 1
+    assert proc.returncode == 0, proc.stderr
+    assert "with a key it generated itself" in proc.stdout
+
+    # The board holds a key it made, and the certificate the host issued for it.
+    key = read_private_key(store / "device.key")
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    (cert_path,) = out.glob("*.cer")
+    assert cert_path.name == f"{PK}_keygen-0001_{pki.ca.sn}.cer"
+    cert = read_certificates(cert_path)[0]
+    assert (store / "device.cer").read_bytes() == cert_path.read_bytes()
+    assert key_matches_certificate(key, cert) and issued_by(cert, pki.ca.certificate)
+    assert (store / "server-ca.pem").read_bytes() == pairs[0].server_ca.read_bytes()
+
+    # No byte of the private key crossed the line, in either direction, raw or decoded.
+    secret = _secret_windows(key)
+    line = [bytes(sim.wire_in), bytes(sim.wire_out), _payloads(sim.wire_in),
+            _payloads(sim.wire_out)]
+    for data in line:
+        assert not _leaks(secret, data), "private key bytes on the line"
+    # The check finds a key wherever it is: in the key file (PEM), its DER, a frame carrying it
+    der = key.private_bytes(serialization.Encoding.DER,
+                            serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    assert _leaks(secret, (store / "device.key").read_bytes()) and _leaks(secret, der)
+    assert _leaks(secret, encode_message(Data(0, (store / "device.key").read_bytes()), 1))
+    # ... and the public modulus did cross the line, in the CSR (DER) from the board
+    modulus = _int_bytes(key.private_numbers().public_numbers.n)
+    assert modulus in _payloads(sim.wire_out)
+
+    # No .key file on the host, and no file there holds a private key.
+    host_files = [p for p in tmp_path.rglob("*") if p.is_file() and store not in p.parents]
+    assert not [p for p in host_files if p.suffix == ".key" and p.parent != ca_files[1].parent]
+    for path in host_files:
+        if path.parent == ca_files[1].parent:
+            continue  # the CA's own key
+        assert b"PRIVATE KEY" not in path.read_bytes(), path
+
+    # Platform rules: SN in the ledger, one association row, one report row.
+    sn = certificate_sn(cert)
+    with SerialLedger(out / "sn-ledger.jsonl") as ledger:
+        assert [e.sn for e in ledger.entries_for(pki.ca.sn)] == [sn]
+    assert [(r.device_name, r.cert_sn) for r in read_associations(out / "associations.csv")] == [
+        ("keygen-0001", sn)]
+    with (out / "provisioning-report.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["BoardId"], r["DeviceName"], r["CertSN"], r["Status"]) for r in rows] == [
+        ("KEYGEN-1", "keygen-0001", sn, "ok")]
+
+    # A second board gets the next device: one more row each, the first kept.
+    with SimBoard(tmp_path / "store-2", board_id="KEYGEN-2") as sim:
+        proc = _generate(sim, ca_files, out, pairs[0].server_ca, "keygen-0002")
+    assert proc.returncode == 0, proc.stderr
+    assert [r.device_name for r in read_associations(out / "associations.csv")] == [
+        "keygen-0001", "keygen-0002"]
+    # The same DeviceName twice is refused before the line is touched.
+    with SimBoard(tmp_path / "store-3") as sim:
+        proc = _generate(sim, ca_files, out, pairs[0].server_ca, "keygen-0002")
+        assert sim.stats.frames_in == 0
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+
+
+def test_an_old_board_is_told_apart_and_still_provisioned_with_a_pair(
+    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+) -> None:
+    a = pairs[0]
+    with SimBoard(tmp_path / "old", faults=FaultPlan(protocol_version=1)) as sim:
+        proc = _generate(sim, ca_files, tmp_path / "out", a.server_ca, "old-0001")
+        assert sim.agent.keys_generated == 0
+    assert proc.returncode == 2
+    assert "protocol version 1, which has no key generation" in proc.stderr
+    assert "--cert and --key" in proc.stderr
+    assert not list((tmp_path / "out").glob("*.cer"))  # nothing issued for it
+
+    with SimBoard(tmp_path / "old", faults=FaultPlan(protocol_version=1)) as sim:
+        proc = subprocess.run(
+            [*CLI, "--port", sim.port, "--cert", str(a.cert), "--key", str(a.key),
+             "--report", str(tmp_path / "report.csv")],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert "speaks serial protocol version 1 only" in proc.stdout
+    assert (tmp_path / "old" / "device.key").read_bytes() == a.key.read_bytes()
+
+
+def test_a_board_that_keeps_losing_power_keeps_its_credentials_and_burns_its_sns(
+    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+    pki: TestPKI,
+) -> None:
+    """Power lost after the CSR, while the certificate arrives: every attempt burns its SN."""
+    store = tmp_path / "store"
+    with SimBoard(store, board_id="FLAKY") as sim:  # first, credentials of pair A
+        proc = subprocess.run(
+            [*CLI, "--port", sim.port, "--cert", str(pairs[0].cert), "--key",
+             str(pairs[0].key), "--report", str(tmp_path / "r.csv")],
+            capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    before = snapshot(store)
+    out = tmp_path / "out"
+    # HELLO, GENKEY, BEGIN cert, DATA cert <- the power goes here, at every boot
+    plan = FaultPlan(reboot_after=4, reboot_times=100)
+    with SimBoard(store, board_id="FLAKY", faults=plan) as sim:
+        proc = _generate(sim, ca_files, out, pairs[0].server_ca, "flaky-0001")
+    assert proc.returncode == 4 and "lost the session" in proc.stderr
+    assert snapshot(store) == before
+    assert not list(out.glob("*.cer")) and not (out / "associations.csv").exists()
+    with SerialLedger(out / "sn-ledger.jsonl") as ledger:
+        burnt = ledger.entries_for(pki.ca.sn)
+    assert len(burnt) == 3 and len({e.sn for e in burnt}) == 3  # first try + 2 restarts
+    assert not (out / "provisioning-report.csv").exists() or not list(
+        csv.DictReader((out / "provisioning-report.csv").open()))
+
+
+# --- what of a CSR is trusted ------------------------------------------------------------------
+
+
+def _csr(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, *, subject: x509.Name | None = None,
+         extension: bool = False) -> x509.CertificateSigningRequest:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject or x509.Name([]))
+    if extension:
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    return builder.sign(key, hashes.SHA256())
+
+
+def _der(csr: x509.CertificateSigningRequest) -> bytes:
+    return csr.public_bytes(serialization.Encoding.DER)
+
+
+@pytest.fixture(scope="module")
+def board_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def test_a_good_csr_gives_its_public_key(board_key: rsa.RSAPrivateKey) -> None:
+    public = check_csr(_der(_csr(board_key)))
+    assert public.public_numbers() == board_key.public_key().public_numbers()
+
+
+def test_csr_signed_by_another_key_is_refused(board_key: rsa.RSAPrivateKey) -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    mine, theirs = _der(_csr(board_key)), _der(_csr(other))
+    forged = mine[:-256] + theirs[-256:]  # board_key's request, another key's signature
+    with pytest.raises(CsrRejectedError, match="does not prove that the board holds"):
+        check_csr(forged)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda k: _csr(ec.generate_private_key(ec.SECP256R1())), "key is EC, not RSA"),
+        (lambda k: _csr(rsa.generate_private_key(public_exponent=65537, key_size=1024)),
+         "has 1024 bits; at least 2048"),
+        (lambda k: _csr(rsa.generate_private_key(public_exponent=3, key_size=2048)),
+         "public exponent is 3"),
+        (lambda k: _csr(k, subject=x509.Name(
+            [x509.NameAttribute(x509.NameOID.COMMON_NAME, "i-choose-my-name")])),
+         "asks for the subject 'CN=i-choose-my-name'"),
+        (lambda k: _csr(k, extension=True), "carries extensions or attributes"),
+    ],
+    ids=["ec-key", "rsa-1024", "exponent-3", "own-subject", "extensions"],
+)
+def test_bad_csrs_are_refused(board_key: rsa.RSAPrivateKey, make: object, message: str) -> None:
+    assert callable(make)
+    with pytest.raises(CsrRejectedError, match=message):
+        check_csr(_der(make(board_key)))
+
+
+def test_garbage_instead_of_a_csr_is_refused() -> None:
+    with pytest.raises(CsrRejectedError, match="not a readable PKCS#10 CSR"):
+        check_csr(b"\x30\x03garbage")
+
+
+def test_not_after_is_the_hosts_choice(tmp_path: Path, ca_files: tuple[Path, Path],
+                                       pairs: tuple[PairFiles, PairFiles]) -> None:
+    with SimBoard(tmp_path / "store") as sim:
+        proc = _generate(sim, ca_files, tmp_path / "out", pairs[0].server_ca, "days-0001",
+                         "--days", "30")
+    assert proc.returncode == 0, proc.stderr
+    cert = read_certificates(next((tmp_path / "out").glob("*.cer")))[0]
+    lifetime = cert.not_valid_after_utc - datetime.now(UTC)
+    assert timedelta(days=29) < lifetime <= timedelta(days=31)
