@@ -74,4 +74,5 @@ def sign_in(page: Any, server: RunningServer) -> None:
     page.goto(server.http_url + "/console/")
     page.get_by_label("API token").fill(server.token)
     page.get_by_role("button", name="Sign in").click()
-    playwright_sync.expect(page.get_by_role("link", name="Products")).to_be_visible()
+    playwright_sync.expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    playwright_sync.expect(page.locator("#nav")).to_be_visible()

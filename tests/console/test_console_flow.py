@@ -71,6 +71,7 @@ def test_the_documented_flow_through_the_console(
     # --- sign in: a wrong token is refused with the server's reason, the right one works
     page.goto(server.http_url + "/console/")
     expect(page.get_by_label("API token")).to_be_visible()
+    expect(page.locator("#nav")).to_be_hidden()  # nothing but the sign-in form before it
     shot(page, "signin")
     page.get_by_label("API token").fill("not-a-token")
     page.get_by_role("button", name="Sign in").click()
