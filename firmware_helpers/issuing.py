@@ -12,7 +12,8 @@ Why it is built this way:
 - A pair is written key first, certificate second, each atomically (temporary file, fsync,
   rename). A pair is complete when both files exist. On resume complete pairs are kept, and
   incomplete ones (a key without its certificate) and temporary files are removed and issued
-  again: re-running the same command finishes the batch.
+  again: re-running the same command finishes the batch. A certificate without a key is a
+  device whose key was generated on its board (serial protocol version 2): it is kept.
 - The association CSVs are written last and cover every complete pair for the product and CA in
   the output directory, so a resumed run ends with complete CSVs.
 """
@@ -273,12 +274,20 @@ def _scan(out_dir: Path, product_key: str, ca: CertifiedKey) -> _Scan:
         files.setdefault(parsed, set()).add(entry.suffix)
     for parsed, suffixes in files.items():
         cert_path, key_path = out_dir / parsed.cert_name, out_dir / parsed.key_name
-        if suffixes != {CERT_SUFFIX, KEY_SUFFIX}:
-            scan.incomplete.extend(p for p in (cert_path, key_path) if p.exists())
+        if CERT_SUFFIX not in suffixes:
+            # Pairs are written key first: a key alone is what an interrupted run leaves.
+            scan.incomplete.append(key_path)
             continue
+        # A readable certificate alone is not a leftover of this engine: its key was generated
+        # on the board (``provision --generate-on-board``) and is nowhere on this host. It is a
+        # device of this directory like the others (kept, and in the association CSV).
+        lone = KEY_SUFFIX not in suffixes
         try:
             cert = load_certificates(cert_path.read_bytes(), source=str(cert_path))[0]
         except (CredentialError, OSError) as exc:
+            if lone:  # an unreadable file alone is debris, not a device: issued again
+                scan.incomplete.append(cert_path)
+                continue
             raise IssuanceError(
                 f"the existing certificate {cert_path} cannot be read ({exc}); it was not written "
                 "by this tool's atomic writes. Move the pair away to have it issued again"

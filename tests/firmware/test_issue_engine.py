@@ -187,6 +187,20 @@ def test_load_issuing_ca_maps_unreadable_files(tmp_path: Path) -> None:
         load_issuing_ca(bad, bad)
 
 
+def test_a_certificate_whose_key_lives_on_its_board_is_kept_and_associated(
+    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+) -> None:
+    """``provision --generate-on-board`` leaves a .cer without .key: not a leftover."""
+    out = tmp_path / "out"
+    cert, key, _ = pki.write_device(PK, "onboard-0001", directory=out)
+    key.unlink()
+    report = issue_devices(pki.ca, PK, ["dev-0001"], out, _key_source=one_key)
+    assert cert.exists() and report.removed == []
+    sns = {r.device_name: r.cert_sn for r in read_associations(out / "associations.csv")}
+    assert sns == {"onboard-0001": certificate_sn(read_certificates(cert)[0]),
+                   "dev-0001": report.issued[0].sn}
+
+
 # --- interrupted runs (real subprocesses) ------------------------------------------------------
 #
 # The moment a run is interrupted is an event of the run itself, never a sleep: the command runs
