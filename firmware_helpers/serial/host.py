@@ -29,11 +29,13 @@ from device_sdk.certs import (
 from device_sdk.errors import CredentialError, KeyPasswordError
 from firmware_helpers.errors import (
     BoardRebootedError,
+    LinkError,
     LinkTimeoutError,
     ProtocolError,
     ProtocolVersionError,
     ProvisioningInputError,
     RetriesExhaustedError,
+    SerialProvisioningError,
 )
 from firmware_helpers.serial.link import DEFAULT_BAUD, Link
 from firmware_helpers.serial.protocol import (
@@ -376,6 +378,12 @@ class Host:
                         ) from exc
         except KeyboardInterrupt:
             if not self.commit_sent:
+                self.abort()
+            raise
+        except SerialProvisioningError as exc:
+            # Refused on our side (a bad CSR, a board already holding the pair) or by the board:
+            # the line works, so tell the board to drop what it staged (a generated key too).
+            if not self.commit_sent and not isinstance(exc, LinkError):
                 self.abort()
             raise
         return ProvisionResult(

@@ -164,7 +164,7 @@ def test_a_pair_provisioned_in_single_mode_is_never_given_to_another_board(
     # beyond HELLO, and the message says where the pair is.
     with SimBoard(tmp_path / "other", board_id="BENCH-8") as sim:
         proc = _single(sim, first)
-        assert sim.stats.frames_in == 1  # HELLO only
+        assert sim.stats.frames_in == 2  # HELLO, then ABORT: nothing of the pair was sent
     assert proc.returncode == 2
     assert "is already on board BENCH-7" in proc.stderr and str(report) in proc.stderr
     assert not (tmp_path / "other" / "device.cer").exists()

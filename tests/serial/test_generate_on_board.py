@@ -278,3 +278,59 @@ def test_not_after_is_the_hosts_choice(tmp_path: Path, ca_files: tuple[Path, Pat
     cert = read_certificates(next((tmp_path / "out").glob("*.cer")))[0]
     lifetime = cert.not_valid_after_utc - datetime.now(UTC)
     assert timedelta(days=29) < lifetime <= timedelta(days=31)
+
+
+# --- boards that misbehave between CSR and commit -------------------------------------------
+
+
+@pytest.fixture
+def provisioned_store(tmp_path: Path, pairs: tuple[PairFiles, PairFiles]) -> Path:
+    store = tmp_path / "store"
+    with SimBoard(store) as sim:
+        proc = subprocess.run(
+            [*CLI, "--port", sim.port, "--cert", str(pairs[0].cert), "--key",
+             str(pairs[0].key), "--report", str(tmp_path / "r.csv")],
+            capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return store
+
+
+def test_board_unplugged_after_its_csr_keeps_its_credentials(
+    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+    provisioned_store: Path, pki: TestPKI,
+) -> None:
+    before = snapshot(provisioned_store)
+    out = tmp_path / "out"
+    # HELLO, GENKEY (answered with a CSR), BEGIN cert, DATA cert <- unplugged here
+    with SimBoard(provisioned_store, faults=FaultPlan(unplug_after=4)) as sim:
+        proc = _generate(sim, ca_files, out, pairs[0].server_ca, "gone-0001")
+    assert proc.returncode == 4 and "went away" in proc.stderr
+    assert snapshot(provisioned_store) == before
+    assert not list(out.glob("*.cer")) and not (out / "associations.csv").exists()
+    with SerialLedger(out / "sn-ledger.jsonl") as ledger:
+        assert len(ledger.entries_for(pki.ca.sn)) == 1  # its SN is burnt, never reused
+
+
+@pytest.mark.parametrize(
+    ("csr", "message"),
+    [(b"\x30\x03abc", "not a readable PKCS#10 CSR"),
+     (None, "asks for the subject 'CN=board-chooses'")],
+    ids=["garbage", "own-name"],
+)
+def test_board_with_a_bad_csr_gets_nothing(
+    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+    provisioned_store: Path, csr: bytes | None, message: str,
+) -> None:
+    before = snapshot(provisioned_store)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    named = _der(_csr(key, subject=x509.Name(
+        [x509.NameAttribute(x509.NameOID.COMMON_NAME, "board-chooses")])))
+    out = tmp_path / "out"
+    with SimBoard(provisioned_store) as sim:
+        sim.agent.keygen = lambda bits: (b"staged key", csr if csr is not None else named)
+        proc = _generate(sim, ca_files, out, pairs[0].server_ca, "bad-0001")
+        assert sim.wait(lambda s: not sim.agent.machine.staged_types, timeout=30)  # ABORTed
+    assert proc.returncode == 3 and message in proc.stderr
+    assert snapshot(provisioned_store) == before
+    assert not list(out.glob("*.cer"))
+    assert not (out / "sn-ledger.jsonl").exists() or not (out / "sn-ledger.jsonl").read_bytes()
