@@ -69,8 +69,10 @@ def register(tree: CommandTree) -> None:
 
 
 def _provision_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", required=True,
-                        help="serial port: /dev/ttyUSB0, a pty path, socket://host:port, loop://")
+    parser.add_argument("--port", required=True, action="append",
+                        help="serial port: /dev/ttyUSB0, a pty path, socket://host:port, loop://"
+                        " (repeat it with --batch --generate-on-board: one board per port, in "
+                        "parallel)")
     parser.add_argument("--cert", help="device certificate (PEM or DER; stored as PEM)")
     parser.add_argument("--key", help="device private key (PEM or DER, PKCS#1 or PKCS#8, "
                         "encrypted or not; stored as unencrypted PKCS#1 PEM)")
@@ -103,11 +105,14 @@ def _provision_parser(parser: argparse.ArgumentParser) -> None:
                          "association CSV, SN ledger and provisioning report")
     onboard.add_argument("--ledger", help="SN ledger (default: DIR/sn-ledger.jsonl)")
     onboard.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    onboard.add_argument("--prefix", help="with --batch: devices are named PREFIX0001, ... "
+                         "(the next names nobody has had)")
     onboard.add_argument("--key-bits", type=int, default=2048, choices=(2048, 3072, 4096),
                          help="RSA key size the board generates (default 2048)")
     batch = parser.add_argument_group("factory batch")
-    batch.add_argument("--batch", metavar="DIR",
-                       help="provision boards one after another from the pairs in DIR")
+    batch.add_argument("--batch", metavar="DIR", nargs="?", const="",
+                       help="provision boards one after another from the pairs in DIR; with "
+                       "--generate-on-board (no DIR): boards on every --port in parallel")
     how = batch.add_mutually_exclusive_group()
     how.add_argument("--wait", dest="mode", action="store_const", const="wait",
                      help="wait for the next board to answer (default)")
@@ -168,12 +173,20 @@ def _provision(args: argparse.Namespace) -> int:
     from firmware_helpers.serial.host import Host, load_credentials
     from firmware_helpers.serial.link import SerialLink
 
+    ports = args.port
     if args.generate_on_board:
-        if args.cert or args.key or args.batch:
+        if args.cert or args.key:
             raise ProvisioningInputError(
-                "--generate-on-board makes the key on the board: give no --cert/--key; "
-                "--batch with --generate-on-board is not available yet"
-            )
+                "--generate-on-board makes the key on the board: give no --cert/--key")
+        if args.batch is not None or len(ports) > 1:
+            return _generate_on_board_batch(args)
+    if len(ports) > 1:
+        raise ProvisioningInputError(
+            "several --port are for --batch --generate-on-board only; give one --port")
+    args.port = ports[0]
+    if args.batch == "" and not args.generate_on_board:
+        raise ProvisioningInputError("--batch needs the DIR of the issued pairs")
+    if args.generate_on_board:
         return _generate_on_board(args)
     if args.batch:
         if args.cert or args.key:
@@ -209,40 +222,20 @@ def _provision(args: argparse.Namespace) -> int:
 def _generate_on_board(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from device_sdk.certs import load_certificates, to_pem
-    from device_sdk.errors import CredentialError, InvalidNameError
-    from device_sdk.naming import validate_new_device_name, validate_product_key
+    from device_sdk.errors import InvalidNameError
+    from device_sdk.naming import validate_new_device_name
     from firmware_helpers.errors import ProvisioningInputError
-    from firmware_helpers.issuing import load_issuing_ca, prepare_output_dir
     from firmware_helpers.ledger import DEFAULT_LEDGER_NAME
     from firmware_helpers.serial.batch import REPORT_NAME, Report, check_report_writable
     from firmware_helpers.serial.host import Host
     from firmware_helpers.serial.link import SerialLink
     from firmware_helpers.serial.onboard import OnBoardIssuer, provision_generated
 
-    missing = [f"--{n.replace('_', '-')}" for n in ("ca", "ca_key", "product_key", "device_name",
-                                                      "out") if not getattr(args, n)]
-    if missing:
-        raise ProvisioningInputError(f"--generate-on-board needs {', '.join(missing)}")
+    ca, server_ca, out = _onboard_common(args, name_option="device_name")
     try:
-        validate_product_key(args.product_key)
         validate_new_device_name(args.device_name)
     except InvalidNameError as exc:
         raise ProvisioningInputError(str(exc)) from exc
-    if args.days < 1:
-        raise ProvisioningInputError(f"--days must be at least 1, got {args.days}")
-    ca = load_issuing_ca(args.ca, args.ca_key)
-    server_ca = None
-    if args.server_ca:
-        try:
-            server_ca = to_pem(load_certificates(Path(args.server_ca).read_bytes(),
-                                                 source=args.server_ca))
-        except OSError as exc:
-            raise ProvisioningInputError(
-                f"cannot read server CA file {args.server_ca}: {exc.strerror or exc}") from exc
-        except CredentialError as exc:
-            raise ProvisioningInputError(f"not provisioning: {exc}") from exc
-    out = prepare_output_dir(args.out)
     issuer = OnBoardIssuer(
         ca, args.product_key, args.device_name, out,
         Path(args.ledger) if args.ledger else out / DEFAULT_LEDGER_NAME,
@@ -266,6 +259,85 @@ def _generate_on_board(args: argparse.Namespace) -> int:
         f"left the board; recorded in {report.path}"
     )
     return 0
+
+
+def _onboard_common(args: argparse.Namespace, *, name_option: str) -> tuple[Any, Any, Any]:
+    """CA, server CA PEM and output directory for --generate-on-board, checked up front."""
+    from pathlib import Path
+
+    from device_sdk.certs import load_certificates, to_pem
+    from device_sdk.errors import CredentialError, InvalidNameError
+    from device_sdk.naming import validate_product_key
+    from firmware_helpers.errors import ProvisioningInputError
+    from firmware_helpers.issuing import load_issuing_ca, prepare_output_dir
+
+    needed = ("ca", "ca_key", "product_key", name_option, "out")
+    missing = [f"--{n.replace('_', '-')}" for n in needed if not getattr(args, n)]
+    if missing:
+        raise ProvisioningInputError(f"--generate-on-board needs {', '.join(missing)}")
+    try:
+        validate_product_key(args.product_key)
+    except InvalidNameError as exc:
+        raise ProvisioningInputError(str(exc)) from exc
+    if args.days < 1:
+        raise ProvisioningInputError(f"--days must be at least 1, got {args.days}")
+    ca = load_issuing_ca(args.ca, args.ca_key)
+    server_ca = None
+    if args.server_ca:
+        try:
+            server_ca = to_pem(load_certificates(Path(args.server_ca).read_bytes(),
+                                                 source=args.server_ca))
+        except OSError as exc:
+            raise ProvisioningInputError(
+                f"cannot read server CA file {args.server_ca}: {exc.strerror or exc}") from exc
+        except CredentialError as exc:
+            raise ProvisioningInputError(f"not provisioning: {exc}") from exc
+    return ca, server_ca, prepare_output_dir(args.out)
+
+
+def _generate_on_board_batch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from firmware_helpers.errors import ProvisioningInputError
+    from firmware_helpers.ledger import DEFAULT_LEDGER_NAME
+    from firmware_helpers.serial.batch import REPORT_NAME, Report, check_report_writable
+    from firmware_helpers.serial.host import Host
+    from firmware_helpers.serial.link import SerialLink
+    from firmware_helpers.serial.parallel import ParallelBatch
+
+    if args.batch:
+        raise ProvisioningInputError(
+            "--batch takes no DIR with --generate-on-board: there are no pairs; give --out DIR")
+    if args.device_name:
+        raise ProvisioningInputError("--batch names the devices from --prefix; no --device-name")
+    if len(set(args.port)) != len(args.port):
+        raise ProvisioningInputError("a --port is given twice")
+    ca, server_ca, out = _onboard_common(args, name_option="prefix")
+    ledger = Path(args.ledger) if args.ledger else out / DEFAULT_LEDGER_NAME
+    report = Report.open(args.report or out / REPORT_NAME)
+    check_report_writable(report)
+    links = []
+    try:
+        for port in args.port:
+            links.append((port, SerialLink.open(port, baud=args.baud)))
+        hosts = [(port, Host(link, baud=args.baud, max_retries=args.retries,
+                             base_timeout=args.timeout)) for port, link in links]
+        batch = ParallelBatch(
+            hosts, ca, args.product_key, args.prefix, out, ledger, report,
+            server_ca_pem=server_ca, days=args.days, bits=args.key_bits,
+            max_boards=args.max_boards, board_timeout=args.board_timeout,
+            say=lambda line: print(line, flush=True),
+        )
+        summary = batch.run()
+    finally:
+        for _port, link in links:
+            link.close()
+    for result in summary.ports:
+        print(f"  {result.port}: {len(result.provisioned)} provisioned, "
+              f"{len(result.failed)} failed")
+    print(f"{summary.provisioned} board(s) provisioned with keys they generated, "
+          f"{summary.failed} failed; report: {report.path}")
+    return 0 if not summary.failed else 1
 
 
 def _batch(args: argparse.Namespace) -> int:

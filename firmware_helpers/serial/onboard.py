@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,21 +185,32 @@ class OnBoardIssuer:
 
 
 def provision_generated(
-    host: Host, issuer: OnBoardIssuer, report: Report, *, bits: int = 2048
+    host: Host, issuer: OnBoardIssuer, report: Report, *, bits: int = 2048,
+    lock: AbstractContextManager[object] | None = None,
 ) -> ProvisionResult:
-    """The board generates its key; the host issues, sends and records. See the module doc."""
-    issuer.check_free()
+    """The board generates its key; the host issues, sends and records. See the module doc.
+
+    ``lock`` guards what boards on several ports share (ledger, association CSV, report).
+    """
+    guard = lock if lock is not None else contextlib.nullcontext()
+    with guard:
+        issuer.check_free()
     pair = Pair(issuer.names, issuer.cert_path, issuer.cert_path.with_suffix(".key"), "")
 
     def record(board_id: str, status: str) -> None:
-        report.append(board_id, Pair(pair.name, pair.cert, pair.key, issuer.sn), status)
+        with guard:
+            issuer.associate()
+            report.append(board_id, Pair(pair.name, pair.cert, pair.key, issuer.sn), status)
+
+    def issue(board: HelloReply, csr: bytes) -> dict[ObjectType, bytes]:
+        with guard:
+            return issuer(board, csr)
 
     try:
-        result = host.provision_generated(issuer, bits=bits)
+        result = host.provision_generated(issue, bits=bits)
     except (SerialProvisioningError, KeyboardInterrupt) as exc:
         doubtful = host.commit_sent and isinstance(exc, LinkError | KeyboardInterrupt)
         if doubtful and host.board is not None:
-            issuer.associate()
             why = str(exc) if isinstance(exc, LinkError) else "interrupted after COMMIT was sent"
             record(host.board.board_id, f"{STATUS_UNCERTAIN}: {why}")
         elif issuer.reserved:
@@ -206,6 +218,5 @@ def provision_generated(
             with contextlib.suppress(FileNotFoundError):
                 issuer.cert_path.unlink()
         raise
-    issuer.associate()
     record(result.board_id, STATUS_OK)
     return result

@@ -334,3 +334,93 @@ def test_board_with_a_bad_csr_gets_nothing(
     assert snapshot(provisioned_store) == before
     assert not list(out.glob("*.cer"))
     assert not (out / "sn-ledger.jsonl").exists() or not (out / "sn-ledger.jsonl").read_bytes()
+
+
+# --- several ports at once ---------------------------------------------------------------------
+
+
+def test_boards_on_two_ports_are_provisioned_in_parallel_and_never_named_twice(
+    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+) -> None:
+    out = tmp_path / "out"
+
+    def run(*ports: str, max_boards: int) -> subprocess.Popen[str]:
+        port_args = [arg for port in ports for arg in ("--port", port)]
+        return subprocess.Popen(
+            [*CLI, *port_args, "--batch", "--generate-on-board", "--ca", str(ca_files[0]),
+             "--ca-key", str(ca_files[1]), "--product-key", PK, "--prefix", "line3-",
+             "--server-ca", str(pairs[0].server_ca), "--out", str(out),
+             "--max-boards", str(max_boards), "--board-timeout", "60"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    # Port A's first board holds GENKEY (probe HELLO, HELLO, GENKEY) until resumed: port B
+    # finishing a board meanwhile proves the ports run in parallel -- an event, not a timing.
+    with SimBoard(tmp_path / "a", boards=2, faults=FaultPlan(pause_after=3)) as sim_a, \
+            SimBoard(tmp_path / "b", boards=2) as sim_b:
+        proc = run(sim_a.port, sim_b.port, max_boards=4)
+        try:
+            assert sim_a.wait(lambda s: s.paused, timeout=60)
+            assert sim_b.wait(lambda s: len(s.boards_served) >= 2, timeout=60)  # B committed
+            assert sim_a.stats.paused and sim_a.agent.commits == 0
+            sim_a.resume()
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        served = sim_a.stats.boards_served[:2] + sim_b.stats.boards_served[:2]
+    assert proc.returncode == 0, stderr + stdout
+    assert "4 board(s) provisioned with keys they generated, 0 failed" in stdout
+
+    with (out / "provisioning-report.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    names = sorted(r["DeviceName"] for r in rows)
+    assert names == [f"line3-{i:04d}" for i in range(1, 5)]
+    assert sorted(r["BoardId"] for r in rows) == sorted(served)
+    assert all(r["Status"] == "ok" for r in rows) and len({r["CertSN"] for r in rows}) == 4
+    assert sorted(r.device_name for r in read_associations(out / "associations.csv")) == names
+    assert not list(out.glob("*.key"))
+    for row in rows:  # each board holds the certificate issued for its DeviceName
+        board_store = next(p for p in (tmp_path / "a" / row["BoardId"],
+                                       tmp_path / "b" / row["BoardId"]) if p.exists())
+        cert = next(out.glob(f"{PK}_{row['DeviceName']}_*.cer"))
+        assert (board_store / "device.cer").read_bytes() == cert.read_bytes()
+        assert key_matches_certificate(read_private_key(board_store / "device.key"),
+                                       read_certificates(cert)[0])
+
+    # A re-run on a new board resumes with the next free name.
+    with SimBoard(tmp_path / "c") as sim_c:
+        proc = run(sim_c.port, max_boards=1)
+        stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "line3-0005" in stdout
+
+
+def test_a_failed_board_burns_its_name_and_sn_and_the_next_run_skips_both(
+    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+    pki: TestPKI,
+) -> None:
+    out = tmp_path / "out"
+
+    def run(port: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, "--port", port, "--batch", "--generate-on-board", "--ca", str(ca_files[0]),
+             "--ca-key", str(ca_files[1]), "--product-key", PK, "--prefix", "line4-",
+             "--out", str(out), "--max-boards", "1", "--board-timeout", "60"],
+            capture_output=True, text=True, timeout=120,
+        )
+
+    # probe HELLO, HELLO, GENKEY, BEGIN certificate <- unplugged
+    with SimBoard(tmp_path / "a", faults=FaultPlan(unplug_after=4)) as sim:
+        proc = run(sim.port)
+    assert proc.returncode == 1 and "FAILED (line4-0001)" in proc.stdout
+    assert "0 board(s) provisioned with keys they generated, 1 failed" in proc.stdout
+    with SimBoard(tmp_path / "b") as sim:
+        proc = run(sim.port)
+    assert proc.returncode == 0, proc.stderr
+    assert "line4-0002" in proc.stdout
+    with SerialLedger(out / "sn-ledger.jsonl") as ledger:
+        entries = ledger.entries_for(pki.ca.sn)
+    assert [e.device_name for e in entries] == ["line4-0001", "line4-0002"]
+    assert [r.device_name for r in read_associations(out / "associations.csv")] == ["line4-0002"]
