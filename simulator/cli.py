@@ -109,12 +109,26 @@ def _run(args: argparse.Namespace) -> int:
     from device_sdk.cli_support import require_extra
 
     require_extra("locust", "simulator")
-    extra = list(args.locust_args)
-    if extra and extra[0] == "--":
-        extra = extra[1:]
+    simulator_args, extra = _split_run_args(args)
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--fleet", str(args.fleet),
-               *to_locust_args(args, skip=("--fleet",)), *extra]
+               *simulator_args, *extra]
     return run_forwarding_signals(command)
+
+
+def _split_run_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Simulator options (before ``--``, checked here) and Locust's own (after ``--``).
+
+    argparse hands everything after FLEET over as one remainder; without a ``--`` in it, it all
+    goes to Locust as before (Locust knows the simulator's options too).
+    """
+    rest = list(args.locust_args)
+    if "--" not in rest:
+        return to_locust_args(args, skip=("--fleet",)), rest
+    cut = rest.index("--")
+    parser = argparse.ArgumentParser(prog="iotx509 fleet run FLEET", add_help=False)
+    add_to_argparse(parser, skip=("--fleet",))
+    parsed = parser.parse_args(rest[:cut], namespace=argparse.Namespace(**vars(args)))
+    return to_locust_args(parsed, skip=("--fleet",)), rest[cut + 1:]
 
 
 def _locustfile(_args: argparse.Namespace) -> int:
