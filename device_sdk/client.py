@@ -14,7 +14,12 @@ need and paho does not do:
 - **An offline queue** for QoS 1 publishes, and delivery tracking (:mod:`device_sdk.delivery`).
 
 This module is the I/O shell around sans-IO parts: one connection attempt is the state machine
-:class:`~device_sdk.attempt.Attempt`, fed the events paho reports.
+:class:`~device_sdk.attempt.Attempt`, fed the events paho reports; between attempts
+:class:`~device_sdk.reconnect.Reconnector` decides; subscriptions (:mod:`device_sdk.subscriptions`)
+and the paho set-up (:mod:`device_sdk.paho_glue`) live apart. Why it is still over 500 lines: a
+third of it is the public API's documentation, and what remains is the one place where threads,
+the lock and paho's callbacks meet -- splitting that further would spread the locking rules
+over several files.
 
 Threads: socket I/O is done by a network driver (:mod:`device_sdk.network`), by default one
 thread with one epoll selector shared by every client of the process. paho's callbacks, hence
@@ -39,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
 from device_sdk import delivery as _delivery
 from device_sdk.attempt import (
@@ -78,9 +83,11 @@ from device_sdk.identity import Identity
 from device_sdk.identity_store import IdentityStore
 from device_sdk.network import NetworkDriver, default_driver
 from device_sdk.offline_queue import DropPolicy, OfflineQueue, QueuedMessage
+from device_sdk.paho_glue import new_paho_client
 from device_sdk.platform import IDENTITY_TOPIC, ClientId, format_username, validate_keepalive
 from device_sdk.reconnect import Reconnector
 from device_sdk.refusals import PERMANENT_ERRORS, SDK_HINTS, HintNames, Refusals, connack_code
+from device_sdk.subscriptions import Message, MessageCallback, Subscriptions, deliver
 from device_sdk.tls import build_ssl_context
 
 log = logging.getLogger(__name__)
@@ -98,27 +105,8 @@ class ConnectionState(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message the device received on one of its subscriptions."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-
-MessageCallback = Callable[[Message], None]
 IdentityChangedCallback = Callable[[Identity | None, Identity], None]
 ConnectionStateCallback = Callable[[ConnectionState, DeviceSDKError | None], None]
-
-
-@dataclass
-class _Subscription:
-    topic: str
-    qos: int
-    callback: MessageCallback
-    resolved: str | None = None
 
 
 @dataclass
@@ -127,28 +115,6 @@ class _ConnectWaiter:
 
     online: bool = False
     error: DeviceSDKError | None = None
-
-
-class _LastSocketError(logging.Handler):
-    """paho logs socket errors (with the exception object) and returns a bare code; keep the
-    object so a TLS alert read after a TLS 1.3 handshake can be mapped to its real meaning.
-
-    paho's records are passed on to the ``device_sdk.paho`` logger at DEBUG level at most: the
-    SDK reports the failure itself, with a message that says what to do.
-    """
-
-    def __init__(self, forward_to: logging.Logger) -> None:
-        super().__init__(logging.DEBUG)
-        self.error: BaseException | None = None
-        self._forward_to = forward_to
-
-    def emit(self, record: logging.LogRecord) -> None:
-        args = record.args if isinstance(record.args, tuple) else ()
-        for arg in args:
-            if isinstance(arg, BaseException):
-                self.error = arg
-        if self._forward_to.isEnabledFor(logging.DEBUG):
-            self._forward_to.debug("%s", record.getMessage())
 
 
 class DeviceClient:
@@ -243,7 +209,7 @@ class DeviceClient:
         self._stored_identity = stored
         self._last_error: DeviceSDKError | None = None
         self._last_timing: ConnectTiming | None = None
-        self._subscriptions: dict[str, _Subscription] = {}
+        self._subscriptions = Subscriptions()
         self._attempt: Attempt | None = None
         self._waiter: _ConnectWaiter | None = None
         self._stop = threading.Event()
@@ -379,17 +345,16 @@ class DeviceClient:
         if qos not in (0, 1):
             raise ValueError(f"QoS {qos} is not supported; the platform accepts QoS 0 and 1")
         with self._lock:
-            sub = _Subscription(topic, qos, callback)
-            self._subscriptions[topic] = sub
+            sub = self._subscriptions.add(topic, qos, callback)
             if self._state is ConnectionState.ONLINE:
                 sub.resolved = self._resolve(topic)
                 self._mqtt.subscribe(sub.resolved, qos)
 
     def unsubscribe(self, topic: str) -> None:
         with self._lock:
-            sub = self._subscriptions.pop(topic, None)
-            if sub is not None and sub.resolved and self._state is ConnectionState.ONLINE:
-                self._mqtt.unsubscribe(sub.resolved)
+            resolved = self._subscriptions.remove(topic)
+            if resolved and self._state is ConnectionState.ONLINE:
+                self._mqtt.unsubscribe(resolved)
 
     def flush(self, timeout: float = DEFAULT_ATTEMPT_TIMEOUT) -> bool:
         """Wait until every publish so far is acknowledged (or dropped by the offline queue's
@@ -410,36 +375,16 @@ class DeviceClient:
     # --- paho plumbing -------------------------------------------------------------------------
 
     def _make_paho_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=str(self.client_id),
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-        )
-        client.tls_set_context(
-            build_ssl_context(
-                self.credentials, self._server_ca, server_hostname=self.server_hostname
-            )
-        )
-        client.connect_timeout = self.attempt_timeout
-        client.max_queued_messages_set(0)
-        forward_to = logging.getLogger("device_sdk.paho")
-        self._socket_error = _LastSocketError(forward_to)
-        # A private logger (not registered with logging): it exists to catch paho's socket
-        # errors for this client only; DEBUG records only when someone listens for them.
-        paho_log = logging.Logger("device_sdk.paho.client")
-        paho_log.propagate = False
-        paho_log.addHandler(self._socket_error)
-        paho_log.setLevel(logging.DEBUG if forward_to.isEnabledFor(logging.DEBUG) else logging.ERROR)
-        client.enable_logger(paho_log)
+        context = build_ssl_context(self.credentials, self._server_ca,
+                                    server_hostname=self.server_hostname)
+        client, self._socket_error = new_paho_client(
+            str(self.client_id), context, connect_timeout=self.attempt_timeout,
+            network=self._network)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
-        # The driver installs paho's external-loop socket callbacks: only its thread reads and
-        # writes the TLS socket (paho then never writes from the application's thread either).
-        self._network.attach(client)
         return client
 
     def _start(self) -> None:
@@ -599,15 +544,9 @@ class DeviceClient:
         if msg.topic == IDENTITY_TOPIC:
             self._on_identity(bytes(msg.payload))
             return
-        message = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
         with self._lock:
-            targets = [s for s in self._subscriptions.values()
-                       if s.resolved and mqtt.topic_matches_sub(s.resolved, msg.topic)]
-        for sub in targets:
-            try:
-                sub.callback(message)
-            except Exception:
-                log.exception("message callback for %r failed", sub.topic)
+            targets = self._subscriptions.matching(msg.topic)
+        deliver(targets, Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
 
     def _on_identity(self, payload: bytes) -> None:
         try:
@@ -619,12 +558,10 @@ class DeviceClient:
             old = self._identity
             self._identity = new
             self._reconnect.identity_received()
-            if old is not None and old != new:
+            if old is not None and old != new and self._state is ConnectionState.ONLINE:
                 # Relative subscriptions move to the new identity's topics.
-                for sub in self._subscriptions.values():
-                    if sub.resolved and self._state is ConnectionState.ONLINE:
-                        self._mqtt.unsubscribe(sub.resolved)
-                        sub.resolved = None
+                for resolved in self._subscriptions.release():
+                    self._mqtt.unsubscribe(resolved)
         if self._store is not None and new != self._stored_identity:
             try:
                 self._store.save(new, self.credentials.certificate)
@@ -671,12 +608,14 @@ class DeviceClient:
 
     def _resubscribe(self) -> None:
         with self._lock:
-            for sub in self._subscriptions.values():
-                try:
-                    sub.resolved = self._resolve(sub.topic)
-                except NotConnectedError:
-                    continue
-                self._mqtt.subscribe(sub.resolved, sub.qos)
+            for resolved, qos in self._subscriptions.renew(self._try_resolve):
+                self._mqtt.subscribe(resolved, qos)
+
+    def _try_resolve(self, topic: str) -> str | None:
+        try:
+            return self._resolve(topic)
+        except NotConnectedError:  # relative, identity not known yet
+            return None
 
     def _drain(self) -> None:
         """Send what waited in the offline queue (whichever thread found the client online)."""
