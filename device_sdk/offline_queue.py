@@ -7,7 +7,8 @@ so the queue has a size and a policy for when it is full:
 - ``drop-newest``: keep the first readings, refuse the new one (returned to the caller);
 - ``raise``: refuse the new one with :class:`~device_sdk.errors.OfflineQueueFullError`.
 
-Thread-safe: the application publishes from its own threads while the network thread drains.
+Thread-safe: the application publishes from its own threads while the client drains the queue
+from whichever thread finds it online (:func:`device_sdk.delivery.drain`).
 """
 
 from __future__ import annotations
