@@ -131,13 +131,15 @@ class BoardAgent:
     def _generate(self, bits: int) -> bytes:
         """The key stays here, staged in RAM until COMMIT stores it; the host gets the CSR."""
         assert self.keygen is not None  # the machine only asks when FEATURE_KEYGEN was announced
+        start = time.perf_counter()
         try:
             key, csr = self.keygen(bits)
         except (ValueError, OSError) as exc:
             log.error("key generation failed: %s", exc)
             return self.machine.keygen_failed(ErrorCode.STORAGE_ERROR, f"key generation: {exc}")
         self.keys_generated += 1
-        log.info("generated an RSA-%d key; CSR of %d bytes", bits, len(csr))
+        log.info("generated an RSA-%d key in %.1f ms; CSR of %d bytes", bits,
+                 (time.perf_counter() - start) * 1000, len(csr))
         return self.machine.keygen_done(key, csr)
 
     def after_replies(self) -> None:
