@@ -78,12 +78,37 @@ def _run(args: argparse.Namespace) -> int:
     with _workdir(args.data_dir) as work:
         _step(f"starting the reference server (data in {work / 'server'})")
         with launcher.running_server(work / "server") as server:
-            print(f"    HTTP API {server.http_url}   MQTT mqtts://{server.mqtt_host}:"
-                  f"{server.mqtt_port}")
+            endpoint = _discover_endpoint(server.http_url, server.token, work)
+            print(f"    HTTP API {server.http_url}   MQTT {endpoint.url}")
             devices = _customer_steps(server.http_url, server.token, work, args)
-            _device_steps(server, devices, work)
+            _device_steps(server.http_url, server.token, endpoint, devices, work)
     _step("done: every device connected, learned its identity and exchanged a message")
     return 0
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    url: str
+    host: str
+    port: int
+    server_ca: Path
+
+
+def _discover_endpoint(http_url: str, token: str, work: Path) -> _Endpoint:
+    """Where devices connect, as the platform says (``GET /api/v1/endpoint``), not guessed."""
+    from urllib.parse import urlsplit
+
+    from firmware_helpers.platform_client import PlatformClient
+
+    info = PlatformClient(http_url, token).endpoint()
+    url = str(info["mqtt"])
+    parts = urlsplit(url)
+    if parts.scheme != "mqtts" or not parts.hostname or not parts.port:
+        raise DemoError(f"the server's endpoint {url!r} is not mqtts://HOST:PORT")
+    server_ca = work / "server-ca.pem"
+    server_ca.write_text(str(info["serverCa"]), encoding="ascii")
+    _step(f"the platform says devices connect to {url} (server CA saved to {server_ca})")
+    return _Endpoint(url, parts.hostname, parts.port, server_ca)
 
 
 def _customer_steps(http_url: str, token: str, work: Path, args: argparse.Namespace
@@ -129,13 +154,13 @@ def _customer_steps(http_url: str, token: str, work: Path, args: argparse.Namesp
     ]
 
 
-def _device_steps(server: object, devices: list[_Device], work: Path) -> None:
+def _device_steps(http_url: str, token: str, endpoint: _Endpoint, devices: list[_Device],
+                  work: Path) -> None:
     from device_sdk import Credentials, DeviceClient, DeviceSDKError
     from device_sdk.client import Message
     from firmware_helpers.platform_client import PlatformClient
 
-    http_url: str = server.http_url  # type: ignore[attr-defined]
-    api = PlatformClient(http_url, server.token)  # type: ignore[attr-defined]
+    api = PlatformClient(http_url, token)
     clients: list[tuple[_Device, DeviceClient]] = []
     received: dict[str, threading.Event] = {}
     _step("connecting each device with mutual TLS (it knows neither ProductKey nor DeviceName)")
@@ -144,8 +169,7 @@ def _device_steps(server: object, devices: list[_Device], work: Path) -> None:
         for dev in devices:
             creds = Credentials.from_files(dev.cert, dev.key)
             client = DeviceClient(
-                server.mqtt_host, server.mqtt_port, creds,  # type: ignore[attr-defined]
-                server_ca=server.server_ca,  # type: ignore[attr-defined]
+                endpoint.host, endpoint.port, creds, server_ca=endpoint.server_ca,
                 identity_store=work / "state" / f"{dev.device_name}.identity.json",
             )
             try:

@@ -31,6 +31,8 @@ def test_demo_runs_the_whole_flow_and_reports_each_identity(tmp_path: Path) -> N
                                 capture_output=True, text=True, check=True).stdout
         assert int(serial.strip().split("=")[1], 16) == int(sn, 16)
     assert out.count("device->cloud") == 2 and "done:" in out
+    # The endpoint came from the server (GET /api/v1/endpoint), on the port it really chose.
+    assert re.search(r"the platform says devices connect to mqtts://127\.0\.0\.1:\d+ ", out), out
 
 
 def test_demo_refuses_a_silly_device_count() -> None:
