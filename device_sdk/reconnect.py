@@ -15,7 +15,10 @@ sleeps and reports accordingly. The rules, in order:
    the pair does not storm the server.
 3. **Fail fast**: while ``connect()`` waits, a refusal that retrying cannot fix stops the loop
    (``connect()`` raises it).
-4. Otherwise wait the backoff's full-jitter delay (the cap for permanent refusals).
+4. Otherwise wait the backoff's full-jitter delay (the cap for permanent refusals). An identity
+   that did not come is no refusal -- the server accepted the session; the message was late or
+   lost, or the broker never sends one -- so a background client retries it on the ordinary
+   backoff, not once per cap (``connect()`` still fails fast on it, with the hint).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 from device_sdk.attempt import Attempt
 from device_sdk.backoff import Backoff
-from device_sdk.errors import DeviceSDKError
+from device_sdk.errors import DeviceSDKError, IdentityTimeoutError
 from device_sdk.identity import Identity
 from device_sdk.refusals import Refusals, is_permanent
 
@@ -95,4 +98,5 @@ class Reconnector:
             self.short_sessions = 0
         if permanent and fail_fast:
             return Step(error, None)
-        return Step(error, self.backoff.next_delay(permanent=permanent))
+        at_cap = permanent and not isinstance(error, IdentityTimeoutError)
+        return Step(error, self.backoff.next_delay(permanent=at_cap))

@@ -210,6 +210,21 @@ def test_permanent_refusals_wait_the_cap_unless_connect_waits() -> None:
     assert step.delay is not None and step.delay <= 60.0
 
 
+def test_an_identity_timeout_is_retried_on_the_backoff_not_at_the_cap() -> None:
+    reconnect = _reconnector(FakeClock(), cap=120.0)
+    delays = []
+    for n in range(3):
+        attempt = _attempt()
+        attempt.handle(TlsOk(1.0 + n))
+        attempt.handle(Connack(0, 1.1 + n))
+        attempt.handle(Tick(20.0 + n))  # past the identity deadline
+        assert isinstance(attempt.error, IdentityTimeoutError)
+        assert reconnect.after(attempt, fail_fast=True).delay is None  # connect() fails fast
+        delays.append(reconnect.after(attempt, fail_fast=False).delay)
+    # full jitter up to 1 s, 2 s, 4 s: the ordinary backoff, never the 120 s cap
+    assert all(d is not None and d <= 1.0 * 2 ** n for n, d in enumerate(delays)), delays
+
+
 def test_sessions_taken_over_again_and_again_are_named_and_slowed_down() -> None:
     clock = FakeClock()
     reconnect = _reconnector(clock, cap=90.0)
