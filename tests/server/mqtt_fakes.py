@@ -32,7 +32,14 @@ from firmware_helpers.pki import (
 from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
 from server_stub.mqtt.service import MqttService
-from server_stub.ports import AuthDecision, AuthenticatedDevice, AuthRefused
+from server_stub.ports import (
+    Attribution,
+    AuthDecision,
+    AuthenticatedDevice,
+    AuthRefused,
+    IssuerRefused,
+    IssuingCa,
+)
 
 T = TypeVar("T")
 
@@ -43,6 +50,28 @@ class _Ca:
     active: bool = True
     devices: dict[str, tuple[str, str]] = field(default_factory=dict)
     """cert SN -> (product key, device name)"""
+
+
+@dataclass(frozen=True)
+class _FakeTrustIndex:
+    """Attribution by key, as the contract says: the name narrows, exactly one key verifies."""
+
+    cas: tuple[tuple[int, str, x509.Name, Any, bool], ...]
+
+    def attribute(self, leaf: x509.Certificate) -> Attribution:
+        verifying = [
+            (i, sn, active) for i, sn, subject, key, active in self.cas
+            if subject == leaf.issuer and signed_by(leaf, key)
+        ]
+        if len(verifying) > 1:
+            return IssuerRefused(
+                f"the signature verifies under {len(verifying)} registered CA keys: refused",
+                ambiguous=True,
+            )
+        if not verifying:
+            return IssuerRefused("no registered CA key verifies the certificate's signature")
+        i, sn, active = verifying[0]
+        return IssuingCa(i, 1, sn, active)
 
 
 class FakeDirectory:
@@ -99,26 +128,33 @@ class FakeDirectory:
     def active_ca_certificates(self) -> Sequence[x509.Certificate]:
         return [ca.cert for ca in self._cas.values() if ca.active]
 
-    def authenticate(self, leaf: x509.Certificate) -> AuthDecision:
+    def trust_index(self) -> _FakeTrustIndex:
+        return _FakeTrustIndex(tuple(
+            (i, sn, ca.cert.subject, ca.cert.public_key(), ca.active)
+            for i, (sn, ca) in enumerate(self._cas.items())
+        ))
+
+    def authenticate(self, leaf: x509.Certificate, issuer: IssuingCa | None = None) -> AuthDecision:
         self.authenticate_calls += 1
         sn = certificate_sn(leaf)
-        issuer = leaf.issuer.rfc4514_string()
+        name = leaf.issuer.rfc4514_string()
         if not is_rsa(leaf):
-            return AuthRefused("the device certificate is not RSA", sn, issuer)
-        for ca_sn, ca in self._cas.items():
-            if not ca.active or ca.cert.subject != leaf.issuer:
-                continue
-            if not signed_by(leaf, ca.cert.public_key()):
-                continue
-            device = ca.devices.get(sn)
-            if device is None:
-                return AuthRefused(f"SN {sn} is not associated with a device of CA {ca_sn}",
-                                   sn, issuer)
-            if device in self._disabled:
-                return AuthRefused(f"device {device[1]}&{device[0]} is disabled", sn, issuer)
-            return AuthenticatedDevice(1, device[0], device[1], ca_sn, sn)
-        return AuthRefused("no active registered CA verifies the certificate's signature",
-                           sn, issuer)
+            return AuthRefused("the device certificate is not RSA", sn, name)
+        if issuer is None:
+            found = self.trust_index().attribute(leaf)
+            if isinstance(found, IssuerRefused):
+                return AuthRefused(found.reason, sn, name)
+            issuer = found
+        ca = self._cas.get(issuer.ca_sn)
+        if ca is None or not ca.active:
+            return AuthRefused(f"CA {issuer.ca_sn} is not active", sn, name)
+        device = ca.devices.get(sn)
+        if device is None:
+            return AuthRefused(f"SN {sn} is not associated with a device of CA {issuer.ca_sn}",
+                               sn, name)
+        if device in self._disabled:
+            return AuthRefused(f"device {device[1]}&{device[0]} is disabled", sn, name)
+        return AuthenticatedDevice(1, device[0], device[1], issuer.ca_sn, sn)
 
     def is_current(self, device: AuthenticatedDevice) -> bool:
         ca = self._cas.get(device.ca_sn)

@@ -246,7 +246,8 @@ def test_unregistered_ca_fails_the_handshake(
     with pytest.raises((ssl.SSLError, ConnectionError)):
         client = RawClient(server.port, world.server_ca_file, dev.cert, dev.key)
         client.connect()
-    assert "unable to get local issuer certificate" in _refused_line(caplog, "TLS handshake refused")
+    line = _refused_line(caplog, "TLS handshake refused")
+    assert "no registered CA key verifies" in line and "issuer CN=Stranger CA" in line
 
 
 def test_client_without_certificate_fails_the_handshake(
@@ -455,24 +456,26 @@ def _leaf_without_akid(world: World, ca: CertifiedKey, name: str) -> Device:
     return world._write(name, CertifiedKey(cert, world._device_key))
 
 
-def test_look_alike_without_authority_key_id_openssl_takes_the_first_same_subject_ca(
-    world: World, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("order", ["registered-first", "look-alike-first"])
+def test_look_alike_without_authority_key_id_locks_nobody_out(
+    world: World, order: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Known OpenSSL behaviour, pinned here so a change is noticed: without an AKID in the leaf,
-    OpenSSL builds the chain with the *first* trusted CA of that subject and does not try the
-    other, so a device of the second look-alike fails the handshake ("certificate signature
-    failure"). It is refused, never accepted as someone else: the registry still decides by key.
-    """
-    caplog.set_level(logging.WARNING, "server_stub.mqtt")
+    """Formerly pinned as "known OpenSSL behaviour": without an AKID in the leaf, OpenSSL built
+    the chain with the *first* trusted CA of that subject, so whoever registered a same-subject
+    CA first switched the other's devices off. The issuer is now attributed by key in the verify
+    callback: both CAs' devices connect, each as itself, whichever CA came first."""
+    caplog.set_level(logging.INFO, "server_stub.mqtt")
     directory = FakeDirectory()
-    directory.add_ca(world.ca.certificate)
-    directory.add_ca(world.twin.certificate)
-    first = _leaf_without_akid(world, world.ca, "noakid-first")
-    second = _leaf_without_akid(world, world.twin, "noakid-second")
-    directory.associate(world.ca.certificate, first.pair.certificate, PK, "noakid-first")
-    directory.associate(world.twin.certificate, second.pair.certificate, PK, "noakid-second")
+    cas = [world.ca, world.twin] if order == "registered-first" else [world.twin, world.ca]
+    for ca in cas:
+        directory.add_ca(ca.certificate)
+    first = _leaf_without_akid(world, world.ca, f"noakid-a-{order}")
+    second = _leaf_without_akid(world, world.twin, f"noakid-b-{order}")
+    directory.associate(world.ca.certificate, first.pair.certificate, PK, f"noakid-a-{order}")
+    directory.associate(world.twin.certificate, second.pair.certificate, PK, f"noakid-b-{order}")
     with ServerThread(directory, world.server) as server:
         assert _connack_code(server, world, first) == 0
-        with pytest.raises((ssl.SSLError, ConnectionError)):
-            RawClient(server.port, world.server_ca_file, second.cert, second.key).connect()
-    assert "certificate signature failure" in caplog.text
+        assert _connack_code(server, world, second) == 0
+    assert f"noakid-a-{order}&{PK} connected" in caplog.text
+    assert f"noakid-b-{order}&{PK} connected" in caplog.text
+    assert "TLS handshake refused" not in caplog.text

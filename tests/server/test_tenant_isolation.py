@@ -1,0 +1,333 @@
+"""Tenants are isolated by key, not by name (issue 10, part 1), over real TLS on loopback.
+
+The registry is the real one (SQLite store, registration with proof of possession); the MQTT
+endpoint runs on its own event loop thread; devices connect with paho-mqtt, mosquitto_sub or a
+raw TLS client. What must hold: nothing account B registers, enables, disables or deletes
+changes whether account A's device authenticates or which identity it is told; a certificate
+that verifies under more than one registered CA key is refused and logged as such.
+
+No sleeps: a new handshake takes the registry's trust index current when it is accepted, so a
+registry change made before a connection starts is in force for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from device_sdk.certs import fingerprint_sha256
+from device_sdk.platform import IDENTITY_TOPIC
+from firmware_helpers.pki import (
+    CertifiedKey,
+    create_ca,
+    generate_rsa_key,
+    issue_device_certificate,
+    issue_server_certificate,
+    random_serial,
+)
+from server_stub.errors import DuplicateCaError
+from server_stub.mqtt import codec
+from server_stub.registry import Registry
+from server_stub.store import SqliteStore
+from server_stub.store.base import AccountRecord, ProductRecord
+from tests.server.conftest import csv_bytes, openssl, register
+from tests.server.mqtt_fakes import Device, Paho, RawClient, ServerThread
+
+MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
+README_CA_NAME = "My Device CA"
+
+
+class Tenant:
+    def __init__(self, registry: Registry, name: str) -> None:
+        self.registry = registry
+        self.account: AccountRecord = registry.create_account(name)[0]
+        self.product: ProductRecord = registry.create_product(self.account, name=f"{name}-prod")
+
+    @property
+    def pk(self) -> str:
+        return self.product.product_key
+
+    def register(self, ca: CertifiedKey, name: str) -> str:
+        return register(self.registry, self.account, ca, name=name).ca_sn
+
+    def associate(self, ca_sn: str, device_name: str, cert_sn: str) -> None:
+        self.registry.associate(self.account, ca_sn, csv_bytes([(self.pk, device_name, cert_sn)]))
+
+
+class Env:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.store = SqliteStore(root / "registry.sqlite3")
+        self.registry = Registry(self.store)
+        server_ca = create_ca("Isolation test server CA")
+        self.server_ca_file = root / "server-ca.pem"
+        self.server_ca_file.write_bytes(server_ca.cert_pem())
+        self.server = ServerThread(self.registry, issue_server_certificate(server_ca))  # type: ignore[arg-type]
+        self.key = generate_rsa_key()  # device key shared by the test devices (auth is by SN)
+        self._count = 0
+
+    def tenant(self, label: str) -> Tenant:
+        self._count += 1
+        return Tenant(self.registry, f"{label}{self._count}")
+
+    def device(self, name: str, pair: CertifiedKey) -> Device:
+        cert, key = self.root / f"{name}.cer", self.root / f"{name}.key"
+        pair.write(cert, key)
+        return Device(name, pair, cert, key)
+
+    def identity(self, dev: Device) -> dict[str, str] | None:
+        """What the endpoint tells the device it is, or None when it is refused (paho)."""
+        client = Paho(self.server.port, self, dev).start()  # type: ignore[arg-type]
+        try:
+            if not client.connected.wait(10):
+                return None
+            assert client.reason is not None
+            if client.reason.value != 0:
+                return None
+            got: dict[str, str] = json.loads(client.wait_message(IDENTITY_TOPIC).payload)
+            return got
+        finally:
+            client.stop()
+
+    def connack(self, dev: Device) -> int | None:
+        """CONNACK code, or None when TLS refused the certificate."""
+        try:
+            client = RawClient(self.server.port, self.server_ca_file, dev.cert, dev.key)
+            try:
+                return client.connect().return_code
+            finally:
+                client.close()
+        except (ssl.SSLError, ConnectionError):
+            return None
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    e = Env(tmp_path_factory.mktemp("isolation"))
+    with e.server:
+        yield e
+    e.store.close()
+
+
+def ca_without_ski(common_name: str, key: rsa.RSAPrivateKey | None = None) -> CertifiedKey:
+    """A CA certificate with no Subject Key Identifier (nothing tells chain builders apart)."""
+    key = key or generate_rsa_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(random_serial())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                       critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return CertifiedKey(cert, key)
+
+
+def _refused(caplog: pytest.LogCaptureFixture, needle: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if "TLS handshake refused" in r.getMessage() and needle in r.getMessage()]
+
+
+# --- the look-alike CA of another account locks nobody out ------------------------------------
+
+
+@pytest.mark.parametrize("order", ["lookalike-first", "victim-first"])
+def test_look_alike_ca_of_another_account_changes_nothing(env: Env, order: str) -> None:
+    """B registers a same-subject CA without SKI (the README's example name), associates the
+    victim's SN with a device of its own, then enables, disables and deletes its CA: A's device,
+    issued with the kit's own tools, is told A's identity every time."""
+    a, b = env.tenant("a"), env.tenant("b")
+    a_ca, b_ca = create_ca(README_CA_NAME), ca_without_ski(README_CA_NAME)
+    if order == "lookalike-first":
+        b_sn = b.register(b_ca, "b_ca")
+        a_sn = a.register(a_ca, "a_ca")
+    else:
+        a_sn = a.register(a_ca, "a_ca")
+        b_sn = b.register(b_ca, "b_ca")
+    victim = env.device(f"victim-{order}", issue_device_certificate(
+        a_ca, f"victim-{order}", product_key=a.pk, key=env.key))
+    a.associate(a_sn, victim.name, victim.pair.sn)
+    b.associate(b_sn, f"thief-{order}", victim.pair.sn)  # B claims the victim's SN
+    own = env.device(f"b-own-{order}", issue_device_certificate(
+        b_ca, f"b-own-{order}", product_key=b.pk, key=env.key))
+    b.associate(b_sn, own.name, own.pair.sn)
+
+    expected = {"productKey": a.pk, "deviceName": victim.name}
+    assert env.identity(victim) == expected
+    assert env.identity(own) == {"productKey": b.pk, "deviceName": own.name}
+    env.registry.set_ca_status(b.account, b_sn, "inactive")
+    assert env.identity(victim) == expected
+    env.registry.set_ca_status(b.account, b_sn, "active")
+    assert env.identity(victim) == expected
+    env.registry.delete_ca(b.account, b_sn)
+    assert env.identity(victim) == expected
+
+
+def test_device_of_an_unrelated_ca_is_refused_with_unknown_ca(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The alert stays *unknown CA*, which the SDK turns into "is the CA registered?"."""
+    caplog.set_level(logging.WARNING, "server_stub.mqtt")
+    stranger = env.device("stranger", issue_device_certificate(
+        ca_without_ski("Nobody Else CA"), "stranger", key=env.key))
+    client_error: Exception | None = None
+    try:
+        RawClient(env.server.port, env.server_ca_file, stranger.cert, stranger.key).connect()
+    except (ssl.SSLError, ConnectionError) as exc:
+        client_error = exc
+    assert isinstance(client_error, ssl.SSLError) and "UNKNOWN_CA" in str(client_error).upper()
+    assert _refused(caplog, "no registered CA has the subject 'CN=Nobody Else CA'")
+
+
+# --- ambiguity: two registered rows share one key ---------------------------------------------
+
+
+def _insert_ca_bypassing_rules(env: Env, tenant: Tenant, ca: CertifiedKey, name: str) -> str:
+    """A CA row written straight into the store, as legacy data or a bug might leave it."""
+    cert = ca.certificate
+    env.store.insert_ca(
+        tenant.account.id, format(cert.serial_number, "x"), name, cert.subject.rfc4514_string(),
+        fingerprint_sha256(cert),
+        cert.public_bytes(Encoding.DER), cert.not_valid_before_utc.timestamp(),
+        cert.not_valid_after_utc.timestamp(), 0.0,
+    )
+    ca_sn = format(cert.serial_number, "x")
+    env.registry.set_ca_status(tenant.account, ca_sn, "active")  # moves the trust generation
+    return ca_sn
+
+
+def test_certificate_verifying_under_two_registered_keys_is_refused_and_logged(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "server_stub.mqtt")
+    a, b = env.tenant("a"), env.tenant("b")
+    a_ca = create_ca("Shared Key CA")
+    a_sn = a.register(a_ca, "a_ca")
+    dev = env.device("ambiguous", issue_device_certificate(
+        a_ca, "ambiguous", product_key=a.pk, key=env.key))
+    a.associate(a_sn, dev.name, dev.pair.sn)
+    assert env.identity(dev) == {"productKey": a.pk, "deviceName": dev.name}
+
+    # The same key in another CA certificate: the registration rule refuses it ...
+    twin = create_ca("Shared Key CA", key=a_ca.key)
+    with pytest.raises(DuplicateCaError, match="public key is already registered;") as refused:
+        b.register(twin, "b_twin")
+    assert a.account.name not in str(refused.value) and "a_ca" not in str(refused.value)
+    # ... so it is written into the store directly: the device is now ambiguous.
+    b_sn = _insert_ca_bypassing_rules(env, b, twin, "b_twin")
+    b.associate(b_sn, "thief", dev.pair.sn)
+    assert env.connack(dev) is None
+    lines = _refused(caplog, "verifies under 2 registered CA keys: refused")
+    assert lines and f"cert SN {dev.pair.sn}" in lines[-1]
+    assert "connected" not in " ".join(r.getMessage() for r in caplog.records
+                                       if "ambiguous&" in r.getMessage())
+    # Disabling the other row does not change the outcome (inactive CAs count as candidates).
+    env.registry.set_ca_status(b.account, b_sn, "inactive")
+    assert env.connack(dev) is None
+    env.registry.delete_ca(b.account, b_sn)
+    assert env.identity(dev) == {"productKey": a.pk, "deviceName": dev.name}
+
+
+# --- what a device certificate may be ---------------------------------------------------------
+
+
+def test_device_certificate_that_is_a_ca_is_refused(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "server_stub.mqtt")
+    a = env.tenant("a")
+    a_ca = create_ca("Leaf CA Test CA")
+    a_sn = a.register(a_ca, "a_ca")
+    now = datetime.now(UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca-leaf")]))
+        .issuer_name(a_ca.certificate.subject).public_key(env.key.public_key())
+        .serial_number(random_serial())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(a_ca.key, hashes.SHA256())
+    )
+    dev = env.device("ca-leaf", CertifiedKey(leaf, env.key))
+    a.associate(a_sn, dev.name, dev.pair.sn)
+    assert env.connack(dev) is None
+    assert _refused(caplog, "is a CA certificate (basicConstraints CA:TRUE)")
+
+
+def test_version_1_device_certificate_from_openssl_x509_req_is_accepted(
+    env: Env, tmp_path: Path
+) -> None:
+    """``openssl x509 -req`` without an extensions file, as the platform documents it: a
+    version-1 certificate with no extensions; mosquitto_sub receives its identity."""
+    a = env.tenant("a")
+    a_ca = create_ca("V1 Test CA")
+    a_sn = a.register(a_ca, "a_ca")
+    a_ca.write(tmp_path / "ca.cer", tmp_path / "ca.key")
+    openssl("genrsa", "-out", "v1.key", "2048", cwd=tmp_path)
+    openssl("req", "-new", "-key", "v1.key", "-out", "v1.csr", "-subj", "/CN=v1-device",
+            cwd=tmp_path)
+    openssl("x509", "-req", "-in", "v1.csr", "-CA", "ca.cer", "-CAkey", "ca.key",
+            "-set_serial", "0x5eed01", "-out", "v1.cer", "-days", "30", "-sha256", cwd=tmp_path)
+    cert = x509.load_pem_x509_certificate((tmp_path / "v1.cer").read_bytes())
+    assert cert.version is x509.Version.v1 and len(cert.extensions) == 0
+    a.associate(a_sn, "v1-device", "5eed01")
+    result = subprocess.run(
+        [MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(env.server.port), "--cafile",
+         str(env.server_ca_file), "--cert", str(tmp_path / "v1.cer"), "--key",
+         str(tmp_path / "v1.key"), "-i", "v1|securemode=2|", "-V", "mqttv311", "-t",
+         "/ignored/filter", "-C", "1", "-W", "10", "-v"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f'{IDENTITY_TOPIC} {{"productKey":"{a.pk}","deviceName":"v1-device"}}'
+    )
+
+
+def test_device_certificate_with_a_negative_serial_is_refused_cleanly(
+    env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    a = env.tenant("a")
+    a_ca = create_ca("Negative SN Test CA")
+    a.register(a_ca, "a_ca")
+    a_ca.write(tmp_path / "ca.cer", tmp_path / "ca.key")
+    openssl("genrsa", "-out", "neg.key", "2048", cwd=tmp_path)
+    openssl("req", "-new", "-key", "neg.key", "-out", "neg.csr", "-subj", "/CN=neg", cwd=tmp_path)
+    openssl("x509", "-req", "-in", "neg.csr", "-CA", "ca.cer", "-CAkey", "ca.key",
+            "-set_serial", "-5", "-out", "neg.cer", "-days", "30", cwd=tmp_path)
+    dev = Device("neg", CertifiedKey(a_ca.certificate, a_ca.key), tmp_path / "neg.cer",
+                 tmp_path / "neg.key")
+    assert env.connack(dev) is None
+    lines = _refused(caplog, "serial number is unusable")
+    assert lines and "SN -5 is negative" in lines[-1]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_device_of_a_disabled_ca_is_refused_at_the_handshake(env: Env) -> None:
+    """Attributed (by key) to its own CA, which its account disabled: refused."""
+    a = env.tenant("a")
+    a_ca = create_ca("Never Connack CA")
+    a_sn = a.register(a_ca, "a_ca")
+    dev = env.device("never", issue_device_certificate(a_ca, "never", product_key=a.pk,
+                                                       key=env.key))
+    a.associate(a_sn, dev.name, dev.pair.sn)
+    assert env.connack(dev) == codec.CONNACK_ACCEPTED
+    env.registry.set_ca_status(a.account, a_sn, "inactive")
+    assert env.connack(dev) is None
