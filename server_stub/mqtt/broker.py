@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -64,8 +63,16 @@ from server_stub.mqtt.session import (
     Tick,
     WillDue,
 )
+from server_stub.mqtt.tls import ServerTls
+from server_stub.mqtt.tls_engine import TlsHandshakeError
 from server_stub.mqtt.topics import device_may_use, device_prefixes, validate_topic_name
-from server_stub.ports import AuthDecision, AuthRefused, DeviceDirectory, DeviceMessage
+from server_stub.ports import (
+    AuthDecision,
+    AuthRefused,
+    DeviceDirectory,
+    DeviceMessage,
+    IssuingCa,
+)
 
 log = logging.getLogger("server_stub.mqtt")
 
@@ -98,6 +105,10 @@ class Link(Protocol):
     def close(self, reason: str | None = None, *, tls_shutdown: bool = True) -> None: ...
 
     def peer_certificate_der(self) -> bytes | None: ...
+
+    @property
+    def issuer(self) -> IssuingCa | None:
+        """The registered CA the TLS handshake attributed the certificate to (by key)."""
 
     def hold(self) -> None:
         """Stop reading and dispatching packets (the registry lookup of CONNECT is running)."""
@@ -140,7 +151,7 @@ class Broker:
     def __init__(
         self,
         directory: DeviceDirectory,
-        context: ssl.SSLContext,
+        context: ServerTls,
         limits: MqttLimits,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -275,11 +286,10 @@ class Broker:
     def log_close(self, conn: Link, reason: str) -> None:
         self._refusal_log(conn, None, f"closed: {reason}")
 
-    def handshake_failed(self, conn: Link, exc: ssl.SSLError) -> None:
-        detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+    def handshake_failed(self, conn: Link, exc: TlsHandshakeError) -> None:
         log.warning(
-            "mqtt %s: TLS handshake refused: %s (%s; the certificate is not available after a "
-            "failed handshake)", conn.peer, detail, exc.reason or type(exc).__name__,
+            "mqtt %s: TLS handshake refused: %s (%s; cert SN %s, issuer %s)", conn.peer,
+            exc.verify_message or exc.reason, exc.reason, exc.cert_sn or "-", exc.issuer or "-",
         )
 
     def handshake_done(self, conn: Link) -> None:
@@ -356,7 +366,7 @@ class Broker:
         conn.hold()
         generation = self.directory.trust_generation
         future = asyncio.get_running_loop().run_in_executor(
-            None, self.directory.authenticate, leaf
+            None, self.directory.authenticate, leaf, conn.issuer
         )
         future.add_done_callback(
             functools.partial(self._connect_decided, conn, packet, leaf, claimed, generation)

@@ -18,7 +18,7 @@ from server_stub.mqtt.activity import LastConnection, SecondSample
 from server_stub.mqtt.broker import Broker
 from server_stub.mqtt.connection import MqttConnection
 from server_stub.mqtt.errors import MqttServiceError
-from server_stub.mqtt.tls import build_server_context
+from server_stub.mqtt.tls import ServerTls
 from server_stub.ports import DeviceDirectory, DeviceMessage
 
 log = logging.getLogger("server_stub.mqtt")
@@ -49,7 +49,7 @@ class MqttService:
         self._generation = directory.trust_generation
         self.broker = Broker(
             directory,
-            build_server_context(cert_pem, key_pem, list(directory.active_ca_certificates())),
+            ServerTls(cert_pem, key_pem, directory.trust_index),
             limits,
         )
         self._server: asyncio.Server | None = None
@@ -90,12 +90,8 @@ class MqttService:
         if generation == self._generation:
             return False
         self._generation = generation
-        try:
-            self.broker.context = build_server_context(
-                self._cert_pem, self._key_pem, list(self._directory.active_ca_certificates())
-            )
-        except MqttServiceError:
-            log.exception("mqtt: cannot rebuild the trust store; keeping the previous one")
+        # New handshakes already take the directory's current trust index (ServerTls.accept);
+        # what is left is to re-check the sessions accepted under the previous one.
         self.broker.recheck()
         return True
 

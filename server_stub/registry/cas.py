@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import PurePath
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from device_sdk.certs import (
     certificate_sn,
@@ -23,12 +24,20 @@ from device_sdk.certs import (
     require_rsa,
     signed_by,
 )
-from device_sdk.errors import ClockError, CredentialError, InvalidNameError
+from device_sdk.errors import (
+    ClockError,
+    CredentialError,
+    InvalidNameError,
+    InvalidSerialNumberError,
+)
 from device_sdk.naming import CA_FILE_SUFFIXES, validate_ca_name
 from server_stub.errors import CaCertificateRejectedError, InvalidFieldError
 
 MAX_CAS_PER_ACCOUNT = 10
 CA_STATUSES = ("active", "inactive")
+#: The only RSA public exponent a registered CA key may have (see ``_check_ca_key``).
+RSA_PUBLIC_EXPONENT = 65537
+MIN_CA_RSA_BITS = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,46 @@ def _valid(cert: x509.Certificate, what: str, now: datetime | None) -> None:
         raise CaCertificateRejectedError(str(exc)) from exc
 
 
+def _check_ca_key(ca: x509.Certificate) -> None:
+    """CA keys that make duplicate-signature key forgery cheap are refused.
+
+    With a free choice of public exponent, anyone can build an RSA key under which someone
+    else's device certificate signature also verifies (duplicate-signature key selection), and
+    hold its private half for proof of possession. Fixing the exponent at 65537 and the modulus
+    at 2048 bits or more closes that.
+    """
+    key = ca.public_key()
+    assert isinstance(key, rsa.RSAPublicKey)  # require_rsa ran first
+    numbers = key.public_numbers()
+    if numbers.e != RSA_PUBLIC_EXPONENT:
+        shown = str(numbers.e) if numbers.e.bit_length() <= 64 else (
+            f"a {numbers.e.bit_length()}-bit number"
+        )
+        raise CaCertificateRejectedError(
+            f"CA certificate's RSA public exponent is {shown}; the platform accepts only CA keys "
+            f"with the public exponent {RSA_PUBLIC_EXPONENT} (exponent rule: any other exponent "
+            "lets a look-alike key be built that verifies another CA's signatures). Generate the "
+            "CA key with 'openssl genrsa' or 'iotx509 certs ca create'"
+        )
+    if key.key_size < MIN_CA_RSA_BITS:
+        raise CaCertificateRejectedError(
+            f"CA certificate's RSA key has {key.key_size} bits; the platform requires at least "
+            f"{MIN_CA_RSA_BITS} bits"
+        )
+
+
+def _ca_serial(ca: x509.Certificate) -> str:
+    """The CA's SN (caSn) in canonical form; RFC 5280: positive, at most 20 bytes."""
+    try:
+        return certificate_sn(ca)
+    except InvalidSerialNumberError as exc:
+        raise CaCertificateRejectedError(
+            f"CA certificate's serial number cannot be used: {exc}. caSn names the CA in the API "
+            "and in file names; issue the CA certificate with a positive serial number of at "
+            "most 20 bytes"
+        ) from exc
+
+
 def check_ca_upload(
     *,
     name: str,
@@ -99,6 +148,8 @@ def check_ca_upload(
         require_rsa(ca, what="CA certificate")
     except CredentialError as exc:
         raise CaCertificateRejectedError(str(exc)) from exc
+    _check_ca_key(ca)
+    ca_sn = _ca_serial(ca)
     _valid(ca, "CA certificate", now)
 
     verification = _load(verification_data, "verification certificate")
@@ -117,7 +168,7 @@ def check_ca_upload(
     return CheckedCa(
         name=name,
         certificate=ca,
-        ca_sn=certificate_sn(ca),
+        ca_sn=ca_sn,
         fingerprint=fingerprint_sha256(ca),
         subject=ca.subject.rfc4514_string(),
     )

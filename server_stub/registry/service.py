@@ -16,7 +16,13 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from device_sdk.certs import certificate_sn, check_validity, is_rsa
+from device_sdk.certs import (
+    certificate_sn,
+    check_validity,
+    device_certificate_problem,
+    is_rsa,
+    public_key_spki,
+)
 from device_sdk.errors import ClockError, InvalidNameError, InvalidSerialNumberError
 from device_sdk.naming import validate_device_name, validate_product_key
 from device_sdk.serials import normalize_sn
@@ -29,7 +35,13 @@ from server_stub.errors import (
     NotFoundError,
     ProductNotEligibleError,
 )
-from server_stub.ports import AuthDecision, AuthenticatedDevice, AuthRefused
+from server_stub.ports import (
+    AuthDecision,
+    AuthenticatedDevice,
+    AuthRefused,
+    IssuerRefused,
+    IssuingCa,
+)
 from server_stub.registry import accounts as acct
 from server_stub.registry.associations import check_bindings, read_associations
 from server_stub.registry.cas import (
@@ -170,6 +182,7 @@ class Registry:
                     f"{colon_fingerprint(checked.fingerprint)}) is already registered {where}; "
                     "the same CA certificate cannot be registered twice"
                 )
+            self._refuse_registered_key(account, cert)
             count = self.store.count_cas(account.id)
             if count >= MAX_CAS_PER_ACCOUNT:
                 raise CaLimitError(
@@ -191,6 +204,26 @@ class Registry:
         self._bump()
         log.info("account %s registered CA %s (%s)", account.name, record.ca_sn, record.subject)
         return record
+
+    def _refuse_registered_key(self, account: AccountRecord, cert: x509.Certificate) -> None:
+        """One registered CA per public key, across all accounts (inside the transaction).
+
+        Two registered CAs sharing a key would make every certificate of that key ambiguous (the
+        endpoint refuses those), so one account's upload could switch off another's devices. The
+        message names the other account's CA only when it is this account's own.
+        """
+        spki = public_key_spki(cert)
+        for other in self.store.all_cas():
+            if public_key_spki(x509.load_der_x509_certificate(other.der)) != spki:
+                continue
+            where = (
+                f" in this account as {other.name!r} (caSn {other.ca_sn})"
+                if other.account_id == account.id else ""
+            )
+            raise DuplicateCaError(
+                f"this CA certificate's public key is already registered{where}; a CA key can be "
+                "registered only once (issue the CA certificate with a new key pair)"
+            )
 
     def ca(self, account: AccountRecord, ca_sn: str) -> CaRecord:
         try:
@@ -340,28 +373,41 @@ class Registry:
             return index
         with self._index_lock:
             if self._index.generation != generation:
-                self._index = CaIndex.build(generation, self.store.active_cas())
+                self._index = CaIndex.build(generation, self.store.all_cas())
             return self._index
 
     def active_ca_certificates(self) -> Sequence[x509.Certificate]:
         return self._current_index().certificates
 
-    def authenticate(self, leaf: x509.Certificate) -> AuthDecision:
-        """Identify the CA by the key that verifies ``leaf``; then apply every device rule."""
+    def trust_index(self) -> CaIndex:
+        return self._current_index()
+
+    def authenticate(self, leaf: x509.Certificate, issuer: IssuingCa | None = None) -> AuthDecision:
+        """Apply every device rule to ``leaf`` under the CA whose key verifies it.
+
+        ``issuer`` is the attribution the TLS handshake made (one signature check per candidate
+        CA, see :class:`CaIndex`); without it the current index attributes ``leaf`` here.
+        """
+        issuer_name = leaf.issuer.rfc4514_string()
+        problem = device_certificate_problem(leaf)
+        if problem is not None:
+            return AuthRefused(reason=problem, cert_sn="-", issuer=issuer_name)
         cert_sn = certificate_sn(leaf)
-        issuer = leaf.issuer.rfc4514_string()
 
         def refuse(reason: str) -> AuthRefused:
-            return AuthRefused(reason=reason, cert_sn=cert_sn, issuer=issuer)
+            return AuthRefused(reason=reason, cert_sn=cert_sn, issuer=issuer_name)
 
-        ca, candidates = self._current_index().issuer_of(leaf)
+        index = self._current_index()
+        if issuer is None:
+            found = index.attribute(leaf)
+            if isinstance(found, IssuerRefused):
+                return refuse(found.reason)
+            issuer = found
+        ca = index.by_id.get(issuer.ca_id)
         if ca is None:
-            if not candidates:
-                return refuse(f"no active registered CA has the subject {issuer!r}")
-            return refuse(
-                f"the signature does not verify with the key of any of the {candidates} active "
-                f"registered CA(s) named {issuer!r}"
-            )
+            return refuse(f"CA {issuer.ca_sn} was deleted after the TLS handshake")
+        if not ca.active:
+            return refuse(f"CA {ca.ca_sn} is disabled")
         if not is_rsa(leaf):
             return refuse("the device certificate's key is not RSA; only RSA is supported")
         try:
@@ -385,7 +431,7 @@ class Registry:
 
     def is_current(self, device: AuthenticatedDevice) -> bool:
         ca = self._current_index().by_account_sn.get((device.account_id, device.ca_sn))
-        if ca is None:
+        if ca is None or not ca.active:
             return False
         row = self.store.auth_row(ca.ca_id, device.cert_sn)
         return (

@@ -311,6 +311,10 @@ class SqliteStore:
         )
         return [self._ca(r) for r in rows]
 
+    def all_cas(self) -> list[CaRecord]:
+        rows = self._all_rows(f"SELECT {self._CA_COLS} FROM ca_certificates ORDER BY id")
+        return [self._ca(r) for r in rows]
+
     def insert_ca(
         self, account_id: int, ca_sn: str, name: str, subject: str, fingerprint: str, der: bytes,
         not_before: float, not_after: float, now: float,
