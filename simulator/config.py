@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from device_sdk.fileio import open_no_follow
-from device_sdk.platform import KEEPALIVE_DEFAULT
 from simulator.errors import FleetError, SimulatorError
 from simulator.fleet import Fleet, MqttEndpoint
-from simulator.options import RECONNECT_BASE, RECONNECT_CAP, STABLE_PERIOD
+from simulator.options import KEEPALIVE_DEFAULT, RECONNECT_BASE, RECONNECT_CAP, STABLE_PERIOD
 from simulator.template import DeviceTemplate
 
 if TYPE_CHECKING:

@@ -24,9 +24,10 @@ import gevent
 from device_sdk.backoff import BackoffPolicy
 from device_sdk.client import ConnectionState, DeviceClient, Message
 from device_sdk.credentials import Credentials
+from device_sdk.defaults import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_IDENTITY_TIMEOUT, DEFAULT_KEEPALIVE
 from device_sdk.errors import DeviceSDKError, NotConnectedError
 from device_sdk.identity import Identity
-from device_sdk.platform import KEEPALIVE_DEFAULT
+from device_sdk.refusals import HintNames
 from simulator.errors import SimulatorError
 from simulator.gevent_loop import GeventLoop, shared_loop
 
@@ -34,6 +35,9 @@ from simulator.gevent_loop import GeventLoop, shared_loop
 class IdentityMismatchError(SimulatorError):
     """The platform told the device another identity than the fleet expects."""
 
+
+#: Error messages name the simulator's own options (``--no-identity``, not ``expect_identity``).
+SIMULATOR_HINTS = HintNames("--server-ca", "--host mqtts://NAME:PORT", "--no-identity")
 
 EventSink = Callable[[str, float, BaseException | None], None]
 """``sink(name, seconds, error)``: where a device reports what happened (Locust's request event)."""
@@ -57,13 +61,13 @@ class SimDevice:
         server_ca: Path | None,
         expected: Identity | None = None,
         expect_identity: bool = True,
-        keepalive: int = KEEPALIVE_DEFAULT,
+        keepalive: int = DEFAULT_KEEPALIVE,
         backoff: BackoffPolicy | None = None,
         rng: random.Random | None = None,
         loop: GeventLoop | None = None,
         on_event: EventSink | None = None,
-        attempt_timeout: float = 10.0,
-        identity_timeout: float = 10.0,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
+        identity_timeout: float = DEFAULT_IDENTITY_TIMEOUT,
     ) -> None:
         policy = backoff or BackoffPolicy()
         self.expected = expected
@@ -79,7 +83,7 @@ class SimDevice:
             reconnect_base=policy.base, reconnect_cap=policy.cap,
             stable_period=policy.stable_period, rng=rng,
             attempt_timeout=attempt_timeout, identity_timeout=identity_timeout,
-            expect_identity=expect_identity,
+            expect_identity=expect_identity, hints=SIMULATOR_HINTS,
             on_connection_state=self._on_state, network=loop or shared_loop(),
         )
 

@@ -22,7 +22,6 @@ from locust import events
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from device_sdk.platform import KEEPALIVE_DEFAULT
 from simulator.config import SimulationConfig, endpoint_for, server_ca_for
 from simulator.distribution import Leases
 from simulator.errors import SimulatorError
@@ -30,6 +29,7 @@ from simulator.fleet import Fleet
 from simulator.log_summary import DeviceLogSummary
 from simulator.options import (
     FAULT_AT,
+    KEEPALIVE_DEFAULT,
     RECONNECT_BASE,
     RECONNECT_CAP,
     STABLE_PERIOD,

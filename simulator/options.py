@@ -13,14 +13,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from device_sdk.platform import KEEPALIVE_DEFAULT, KEEPALIVE_MAX, KEEPALIVE_MIN
+from device_sdk.defaults import (
+    DEFAULT_KEEPALIVE,
+    DEFAULT_RECONNECT_BASE,
+    DEFAULT_RECONNECT_CAP,
+    DEFAULT_STABLE_PERIOD,
+)
+from device_sdk.platform import KEEPALIVE_MAX, KEEPALIVE_MIN
 
 SCENARIOS = ("steady", "reconnect-storm", "revocation")
 
-#: The SDK's backoff defaults, as the simulator uses them unless told otherwise.
-RECONNECT_BASE = 1.0
-RECONNECT_CAP = 120.0
-STABLE_PERIOD = 30.0
+#: The SDK's defaults (one home: :mod:`device_sdk.defaults`), under the simulator's names.
+KEEPALIVE_DEFAULT = DEFAULT_KEEPALIVE
+RECONNECT_BASE = DEFAULT_RECONNECT_BASE
+RECONNECT_CAP = DEFAULT_RECONNECT_CAP
+STABLE_PERIOD = DEFAULT_STABLE_PERIOD
 FAULT_AT = 30.0
 SUMMARY_EVERY = 10.0
 

@@ -27,7 +27,7 @@ from gevent import subprocess as gsubprocess
 
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient
 from simulator.errors import SimulatorError
-from simulator.options import SCENARIOS
+from simulator.options import FAULT_AT, SCENARIOS
 
 if TYPE_CHECKING:
     from locust.env import Environment
@@ -44,7 +44,7 @@ class ScenarioError(SimulatorError):
 @dataclass(frozen=True)
 class ScenarioPlan:
     name: str = "steady"
-    fault_at: float = 30.0
+    fault_at: float = FAULT_AT
     restore_at: float | None = None
     fault_command: str | None = None
 

@@ -106,3 +106,19 @@ def test_locust_runs_the_fleet_against_mosquitto_one_certificate_per_device(
     # One summary line instead of one line per device connection.
     assert "accepted the connection" not in result.stderr, explain(result)
     assert (f"devices, whole run: connect {DEVICES} ok/0 failed" in result.stderr), explain(result)
+
+
+def test_failures_name_the_simulator_options(broker_fleet: Fleet, tmp_path: Path) -> None:
+    """A wrong server CA: the SDK's hint names --server-ca (the option), not server_ca=."""
+    ca_pem = broker_fleet.path("ca/ca.cer").read_bytes()
+    with run_mosquitto(tmp_path / "mosquitto", ca_pem) as broker:
+        csv = tmp_path / "run"
+        result = iotx509(
+            "fleet", "run", str(broker_fleet.directory), "--no-identity", "--server-ca",
+            str(broker_fleet.path("ca/ca.cer")), "--template", str(write_template(tmp_path)),
+            "--", "--headless", "-u", "1", "-r", "1", "-t", "3s", "--csv", str(csv),
+            "--only-summary", "--host", f"mqtts://127.0.0.1:{broker.port}",
+        )
+    failures = read_failures(csv)
+    assert any(f["Name"] == "connect" and "ServerUntrustedError" in f["Error"]
+               and "Is --server-ca the CA" in f["Error"] for f in failures), explain(result)
