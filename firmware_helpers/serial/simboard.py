@@ -7,6 +7,8 @@ simulated line, from a seeded random generator so that a test run can be repeate
 - ``flip_rate`` / ``drop_rate``: probability that a frame (either direction) gets one bit
   flipped / loses one byte (which may be the delimiter, merging two frames);
 - ``stall_after`` + ``stall_seconds``: the line stops delivering for a while (bytes wait);
+- ``pause_when``: like ``pause_after``, at the first frame the predicate accepts (e.g. the
+  first GENKEY), whatever retransmissions came before it;
 - ``pause_after``: the board stops at frame N and holds every frame from there on, until
   :meth:`SimBoard.resume` is called or, with ``resume_after_resends``, until the host has sent
   that many more frames (its retransmissions). Tests time a signal or a retry by these events
@@ -30,6 +32,7 @@ import secrets
 import threading
 import time
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +40,7 @@ from types import TracebackType
 from firmware_helpers.errors import BoardDisconnectedError, SerialProvisioningError
 from firmware_helpers.serial.agent import BoardAgent
 from firmware_helpers.serial.board import CredentialStore
-from firmware_helpers.serial.framing import DELIMITER
+from firmware_helpers.serial.framing import DELIMITER, Frame, FrameDecoder
 from firmware_helpers.serial.keygen import generate_key_and_csr
 from firmware_helpers.serial.link import FdLink
 from firmware_helpers.serial.protocol import DEFAULT_MAX_CHUNK
@@ -58,6 +61,7 @@ class FaultPlan:
     reboot_times: int = 1
     unplug_after: int | None = None
     pause_after: int | None = None
+    pause_when: Callable[[Frame], bool] | None = None
     resume_after_resends: int | None = None
     protocol_version: int | None = None
     no_keygen: bool = False
@@ -71,7 +75,8 @@ class FaultPlan:
         if self.baud is not None and self.baud <= 0:
             raise ValueError("baud must be positive")
         if self.resume_after_resends is not None and (
-            self.pause_after is None or self.resume_after_resends < 1
+            (self.pause_after is None and self.pause_when is None)
+            or self.resume_after_resends < 1
         ):
             raise ValueError("resume_after_resends needs pause_after and must be at least 1")
 
@@ -320,7 +325,7 @@ class SimBoard:
         """``pause_after``: keep the frame for later instead of answering it."""
         plan, stats = self.faults, self.stats
         if not stats.paused:
-            if plan.pause_after is None or self._paused_once or stats.frames_in < plan.pause_after:
+            if self._paused_once or not self._pause_here(frame):
                 return False
             self._paused_once = True
             stats.paused = True
@@ -331,6 +336,15 @@ class SimBoard:
             self._resume.set()
         self._notify()
         return True
+
+    def _pause_here(self, frame: bytes) -> bool:
+        plan = self.faults
+        if plan.pause_after is not None and self.stats.frames_in >= plan.pause_after:
+            return True
+        if plan.pause_when is not None:
+            decoded = FrameDecoder().feed(frame)
+            return any(isinstance(f, Frame) and plan.pause_when(f) for f in decoded)
+        return False
 
     def _release(self, link: FdLink) -> None:
         held, self._held = self._held, []

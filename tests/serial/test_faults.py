@@ -20,9 +20,10 @@ from firmware_helpers.errors import (
     RetriesExhaustedError,
     SerialProvisioningError,
 )
+from firmware_helpers.serial.framing import Frame
 from firmware_helpers.serial.host import Host, ProvisionResult
 from firmware_helpers.serial.link import SerialLink
-from firmware_helpers.serial.protocol import ErrorCode, ObjectType
+from firmware_helpers.serial.protocol import ErrorCode, MessageType, ObjectType
 from firmware_helpers.serial.simboard import FaultPlan, SimBoard
 from tests.serial.conftest import PairFiles, snapshot
 
@@ -132,11 +133,14 @@ def test_ctrl_c_on_the_host_keeps_the_previous_credentials(
 ) -> None:
     store, before = store_with_a
     b = pairs[1]
-    # The board pauses at the 4th frame (HELLO, BEGIN cert, DATA cert, BEGIN key) and answers
+    # The board pauses when BEGIN of the key arrives (the certificate is staged) and answers
     # nothing until resumed, so the Ctrl-C lands mid-transfer whatever the machine's load: the
     # moment is an event of the board, not a sleep. The host's timeout is long enough that it
     # is still waiting for that ACK, not giving up, when the signal comes.
-    with SimBoard(store, faults=FaultPlan(pause_after=4)) as sim:
+    def begin_key(frame: Frame) -> bool:
+        return frame.type == MessageType.BEGIN and frame.payload[0] == ObjectType.PRIVATE_KEY
+
+    with SimBoard(store, faults=FaultPlan(pause_when=begin_key)) as sim:
         host = subprocess.Popen(
             [sys.executable, "-m", "iotx509", "provision", "--port", sim.port,
              "--timeout", "600", "--report", str(tmp_path / "report.csv"),

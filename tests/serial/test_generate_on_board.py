@@ -33,7 +33,7 @@ from firmware_helpers.errors import CsrRejectedError
 from firmware_helpers.ledger import SerialLedger
 from firmware_helpers.serial.framing import Frame, FrameDecoder
 from firmware_helpers.serial.onboard import check_csr
-from firmware_helpers.serial.protocol import Data, encode_message
+from firmware_helpers.serial.protocol import Data, MessageType, encode_message
 from firmware_helpers.serial.simboard import FaultPlan, SimBoard
 from tests.conftest import TestPKI
 from tests.firmware.cert_helpers import write_ca
@@ -354,9 +354,10 @@ def test_boards_on_two_ports_are_provisioned_in_parallel_and_never_named_twice(
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 
-    # Port A's first board holds GENKEY (probe HELLO, HELLO, GENKEY) until resumed: port B
-    # finishing a board meanwhile proves the ports run in parallel -- an event, not a timing.
-    with SimBoard(tmp_path / "a", boards=2, faults=FaultPlan(pause_after=3)) as sim_a, \
+    # Port A's first board holds its first GENKEY until resumed: port B finishing a board
+    # meanwhile proves the ports run in parallel -- an event, not a timing.
+    genkey = FaultPlan(pause_when=lambda frame: frame.type == MessageType.GENKEY)
+    with SimBoard(tmp_path / "a", boards=2, faults=genkey) as sim_a, \
             SimBoard(tmp_path / "b", boards=2) as sim_b:
         proc = run(sim_a.port, sim_b.port, max_boards=4)
         try:
