@@ -106,13 +106,16 @@ def verify_callback(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth:
 class TlsEngine:
     """One server connection's TLS state: bytes from the socket in, bytes for it out."""
 
-    __slots__ = ("_conn", "_decided", "_index", "issuer", "leaf", "refusal")
+    __slots__ = ("_conn", "_decided", "_index", "issuer", "leaf", "leaf_der", "refusal")
 
     def __init__(self, context: SSL.Context, index: TrustIndex) -> None:
-        self._index = index
+        self._index: TrustIndex | None = index
         self._decided = False
         self.issuer: IssuingCa | None = None
         self.leaf: x509.Certificate | None = None
+        """The device certificate, kept during the handshake only (for the refusal log line)."""
+        self.leaf_der: bytes | None = None
+        """Its DER, kept for CONNECT: a few hundred bytes instead of a parsed certificate."""
         self.refusal: str | None = None
         conn = SSL.Connection(context, None)
         conn.set_accept_state()
@@ -138,7 +141,11 @@ class TlsEngine:
         if problem is not None:
             self.refusal = problem
             return
-        found = self._index.attribute(leaf)
+        index, self._index = self._index, None  # a live connection pins no old snapshot
+        if index is None:
+            self.refusal = "no trust index for this connection"
+            return
+        found = index.attribute(leaf)
         if isinstance(found, IssuerRefused):
             self.refusal = found.reason
         elif not found.active:
@@ -176,6 +183,9 @@ class TlsEngine:
         if self.issuer is None:  # e.g. a resumed session: never without an attribution
             self.refusal = self.refusal or "no device certificate was attributed in the handshake"
             raise self._handshake_error("no attributed certificate")
+        leaf, self.leaf = self.leaf, None  # an idle connection keeps no parsed certificate
+        if leaf is not None:
+            self.leaf_der = leaf.public_bytes(Encoding.DER)
         return True
 
     def _handshake_error(self, reason: str) -> TlsHandshakeError:
@@ -231,7 +241,5 @@ class TlsEngine:
             pass
 
     def peer_certificate_der(self) -> bytes | None:
-        leaf = self.leaf
-        if leaf is None or self.issuer is None:
-            return None
-        return leaf.public_bytes(Encoding.DER)
+        """The attributed device certificate (DER) once the handshake is complete."""
+        return self.leaf_der if self.issuer is not None else None

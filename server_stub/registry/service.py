@@ -389,7 +389,8 @@ class Registry:
         CA, see :class:`CaIndex`); without it the current index attributes ``leaf`` here.
         """
         issuer_name = leaf.issuer.rfc4514_string()
-        problem = device_certificate_problem(leaf)
+        # Given an attribution, the handshake already refused CA:TRUE leaves and unusable SNs.
+        problem = None if issuer is not None else device_certificate_problem(leaf)
         if problem is not None:
             return AuthRefused(reason=problem, cert_sn="-", issuer=issuer_name)
         cert_sn = certificate_sn(leaf)

@@ -44,7 +44,7 @@ from server_stub.registry import Registry
 from server_stub.store import SqliteStore
 from server_stub.store.base import AccountRecord, ProductRecord
 from tests.server.conftest import csv_bytes, openssl, register
-from tests.server.mqtt_fakes import Device, Paho, RawClient, ServerThread
+from tests.server.mqtt_fakes import Device, Paho, RawClient, ServerThread, wait_for
 
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 README_CA_NAME = "My Device CA"
@@ -140,8 +140,15 @@ def ca_without_ski(common_name: str, key: rsa.RSAPrivateKey | None = None) -> Ce
 
 
 def _refused(caplog: pytest.LogCaptureFixture, needle: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if "TLS handshake refused" in r.getMessage() and needle in r.getMessage()]
+    """The refusal lines containing ``needle``, once the server thread has logged one (the
+    alert reaches the client before the server writes its log line)."""
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if "TLS handshake refused" in r.getMessage() and needle in r.getMessage()]
+
+    wait_for(lambda: bool(lines()))
+    return lines()
 
 
 # --- the look-alike CA of another account locks nobody out ------------------------------------
