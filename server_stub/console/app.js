@@ -170,9 +170,9 @@
     const openButton = el("button", { type: "button", className: "primary", text: "Register CA Certificate" });
     const list = el("div");
     main.append(el("div", { className: "actions" }, openButton), el("h2", { text: "Manage CA Certificates" }), list);
-    const dialog = await registerDialog(load);
-    main.append(dialog);
-    openButton.addEventListener("click", () => dialog.open_());
+    // the click works from the start: it waits for the dialog (it needs the naming rules)
+    const dialogReady = registerDialog(load).then((dialog) => { main.append(dialog); return dialog; });
+    openButton.addEventListener("click", async () => (await dialogReady).open_());
     async function load() {
       const result = await api("GET", "/ca-certificates");
       clear(list);
