@@ -242,7 +242,10 @@ class Fleet:
         if not isinstance(endpoint, dict) or not isinstance(endpoint.get("mqtt"), str):
             raise FleetError(f"{source}: endpoint.mqtt (mqtts://HOST:PORT) is missing")
         mqtt = MqttEndpoint.parse(endpoint["mqtt"])
-        http_url = endpoint.get("http")
+        if "http" not in endpoint:
+            raise FleetError(f"{source}: endpoint.http is missing (the platform's URL, or null "
+                             "for a fleet made with --no-platform)")
+        http_url = endpoint["http"]
         if http_url is not None and not isinstance(http_url, str):
             raise FleetError(f"{source}: endpoint.http must be the platform's URL or null")
         server_ca = data.get("serverCa")

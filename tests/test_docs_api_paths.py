@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 METHOD_PATH = re.compile(r"\b(GET|POST|PATCH|PUT|DELETE)\s+(/[^\s`\"'),]*)")
+#: The API's prefix named on its own ("a client of /api/v1") is no path to check.
+API_PREFIXES = {"/api", "/api/v1"}
 API_PATH = re.compile(r"(?<![\w/])(/api/[^\s`\"'),]*)")
 
 
@@ -29,8 +31,9 @@ def documented_paths(text: str) -> list[tuple[str | None, str]]:
         found.append((match.group(1), _clean(match.group(2))))
         taken.add(match.start(2))
     for match in API_PATH.finditer(text):
-        if match.start(1) not in taken:
-            found.append((None, _clean(match.group(1))))
+        path = _clean(match.group(1))
+        if match.start(1) not in taken and path.rstrip("/") not in API_PREFIXES:
+            found.append((None, path))
     return found
 
 
@@ -77,7 +80,7 @@ def test_the_check_finds_what_it_must() -> None:
     text = (
         "Send with `POST /devices/{pk}/{dn}/messages`, or POST /api/v1/devices/PK/DN/messages;"
         " `DELETE /api/v1/products/{productKey}` and /api/v1/nothing-here; see"
-        " /api/v1/endpoint. Then `PATCH /api/v1/ca-certificates/{caSn}`."
+        " /api/v1/endpoint. Then `PATCH /api/v1/ca-certificates/{caSn}`, all under /api/v1."
     )
     paths = documented_paths(text)
     assert (None, "/api/v1/endpoint") in paths
