@@ -37,6 +37,9 @@ from device_sdk.fileio import atomic_write  # noqa: E402
 HARDENING = "tests/hardening"
 EXTRA_TESTS = [
     "tests/serial/test_faults.py",
+    "tests/server/test_tenant_isolation.py",  # issue 10, part 1: tenants isolated by key
+    "tests/server/test_ca_key_rules.py",  # issue 10: CA key and serial registration rules
+    "tests/server/test_mqtt_endpoint.py",  # look-alike CA without AKID locks nobody out
     "tests/server/test_mqtt_bounds.py",  # issue 10, part 2: every bound over real TLS
 ]
 
@@ -95,6 +98,57 @@ STATIC_ROWS = [
               "serial: board power cut before the commit point", "simulated power cut", "1"),
     StaticRow("tests/serial/test_faults.py::test_power_cut_after_the_commit_point_rolls_forward",
               "serial: board power cut after the commit point", "simulated power cut", "1"),
+    # --- issue 10, part 1: tenants isolated by key (real registry, real TLS on loopback)
+    StaticRow("tests/server/test_tenant_isolation.py::test_look_alike_ca_of_another_account_changes_nothing",
+              "look-alike CA of another account (same subject, no SKI: lock-out and hijack attempt)",
+              "B registers it before and after A, claims A's certificate SN for its own device, "
+              "then disables, enables and deletes its CA", "2", key="tenant",
+              result="A's device is told A's identity every time; B's own device B's"),
+    StaticRow("tests/server/test_tenant_isolation.py::test_device_of_an_unrelated_ca_is_refused_with_unknown_ca",
+              "device certificate of a CA nobody registered", "one TLS connection", "1",
+              key="tenant", result="handshake refused with 'unknown CA', one log line"),
+    StaticRow("tests/server/test_tenant_isolation.py::test_certificate_verifying_under_two_registered_keys_is_refused_and_logged",
+              "certificate that verifies under two registered CA keys",
+              "registering the same key again; then a row written past the rules, disabled, "
+              "deleted", "4", key="tenant",
+              result="re-registration refused; while both rows exist the device is refused and "
+              "logged as ambiguous (also with the other row inactive), never given either "
+              "identity; back to its own once the row is gone"),
+    StaticRow("tests/server/test_tenant_isolation.py::test_device_certificate_that_is_a_ca_is_refused",
+              "device certificate that is itself a CA (basicConstraints CA:TRUE)",
+              "one connection", "1", key="tenant", result="refused, one log line naming the reason"),
+    StaticRow("tests/server/test_tenant_isolation.py::test_version_1_device_certificate_from_openssl_x509_req_is_accepted",
+              "version-1 device certificate as `openssl x509 -req` makes it (platform docs)",
+              "mosquitto_sub with it", "1", key="tenant", result="accepted; identity delivered"),
+    StaticRow("tests/server/test_tenant_isolation.py::test_device_certificate_with_a_negative_serial_is_refused_cleanly",
+              "device certificate with a negative serial (uncaught error on CONNECT before)",
+              "one connection", "1", key="escape",
+              result="refused with one log line ('SN -5 is negative'); no error, no traceback"),
+    StaticRow("tests/server/test_mqtt_endpoint.py::test_look_alike_without_authority_key_id_locks_nobody_out",
+              "same-subject CAs, device certificates without AKID (OpenSSL picked the first CA "
+              "by name: lock-out)", "both registration orders, a device of each CA", "2",
+              key="tenant", result="both devices connect, each as itself, whichever CA came first"),
+    StaticRow("tests/server/test_ca_key_rules.py::test_public_exponent_other_than_65537_is_refused",
+              "CA key with a public exponent other than 65537 (cheap duplicate-signature forgery)",
+              "register a CA with e = 3", "1", key="tenant",
+              result="refused with the exponent rule in the message; nothing stored"),
+    StaticRow("tests/server/test_ca_key_rules.py::test_modulus_under_2048_bits_is_refused",
+              "CA key under 2048 bits", "register a 1024-bit CA", "1", key="tenant",
+              result="refused naming the 2048-bit minimum; nothing stored"),
+    StaticRow("tests/server/test_ca_key_rules.py::test_key_registered_by_another_account_is_refused_without_naming_it",
+              "CA key already registered by another account (under another name)",
+              "register the same key from a second account, and again in the first", "2",
+              key="tenant", result="refused; the other account's name and CA are not revealed"),
+    StaticRow("tests/server/test_ca_key_rules.py::test_ca_serial_too_long_or_negative_is_refused",
+              "CA with a 21-byte or a negative serial (registered then unreachable; HTTP 500)",
+              "openssl-made CAs through the registry", "2", key="escape",
+              result="refused at registration naming the RFC 5280 rule; nothing stored"),
+    StaticRow("tests/server/test_ca_key_rules.py::test_api_answers_odd_ca_serials_with_a_client_error",
+              "the same CAs through the real server's HTTP API", "one upload each", "2",
+              key="escape", result="4xx with the reason; the CA list unchanged"),
+    StaticRow("tests/server/test_tenant_isolation.py::test_device_of_a_disabled_ca_is_refused_at_the_handshake",
+              "device of a CA its own account disabled", "connect before and after disabling",
+              "2", key="tenant", result="accepted, then refused"),
     # --- issue 10, part 2: every resource a client can grow has a bound (real TLS, real sockets)
     StaticRow("tests/server/test_mqtt_bounds.py::test_huge_filters_are_refused_and_never_reach_the_topic_tree",
               "SUBSCRIBE with huge filters (`/pk/dn/x////...`, every '/' a tree node)",
