@@ -65,6 +65,7 @@ def _attempts(a: Tenant, other_ca: pki.CertifiedKey) -> dict[tuple[str, str], di
         ("POST", "/devices/{productKey}/{deviceName}/messages"): {
             "json_body": {"topic": f"/{a.product_key}/{device}/user/x", "payload": "p", "qos": 0}},
         ("GET", "/devices/{productKey}/{deviceName}/messages"): {},
+        ("GET", "/devices/{productKey}/{deviceName}/messages/stream"): {},
     }
 
 
