@@ -6,6 +6,7 @@
 (function () {
   const TOKEN_KEY = "iotx509.token";
   const API = "/api/v1";
+  const REFRESH_MS = 5000;   // Overview, Devices and a device's details follow the server
   const root = document.getElementById("main");
   let view = root;   // the current page's container: a page that is left keeps writing to its own
   const nav = document.getElementById("nav");
@@ -409,7 +410,8 @@
     stateSelect.addEventListener("change", () => { page = 1; load(); });
     prev.addEventListener("click", () => { if (page > 1) { page -= 1; load(); } });
     next.addEventListener("click", () => { if (page < pages) { page += 1; load(); } });
-    leavePage.push(() => clearTimeout(debounce));
+    const refresh = setInterval(() => { if (!document.hidden) load(); }, REFRESH_MS);
+    leavePage.push(() => { clearTimeout(debounce); clearInterval(refresh); });
     await load();
   }
 
@@ -498,6 +500,8 @@
         el("div", { className: "actions" }, el("button", { type: "button", text: "Refresh", onclick: () => loadDetails() })));
     }
     await loadDetails();
+    const refresh = setInterval(() => { if (!document.hidden) loadDetails(); }, REFRESH_MS);
+    leavePage.push(() => clearInterval(refresh));
 
     const status = el("span", { className: "live", id: "live-status", role: "status", text: "Connecting…" });
     const list = el("ul", { className: "messages", id: "messages", "aria-label": "Messages" });
@@ -592,7 +596,7 @@
       clear(holder); holder.append(chart(r.data.samples, holder.clientWidth));
     }
     await load();
-    const timer = setInterval(load, 5000);
+    const timer = setInterval(() => { if (!document.hidden) load(); }, REFRESH_MS);
     leavePage.push(() => clearInterval(timer));
   }
 
