@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from simulator.distribution import Leases
 
 _ATTRIBUTE = "iotx509_simulation"
+#: Set on the Locust Environment while a run is refused (more users than devices): users stop
+#: at once instead of each reporting a failed lease.
+REFUSED = "iotx509_refused"
 
 
 @dataclass

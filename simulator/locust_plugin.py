@@ -22,7 +22,7 @@ from locust import events
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from simulator.config import SimulationConfig, endpoint_for, server_ca_for
+from simulator.config import REFUSED, SimulationConfig, endpoint_for, server_ca_for
 from simulator.distribution import Leases
 from simulator.errors import SimulatorError
 from simulator.fleet import Fleet
@@ -126,8 +126,10 @@ def on_test_start(environment: Environment, **_kw: Any) -> None:
         return
     runner_ = environment.runner
     problem = _too_many_users(getattr(runner_, "target_user_count", None), config)
+    setattr(environment, REFUSED, bool(problem))
     if problem and runner_ is not None:
-        # Started from the web UI (or a shape): stop at once instead of one failure per user.
+        # Started from the web UI (or a shape): one line, then stop; the users already being
+        # spawned see REFUSED and stop without leasing (no failure per extra user).
         log.error("%s", problem)
         gevent.spawn(runner_.stop)
         return

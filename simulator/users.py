@@ -38,7 +38,7 @@ from device_sdk.backoff import BackoffPolicy
 from device_sdk.credentials import Credentials
 from device_sdk.errors import DeviceSDKError
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient
-from simulator.config import SimulationConfig
+from simulator.config import REFUSED, SimulationConfig
 from simulator.device import SimDevice
 from simulator.errors import SimulatorError
 
@@ -70,6 +70,8 @@ class DeviceUser(User):
         return max(0.0, min(self._next_publish, self._next_command) - time.monotonic())
 
     def on_start(self) -> None:
+        if getattr(self.environment, REFUSED, False):
+            raise StopUser()  # the run was refused as a whole (locust_plugin said why, once)
         config = self.config
         try:
             self.device_index = config.leases.acquire()

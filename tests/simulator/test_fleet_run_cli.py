@@ -90,3 +90,59 @@ def test_sigterm_to_fleet_run_stops_locust(tiny_fleet: Fleet, tmp_path: Path) ->
     # fleet run was not killed by the signal: it passed it on and waited for Locust to exit.
     assert status >= 0, (status, seen)
     assert not locust[0].is_running(), seen
+
+
+def test_a_web_ui_swarm_larger_than_the_fleet_is_stopped_with_one_line(
+    tiny_fleet: Fleet, tmp_path: Path
+) -> None:
+    import json
+    import socket
+    import time
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iotx509", "fleet", "run", str(tiny_fleet.directory),
+         "--no-identity", "--", "--web-host", "127.0.0.1", "--web-port", str(port),
+         "--loglevel", "INFO"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=locust_env(),
+        cwd=tmp_path,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    try:
+        while not any("Starting web interface" in line for line in seen):
+            seen.append(lines.get(timeout=60))
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        form = urllib.parse.urlencode({"user_count": 3, "spawn_rate": 3}).encode()
+        for _attempt in range(100):  # the log line comes just before the socket listens
+            try:
+                with opener.open(f"http://127.0.0.1:{port}/swarm", data=form, timeout=30) as resp:
+                    assert json.loads(resp.read())["success"]
+                break
+            except urllib.error.URLError:
+                assert proc.poll() is None, seen
+                time.sleep(0.1)
+        problem = f"3 users but the fleet {tiny_fleet.directory} has 1 devices"
+        while not any(problem in line for line in seen):
+            seen.append(lines.get(timeout=60))
+        with opener.open(f"http://127.0.0.1:{port}/stats/requests", timeout=30) as resp:
+            stats = json.loads(resp.read())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert sum(problem in line for line in seen) == 1, seen
+    assert not any("Traceback" in line for line in seen), seen
+    # stopped before any user leased a device: no 'lease' failure per extra user
+    assert not any(row["name"] == "lease" for row in stats["stats"]), stats
