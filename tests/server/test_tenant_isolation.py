@@ -28,7 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from device_sdk.certs import fingerprint_sha256
+from device_sdk.certs import (
+    fingerprint_sha256,
+    load_certificate,
+    load_private_key,
+    require_rsa_key,
+    signed_by,
+)
 from device_sdk.platform import IDENTITY_TOPIC
 from firmware_helpers.pki import (
     CertifiedKey,
@@ -38,7 +44,7 @@ from firmware_helpers.pki import (
     issue_server_certificate,
     random_serial,
 )
-from server_stub.errors import DuplicateCaError
+from server_stub.errors import CaCertificateRejectedError, DuplicateCaError
 from server_stub.mqtt import codec
 from server_stub.registry import Registry
 from server_stub.store import SqliteStore
@@ -338,3 +344,54 @@ def test_device_of_a_disabled_ca_is_refused_at_the_handshake(env: Env) -> None:
     assert env.connack(dev) == codec.CONNACK_ACCEPTED
     env.registry.set_ca_status(a.account, a_sn, "inactive")
     assert env.connack(dev) is None
+
+
+# --- the forged duplicate-signature key (fixture made once by scripts/make_dsks_fixture.py) ----
+
+DSKS = Path(__file__).resolve().parent.parent / "fixtures" / "dsks"
+
+
+def _fixture_pair(name: str) -> CertifiedKey:
+    cert = load_certificate((DSKS / f"{name}.pem").read_bytes())
+    key = require_rsa_key(load_private_key((DSKS / f"{name}.key").read_bytes()))
+    return CertifiedKey(cert, key)
+
+
+def test_forged_duplicate_signature_key_cannot_hijack_a_device(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """B's look-alike CA with a key under which the victim's signature also verifies: refused
+    at registration by the exponent rule; written into the store anyway, it makes the victim's
+    device ambiguous (refused, logged), never B's."""
+    caplog.set_level(logging.WARNING, "server_stub.mqtt")
+    victim_ca, forged, device = (_fixture_pair(n) for n in ("victim-ca", "forged-ca",
+                                                             "victim-device"))
+    # The fixture is what it claims: same subject, a huge exponent, and the same signature
+    # verifies under both keys.
+    assert forged.certificate.subject == victim_ca.certificate.subject
+    assert forged.key.public_key().public_numbers().e.bit_length() > 2000
+    assert signed_by(device.certificate, victim_ca.certificate.public_key())
+    assert signed_by(device.certificate, forged.certificate.public_key())
+
+    a, b = env.tenant("a"), env.tenant("b")
+    a_sn = a.register(victim_ca, "victim_ca")
+    dev = env.device("dsks-victim", device)
+    a.associate(a_sn, dev.name, device.sn)
+    expected = {"productKey": a.pk, "deviceName": dev.name}
+    assert env.identity(dev) == expected
+
+    with pytest.raises(CaCertificateRejectedError) as refused:
+        b.register(forged, "forged_ca")
+    bits = forged.key.public_key().public_numbers().e.bit_length()
+    assert (
+        f"RSA public exponent is a {bits}-bit number; the platform accepts only CA keys with "
+        "the public exponent 65537 (exponent rule"
+    ) in str(refused.value)
+    b_sn = _insert_ca_bypassing_rules(env, b, forged, "forged_ca")
+    b.associate(b_sn, "thief", device.sn)
+    assert env.connack(dev) is None
+    lines = _refused(caplog, "verifies under 2 registered CA keys: refused")
+    assert lines and f"cert SN {device.sn}" in lines[-1]
+    assert not any("thief&" in r.getMessage() for r in caplog.records)
+    env.registry.delete_ca(b.account, b_sn)
+    assert env.identity(dev) == expected
