@@ -172,12 +172,22 @@ def test_the_documented_flow_through_the_console(
         assert page.evaluate("window.__injected") is None
         assert page.locator("#messages script, #messages img").count() == 0
 
+        # --- a topic outside the device's space: the server's refusal, shown as written
+        outside = f"/{product_key}/another-device/user/get"
+        page.get_by_label("Topic").fill(outside)
+        page.get_by_label("Payload").fill("not for you")
+        page.get_by_role("button", name="Send").click()
+        expect(page.locator("#send-result")).to_contain_text(
+            f"topic '{outside}' is outside device {product_key}/{device_name}'s topic space"
+        )
+        page.get_by_label("Topic").fill(f"/{product_key}/{device_name}/user/get")
+
         # --- "Send message" from the page reaches the device
         page.get_by_label("Payload").fill('{"cmd": "reboot"}')
         page.get_by_label("QoS").select_option("1")
         page.get_by_role("button", name="Send").click()
         expect(page.locator("#send-result")).to_have_text("Sent to the device.")
-        got = received.get(timeout=10)
+        got = received.get(timeout=10)  # the first message it gets: the refused one never came
         assert (got.topic, got.payload) == (f"/{product_key}/{device_name}/user/get",
                                             b'{"cmd": "reboot"}')
         shot(page, "device")
