@@ -305,12 +305,6 @@ class SqliteStore:
         )
         return [self._ca(r) for r in rows]
 
-    def active_cas(self) -> list[CaRecord]:
-        rows = self._all_rows(
-            f"SELECT {self._CA_COLS} FROM ca_certificates WHERE status = 'active' ORDER BY id"
-        )
-        return [self._ca(r) for r in rows]
-
     def all_cas(self) -> list[CaRecord]:
         rows = self._all_rows(f"SELECT {self._CA_COLS} FROM ca_certificates ORDER BY id")
         return [self._ca(r) for r in rows]
