@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -395,3 +396,32 @@ def test_forged_duplicate_signature_key_cannot_hijack_a_device(
     assert not any("thief&" in r.getMessage() for r in caplog.records)
     env.registry.delete_ca(b.account, b_sn)
     assert env.identity(dev) == expected
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_sessions_are_never_resumed(env: Env, version: ssl.TLSVersion) -> None:
+    """A resumed session would skip the verify callback, hence the attribution: every
+    connection does a full handshake, and is attributed again."""
+    a = env.tenant("a")
+    a_ca = create_ca("Resumption Test CA")
+    a_sn = a.register(a_ca, "a_ca")
+    dev = env.device(f"resume-{version.name}", issue_device_certificate(
+        a_ca, f"resume-{version.name}", product_key=a.pk, key=env.key))
+    a.associate(a_sn, dev.name, dev.pair.sn)
+    ctx = ssl.create_default_context(cafile=str(env.server_ca_file))
+    ctx.minimum_version = ctx.maximum_version = version
+    ctx.load_cert_chain(str(dev.cert), str(dev.key))
+    session = None
+    for attempt in range(2):
+        with socket.create_connection(("127.0.0.1", env.server.port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as sock:
+            sock.sendall(codec.encode(codec.Connect("r|securemode=2|", 300)))
+            decoder = codec.Decoder(max_packet_size=codec.MAX_REMAINING_LENGTH)
+            packets: list[codec.Packet] = []
+            while not packets:
+                data = sock.recv(65536)
+                assert data, f"attempt {attempt}: the server closed the connection"
+                packets.extend(decoder.feed(data))
+            assert packets[0] == codec.Connack(codec.CONNACK_ACCEPTED)
+            assert not sock.session_reused, f"attempt {attempt} resumed a session"
+            session = sock.session
