@@ -1,14 +1,16 @@
 """Console fixtures: the real server process, Debian's headless Chromium driven by Playwright.
 
 The browser is the system's ``/usr/bin/chromium`` (scripts/test.sh installs it); Playwright's own
-browser download is never used. Screenshots go to ``docs/console/`` (override with
-``IOTX509_CONSOLE_SCREENSHOTS``) so that docs/console.md shows what the last run saw.
+browser download is never used. Screenshots go to a temporary folder, so a test run leaves the
+checkout as it was; ``IOTX509_CONSOLE_SCREENSHOTS=docs/console`` refreshes the pictures that
+docs/console.md shows.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,8 @@ playwright_sync = pytest.importorskip(
 
 
 def screenshot_dir() -> Path:
-    directory = Path(os.environ.get("IOTX509_CONSOLE_SCREENSHOTS", ROOT / "docs" / "console"))
+    default = Path(tempfile.gettempdir()) / "iotx509-console-screenshots"
+    directory = Path(os.environ.get("IOTX509_CONSOLE_SCREENSHOTS", default))
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
