@@ -23,6 +23,7 @@ SDK maps them (``device_sdk.tls.map_connect_error``).
 from __future__ import annotations
 
 import logging
+import weakref
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -94,7 +95,8 @@ def verify_callback(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth:
     """OpenSSL's verify callback: the decision is the engine's attribution at depth 0."""
     if depth != 0:
         return True  # extra certificates the client sent decide nothing
-    engine = conn.get_app_data()
+    ref = conn.get_app_data()
+    engine = ref() if isinstance(ref, weakref.ref) else None
     if not isinstance(engine, TlsEngine) or not engine.decide(cert):
         return False
     if ok or errnum in _CHAIN_ERRORS:
@@ -106,7 +108,9 @@ def verify_callback(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth:
 class TlsEngine:
     """One server connection's TLS state: bytes from the socket in, bytes for it out."""
 
-    __slots__ = ("_conn", "_decided", "_index", "issuer", "leaf", "leaf_der", "refusal")
+    __slots__ = (
+        "__weakref__", "_conn", "_decided", "_index", "issuer", "leaf", "leaf_der", "refusal",
+    )
 
     def __init__(self, context: SSL.Context, index: TrustIndex) -> None:
         self._index: TrustIndex | None = index
@@ -119,7 +123,10 @@ class TlsEngine:
         self.refusal: str | None = None
         conn = SSL.Connection(context, None)
         conn.set_accept_state()
-        conn.set_app_data(self)
+        # A weak reference: engine -> connection -> engine would be a cycle that only the cyclic
+        # GC frees, and until it runs every closed connection keeps its OpenSSL state (tens of
+        # KiB each); without the cycle, a closed connection is freed at once.
+        conn.set_app_data(weakref.ref(self))
         self._conn = conn
 
     # --- attribution (called from the verify callback) -----------------------------------------
