@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from firmware_helpers.pki import create_ca, issue_verification_certificate
@@ -57,7 +58,7 @@ def bench_http(rows: int, runs: int, work: Path) -> tuple[list[float], list[floa
             pk = client.create_product(f"bench {run}")["productKey"]
             data = make_csv(pk, rows, run * rows)
             print(f"  HTTP run {run + 1}/{runs}: {len(data):,} bytes", file=sys.stderr)
-            uploads.append(timed(lambda d=data: client.associate(ca_sn, UploadFile("a.csv", d))))
+            uploads.append(timed(partial(client.associate, ca_sn, UploadFile("a.csv", data))))
             bad = make_csv(pk, rows, (runs + run) * rows).replace(b",device-", b",d!", 1)
 
             def reject(b: bytes = bad) -> None:
@@ -85,8 +86,8 @@ def bench_registry(rows: int, runs: int, work: Path) -> tuple[list[float], list[
         for run in range(runs):
             pk = registry.create_product(account, name=f"bench {run}").product_key
             data = make_csv(pk, rows, run * rows)
-            parses.append(timed(lambda d=data: parse_associations(d)))
-            imports.append(timed(lambda d=data: registry.associate(account, record.ca_sn, d)))
+            parses.append(timed(partial(parse_associations, data)))
+            imports.append(timed(partial(registry.associate, account, record.ca_sn, data)))
     finally:
         store.close()
     return imports, parses

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from firmware_helpers.pki import create_ca, issue_verification_certificate
@@ -59,7 +60,7 @@ def main() -> int:
             "reference: whole list (associations)": f"/ca-certificates/{ca_sn}/associations",
         }
         results = {
-            name: timed(lambda p=path: api.request("GET", p), args.runs)
+            name: timed(partial(api.request, "GET", path), args.runs)
             for name, path in cases.items()
         }
     reference = statistics.median(results["reference: whole list (associations)"])

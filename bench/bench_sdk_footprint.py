@@ -144,8 +144,8 @@ def main() -> int:
             ("  private (RssAnon, MB)", "anon_mb", None),
             ("connect (ms)", "connect_ms", None)]
     verdicts = []
-    for label, key, target in rows:
-        paho, sdk, crypto = median("paho", key), median("sdk", key), median("paho+crypto", key)
+    for label, field, target in rows:
+        paho, sdk, crypto = median("paho", field), median("sdk", field), median("paho+crypto", field)
         delta = sdk - paho
         target_text = f"<={target:g}" if target is not None else "-"
         print(f"{label:26}{paho:11.1f}{sdk:11.1f}{delta:+9.1f}{target_text:>9}"

@@ -77,8 +77,8 @@ def _string_names(tree: ast.Module) -> dict[str, list[str]]:
     loop over one, and a name assigned ``CONST[...]`` or ``CONST.get(...)``.
     """
     names: dict[str, list[str]] = {}
-    for node in tree.body:
-        targets, value = _assigned(node)
+    for statement in tree.body:
+        targets, value = _assigned(statement)
         values = _strings(value)
         for target in targets:
             if values is not None and isinstance(target, ast.Name):
@@ -130,7 +130,7 @@ def unread_string_imports(root: Path, packages: Iterable[str]) -> list[str]:
     The one allowed form is a wrapper forwarding its own parameter (``require_extra(module,
     ...)`` calling ``import_module(module)``): its callers' strings are read instead.
     """
-    out = []
+    out: list[str] = []
     for package in packages:
         for path in sorted((root / package).rglob("*.py")):
             tree = ast.parse(path.read_text(), filename=str(path))

@@ -4,6 +4,7 @@ bounds, and the event stream that ends (and gives its slot back) when the client
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 from server_stub.api.console_routes import EventStreamResponse, StreamSlots
@@ -125,8 +126,8 @@ def _run_stream(events: list[dict[str, Any]], queued: list[DeviceMessage],
             await ready.wait()  # the client disconnects once it has read what was queued
             return await incoming.get()
 
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(dict(message))
             if sum(1 for m in sent if b"event: message" in m.get("body", b"")) >= len(queued):
                 ready.set()
 
@@ -171,7 +172,7 @@ def test_stream_closes_when_the_client_is_gone_while_writing() -> None:
             await asyncio.Event().wait()  # never says anything
             raise AssertionError
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.body":
                 raise OSError("connection reset")
 

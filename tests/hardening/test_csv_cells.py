@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,12 @@ HOSTILE_BOARD_IDS = [
 HOSTILE_NAMES = ["@dev-0001", "-dev-0001", "@A1:B2", "-A1.5"]
 
 
+def _answering(*answers: str) -> Callable[[str], str]:
+    """An ``ask`` giving these answers in turn, whatever the prompt."""
+    remaining = iter(answers)
+    return lambda _prompt: next(remaining)
+
+
 def _cells(text: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text, newline="")))
 
@@ -67,12 +74,11 @@ def test_hostile_board_ids_are_text_in_the_provisioning_report(
         pki.write_device(PK, f"csv-dev{i:03d}", directory=pairs)
     report_path = tmp_path / "provisioning-report.csv"
     for i, board_id in enumerate(HOSTILE_BOARD_IDS):
-        answers = iter(["", "q"])
         with SimBoard(tmp_path / f"board{i}", board_id=board_id) as sim:
             link = SerialLink.open(sim.port)
             try:
                 summary = Batch(Host(link), pairs, Report.open(report_path), mode="prompt",
-                                ask=lambda _, a=answers: next(a), say=lambda _: None).run()
+                                ask=_answering("", "q"), say=lambda _: None).run()
             finally:
                 link.close()
         assert [b for b, _ in summary.provisioned] == [board_id]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 
 from firmware_helpers import pki

@@ -73,12 +73,14 @@ def _serve(server: ThreadingHTTPServer) -> threading.Thread:
 def collector() -> Iterator[tuple[str, list[dict[str, str]]]]:
     seen: list[dict[str, str]] = []
     handler = type("Collector", (_Collector,), {"seen": seen})
+    host = "127.0.0.2"
     try:
-        server = ThreadingHTTPServer(("127.0.0.2", 0), handler)
+        server = ThreadingHTTPServer((host, 0), handler)
     except OSError:  # pragma: no cover - a loopback without 127.0.0.2
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        host = "127.0.0.1"
+        server = ThreadingHTTPServer((host, 0), handler)
     _serve(server)
-    host, port = server.server_address[:2]
+    port = server.server_port
     try:
         yield f"http://{host}:{port}", seen
     finally:

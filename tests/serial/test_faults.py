@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from device_sdk import fileio
 from firmware_helpers.errors import (
     BoardDisconnectedError,
     BoardError,
@@ -106,7 +107,8 @@ def test_board_refuses_a_mismatched_pair_and_keeps_the_old_one(
     objects = {ObjectType.CERTIFICATE: b.cert.read_bytes(), ObjectType.PRIVATE_KEY: a.key.read_bytes()}
     with SimBoard(store) as sim, pytest.raises(BoardError) as caught:
         _provision(sim, objects)  # skipping the host's own check, as a buggy tool would
-    assert caught.value.code == ErrorCode.INVALID_CREDENTIALS == 13
+    assert caught.value.code == ErrorCode.INVALID_CREDENTIALS
+    assert ErrorCode.INVALID_CREDENTIALS.value == 13
     assert "error 13 INVALID_CREDENTIALS" in str(caught.value)
     assert "does not belong to the certificate" in caught.value.board_message
     assert snapshot(store) == before
@@ -172,7 +174,6 @@ def test_power_cut_after_the_commit_point_rolls_forward(
     store_with_a: tuple[Path, dict[str, str]], pairs: tuple[PairFiles, PairFiles],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from firmware_helpers.serial import board as board_module
     from firmware_helpers.serial.board import CredentialStore
 
     store, _ = store_with_a
@@ -189,10 +190,10 @@ def test_power_cut_after_the_commit_point_rolls_forward(
                 raise _PowerCut
         real_replace(src, dst)
 
-    monkeypatch.setattr(board_module.os, "replace", replace_then_die)
+    monkeypatch.setattr(os, "replace", replace_then_die)
     with pytest.raises(_PowerCut):
         CredentialStore(store).commit(b.objects())
-    monkeypatch.setattr(board_module.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     assert (store / ".commit.json").exists()
     assert ((store / ".commit.json").stat().st_mode & 0o777) == 0o600
     # the certificate is new, the key still old: exactly the state the journal exists for
@@ -228,7 +229,7 @@ def test_power_cut_before_the_commit_point_keeps_the_old_set(
     from firmware_helpers.serial.board import CredentialStore
 
     store, before = store_with_a
-    real_write = board_module.atomic_write
+    real_write = fileio.atomic_write  # board.py imports it from here; its name is patched below
 
     def die_writing_the_journal(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         if Path(path).name == ".commit.json":

@@ -53,7 +53,7 @@ def _generate(sim: SimBoard, ca: tuple[Path, Path], out: Path, server_ca: Path, 
     )
 
 
-def _payloads(wire: bytes) -> bytes:
+def _payloads(wire: bytes | bytearray) -> bytes:
     frames = [f for f in FrameDecoder().feed(bytes(wire)) if isinstance(f, Frame)]
     assert frames, "the recording holds frames"
     return b"".join(f.payload for f in frames)

@@ -127,8 +127,8 @@ def test_error_codes_are_stable_numbers() -> None:
         ("BAD_CRC", 1), ("BAD_SEQUENCE", 2), ("MALFORMED", 3), ("UNKNOWN_TYPE", 4),
         ("UNSUPPORTED_VERSION", 5), ("NO_SESSION", 6),
     ]
-    assert ErrorCode.STORAGE_FULL == 10 and ErrorCode.VERIFY_FAILED == 11
-    assert ErrorCode.BUSY == 14 and ErrorCode.NOT_FOUND == 16
+    assert ErrorCode.STORAGE_FULL.value == 10 and ErrorCode.VERIFY_FAILED.value == 11
+    assert ErrorCode.BUSY.value == 14 and ErrorCode.NOT_FOUND.value == 16
 
 
 # --- board machine -----------------------------------------------------------------------------
@@ -174,9 +174,10 @@ def test_board_commits_a_complete_set() -> None:
     (event,) = d.send(Commit())
     assert isinstance(event, CommitRequested)
     assert event.objects == {ObjectType.CERTIFICATE: CERT, ObjectType.PRIVATE_KEY: KEY}
-    assert d.board.state is BoardState.COMMITTING
+    states = [d.board.state]
     assert _decode_one(d.board.commit_done())[1] == Ack()
-    assert d.board.state is BoardState.READY and d.board.staged_types == ()
+    states.append(d.board.state)
+    assert states == [BoardState.COMMITTING, BoardState.READY] and d.board.staged_types == ()
 
 
 def test_duplicate_data_is_answered_from_cache_not_applied_twice() -> None:
@@ -252,9 +253,10 @@ def test_board_answers_corruption_and_other_versions() -> None:
 def test_hello_discards_a_half_finished_transaction() -> None:
     d = _session()
     _send_object(d, ObjectType.CERTIFICATE, CERT)
-    assert d.board.staged_types == (ObjectType.CERTIFICATE,)
+    staged = [d.board.staged_types]
     d.reply(Hello())
-    assert d.board.staged_types == ()
+    staged.append(d.board.staged_types)
+    assert staged == [(ObjectType.CERTIFICATE,), ()]
 
 
 # --- host machine ------------------------------------------------------------------------------
@@ -340,13 +342,13 @@ def _run_over_lossy_line(rng: random.Random, loss: float) -> dict[ObjectType, by
                     stored.update(event.objects)
                     replies.append(board.commit_done())
             wire = b""
-            for event in host.receive_data(b"".join(line(r) for r in replies)):
-                if isinstance(event, Answer):
-                    return event.message
-                if isinstance(event, Restart):
+            for host_event in host.receive_data(b"".join(line(r) for r in replies)):
+                if isinstance(host_event, Answer):
+                    return host_event.message
+                if isinstance(host_event, Restart):
                     return None
-                if isinstance(event, Resend):
-                    wire = event.data
+                if isinstance(host_event, Resend):
+                    wire = host_event.data
                     break
             if not wire:
                 wire = host.timeout()

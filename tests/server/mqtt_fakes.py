@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from device_sdk.certs import certificate_sn, is_rsa, signed_by
 from firmware_helpers.pki import (
@@ -333,11 +335,11 @@ class Paho:
         self.disconnected = threading.Event()
         self.messages: list[mqtt.MQTTMessage] = []
         self.message_event = threading.Event()
-        self.reason: mqtt.ReasonCode | None = None
+        self.reason: ReasonCode | None = None
         self.granted: list[int] = []
         self.subscribed = threading.Event()
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id or f"{dev.name if dev else 'x'}|securemode=2,signmethod=x509|",
             protocol=mqtt.MQTTv311,
         )
@@ -355,12 +357,12 @@ class Paho:
         self.port, self.keepalive = port, keepalive
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                    reason: mqtt.ReasonCode, props: object) -> None:
+                    reason: ReasonCode, props: object) -> None:
         self.reason = reason
         self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason: mqtt.ReasonCode, props: object) -> None:
+                       reason: ReasonCode, props: object) -> None:
         self.disconnected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
@@ -368,7 +370,7 @@ class Paho:
         self.message_event.set()
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
-                      codes: list[mqtt.ReasonCode], props: object) -> None:
+                      codes: list[ReasonCode], props: object) -> None:
         self.granted = [c.value for c in codes]
         self.subscribed.set()
 

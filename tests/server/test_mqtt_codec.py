@@ -88,7 +88,7 @@ def test_incomplete_garbage_waits_then_fails() -> None:
 # --- property-based round trips ---------------------------------------------------------------
 
 _level = st.text(
-    alphabet=st.characters(blacklist_characters="/+#\x00", blacklist_categories=("Cs",)),
+    alphabet=st.characters(blacklist_characters="/+#\x00", blacklist_categories=["Cs"]),
     max_size=8,
 )
 topic_names = st.lists(_level, min_size=1, max_size=5).map("/".join).filter(bool)
@@ -97,7 +97,7 @@ topic_filters = st.builds(
     st.lists(st.one_of(_level, st.just("+")), min_size=1, max_size=5),
     st.sampled_from([[], ["#"]]),
 ).filter(bool)
-texts = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+texts = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]),
                 max_size=30)
 packet_ids = st.integers(1, 0xFFFF)
 payloads = st.binary(max_size=300)

@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 
 from simulator.fleet import Fleet
