@@ -31,13 +31,19 @@ def main(argv: list[str]) -> int:
         print(f"== {script.name}", flush=True)
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, str(script)], cwd=HERE.parent, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
+            [sys.executable, str(script)],
+            cwd=HERE.parent,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            check=False,
         )
         print(proc.stdout, flush=True)
         took = time.monotonic() - started
-        report.append(f"## {script.name} (exit {proc.returncode}, {took:.0f} s)\n\n```\n"
-                      f"{proc.stdout.strip()}\n```\n")
+        report.append(
+            f"## {script.name} (exit {proc.returncode}, {took:.0f} s)\n\n```\n"
+            f"{proc.stdout.strip()}\n```\n"
+        )
         status |= proc.returncode != 0
     (results / "latest.md").write_text("\n".join(report))
     print(f"report: {results / 'latest.md'}")

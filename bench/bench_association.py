@@ -30,7 +30,8 @@ from server_stub.store import SqliteStore
 def make_csv(product_key: str, rows: int, offset: int) -> bytes:
     lines = ["ProductKey,DeviceName,CertSN"]
     lines += [
-        f"{product_key},device-{offset + i:07d},{0x10_0000_0000 + offset + i:X}" for i in range(rows)
+        f"{product_key},device-{offset + i:07d},{0x10_0000_0000 + offset + i:X}"
+        for i in range(rows)
     ]
     return ("\r\n".join(lines) + "\r\n").encode()
 
@@ -42,8 +43,10 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def summary(name: str, samples: list[float]) -> str:
-    return (f"{name:<34} median {statistics.median(samples) * 1000:7.1f} ms   "
-            f"min {min(samples) * 1000:7.1f} ms   max {max(samples) * 1000:7.1f} ms")
+    return (
+        f"{name:<34} median {statistics.median(samples) * 1000:7.1f} ms   "
+        f"min {min(samples) * 1000:7.1f} ms   max {max(samples) * 1000:7.1f} ms"
+    )
 
 
 def bench_http(rows: int, runs: int, work: Path) -> tuple[list[float], list[float]]:
@@ -51,8 +54,9 @@ def bench_http(rows: int, runs: int, work: Path) -> tuple[list[float], list[floa
     with running_server(work / "server") as server:
         client = PlatformClient(server.http_url, server.token)
         ver = issue_verification_certificate(ca, client.registration_code())
-        ca_sn = client.register_ca("bench_ca", UploadFile("ca.pem", ca.cert_pem()),
-                                   UploadFile("v.crt", ver.cert_pem()))["caSn"]
+        ca_sn = client.register_ca(
+            "bench_ca", UploadFile("ca.pem", ca.cert_pem()), UploadFile("v.crt", ver.cert_pem())
+        )["caSn"]
         uploads, rejects = [], []
         for run in range(runs):
             pk = client.create_product(f"bench {run}")["productKey"]
@@ -79,8 +83,9 @@ def bench_registry(rows: int, runs: int, work: Path) -> tuple[list[float], list[
     account, _ = registry.create_account("bench")
     ca = create_ca("Bench CA direct")
     ver = issue_verification_certificate(ca, registry.registration_code(account))
-    record = registry.register_ca(account, name="bench_ca", ca_data=ca.cert_pem(),
-                                  verification_data=ver.cert_pem())
+    record = registry.register_ca(
+        account, name="bench_ca", ca_data=ca.cert_pem(), verification_data=ver.cert_pem()
+    )
     imports, parses = [], []
     try:
         for run in range(runs):
@@ -109,8 +114,10 @@ def main() -> int:
     print(summary("registry.associate (in-process)", imports))
     print(summary("CSV parse + row checks only", parses))
     e2e, direct, parse = (statistics.median(x) for x in (uploads, imports, parses))
-    print(f"ratios: end-to-end / registry = {e2e / direct:.2f}x, "
-          f"registry / parse-only = {direct / parse:.2f}x")
+    print(
+        f"ratios: end-to-end / registry = {e2e / direct:.2f}x, "
+        f"registry / parse-only = {direct / parse:.2f}x"
+    )
     verdict = "PASS" if e2e < 1.0 else "FAIL"
     print(f"target end-to-end < 1 s: {verdict} (median {e2e * 1000:.0f} ms)")
     return 0

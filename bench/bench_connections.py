@@ -159,11 +159,13 @@ class _Client(asyncio.Protocol):
             self.done.set_exception(ConnectionError(f"closed before CONNACK: {exc}"))
 
 
-def _worker(conn: Connection, jobs: list[tuple[str, str]], server_ca: str, port: int,
-            concurrency: int) -> None:
+def _worker(
+    conn: Connection, jobs: list[tuple[str, str]], server_ca: str, port: int, concurrency: int
+) -> None:
     """One load-generator process: prepare contexts, connect on command, hold, close."""
     try:
         import uvloop
+
         loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()
@@ -178,15 +180,23 @@ def _worker(conn: Connection, jobs: list[tuple[str, str]], server_ca: str, port:
             ctx.load_cert_chain(cert, key)
             yield ctx
 
-    async def one(client_id: str, ctx: ssl.SSLContext, sem: asyncio.Semaphore, errors: list[str]) -> bool:
+    async def one(
+        client_id: str, ctx: ssl.SSLContext, sem: asyncio.Semaphore, errors: list[str]
+    ) -> bool:
         async with sem:
             fut: asyncio.Future[int] = loop.create_future()
             connect = codec.encode(codec.Connect(f"{client_id}|securemode=2|", 1200))
             try:
-                transport, _ = await asyncio.wait_for(loop.create_connection(
-                    lambda: _Client(connect, fut), "127.0.0.1", port, ssl=ctx,
-                    server_hostname="127.0.0.1",
-                ), 30)
+                transport, _ = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: _Client(connect, fut),
+                        "127.0.0.1",
+                        port,
+                        ssl=ctx,
+                        server_hostname="127.0.0.1",
+                    ),
+                    30,
+                )
                 code = await asyncio.wait_for(fut, 30)
             except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
                 if len(errors) < 5:
@@ -210,8 +220,12 @@ def _worker(conn: Connection, jobs: list[tuple[str, str]], server_ca: str, port:
         results = await asyncio.gather(
             *(one(Path(job[0]).stem, c, sem, errors) for job, c in zip(part, ctxs, strict=True))
         )
-        return {"ok": sum(results), "failed": len(results) - sum(results),
-                "seconds": time.monotonic() - t0, "errors": errors}
+        return {
+            "ok": sum(results),
+            "failed": len(results) - sum(results),
+            "seconds": time.monotonic() - t0,
+            "errors": errors,
+        }
 
     while True:
         msg = conn.recv()
@@ -230,8 +244,9 @@ def _worker(conn: Connection, jobs: list[tuple[str, str]], server_ca: str, port:
 
 
 class LoadGenerator:
-    def __init__(self, fleet: Fleet, keys: int, server_ca: Path, port: int, workers: int,
-                 concurrency: int) -> None:
+    def __init__(
+        self, fleet: Fleet, keys: int, server_ca: Path, port: int, workers: int, concurrency: int
+    ) -> None:
         ctx = mp.get_context("spawn")
         self.n = len(fleet.names)
         self.workers = []
@@ -241,8 +256,9 @@ class LoadGenerator:
             idx = list(range(w * per, min(self.n, (w + 1) * per)))
             jobs = [(fleet.cert(i), fleet.key(i, keys)) for i in idx]
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, jobs, str(server_ca), port,
-                                                     concurrency), daemon=True)
+            proc = ctx.Process(
+                target=_worker, args=(child, jobs, str(server_ca), port, concurrency), daemon=True
+            )
             proc.start()
             self.workers.append((proc, parent))
             self.slices.append(len(jobs))
@@ -258,8 +274,10 @@ class LoadGenerator:
         results = [pipe.recv()[1] for _, pipe in self.workers]
         elapsed = time.monotonic() - t0
         return {
-            "ok": sum(r["ok"] for r in results), "failed": sum(r["failed"] for r in results),
-            "seconds": elapsed, "errors": [e for r in results for e in r["errors"]],
+            "ok": sum(r["ok"] for r in results),
+            "failed": sum(r["failed"] for r in results),
+            "seconds": elapsed,
+            "errors": [e for r in results for e in r["errors"]],
         }
 
     def close_all(self) -> None:
@@ -325,8 +343,7 @@ def mosquitto(root: Path, fleet: Fleet) -> Iterator[Target]:
     )
     err_path = d / "mosquitto.log"
     with err_path.open("wb") as err:
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=err)
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err)
     try:
         try:
             wait_port(port)
@@ -360,10 +377,15 @@ def ours_real(root: Path, n: int, keys: int) -> Iterator[tuple[Target, Fleet]]:
         log(f"making {n} device certificates ({keys} shared RSA keys)")
         fleet = make_fleet(root, n, keys, product_key)
         proof = issue_verification_certificate(fleet.ca, client.registration_code())
-        ca_sn = client.register_ca("bench_ca", UploadFile("ca.pem", fleet.ca.cert_pem()),
-                                   UploadFile("verification.pem", proof.cert_pem()))["caSn"]
+        ca_sn = client.register_ca(
+            "bench_ca",
+            UploadFile("ca.pem", fleet.ca.cert_pem()),
+            UploadFile("verification.pem", proof.cert_pem()),
+        )["caSn"]
         for lo in range(0, n, 10_000):
-            client.associate(ca_sn, UploadFile("devices.csv", _csv(product_key, fleet, lo, min(n, lo + 10_000))))
+            client.associate(
+                ca_sn, UploadFile("devices.csv", _csv(product_key, fleet, lo, min(n, lo + 10_000)))
+            )
         time.sleep(0.6)  # the endpoint follows the registry within 0.25 s
         assert srv.mqtt_port is not None
         yield Target("ours (real registry)", srv.process.pid, srv.mqtt_port, srv.server_ca), fleet
@@ -386,8 +408,14 @@ def _serve_fake(data: Path) -> None:
     directory.set_devices(ca, spec["productKey"], spec["devices"])
 
     async def main() -> None:
-        svc = MqttService(directory, (data / "server.pem").read_bytes(),
-                          (data / "server.key").read_bytes(), "127.0.0.1", 0, MqttLimits())
+        svc = MqttService(
+            directory,
+            (data / "server.pem").read_bytes(),
+            (data / "server.key").read_bytes(),
+            "127.0.0.1",
+            0,
+            MqttLimits(),
+        )
         await svc.start()
         print(f"PORT {svc.port}", flush=True)
         stop = asyncio.Event()
@@ -410,11 +438,14 @@ def ours_fake(root: Path, n: int, keys: int) -> Iterator[tuple[Target, Fleet]]:
     server_ca_path.write_bytes(server_ca.cert_pem())
     issue_server_certificate(server_ca).write(d / "server.pem", d / "server.key")
     (d / "device-ca.pem").write_bytes(fleet.ca.cert_pem())
-    (d / "devices.json").write_text(json.dumps(
-        {"productKey": product_key, "devices": dict(zip(fleet.sns, fleet.names, strict=True))}
-    ))
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-fake", str(d)],
-                            stdout=subprocess.PIPE, text=True)
+    (d / "devices.json").write_text(
+        json.dumps(
+            {"productKey": product_key, "devices": dict(zip(fleet.sns, fleet.names, strict=True))}
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-fake", str(d)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -437,8 +468,9 @@ def _cpu(p: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
-def measure(target: Target, fleet: Fleet, keys: int, workers: int,
-            concurrency: int) -> dict[str, Any]:
+def measure(
+    target: Target, fleet: Fleet, keys: int, workers: int, concurrency: int
+) -> dict[str, Any]:
     proc = psutil.Process(target.pid)
     gen = LoadGenerator(fleet, keys, target.server_ca, target.port, workers, concurrency)
     try:
@@ -456,15 +488,20 @@ def measure(target: Target, fleet: Fleet, keys: int, workers: int,
         rss1 = proc.memory_info().rss
         ok = res["ok"]
         out = {
-            "server": target.name, "connected": ok, "failed": res["failed"],
-            "errors": res["errors"], "seconds": res["seconds"],
+            "server": target.name,
+            "connected": ok,
+            "failed": res["failed"],
+            "errors": res["errors"],
+            "seconds": res["seconds"],
             "conn_per_s": ok / res["seconds"] if res["seconds"] else 0.0,
             "cpu_ms_per_conn": (cpu1 - cpu0) * 1000 / ok if ok else float("nan"),
             "rss_kib_per_conn": (rss1 - rss0) / 1024 / ok if ok else float("nan"),
             "rss_mib_total": rss1 / 2**20,
         }
-        log(f"{target.name}: {ok} connected, {res['failed']} failed in {res['seconds']:.1f} s; "
-            f"RSS {rss1 / 2**20:.0f} MiB")
+        log(
+            f"{target.name}: {ok} connected, {res['failed']} failed in {res['seconds']:.1f} s; "
+            f"RSS {rss1 / 2**20:.0f} MiB"
+        )
         gen.close_all()
         return out
     finally:
@@ -486,8 +523,10 @@ def print_table(ours: dict[str, Any], mosq: dict[str, Any]) -> None:
     for label, key, fmt, note in rows:
         a, b = ours[key], mosq[key]
         ratio = f"{a / b:.2f}x" if b else "-"
-        print(f"{label:{w}} {fmt.format(a):>12} {fmt.format(b):>12} {ratio:>8}"
-              + (f"  ({note})" if note else ""))
+        print(
+            f"{label:{w}} {fmt.format(a):>12} {fmt.format(b):>12} {ratio:>8}"
+            + (f"  ({note})" if note else "")
+        )
     print(f"\nours = {ours['server']}")
     for r in (ours, mosq):
         if r["errors"]:
@@ -496,11 +535,16 @@ def print_table(ours: dict[str, Any], mosq: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=2000,
-                        help="connections opened and held idle (default 2000; try 10000)")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=2000,
+        help="connections opened and held idle (default 2000; try 10000)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
-    parser.add_argument("--concurrency", type=int, default=32,
-                        help="handshakes in flight per worker")
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="handshakes in flight per worker"
+    )
     parser.add_argument("--keys", type=int, default=8, help="distinct RSA keys for the fleet")
     parser.add_argument("--registry", choices=["real", "fake"], default="real")
     parser.add_argument("--serve-fake", type=Path, help=argparse.SUPPRESS)
@@ -510,8 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     hard = raise_nofile()
     if hard < args.devices + 100:
-        print(f"RLIMIT_NOFILE hard limit {hard} is below {args.devices} connections",
-              file=sys.stderr)
+        print(
+            f"RLIMIT_NOFILE hard limit {hard} is below {args.devices} connections", file=sys.stderr
+        )
         return 2
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-conn-") as tmp:

@@ -40,16 +40,21 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
     n = args.devices
-    with tempfile.TemporaryDirectory(prefix="bench-console-") as tmp, \
-            running_server(Path(tmp) / "server") as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-console-") as tmp,
+        running_server(Path(tmp) / "server") as server,
+    ):
         api = PlatformClient(server.http_url, server.token)
         pk = api.create_product("bench")["productKey"]
         ca = create_ca("Bench Console CA")
         ver = issue_verification_certificate(ca, api.registration_code())
-        ca_sn = api.register_ca("bench_ca", UploadFile("ca.pem", ca.cert_pem()),
-                                UploadFile("v.pem", ver.cert_pem()))["caSn"]
+        ca_sn = api.register_ca(
+            "bench_ca", UploadFile("ca.pem", ca.cert_pem()), UploadFile("v.pem", ver.cert_pem())
+        )["caSn"]
         rows = "".join(f"{pk},dev-{i:06d},{0x100000 + i:X}\n" for i in range(n))
-        api.associate(ca_sn, UploadFile("a.csv", ("ProductKey,DeviceName,CertSN\n" + rows).encode()))
+        api.associate(
+            ca_sn, UploadFile("a.csv", ("ProductKey,DeviceName,CertSN\n" + rows).encode())
+        )
         last = (n + 49) // 50
         cases = {
             "page 1 of 50 rows": "/devices?pageSize=50",
@@ -67,8 +72,10 @@ def main() -> int:
     print(f"\nconsole Devices queries at {n:,} devices, HTTP end to end ({args.runs} runs each)")
     for name, samples in results.items():
         median = statistics.median(samples)
-        print(f"{name:<40} median {median * 1000:7.1f} ms   max {max(samples) * 1000:7.1f} ms"
-              f"   ratio to whole list {median / reference:5.2f}x")
+        print(
+            f"{name:<40} median {median * 1000:7.1f} ms   max {max(samples) * 1000:7.1f} ms"
+            f"   ratio to whole list {median / reference:5.2f}x"
+        )
     return 0
 
 

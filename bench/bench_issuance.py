@@ -51,8 +51,10 @@ def _own_cpu_seconds() -> float:
 
 def _cpu_seconds() -> float:
     """CPU time of this process plus its reaped children (the pool workers, after shutdown)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
-        resource.RUSAGE_CHILDREN)
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
@@ -93,10 +95,29 @@ def ours_cli(count: int, jobs: int, work: Path, ca_cert: Path, ca_key: Path) -> 
     out = work / "cli"
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "iotx509", "certs", "issue", "--ca", str(ca_cert), "--ca-key",
-         str(ca_key), "--product-key", PRODUCT_KEY, "--count", str(count), "--prefix", "dev-",
-         "--out", str(out), "--jobs", str(jobs)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "certs",
+            "issue",
+            "--ca",
+            str(ca_cert),
+            "--ca-key",
+            str(ca_key),
+            "--product-key",
+            PRODUCT_KEY,
+            "--count",
+            str(count),
+            "--prefix",
+            "dev-",
+            "--out",
+            str(out),
+            "--jobs",
+            str(jobs),
+        ],
+        check=True,
+        capture_output=True,
     )
     elapsed = time.perf_counter() - started
     shutil.rmtree(out)
@@ -113,14 +134,35 @@ def openssl_loop(count: int, work: Path, ca_cert: Path, ca_key: Path) -> float:
     for name in names_from_count("dev-", count):
         key, csr, cert = out / f"{name}.key", out / f"{name}.csr", out / f"{name}.cer"
         run = [openssl]
-        subprocess.run([*run, "genrsa", "-out", str(key), "2048"], check=True,
-                       capture_output=True)
-        subprocess.run([*run, "req", "-new", "-key", str(key), "-out", str(csr), "-subj",
-                        f"/CN={name}"], check=True, capture_output=True)
-        subprocess.run([*run, "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey",
-                        str(ca_key), "-CAcreateserial", "-CAserial", str(out / "ca.srl"),
-                        "-out", str(cert), "-days", "3650", "-sha256"],
-                       check=True, capture_output=True)
+        subprocess.run([*run, "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+        subprocess.run(
+            [*run, "req", "-new", "-key", str(key), "-out", str(csr), "-subj", f"/CN={name}"],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                *run,
+                "x509",
+                "-req",
+                "-in",
+                str(csr),
+                "-CA",
+                str(ca_cert),
+                "-CAkey",
+                str(ca_key),
+                "-CAcreateserial",
+                "-CAserial",
+                str(out / "ca.srl"),
+                "-out",
+                str(cert),
+                "-days",
+                "3650",
+                "-sha256",
+            ],
+            check=True,
+            capture_output=True,
+        )
     elapsed = time.perf_counter() - started
     return count / elapsed
 
@@ -133,8 +175,10 @@ def main() -> int:
     parser.add_argument("--skip-openssl", action="store_true")
     args = parser.parse_args()
 
-    print(f"RSA-2048, {args.count} devices per measurement, {args.jobs} processes, "
-          f"{args.rounds} rounds, {os.cpu_count()} cores")
+    print(
+        f"RSA-2048, {args.count} devices per measurement, {args.jobs} processes, "
+        f"{args.rounds} rounds, {os.cpu_count()} cores"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-issuance-") as tmp:
         work = Path(tmp)
         ca = create_ca("Bench CA")
@@ -148,10 +192,13 @@ def main() -> int:
             apis.append(ours_api(args.count, args.jobs, work, round_no))
             clis.append(ours_cli(args.count, args.jobs, work, ca_cert, ca_key))
             c, a = ceilings[-1], apis[-1]
-            print(f"  round {round_no}: ceiling {c.rate:6.1f} keys/s ({c.cpu_ms:5.1f} ms CPU/key)"
-                  f"   issue_devices {a.rate:6.1f}/s ({a.rate / c.rate:6.1%}; "
-                  f"{a.cpu_ms:5.1f} ms CPU/device)   CLI {clis[-1]:6.1f}/s "
-                  f"({clis[-1] / c.rate:6.1%})", flush=True)
+            print(
+                f"  round {round_no}: ceiling {c.rate:6.1f} keys/s ({c.cpu_ms:5.1f} ms CPU/key)"
+                f"   issue_devices {a.rate:6.1f}/s ({a.rate / c.rate:6.1%}; "
+                f"{a.cpu_ms:5.1f} ms CPU/device)   CLI {clis[-1]:6.1f}/s "
+                f"({clis[-1] / c.rate:6.1%})",
+                flush=True,
+            )
         ssl_rate = None if args.skip_openssl else openssl_loop(args.count, work, ca_cert, ca_key)
 
     ceil = statistics.median(c.rate for c in ceilings)
@@ -164,23 +211,34 @@ def main() -> int:
     print(f"{'measurement':<52}{'per s':>9}{'vs ceiling':>12}")
     print(f"{'ceiling: bare key generation, process pool':<52}{ceil:9.1f}{1:12.1%}")
     print(f"{'ours: issue_devices (engine of certs issue)':<52}{api:9.1f}{api / ceil:12.1%}")
-    print(f"{'ours: iotx509 certs issue (subprocess, with start-up)':<52}{cli:9.1f}"
-          f"{cli / ceil:12.1%}")
+    print(
+        f"{'ours: iotx509 certs issue (subprocess, with start-up)':<52}{cli:9.1f}{cli / ceil:12.1%}"
+    )
     if ssl_rate is not None:
-        print(f"{'documented openssl loop (genrsa+req+x509 -req)':<52}{ssl_rate:9.1f}"
-              f"{ssl_rate / ceil:12.1%}")
+        print(
+            f"{'documented openssl loop (genrsa+req+x509 -req)':<52}{ssl_rate:9.1f}"
+            f"{ssl_rate / ceil:12.1%}"
+        )
         print(f"\nours (CLI) vs openssl loop: {cli / ssl_rate:.1f}x faster")
-    print(f"\nCPU per device: ceiling {ceil_cpu:.1f} ms (key generation only), issue_devices "
-          f"{api_cpu:.1f} ms (all processes) -> CPU efficiency {ceil_cpu / api_cpu:.1%}")
-    print("  (the rate a saturated machine reaches scales with CPU efficiency; it is far less "
-          "disturbed by other load than the wall-clock rates, but key generation time itself "
-          "varies by a few % between batches)")
-    print(f"issuing work in the parent (SN, ledger fsync, signing, atomic 0600 writes): "
-          f"{parent_cpu:.2f} ms CPU/device -> expected rate on an idle machine "
-          f"{ceil_cpu / (ceil_cpu + parent_cpu):.1%} of the ceiling")
+    print(
+        f"\nCPU per device: ceiling {ceil_cpu:.1f} ms (key generation only), issue_devices "
+        f"{api_cpu:.1f} ms (all processes) -> CPU efficiency {ceil_cpu / api_cpu:.1%}"
+    )
+    print(
+        "  (the rate a saturated machine reaches scales with CPU efficiency; it is far less "
+        "disturbed by other load than the wall-clock rates, but key generation time itself "
+        "varies by a few % between batches)"
+    )
+    print(
+        f"issuing work in the parent (SN, ledger fsync, signing, atomic 0600 writes): "
+        f"{parent_cpu:.2f} ms CPU/device -> expected rate on an idle machine "
+        f"{ceil_cpu / (ceil_cpu + parent_cpu):.1%} of the ceiling"
+    )
     verdict = "meets" if api >= 0.9 * ceil else "misses"
-    print(f"target: engine rate >= 90% of the ceiling -> {verdict} ({api / ceil:.1%} wall-clock, "
-          f"{ceil_cpu / api_cpu:.1%} by CPU)")
+    print(
+        f"target: engine rate >= 90% of the ceiling -> {verdict} ({api / ceil:.1%} wall-clock, "
+        f"{ceil_cpu / api_cpu:.1%} by CPU)"
+    )
     return 0
 
 

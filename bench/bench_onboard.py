@@ -41,9 +41,21 @@ class Board:
 
     def __init__(self, store: Path, baud: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "iotx509", "-v", "sim", "board", "--store", str(store),
-             "--baud", str(baud)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "iotx509",
+                "-v",
+                "sim",
+                "board",
+                "--store",
+                str(store),
+                "--baud",
+                str(baud),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         self.port = self.proc.stdout.readline().strip()
@@ -54,7 +66,9 @@ class Board:
         return err
 
 
-def one_board(tmp: Path, run: int, ca: CertifiedKey, server_ca: bytes, baud: int) -> tuple[float, float, int]:
+def one_board(
+    tmp: Path, run: int, ca: CertifiedKey, server_ca: bytes, baud: int
+) -> tuple[float, float, int]:
     """(seconds, board key generation seconds, bytes transferred) for one board."""
     board = Board(tmp / f"store-{run}", baud)
     out = tmp / "out-single"
@@ -64,8 +78,9 @@ def one_board(tmp: Path, run: int, ca: CertifiedKey, server_ca: bytes, baud: int
         try:
             host = Host(link, baud=baud)
             host.probe(timeout=1.0)  # the board is up; its boot announcement has passed
-            issuer = OnBoardIssuer(ca, PK, f"single-{run:04d}", out, out / "sn-ledger.jsonl",
-                                   server_ca_pem=server_ca)
+            issuer = OnBoardIssuer(
+                ca, PK, f"single-{run:04d}", out, out / "sn-ledger.jsonl", server_ca_pem=server_ca
+            )
             report = Report.open(out / "provisioning-report.csv")
             start = time.perf_counter()
             provision_generated(host, issuer, report)
@@ -82,8 +97,9 @@ def one_board(tmp: Path, run: int, ca: CertifiedKey, server_ca: bytes, baud: int
     return elapsed, float(keygen.group(1)) / 1000, transferred
 
 
-def many_boards(tmp: Path, name: str, ports: int, ca: CertifiedKey, server_ca: bytes,
-                baud: int) -> float:
+def many_boards(
+    tmp: Path, name: str, ports: int, ca: CertifiedKey, server_ca: bytes, baud: int
+) -> float:
     """Seconds for ``ports`` boards, one per port, all at once."""
     boards = [Board(tmp / f"{name}-store-{i}", baud) for i in range(ports)]
     out = tmp / f"{name}-out"
@@ -93,10 +109,20 @@ def many_boards(tmp: Path, name: str, ports: int, ca: CertifiedKey, server_ca: b
         hosts = [(b.port, Host(link, baud=baud)) for b, link in zip(boards, links, strict=True)]
         for _port, host in hosts:
             host.probe(timeout=1.0)
-        batch = ParallelBatch(hosts, ca, PK, f"{name}-", out, out / "sn-ledger.jsonl",
-                              Report.open(out / "provisioning-report.csv"),
-                              server_ca_pem=server_ca, max_boards=ports, board_timeout=60,
-                              poll_interval=0.02, say=lambda _line: None)
+        batch = ParallelBatch(
+            hosts,
+            ca,
+            PK,
+            f"{name}-",
+            out,
+            out / "sn-ledger.jsonl",
+            Report.open(out / "provisioning-report.csv"),
+            server_ca_pem=server_ca,
+            max_boards=ports,
+            board_timeout=60,
+            poll_interval=0.02,
+            say=lambda _line: None,
+        )
         start = time.perf_counter()
         summary = batch.run()
         elapsed = time.perf_counter() - start
@@ -127,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
             reference = raw + keygen
             ratios.append(elapsed / reference)
             rows.append((elapsed, raw, keygen))
-            print(f"  run {run + 1}: {elapsed * 1000:.0f} ms; reference {reference * 1000:.0f} ms "
-                  f"(line {raw * 1000:.0f} ms for {transferred} B + board key generation "
-                  f"{keygen * 1000:.0f} ms); ratio {elapsed / reference:.3f}")
+            print(
+                f"  run {run + 1}: {elapsed * 1000:.0f} ms; reference {reference * 1000:.0f} ms "
+                f"(line {raw * 1000:.0f} ms for {transferred} B + board key generation "
+                f"{keygen * 1000:.0f} ms); ratio {elapsed / reference:.3f}"
+            )
     ratio = statistics.median(ratios)
-    print(f"  median ratio to (raw line time + board key generation): {ratio:.3f} "
-          f"(target <= {TARGET_RATIO}) -> {'OK' if ratio <= TARGET_RATIO else 'MISSED'}")
+    print(
+        f"  median ratio to (raw line time + board key generation): {ratio:.3f} "
+        f"(target <= {TARGET_RATIO}) -> {'OK' if ratio <= TARGET_RATIO else 'MISSED'}"
+    )
 
     print("2. four boards on four ports at once beside one board on one port")
     speedups = []
@@ -142,11 +172,15 @@ def main(argv: list[str] | None = None) -> int:
             one = many_boards(Path(tmp), f"one{run}", 1, ca, server_ca, args.baud)
             four = many_boards(Path(tmp), f"four{run}", 4, ca, server_ca, args.baud)
             speedups.append(4 * one / four)
-            print(f"  run {run + 1}: one board {one * 1000:.0f} ms, four boards {four * 1000:.0f}"
-                  f" ms -> speed-up {4 * one / four:.2f}")
+            print(
+                f"  run {run + 1}: one board {one * 1000:.0f} ms, four boards {four * 1000:.0f}"
+                f" ms -> speed-up {4 * one / four:.2f}"
+            )
     speedup = statistics.median(speedups)
-    print(f"  median speed-up (boards per second, 4 ports / 1 port): {speedup:.2f} "
-          f"(target >= {TARGET_SPEEDUP}) -> {'OK' if speedup >= TARGET_SPEEDUP else 'MISSED'}")
+    print(
+        f"  median speed-up (boards per second, 4 ports / 1 port): {speedup:.2f} "
+        f"(target >= {TARGET_SPEEDUP}) -> {'OK' if speedup >= TARGET_SPEEDUP else 'MISSED'}"
+    )
     return 0
 
 

@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     payload = sum(len(d) for d in objects.values())
     raw = payload * 10 / args.baud
-    print(f"objects: certificate {len(objects[ObjectType.CERTIFICATE])} B, key "
-          f"{len(objects[ObjectType.PRIVATE_KEY])} B, server CA "
-          f"{len(objects[ObjectType.SERVER_CA])} B = {payload} B")
+    print(
+        f"objects: certificate {len(objects[ObjectType.CERTIFICATE])} B, key "
+        f"{len(objects[ObjectType.PRIVATE_KEY])} B, server CA "
+        f"{len(objects[ObjectType.SERVER_CA])} B = {payload} B"
+    )
     print(f"raw line time at {args.baud} baud (8N1): {raw * 1000:.1f} ms")
 
     times, commits, wire = [], [], 0
@@ -62,16 +64,22 @@ def main(argv: list[str] | None = None) -> int:
             times.append(elapsed)
             commits.append(commit)
             wire = result.wire_bytes
-            print(f"  run {run + 1}: {elapsed * 1000:.1f} ms (ratio {elapsed / raw:.3f}; board "
-                  f"verify + commit {commit * 1000:.1f} ms)")
+            print(
+                f"  run {run + 1}: {elapsed * 1000:.1f} ms (ratio {elapsed / raw:.3f}; board "
+                f"verify + commit {commit * 1000:.1f} ms)"
+            )
 
     median = statistics.median(times)
     ratio = median / raw
     print(f"host->board bytes on the wire: {wire} ({wire / payload - 1:+.1%} vs payload)")
-    print(f"provisioning time, median of {args.runs}: {median * 1000:.1f} ms (board commit "
-          f"median {statistics.median(commits) * 1000:.1f} ms)")
-    print(f"ratio provisioning / raw line time: {ratio:.3f} (overhead {ratio - 1:.1%}; "
-          f"target <= {TARGET_RATIO - 1:.0%}) -> {'OK' if ratio <= TARGET_RATIO else 'MISSED'}")
+    print(
+        f"provisioning time, median of {args.runs}: {median * 1000:.1f} ms (board commit "
+        f"median {statistics.median(commits) * 1000:.1f} ms)"
+    )
+    print(
+        f"ratio provisioning / raw line time: {ratio:.3f} (overhead {ratio - 1:.1%}; "
+        f"target <= {TARGET_RATIO - 1:.0%}) -> {'OK' if ratio <= TARGET_RATIO else 'MISSED'}"
+    )
     return 0
 
 
@@ -80,9 +88,23 @@ def _one_run(
 ) -> tuple[float, float, ProvisionResult]:
     """The board is its own process (as a real board is its own device): no shared GIL."""
     board = subprocess.Popen(
-        [sys.executable, "-m", "iotx509", "-v", "sim", "board", "--store", str(store),
-         "--baud", str(args.baud), "--max-chunk", str(args.chunk)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "-v",
+            "sim",
+            "board",
+            "--store",
+            str(store),
+            "--baud",
+            str(args.baud),
+            "--max-chunk",
+            str(args.chunk),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert board.stdout is not None

@@ -48,7 +48,9 @@ def status_mb(field):
 port, server_ca, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 """
 
-CHILD_PAHO = CHILD_COMMON + r"""
+CHILD_PAHO = (
+    CHILD_COMMON
+    + r"""
 t0 = time.perf_counter()
 import ssl, threading
 import paho.mqtt.client as mqtt
@@ -80,8 +82,11 @@ client.disconnect(); client.loop_stop()
 print(json.dumps({"import_ms": import_s * 1000, "connect_ms": connect_s * 1000, "rss_mb": rss,
                   "anon_mb": anon}))
 """
+)
 
-CHILD_SDK = CHILD_COMMON + r"""
+CHILD_SDK = (
+    CHILD_COMMON
+    + r"""
 t0 = time.perf_counter()
 from device_sdk import Credentials, DeviceClient
 import device_sdk.client, device_sdk.credentials  # the lazy exports, loaded now
@@ -97,11 +102,13 @@ client.disconnect()
 print(json.dumps({"import_ms": import_s * 1000, "connect_ms": connect_s * 1000, "rss_mb": rss,
                   "anon_mb": anon}))
 """
+)
 
 
 def run_child(code: str, args: list[str]) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                         timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     if out.returncode != 0:
         raise SystemExit(f"benchmark child failed:\n{out.stderr}")
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -120,8 +127,11 @@ def main() -> int:
         device.write(cert, key)
         with run_mosquitto(work / "mosquitto", ca.cert_pem()) as broker:
             child_args = [str(broker.port), str(broker.server_ca_path), str(cert), str(key)]
-            sides = {"paho": (CHILD_PAHO, []), "sdk": (CHILD_SDK, []),
-                     "paho+crypto": (CHILD_PAHO, ["--with-cryptography"])}
+            sides = {
+                "paho": (CHILD_PAHO, []),
+                "sdk": (CHILD_SDK, []),
+                "paho+crypto": (CHILD_PAHO, ["--with-cryptography"]),
+            }
             results: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
             for code, extra in sides.values():  # warm the page cache before measuring
                 run_child(code, child_args + extra)
@@ -129,31 +139,47 @@ def main() -> int:
             for n in range(args.runs):
                 for name, (code, extra) in sides.items():
                     results[name].append(run_child(code, child_args + extra))
-                print(f"run {n + 1}/{args.runs} done ({time.monotonic() - started:.1f} s)",
-                      file=sys.stderr)
+                print(
+                    f"run {n + 1}/{args.runs} done ({time.monotonic() - started:.1f} s)",
+                    file=sys.stderr,
+                )
 
     def median(side: str, key: str) -> float:
         return statistics.median(r[key] for r in results[side])
 
-    print(f"\nSDK footprint vs bare paho-mqtt, median of {args.runs} fresh processes each "
-          "(mutual TLS to a local Mosquitto 2)")
-    print(f"{'':26}{'paho-mqtt':>11}{'device_sdk':>11}{'delta':>9}{'target':>9}"
-          f"{'paho+crypto':>13}{'SDK beyond it':>15}")
-    rows = [("import time (ms)", "import_ms", TARGET_MS),
-            ("RSS after connect (MB)", "rss_mb", TARGET_MB),
-            ("  private (RssAnon, MB)", "anon_mb", None),
-            ("connect (ms)", "connect_ms", None)]
+    print(
+        f"\nSDK footprint vs bare paho-mqtt, median of {args.runs} fresh processes each "
+        "(mutual TLS to a local Mosquitto 2)"
+    )
+    print(
+        f"{'':26}{'paho-mqtt':>11}{'device_sdk':>11}{'delta':>9}{'target':>9}"
+        f"{'paho+crypto':>13}{'SDK beyond it':>15}"
+    )
+    rows = [
+        ("import time (ms)", "import_ms", TARGET_MS),
+        ("RSS after connect (MB)", "rss_mb", TARGET_MB),
+        ("  private (RssAnon, MB)", "anon_mb", None),
+        ("connect (ms)", "connect_ms", None),
+    ]
     verdicts = []
     for label, field, target in rows:
-        paho, sdk, crypto = median("paho", field), median("sdk", field), median("paho+crypto", field)
+        paho, sdk, crypto = (
+            median("paho", field),
+            median("sdk", field),
+            median("paho+crypto", field),
+        )
         delta = sdk - paho
         target_text = f"<={target:g}" if target is not None else "-"
-        print(f"{label:26}{paho:11.1f}{sdk:11.1f}{delta:+9.1f}{target_text:>9}"
-              f"{crypto:13.1f}{sdk - crypto:+15.1f}")
+        print(
+            f"{label:26}{paho:11.1f}{sdk:11.1f}{delta:+9.1f}{target_text:>9}"
+            f"{crypto:13.1f}{sdk - crypto:+15.1f}"
+        )
         if target is not None:
             verdicts.append(delta <= target)
-    print("\n'paho+crypto' is paho-mqtt plus the cryptography package loading the same certificate"
-          "\nand key: the part of the SDK's cost that is its certificate-model dependency.")
+    print(
+        "\n'paho+crypto' is paho-mqtt plus the cryptography package loading the same certificate"
+        "\nand key: the part of the SDK's cost that is its certificate-model dependency."
+    )
     print("within target" if all(verdicts) else "OVER TARGET (see the columns for where it goes)")
     return 0
 

@@ -61,8 +61,9 @@ def prepare(workdir: Path, count: int) -> tuple[Path, Path]:
 # --- 1. the ceiling ----------------------------------------------------------------------------
 
 
-def ceiling(server: RunningServer, fleet: Fleet, seconds: float, concurrency: int,
-            contexts: int) -> dict[str, float]:
+def ceiling(
+    server: RunningServer, fleet: Fleet, seconds: float, concurrency: int, contexts: int
+) -> dict[str, float]:
     """A minimal client: asyncio (uvloop) + ``ssl``, ``concurrency`` connections in flight, each
     a full mutual-TLS handshake + CONNECT until CONNACK, then DISCONNECT and close."""
     import asyncio
@@ -73,8 +74,9 @@ def ceiling(server: RunningServer, fleet: Fleet, seconds: float, concurrency: in
     port = server.mqtt_port
     prepared = []
     for device in fleet.devices[:contexts]:
-        creds = Credentials.from_files(fleet.path(device.cert), fleet.path(device.key),
-                                       check_key=False)
+        creds = Credentials.from_files(
+            fleet.path(device.cert), fleet.path(device.key), check_key=False
+        )
         ctx = build_ssl_context(creds, fleet.server_ca_path)
         connect = codec.encode(codec.Connect(str(ClientId.for_x509(creds.sn)), 300))
         prepared.append((ctx, connect))
@@ -83,7 +85,8 @@ def ceiling(server: RunningServer, fleet: Fleet, seconds: float, concurrency: in
 
     async def one(ctx: ssl.SSLContext, connect: bytes) -> None:
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1")
+            "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"
+        )
         try:
             writer.write(connect)
             got = await reader.readexactly(4)
@@ -117,29 +120,71 @@ def ceiling(server: RunningServer, fleet: Fleet, seconds: float, concurrency: in
     total = counts[0]
     if errors:
         log(f"  ceiling: {len(errors)} errors, e.g. {errors[0]}")
-    return {"connections": total, "per_second": total / wall,
-            "cpu_ms": 1000 * cpu / max(total, 1), "errors": len(errors)}
+    return {
+        "connections": total,
+        "per_second": total / wall,
+        "cpu_ms": 1000 * cpu / max(total, 1),
+        "errors": len(errors),
+    }
 
 
 # --- 2./3. Locust ------------------------------------------------------------------------------
 
 
-def run_locust(fleet_dir: Path, host: str, users: int, spawn_rate: float, run_time: int,
-               template: Path, out_dir: Path, tag: str) -> dict[str, Any]:
+def run_locust(
+    fleet_dir: Path,
+    host: str,
+    users: int,
+    spawn_rate: float,
+    run_time: int,
+    template: Path,
+    out_dir: Path,
+    tag: str,
+) -> dict[str, Any]:
     out = out_dir / f"{tag}.json"
-    env = {**os.environ, "BENCH_SIM_OUT": str(out), "BENCH_SIM_TARGET": str(users),
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "BENCH_SIM_OUT": str(out),
+        "BENCH_SIM_TARGET": str(users),
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("IOTX509_TOKEN", None)
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
-           "-r", str(spawn_rate), "-t", f"{run_time}s", "--fleet", str(fleet_dir), "--host", host,
-           "--template", str(template), "--csv", str(out_dir / tag), "--only-summary",
-           "--loglevel", "WARNING", "--stop-timeout", "5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "-u",
+        str(users),
+        "-r",
+        str(spawn_rate),
+        "-t",
+        f"{run_time}s",
+        "--fleet",
+        str(fleet_dir),
+        "--host",
+        host,
+        "--template",
+        str(template),
+        "--csv",
+        str(out_dir / tag),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        "--stop-timeout",
+        "5",
+    ]
     started = time.monotonic()
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=run_time + 300,
-                            env=env, cwd=out_dir)
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=run_time + 300, env=env, cwd=out_dir
+    )
     if not out.exists():
-        raise SystemExit(f"locust ({tag}) wrote no measurements; exit {result.returncode}\n"
-                         f"{result.stderr[-3000:]}")
+        raise SystemExit(
+            f"locust ({tag}) wrote no measurements; exit {result.returncode}\n"
+            f"{result.stderr[-3000:]}"
+        )
     data: dict[str, Any] = json.loads(out.read_text())
     data["wall"] = time.monotonic() - started
     data["exit"] = result.returncode
@@ -148,30 +193,52 @@ def run_locust(fleet_dir: Path, host: str, users: int, spawn_rate: float, run_ti
 
 def template_file(directory: Path, interval: float) -> Path:
     path = directory / f"template-{interval:g}.json"
-    path.write_text(json.dumps({
-        "seed": 1,
-        "telemetry": {"interval": interval, "topic": "user/update", "qos": 1},
-        "fields": {"temperature": {"type": "sinusoid", "mean": 21, "amplitude": 3,
-                                   "period": 600},
-                   "humidity": {"type": "random", "min": 30, "max": 60}},
-        "commands": {"share": 0},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "seed": 1,
+                "telemetry": {"interval": interval, "topic": "user/update", "qos": 1},
+                "fields": {
+                    "temperature": {"type": "sinusoid", "mean": 21, "amplitude": 3, "period": 600},
+                    "humidity": {"type": "random", "min": 30, "max": 60},
+                },
+                "commands": {"share": 0},
+            }
+        )
+    )
     return path
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=2000,
-                        help="devices one worker holds in the hold phase (default 2000)")
-    parser.add_argument("--rate-devices", type=int, default=1000,
-                        help="devices connected as fast as possible in the rate phase")
-    parser.add_argument("--hold-seconds", type=int, default=45,
-                        help="how long the hold phase keeps every device publishing")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=2000,
+        help="devices one worker holds in the hold phase (default 2000)",
+    )
+    parser.add_argument(
+        "--rate-devices",
+        type=int,
+        default=1000,
+        help="devices connected as fast as possible in the rate phase",
+    )
+    parser.add_argument(
+        "--hold-seconds",
+        type=int,
+        default=45,
+        help="how long the hold phase keeps every device publishing",
+    )
     parser.add_argument("--ceiling-seconds", type=float, default=10.0)
-    parser.add_argument("--ceiling-concurrency", type=int, default=64,
-                        help="connections the minimal client keeps in flight")
-    parser.add_argument("--workdir", type=Path,
-                        default=Path(tempfile.gettempdir()) / "iotx509-bench-simulator")
+    parser.add_argument(
+        "--ceiling-concurrency",
+        type=int,
+        default=64,
+        help="connections the minimal client keeps in flight",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "iotx509-bench-simulator"
+    )
     args = parser.parse_args()
     count = max(args.devices, args.rate_devices)
     data, fleet_dir = prepare(args.workdir, count)
@@ -182,52 +249,89 @@ def main() -> int:
         host = f"mqtts://127.0.0.1:{server.mqtt_port}"
         log(f"server {server.http_url} {host}; fleet of {count} devices in {fleet_dir}")
         started = time.monotonic()
-        fleet = create_fleet(CreateOptions(
-            server=server.http_url, token=server.token, count=count, out=fleet_dir,
-            server_ca=server.server_ca, mqtt=host,
-        ), TextProgress())
+        fleet = create_fleet(
+            CreateOptions(
+                server=server.http_url,
+                token=server.token,
+                count=count,
+                out=fleet_dir,
+                server_ca=server.server_ca,
+                mqtt=host,
+            ),
+            TextProgress(),
+        )
         log(f"fleet ready in {time.monotonic() - started:.0f} s")
 
-        log(f"1/3 ceiling: minimal asyncio ssl client, {args.ceiling_concurrency} in flight, "
-            f"{args.ceiling_seconds:g} s")
+        log(
+            f"1/3 ceiling: minimal asyncio ssl client, {args.ceiling_concurrency} in flight, "
+            f"{args.ceiling_seconds:g} s"
+        )
         ceil = ceiling(server, fleet, args.ceiling_seconds, args.ceiling_concurrency, 200)
 
         log(f"2/3 connection rate: one Locust process connects {args.rate_devices} devices")
-        rate_run = run_locust(fleet_dir, host, args.rate_devices, 10_000, 30,
-                              template_file(out_dir, 3600), out_dir, "rate")
+        rate_run = run_locust(
+            fleet_dir,
+            host,
+            args.rate_devices,
+            10_000,
+            30,
+            template_file(out_dir, 3600),
+            out_dir,
+            "rate",
+        )
         span = (rate_run["last"] or 0) - (rate_run["first"] or 0)
         rate = (rate_run["connects"] - 1) / span if span > 0 else 0.0
-        cpu_ms = 1000 * ((rate_run["cpu_last"] or 0) - (rate_run["cpu_first"] or 0)) / max(
-            rate_run["connects"] - 1, 1)
+        cpu_ms = (
+            1000
+            * ((rate_run["cpu_last"] or 0) - (rate_run["cpu_first"] or 0))
+            / max(rate_run["connects"] - 1, 1)
+        )
 
-        log(f"3/3 hold: {args.devices} devices publishing every 10 s for "
-            f"{args.hold_seconds} s")
+        log(f"3/3 hold: {args.devices} devices publishing every 10 s for {args.hold_seconds} s")
         ramp = max(50, args.devices // 10)
-        hold_run = run_locust(fleet_dir, host, args.devices, ramp,
-                              args.devices // ramp + args.hold_seconds,
-                              template_file(out_dir, 10), out_dir, "hold")
+        hold_run = run_locust(
+            fleet_dir,
+            host,
+            args.devices,
+            ramp,
+            args.devices // ramp + args.hold_seconds,
+            template_file(out_dir, 10),
+            out_dir,
+            "hold",
+        )
     per_device = ((hold_run["rss_connected"] or hold_run["rss_end"]) - hold_run["rss_start"]) / max(
-        hold_run["connects"], 1)
+        hold_run["connects"], 1
+    )
     held = hold_run["online_peak"]
     publish_avg = hold_run["publish_ms"] / max(hold_run["publishes"], 1)
 
     ratio = rate / ceil["per_second"] if ceil["per_second"] else 0.0
     print()
     print("Fleet simulator on this machine (server and clients share the cores)")
-    print(f"  ceiling, minimal asyncio ssl client:  "
-          f"{ceil['per_second']:7.1f} mTLS connects/s, {ceil['cpu_ms']:.2f} ms client CPU each")
-    print(f"  one Locust worker (DeviceUser):       {rate:7.1f} connects/s "
-          f"(CONNACK + identity), {cpu_ms:.2f} ms CPU each, "
-          f"{rate_run['connect_failures']} failures")
+    print(
+        f"  ceiling, minimal asyncio ssl client:  "
+        f"{ceil['per_second']:7.1f} mTLS connects/s, {ceil['cpu_ms']:.2f} ms client CPU each"
+    )
+    print(
+        f"  one Locust worker (DeviceUser):       {rate:7.1f} connects/s "
+        f"(CONNACK + identity), {cpu_ms:.2f} ms CPU each, "
+        f"{rate_run['connect_failures']} failures"
+    )
     print(f"  ratio worker / ceiling:               {ratio:7.0%}   (target >= 60%)")
-    print(f"  devices held by one worker:           {held:7d} of {args.devices} "
-          f"(target >= 2,000); connect failures {hold_run['connect_failures']}, "
-          f"lost {hold_run['lost']}")
-    print(f"  publishes (QoS 1, every 10 s):        {hold_run['publishes']:7d}, "
-          f"{hold_run['publish_failures']} failed, avg {publish_avg:.1f} ms to PUBACK")
-    print(f"  memory per device in the worker:      {per_device / 1024:7.1f} KiB "
-          f"(RSS {hold_run['rss_start'] / 2**20:.0f} -> "
-          f"{(hold_run['rss_connected'] or hold_run['rss_end']) / 2**20:.0f} MiB)")
+    print(
+        f"  devices held by one worker:           {held:7d} of {args.devices} "
+        f"(target >= 2,000); connect failures {hold_run['connect_failures']}, "
+        f"lost {hold_run['lost']}"
+    )
+    print(
+        f"  publishes (QoS 1, every 10 s):        {hold_run['publishes']:7d}, "
+        f"{hold_run['publish_failures']} failed, avg {publish_avg:.1f} ms to PUBACK"
+    )
+    print(
+        f"  memory per device in the worker:      {per_device / 1024:7.1f} KiB "
+        f"(RSS {hold_run['rss_start'] / 2**20:.0f} -> "
+        f"{(hold_run['rss_connected'] or hold_run['rss_end']) / 2**20:.0f} MiB)"
+    )
     return 0
 
 

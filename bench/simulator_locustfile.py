@@ -34,15 +34,27 @@ def _cpu() -> float:
 
 
 STATE: dict[str, Any] = {
-    "connects": 0, "connect_failures": 0, "lost": 0, "reconnects": 0, "publishes": 0,
-    "publish_failures": 0, "publish_ms": 0.0, "first": None, "last": None, "cpu_first": None,
-    "cpu_last": None, "rss_start": None, "rss_connected": None, "rss_end": None,
+    "connects": 0,
+    "connect_failures": 0,
+    "lost": 0,
+    "reconnects": 0,
+    "publishes": 0,
+    "publish_failures": 0,
+    "publish_ms": 0.0,
+    "first": None,
+    "last": None,
+    "cpu_first": None,
+    "cpu_last": None,
+    "rss_start": None,
+    "rss_connected": None,
+    "rss_end": None,
     "online_peak": 0,
 }
 
 
-def _on_request(request_type: str, name: str, response_time: float, exception: Any,
-                **_kw: Any) -> None:
+def _on_request(
+    request_type: str, name: str, response_time: float, exception: Any, **_kw: Any
+) -> None:
     now = time.monotonic()
     if name == "connect":
         if exception is not None:

@@ -118,8 +118,9 @@ class AttemptSettings:
 class Attempt:
     """One connection attempt; :meth:`handle` is its only transition function."""
 
-    def __init__(self, settings: AttemptSettings, refusals: Refusals, *, started: float,
-                 sent_username: bool) -> None:
+    def __init__(
+        self, settings: AttemptSettings, refusals: Refusals, *, started: float, sent_username: bool
+    ) -> None:
         self.settings = settings
         self.refusals = refusals
         self.started = started
@@ -155,8 +156,9 @@ class Attempt:
             self._end(event.at, NotConnectedError("disconnected by the application"))
         elif isinstance(event, Failed):
             error = event.error
-            self._end(event.at, error if isinstance(error, DeviceSDKError)
-                      else self.refusals.tls(error))
+            self._end(
+                event.at, error if isinstance(error, DeviceSDKError) else self.refusals.tls(error)
+            )
         elif isinstance(event, TlsOk):
             if state is AttemptState.HANDSHAKE:
                 self.handshake_at = event.at

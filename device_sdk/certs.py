@@ -217,12 +217,16 @@ def check_validity(
         )
         raise ClockError(
             f"{what} is not yet valid: {window}, {clock}.{hint}",
-            now=now, not_before=not_before, not_after=not_after,
+            now=now,
+            not_before=not_before,
+            not_after=not_after,
         )
     if now > not_after:
         raise ClockError(
             f"{what} has expired: {window}, {clock}. Issue a new certificate, or check the clock.",
-            now=now, not_before=not_before, not_after=not_after,
+            now=now,
+            not_before=not_before,
+            not_after=not_after,
         )
 
 
@@ -284,9 +288,7 @@ def load_private_key(
         )
     loader = serialization.load_pem_private_key if is_pem else serialization.load_der_private_key
     try:
-        return loader(
-            data, password=password, unsafe_skip_rsa_key_validation=not check_rsa_key
-        )
+        return loader(data, password=password, unsafe_skip_rsa_key_validation=not check_rsa_key)
     except TypeError as exc:
         if password is None:
             raise KeyPasswordError(

@@ -38,37 +38,67 @@ def register(tree: CommandTree) -> None:
         description="Connect over mutual TLS with a device certificate and key, wait for the "
         "platform to say who the device is, print it as JSON, optionally publish, disconnect. "
         "Errors print what to check; the exit status says which kind of failure it was.",
-        epilog=_EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_argument_group("credentials (either --cert and --key, or --store)")
     source.add_argument("--cert", help="device certificate (PEM or DER; intermediates may follow)")
     source.add_argument("--key", help="device private key (PKCS#1 or PKCS#8 PEM, or DER)")
     source.add_argument("--store", metavar="DIR", help="credential store written by provisioning")
     source.add_argument(
-        "--key-password-env", metavar="VAR", default="IOTX509_KEY_PASSWORD",
+        "--key-password-env",
+        metavar="VAR",
+        default="IOTX509_KEY_PASSWORD",
         help="environment variable holding the key's password (default: %(default)s)",
     )
-    parser.add_argument("--server-ca", default=env_default("IOTX509_SERVER_CA"),
-                        help="CA certificate that issued the server's certificate "
-                        "(default: the store's server-ca.pem, else the system trust store)")
+    parser.add_argument(
+        "--server-ca",
+        default=env_default("IOTX509_SERVER_CA"),
+        help="CA certificate that issued the server's certificate "
+        "(default: the store's server-ca.pem, else the system trust store)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="server host (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_MQTT_PORT,
-                        help="MQTT TLS port (default: %(default)s)")
-    parser.add_argument("--server-hostname", help="name the server certificate must carry, when "
-                        "it differs from --host")
-    parser.add_argument("--identity-store", metavar="FILE",
-                        help="JSON file that keeps the identity between connections")
-    parser.add_argument("--publish", nargs=2, action="append", metavar=("TOPIC", "PAYLOAD"),
-                        default=[], help="publish PAYLOAD (QoS 1) to TOPIC after connecting; "
-                        "relative topics go under /{productKey}/{deviceName}/ (repeatable)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_ATTEMPT_TIMEOUT,
-                        help="seconds to wait for the connection and identity (default: %(default)s)")
-    parser.add_argument("--keepalive", type=_keepalive, default=DEFAULT_KEEPALIVE,
-                        help="MQTT keep-alive, 30-1200 s (default: %(default)s)")
-    parser.add_argument("--client-id", help="client id before |securemode=2| (default: the "
-                        "certificate's SN)")
-    parser.add_argument("--no-identity", action="store_true",
-                        help="generic MQTT broker: do not wait for the platform's identity message")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_MQTT_PORT, help="MQTT TLS port (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--server-hostname",
+        help="name the server certificate must carry, when it differs from --host",
+    )
+    parser.add_argument(
+        "--identity-store",
+        metavar="FILE",
+        help="JSON file that keeps the identity between connections",
+    )
+    parser.add_argument(
+        "--publish",
+        nargs=2,
+        action="append",
+        metavar=("TOPIC", "PAYLOAD"),
+        default=[],
+        help="publish PAYLOAD (QoS 1) to TOPIC after connecting; "
+        "relative topics go under /{productKey}/{deviceName}/ (repeatable)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_ATTEMPT_TIMEOUT,
+        help="seconds to wait for the connection and identity (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keepalive",
+        type=_keepalive,
+        default=DEFAULT_KEEPALIVE,
+        help="MQTT keep-alive, 30-1200 s (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--client-id", help="client id before |securemode=2| (default: the certificate's SN)"
+    )
+    parser.add_argument(
+        "--no-identity",
+        action="store_true",
+        help="generic MQTT broker: do not wait for the platform's identity message",
+    )
     # (usage mistakes exit 2 with the usage line, as argparse's own do)
     parser.set_defaults(handler=_connect, usage_error=parser.error)
 
@@ -106,11 +136,18 @@ def _connect(args: argparse.Namespace) -> int:
             else:
                 args.usage_error("give --cert and --key (or --store DIR)")
             client = DeviceClient(
-                args.host, args.port, creds,
-                server_ca=args.server_ca, server_hostname=args.server_hostname,
-                identity_store=args.identity_store, keepalive=args.keepalive,
-                client_id=args.client_id, expect_identity=not args.no_identity,
-                identity_timeout=args.timeout, attempt_timeout=args.timeout, hints=CLI_HINTS,
+                args.host,
+                args.port,
+                creds,
+                server_ca=args.server_ca,
+                server_hostname=args.server_hostname,
+                identity_store=args.identity_store,
+                keepalive=args.keepalive,
+                client_id=args.client_id,
+                expect_identity=not args.no_identity,
+                identity_timeout=args.timeout,
+                attempt_timeout=args.timeout,
+                hints=CLI_HINTS,
             )
         finally:
             for said in dict.fromkeys(str(w.message) for w in caught):

@@ -68,8 +68,7 @@ def require_extra(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(
-            f"this command needs the '{extra}' extra: pip install 'iot-x509-kit[{extra}]' "
-            f"({exc})"
+            f"this command needs the '{extra}' extra: pip install 'iot-x509-kit[{extra}]' ({exc})"
         ) from exc
 
 

@@ -188,8 +188,9 @@ class DeviceClient:
         self.on_identity_changed = on_identity_changed
         self.on_connection_state = on_connection_state
         self._server_ca = server_ca if server_ca is not None else credentials.server_ca
-        self._refusals = Refusals(host, port, server_hostname, str(self.client_id),
-                                  self.keepalive, credentials.sn, hints)
+        self._refusals = Refusals(
+            host, port, server_hostname, str(self.client_id), self.keepalive, credentials.sn, hints
+        )
         self._settings = AttemptSettings(expect_identity, attempt_timeout, identity_timeout)
         self._reconnect = Reconnector(
             Backoff(BackoffPolicy(reconnect_base, reconnect_cap, stable_period), rng=rng),
@@ -300,7 +301,10 @@ class DeviceClient:
         self._shutdown(timeout)
 
     def publish(
-        self, topic: str, payload: bytes | bytearray | str = b"", qos: int = 0,
+        self,
+        topic: str,
+        payload: bytes | bytearray | str = b"",
+        qos: int = 0,
         retain: bool = False,
     ) -> Delivery:
         """Publish; relative topics are resolved to ``/{pk}/{dn}/...``.
@@ -375,11 +379,15 @@ class DeviceClient:
     # --- paho plumbing -------------------------------------------------------------------------
 
     def _make_paho_client(self) -> mqtt.Client:
-        context = build_ssl_context(self.credentials, self._server_ca,
-                                    server_hostname=self.server_hostname)
+        context = build_ssl_context(
+            self.credentials, self._server_ca, server_hostname=self.server_hostname
+        )
         client, self._socket_error = new_paho_client(
-            str(self.client_id), context, connect_timeout=self.attempt_timeout,
-            network=self._network)
+            str(self.client_id),
+            context,
+            connect_timeout=self.attempt_timeout,
+            network=self._network,
+        )
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
@@ -431,8 +439,9 @@ class DeviceClient:
                             waiter.error = step.error
                     self._set_state(ConnectionState.OFFLINE, step.error)
                     break
-                log.warning("%s: %s; retrying in %.1f s", self._refusals.where, step.error,
-                            step.delay)
+                log.warning(
+                    "%s: %s; retrying in %.1f s", self._refusals.where, step.error, step.delay
+                )
                 self._set_state(ConnectionState.OFFLINE, step.error)
                 if self._stop.wait(step.delay):
                     break
@@ -446,8 +455,12 @@ class DeviceClient:
         """One connection attempt, from the TLS handshake until it ended."""
         with self._lock:
             identity = self._reconnect.username(self._identity)
-            attempt = Attempt(self._settings, self._refusals, started=time.monotonic(),
-                              sent_username=identity is not None)
+            attempt = Attempt(
+                self._settings,
+                self._refusals,
+                started=time.monotonic(),
+                sent_username=identity is not None,
+            )
             self._attempt = attempt
         self._set_state(ConnectionState.CONNECTING, None)
         self._socket_error.error = None
@@ -520,20 +533,23 @@ class DeviceClient:
 
     # --- paho callbacks (network thread) -------------------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
-                    properties: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
         self._network_thread = threading.get_ident()
         attempt = self._attempt
         if attempt is None:
             return
         code = connack_code(int(reason_code.value)) if reason_code.is_failure else 0
         if code == 0:
-            log.info("%s accepted the connection (client id %s)", self._refusals.where,
-                     self.client_id)
+            log.info(
+                "%s accepted the connection (client id %s)", self._refusals.where, self.client_id
+            )
         self._feed(attempt, Connack(code, time.monotonic()))
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
-                       properties: Any) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
         """The socket is closed (by either side, or a keep-alive timeout): the session ends."""
         attempt = self._attempt
         if attempt is not None:
@@ -569,8 +585,13 @@ class DeviceClient:
             except IdentityStoreError as exc:
                 log.error("%s", exc)
         if old is not None and old != new:
-            log.warning("the platform reports a new identity for this device: %s/%s -> %s/%s",
-                        old.product_key, old.device_name, new.product_key, new.device_name)
+            log.warning(
+                "the platform reports a new identity for this device: %s/%s -> %s/%s",
+                old.product_key,
+                old.device_name,
+                new.product_key,
+                new.device_name,
+            )
             self._call_user(self.on_identity_changed, old, new)
         elif old is None and self.on_identity_changed is not None:
             self._call_user(self.on_identity_changed, None, new)
@@ -582,16 +603,21 @@ class DeviceClient:
         else:
             self._feed(attempt, IdentityReceived(time.monotonic()))
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
-                    properties: Any) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
         self._deliveries.acked(mid)
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
-                      reason_codes: list[Any], properties: Any) -> None:
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[Any], properties: Any
+    ) -> None:
         for rc in reason_codes:
             if rc.is_failure:
-                log.warning("the server refused a subscription (mid %d): devices may only "
-                            "subscribe under /{productKey}/{deviceName}/ and /sys/...", mid)
+                log.warning(
+                    "the server refused a subscription (mid %d): devices may only "
+                    "subscribe under /{productKey}/{deviceName}/ and /sys/...",
+                    mid,
+                )
 
     # --- online --------------------------------------------------------------------------------
 
@@ -619,17 +645,20 @@ class DeviceClient:
 
     def _drain(self) -> None:
         """Send what waited in the offline queue (whichever thread found the client online)."""
-        _delivery.drain(self._queue, online=lambda: self.state is ConnectionState.ONLINE,
-                        send=self._send_queued)
+        _delivery.drain(
+            self._queue, online=lambda: self.state is ConnectionState.ONLINE, send=self._send_queued
+        )
 
-    def _send_queued(self, topic: str, payload: bytes, qos: int, retain: bool,
-                     delivery: Delivery | None) -> None:
+    def _send_queued(
+        self, topic: str, payload: bytes, qos: int, retain: bool, delivery: Delivery | None
+    ) -> None:
         with self._lock:
             resolved = self._resolve(topic)
         self._send(resolved, payload, qos, retain, delivery)
 
-    def _send(self, topic: str, payload: bytes, qos: int, retain: bool,
-              delivery: Delivery | None = None) -> Delivery:
+    def _send(
+        self, topic: str, payload: bytes, qos: int, retain: bool, delivery: Delivery | None = None
+    ) -> Delivery:
         delivery = delivery or self._deliveries.new(topic, qos, queued=False)
         info = self._mqtt.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:

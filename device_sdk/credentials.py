@@ -67,8 +67,9 @@ class Credentials:
         thousands); every other check stays, the key must still belong to the certificate.
         """
         chain = certs.CertificateChain.load(certificate, source=cert_source)
-        key = certs.load_private_key(private_key, password=password, source=key_source,
-                                     check_rsa_key=check_key)
+        key = certs.load_private_key(
+            private_key, password=password, source=key_source, check_rsa_key=check_key
+        )
         return cls._checked(chain, key, cert_source=cert_source, key_source=key_source, now=now)
 
     @classmethod
@@ -91,7 +92,11 @@ class Credentials:
         chain = certs.CertificateChain(certs_list[0], tuple(certs_list[1:]))
         private_key = certs.read_private_key(key_path, password=password, check_rsa_key=check_key)
         creds = cls._checked(
-            chain, private_key, cert_source=str(cert_path), key_source=str(key_path), now=now,
+            chain,
+            private_key,
+            cert_source=str(cert_path),
+            key_source=str(key_path),
+            now=now,
             file_name=DeviceFileName.try_parse(cert_path.name),
         )
         warn_if_key_file_is_loose(key_path)
@@ -116,8 +121,12 @@ class Credentials:
         creds = cls.from_files(root / CERTIFICATE_FILE, root / PRIVATE_KEY_FILE, password, now=now)
         server_ca = root / SERVER_CA_FILE
         return Credentials(
-            creds.chain, creds.private_key, creds.cert_source, creds.key_source,
-            creds.file_name, server_ca if server_ca.is_file() else None,
+            creds.chain,
+            creds.private_key,
+            creds.cert_source,
+            creds.key_source,
+            creds.file_name,
+            server_ca if server_ca.is_file() else None,
         )
 
     @classmethod
@@ -167,7 +176,9 @@ class Credentials:
         reported before any network traffic) and by the client before each connection attempt
         (a long-running device outlives its certificate).
         """
-        certs.check_validity(self.chain.leaf, now=now, what=f"{self.cert_source}: the device certificate")
+        certs.check_validity(
+            self.chain.leaf, now=now, what=f"{self.cert_source}: the device certificate"
+        )
 
     def __repr__(self) -> str:
         return (

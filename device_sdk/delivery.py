@@ -107,8 +107,12 @@ class Deliveries:
             return True
 
 
-def drain(queue: OfflineQueue, *, online: Callable[[], bool],
-          send: Callable[[str, bytes, int, bool, Delivery | None], object]) -> None:
+def drain(
+    queue: OfflineQueue,
+    *,
+    online: Callable[[], bool],
+    send: Callable[[str, bytes, int, bool, Delivery | None], object],
+) -> None:
     """Send what waited in the offline queue, oldest first, while the device stays online.
 
     Called when the device comes online and by a publish that raced with it (the message was

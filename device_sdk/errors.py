@@ -236,8 +236,9 @@ class NotAuthorizedError(ConnectionFailedError):
 class ConnectionRefusedByServerError(ConnectionFailedError):
     """The server answered CONNACK with another non-zero code."""
 
-    def __init__(self, message: str, *, code: int, host: str | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: int, host: str | None = None, port: int | None = None
+    ) -> None:
         super().__init__(message, host=host, port=port)
         self.code = code
         # CONNACK 4 (the username) is an authorisation answer; 1 and 2 are configuration.
@@ -252,8 +253,9 @@ class SessionTakenOverError(ConnectionFailedError):
     """The server kept closing the session soon after accepting it: most likely another
     connection with the same certificate (same client id) takes the session over each time."""
 
-    def __init__(self, message: str, *, sessions: int, host: str | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, sessions: int, host: str | None = None, port: int | None = None
+    ) -> None:
         super().__init__(message, host=host, port=port)
         self.sessions = sessions
 
@@ -263,8 +265,14 @@ class IdentityTimeoutError(DeviceSDKError):
 
     exit_code = ExitCode.CONFIGURATION
 
-    def __init__(self, message: str, *, host: str | None = None, port: int | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.host = host
         self.port = port

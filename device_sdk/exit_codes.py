@@ -44,10 +44,14 @@ class ExitCode(enum.IntEnum):
 
 
 #: Failures that retrying cannot fix: a service manager should not restart the program.
-PERMANENT_EXIT_CODES = frozenset({
-    ExitCode.CREDENTIALS, ExitCode.CERTIFICATE_REJECTED, ExitCode.NOT_AUTHORISED,
-    ExitCode.CONFIGURATION,
-})
+PERMANENT_EXIT_CODES = frozenset(
+    {
+        ExitCode.CREDENTIALS,
+        ExitCode.CERTIFICATE_REJECTED,
+        ExitCode.NOT_AUTHORISED,
+        ExitCode.CONFIGURATION,
+    }
+)
 
 
 def exit_code_for(error: BaseException) -> int:

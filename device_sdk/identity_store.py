@@ -62,8 +62,11 @@ class IdentityStore:
             return identity
         stored_for = fields.get("certSha256")
         if stored_for != fingerprint_sha256(certificate):
-            whose = (f"the certificate with SN {fields.get('certSn')}"
-                     if isinstance(stored_for, str) else "an unrecorded certificate")
+            whose = (
+                f"the certificate with SN {fields.get('certSn')}"
+                if isinstance(stored_for, str)
+                else "an unrecorded certificate"
+            )
             self._warn(
                 f"identity file {self.path} ({identity.product_key}/{identity.device_name}) was "
                 f"stored for {whose}, not this device's (SN {certificate_sn(certificate)}); "

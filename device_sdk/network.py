@@ -63,8 +63,7 @@ class SelectorDriver:
     lock; epoll takes such changes into account even while the thread waits in ``select()``.
     """
 
-    def __init__(self, misc_interval: float = MISC_INTERVAL, name: str = "iotx509-network"
-                 ) -> None:
+    def __init__(self, misc_interval: float = MISC_INTERVAL, name: str = "iotx509-network") -> None:
         self.misc_interval = misc_interval
         self.name = name
         self._lock = threading.Lock()

@@ -36,16 +36,18 @@ class LastSocketError(logging.Handler):
             self._forward_to.debug("%s", record.getMessage())
 
 
-def new_paho_client(client_id: str, context: ssl.SSLContext, *, connect_timeout: float,
-                    network: NetworkDriver) -> tuple[mqtt.Client, LastSocketError]:
+def new_paho_client(
+    client_id: str, context: ssl.SSLContext, *, connect_timeout: float, network: NetworkDriver
+) -> tuple[mqtt.Client, LastSocketError]:
     """A paho client for one device, and the handler holding its last socket error.
 
     The caller installs its callbacks (``on_connect``, ...). The driver installs paho's
     external-loop socket callbacks: only its thread reads and writes the TLS socket (paho then
     never writes from the application's thread either).
     """
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                         protocol=mqtt.MQTTv311)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
+    )
     client.tls_set_context(context)
     client.connect_timeout = connect_timeout
     client.max_queued_messages_set(0)

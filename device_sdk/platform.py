@@ -107,8 +107,10 @@ def topic_within_device_space(product_key: str, device_name: str, topic: str) ->
 def device_topic_space(product_key: str, device_name: str) -> str:
     """The rule in words, for error messages: which topics the device may use."""
     own, sys_space = device_topic_prefixes(product_key, device_name)
-    return f"topics under {own} or {sys_space} (absolute: relative topics like 'user/get' " \
+    return (
+        f"topics under {own} or {sys_space} (absolute: relative topics like 'user/get' "
         "must be given with the device's prefix)"
+    )
 
 
 def format_username(identity: Identity) -> str:

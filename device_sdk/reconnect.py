@@ -52,8 +52,9 @@ class Step:
 class Reconnector:
     """The state kept across attempts: backoff, the username fallback, the take-over streak."""
 
-    def __init__(self, backoff: Backoff, refusals: Refusals, *,
-                 takeover_after: int = TAKEOVER_AFTER) -> None:
+    def __init__(
+        self, backoff: Backoff, refusals: Refusals, *, takeover_after: int = TAKEOVER_AFTER
+    ) -> None:
         if takeover_after < 1:
             raise ValueError(f"takeover_after must be >= 1, got {takeover_after}")
         self.backoff = backoff
@@ -82,14 +83,20 @@ class Reconnector:
             raise ValueError("after() needs an ended attempt")
         self.backoff.disconnected()
         if attempt.refused_username and not self.skip_username:
-            log.warning("%s refused the stored identity as username (CONNACK %s); retrying "
-                        "without it", self.refusals.where, attempt.refused_code)
+            log.warning(
+                "%s refused the stored identity as username (CONNACK %s); retrying without it",
+                self.refusals.where,
+                attempt.refused_code,
+            )
             self.skip_username = True
             return Step(error, 0.0, report=False)
         permanent = is_permanent(error)
         accepted_for = attempt.accepted_for
-        if attempt.closed_by_server and accepted_for is not None \
-                and accepted_for < self.backoff.policy.stable_period:
+        if (
+            attempt.closed_by_server
+            and accepted_for is not None
+            and accepted_for < self.backoff.policy.stable_period
+        ):
             self.short_sessions += 1
             if self.short_sessions >= self.takeover_after:
                 error = self.refusals.taken_over(self.short_sessions, error)

@@ -138,34 +138,45 @@ class Refusals:
                 return self.certificate_rejected("connection closed right after the handshake")
             return ConnectionFailedError(
                 f"TLS with the server at {where} failed: {short or text}. Does the server speak "
-                f"TLS 1.2 or newer on this port?", host=host, port=port,
+                f"TLS 1.2 or newer on this port?",
+                host=host,
+                port=port,
             )
         if isinstance(exc, ConnectionRefusedError):
             return ConnectionFailedError(
                 f"nothing accepts connections at {where} (connection refused); is the server "
-                f"running and the port right?", host=host, port=port,
+                f"running and the port right?",
+                host=host,
+                port=port,
             )
         if isinstance(exc, TimeoutError | socket.timeout):
             return ConnectTimeoutError(
                 f"connecting to {where} timed out ({exc or 'no answer'}); check the network, "
-                f"host and port", host=host, port=port,
+                f"host and port",
+                host=host,
+                port=port,
             )
-        if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError
-                      | EOFError):
+        if isinstance(
+            exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError | EOFError
+        ):
             if after_handshake:
                 return self.certificate_rejected(
-                    "the connection was closed right after the TLS handshake")
+                    "the connection was closed right after the TLS handshake"
+                )
             return ConnectionFailedError(
                 f"the server at {where} closed the connection during the TLS handshake ({exc}); "
                 f"it may not accept this device's certificate or TLS version",
-                host=host, port=port,
+                host=host,
+                port=port,
             )
         if isinstance(exc, socket.gaierror):
             return ConnectionFailedError(
-                f"cannot resolve host {host!r}: {exc.strerror or exc}", host=host, port=port)
+                f"cannot resolve host {host!r}: {exc.strerror or exc}", host=host, port=port
+            )
         if isinstance(exc, OSError):
             return ConnectionFailedError(
-                f"cannot connect to {where}: {exc.strerror or exc}", host=host, port=port)
+                f"cannot connect to {where}: {exc.strerror or exc}", host=host, port=port
+            )
         return ConnectionFailedError(f"cannot connect to {where}: {exc}", host=host, port=port)
 
     def _server_untrusted(self, exc: ssl.SSLCertVerificationError) -> ServerUntrustedError:
@@ -178,11 +189,15 @@ class Refusals:
                 f"carries, or set {self.hints.server_hostname}."
             )
         elif "expired" in reason or "not yet valid" in reason:
-            hint = ("The server certificate's dates do not fit the system clock: the clock may "
-                    "be wrong.")
+            hint = (
+                "The server certificate's dates do not fit the system clock: the clock may "
+                "be wrong."
+            )
         return ServerUntrustedError(
             f"the server at {self.where} could not be verified against the server CA "
-            f"({reason}). {hint}", host=self.host, port=self.port,
+            f"({reason}). {hint}",
+            host=self.host,
+            port=self.port,
         )
 
     def certificate_rejected(self, detail: str) -> CertificateRejectedError:
@@ -190,7 +205,8 @@ class Refusals:
             f"the server at {self.where} refused this device's certificate ({detail}). Is the "
             f"CA that issued it registered with the platform and active? Was the device "
             f"certificate issued by that CA (check the file name's CA SN)?",
-            host=self.host, port=self.port,
+            host=self.host,
+            port=self.port,
         )
 
     # --- CONNACK -------------------------------------------------------------------------------
@@ -202,32 +218,45 @@ class Refusals:
             return NotAuthorizedError(
                 f"the server at {where} accepted the TLS handshake but refused the device "
                 f"(CONNACK 5, not authorised): is this certificate's SN ({self.cert_sn}) "
-                f"associated with a device, and is that device enabled?", host=host, port=port,
+                f"associated with a device, and is that device enabled?",
+                host=host,
+                port=port,
             )
         if code == CONNACK_BAD_USERNAME_OR_PASSWORD:
             return ConnectionRefusedByServerError(
                 f"the server at {where} refused the username (CONNACK 4): the stored identity "
-                f"does not match this certificate", code=code, host=host, port=port,
+                f"does not match this certificate",
+                code=code,
+                host=host,
+                port=port,
             )
         if code == CONNACK_IDENTIFIER_REJECTED:
             return ConnectionRefusedByServerError(
                 f"the server at {where} rejected the client id {self.client_id!r} or the "
                 f"keep-alive {self.keepalive} s (CONNACK 2, identifier rejected)",
-                code=code, host=host, port=port,
+                code=code,
+                host=host,
+                port=port,
             )
         if code == CONNACK_SERVER_UNAVAILABLE:
             return ConnectionFailedError(
                 f"the server at {where} is unavailable (CONNACK 3); will retry",
-                host=host, port=port,
+                host=host,
+                port=port,
             )
         if code == CONNACK_UNSUPPORTED_PROTOCOL:
             return ConnectionRefusedByServerError(
                 f"the server at {where} does not accept MQTT 3.1.1 (CONNACK 1, unacceptable "
-                f"protocol version)", code=code, host=host, port=port,
+                f"protocol version)",
+                code=code,
+                host=host,
+                port=port,
             )
         return ConnectionRefusedByServerError(
             f"the server at {where} refused the connection (CONNACK {code})",
-            code=code, host=host, port=port,
+            code=code,
+            host=host,
+            port=port,
         )
 
     # --- deadlines and what happens after CONNACK ----------------------------------------------
@@ -235,21 +264,26 @@ class Refusals:
     def connack_timeout(self, timeout: float) -> ConnectTimeoutError:
         return ConnectTimeoutError(
             f"no CONNACK from {self.where} within {timeout:g} s after the TLS handshake; is "
-            f"this an MQTT server?", host=self.host, port=self.port,
+            f"this an MQTT server?",
+            host=self.host,
+            port=self.port,
         )
 
     def identity_timeout(self, timeout: float) -> IdentityTimeoutError:
         return IdentityTimeoutError(
             f"connected to {self.where} but the platform did not send this device's identity "
             f"within {timeout:g} s; for a generic MQTT broker use {self.hints.no_identity}",
-            host=self.host, port=self.port, timeout=timeout,
+            host=self.host,
+            port=self.port,
+            timeout=timeout,
         )
 
     def connect_timeout(self, timeout: float, last: DeviceSDKError | None) -> ConnectTimeoutError:
         detail = f": {last}" if last else ""
         error = ConnectTimeoutError(
             f"could not connect to {self.where} within {timeout:g} s{detail}",
-            host=self.host, port=self.port,
+            host=self.host,
+            port=self.port,
         )
         error.__cause__ = last
         return error
@@ -259,7 +293,8 @@ class Refusals:
         error = ConnectionFailedError(
             f"connection to {self.where} lost"
             + (f" ({cause})" if cause else " (closed by the server)"),
-            host=self.host, port=self.port,
+            host=self.host,
+            port=self.port,
         )
         error.__cause__ = cause
         return error
@@ -271,14 +306,22 @@ class Refusals:
             f"{self.cert_sn}, client id {self.client_id!r}) is most likely taking over the "
             f"session each time. Run one process per certificate; give each board its own "
             f"certificate. Slowing down reconnects to once per backoff cap.",
-            sessions=sessions, host=self.host, port=self.port,
+            sessions=sessions,
+            host=self.host,
+            port=self.port,
         )
         error.__cause__ = last
         return error
 
 
-def map_connect_error(exc: BaseException, host: str, port: int, *, after_handshake: bool = False,
-                      server_hostname: str | None = None) -> ConnectionFailedError:
+def map_connect_error(
+    exc: BaseException,
+    host: str,
+    port: int,
+    *,
+    after_handshake: bool = False,
+    server_hostname: str | None = None,
+) -> ConnectionFailedError:
     """:meth:`Refusals.tls` for a one-off mapping (no client at hand)."""
     return Refusals(host, port, server_hostname).tls(exc, after_handshake=after_handshake)
 

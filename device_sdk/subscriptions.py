@@ -77,8 +77,11 @@ class Subscriptions:
         return released
 
     def matching(self, topic: str) -> list[Subscription]:
-        return [sub for sub in self._subs.values()
-                if sub.resolved and mqtt.topic_matches_sub(sub.resolved, topic)]
+        return [
+            sub
+            for sub in self._subs.values()
+            if sub.resolved and mqtt.topic_matches_sub(sub.resolved, topic)
+        ]
 
 
 def deliver(targets: list[Subscription], message: Message) -> None:

@@ -104,8 +104,11 @@ def write_associations(
 
 def existing_association_files(directory: str | Path) -> list[Path]:
     directory = Path(directory)
-    found = [p for p in directory.glob("associations*.csv")
-             if p.name == SINGLE_NAME or _PART_RE.fullmatch(p.name)]
+    found = [
+        p
+        for p in directory.glob("associations*.csv")
+        if p.name == SINGLE_NAME or _PART_RE.fullmatch(p.name)
+    ]
     return sorted(found)
 
 

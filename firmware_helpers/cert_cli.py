@@ -26,9 +26,12 @@ def register(tree: CommandTree) -> None:
     ca = tree.group("ca", help="make a private CA and its proof-of-possession certificate")
     certs = tree.group("certs", help="issue device certificates and export them for firmware")
 
-    p = ca.add_parser("create", help="create a private RSA CA: ca.cer and ca.key",
-                      description="Create a self-signed RSA CA (CA=true, keyCertSign) for "
-                      "testing and small deployments: DIR/ca.cer and DIR/ca.key (0600).")
+    p = ca.add_parser(
+        "create",
+        help="create a private RSA CA: ca.cer and ca.key",
+        description="Create a self-signed RSA CA (CA=true, keyCertSign) for "
+        "testing and small deployments: DIR/ca.cer and DIR/ca.key (0600).",
+    )
     p.add_argument("--cn", required=True, help="the CA's Common Name")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
     p.add_argument("--key-size", type=int, default=2048, choices=(2048, 3072, 4096))
@@ -37,10 +40,12 @@ def register(tree: CommandTree) -> None:
     p.set_defaults(handler=cmd_ca_create)
 
     p = ca.add_parser(
-        "verification-cert", help="make the verification certificate for CA registration",
+        "verification-cert",
+        help="make the verification certificate for CA registration",
         description="What the documented 'openssl genrsa' / 'req' / 'x509 -req -sha512' steps "
         "make, in one command: DIR/verificationCert.crt (CN = registration code, signed by the "
-        "CA key) and DIR/verificationCert.key.")
+        "CA key) and DIR/verificationCert.key.",
+    )
     p.add_argument("--ca", required=True, type=Path, help="the CA certificate")
     p.add_argument("--ca-key", required=True, type=Path, help="the CA's private key")
     p.add_argument("--code", required=True, help="the registration code the platform shows")
@@ -50,43 +55,68 @@ def register(tree: CommandTree) -> None:
     p.set_defaults(handler=cmd_verification_cert)
 
     p = certs.add_parser(
-        "issue", help="issue one RSA key and certificate per device",
+        "issue",
+        help="issue one RSA key and certificate per device",
         description="Issue [PK]_[DN]_[CA_SN].cer/.key pairs and the association CSV(s). "
-        "Re-running the same command resumes an interrupted run.")
+        "Re-running the same command resumes an interrupted run.",
+    )
     p.add_argument("--ca", required=True, type=Path, help="the CA certificate (PEM or DER)")
     p.add_argument("--ca-key", required=True, type=Path, help="the CA's private key")
     p.add_argument("--product-key", required=True, help="the product's ProductKey")
     names = p.add_mutually_exclusive_group(required=True)
-    names.add_argument("--device-name", action="append", metavar="DN",
-                       help="a device name (repeatable)")
-    names.add_argument("--names-file", type=Path, metavar="F",
-                       help="one device name per line ('#' comments and blank lines ignored)")
-    names.add_argument("--count", type=int, metavar="N",
-                       help="N devices named PREFIX0001 ... (at least 4 digits, more if N > 9999)")
+    names.add_argument(
+        "--device-name", action="append", metavar="DN", help="a device name (repeatable)"
+    )
+    names.add_argument(
+        "--names-file",
+        type=Path,
+        metavar="F",
+        help="one device name per line ('#' comments and blank lines ignored)",
+    )
+    names.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="N devices named PREFIX0001 ... (at least 4 digits, more if N > 9999)",
+    )
     p.add_argument("--prefix", help="name prefix for --count")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR",
-                   help="output directory (0700), one per product and CA")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="output directory (0700), one per product and CA",
+    )
     p.add_argument("--days", type=_positive, default=3650, help="validity (default 3650)")
     p.add_argument("--key-size", type=int, default=2048, choices=(2048, 3072, 4096))
-    p.add_argument("--jobs", type=_positive, default=None,
-                   help="key generation processes (default: all cores)")
-    p.add_argument("--ledger", type=Path, default=None,
-                   help="SN ledger file (default: DIR/sn-ledger.jsonl)")
-    p.add_argument("--progress", action="store_true",
-                   help="show progress even when stderr is not a terminal")
+    p.add_argument(
+        "--jobs", type=_positive, default=None, help="key generation processes (default: all cores)"
+    )
+    p.add_argument(
+        "--ledger", type=Path, default=None, help="SN ledger file (default: DIR/sn-ledger.jsonl)"
+    )
+    p.add_argument(
+        "--progress", action="store_true", help="show progress even when stderr is not a terminal"
+    )
     p.set_defaults(handler=cmd_certs_issue)
 
     p = certs.add_parser(
-        "export", help="write credentials as a C header or a binary blob for firmware",
+        "export",
+        help="write credentials as a C header or a binary blob for firmware",
         description="c-header: C string constants; tlv: the credential blob documented in "
-        "docs/credential-blob.md. The output holds the private key and is written 0600.")
+        "docs/credential-blob.md. The output holds the private key and is written 0600.",
+    )
     p.add_argument("--format", required=True, choices=("c-header", "tlv"))
     p.add_argument("--cert", required=True, type=Path)
     p.add_argument("--key", required=True, type=Path)
     p.add_argument("--server-ca", type=Path, default=None)
     p.add_argument("--out", required=True, type=Path, metavar="FILE")
-    p.add_argument("--align", type=int, default=16,
-                   help="tlv: pad the blob with 0xFF to a multiple of this (power of two)")
+    p.add_argument(
+        "--align",
+        type=int,
+        default=16,
+        help="tlv: pad the blob with 0xFF to a multiple of this (power of two)",
+    )
     p.add_argument("--symbol-prefix", default="IOTX509", help="c-header: prefix of the names")
     p.add_argument("--force", action="store_true", help="overwrite FILE")
     p.set_defaults(handler=cmd_certs_export)
@@ -155,9 +185,11 @@ def check_registration_code(code: str, *, warn: TextIO | None = None) -> str:
             f"{MAX_CN_LENGTH}"
         )
     if not CODE_RE.fullmatch(code) and warn is not None:
-        hint = ("it has upper-case letters; the code is compared exactly"
-                if CODE_RE.fullmatch(code.lower()) else
-                f"it is {len(code)} characters")
+        hint = (
+            "it has upper-case letters; the code is compared exactly"
+            if CODE_RE.fullmatch(code.lower())
+            else f"it is {len(code)} characters"
+        )
         print(
             f"warning: registration codes are usually 64 lower-case hex characters; {hint}. "
             "The certificate is made with the code exactly as given.",
@@ -205,9 +237,7 @@ class ProgressLine:
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = _duration((total - done) / rate) if rate > 0 else "--"
         width = len(str(total))
-        self.stream.write(
-            f"\r  {done:>{width}}/{total}  {rate:6.1f} keys/s  ETA {eta:>7}"
-        )
+        self.stream.write(f"\r  {done:>{width}}/{total}  {rate:6.1f} keys/s  ETA {eta:>7}")
         if done == total:
             self.stream.write("\n")
         self.stream.flush()
@@ -248,8 +278,15 @@ def cmd_certs_issue(args: argparse.Namespace) -> int:
     progress = ProgressLine(sys.stderr) if show else None
     try:
         report = issue_devices(
-            ca, args.product_key, names, args.out, days=args.days, key_size=args.key_size,
-            jobs=args.jobs, ledger_path=args.ledger, progress=progress,
+            ca,
+            args.product_key,
+            names,
+            args.out,
+            days=args.days,
+            key_size=args.key_size,
+            jobs=args.jobs,
+            ledger_path=args.ledger,
+            progress=progress,
         )
     except KeyboardInterrupt:
         print(
@@ -279,8 +316,14 @@ def cmd_certs_export(args: argparse.Namespace) -> int:
     from firmware_helpers.export import export_credentials
 
     out = export_credentials(
-        args.format, args.cert, args.key, args.out, server_ca_path=args.server_ca,
-        force=args.force, align=args.align, prefix=args.symbol_prefix,
+        args.format,
+        args.cert,
+        args.key,
+        args.out,
+        server_ca_path=args.server_ca,
+        force=args.force,
+        align=args.align,
+        prefix=args.symbol_prefix,
     )
     print(f"wrote {args.format} credentials to {out} (0600: it holds the private key)")
     return 0

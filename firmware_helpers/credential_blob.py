@@ -111,8 +111,9 @@ def encode_blob(records: Sequence[Record], *, align: int = DEFAULT_ALIGN) -> byt
         if record.type in seen:
             raise BadRecordError(f"record type 0x{record.type:04x} appears twice")
         seen.add(record.type)
-        if record.type in PEM_TYPES and (not record.value.endswith(b"\0")
-                                         or b"\0" in record.value[:-1]):
+        if record.type in PEM_TYPES and (
+            not record.value.endswith(b"\0") or b"\0" in record.value[:-1]
+        ):
             raise BadRecordError(
                 f"{TYPE_NAMES[record.type]} record must be PEM text ending with exactly one NUL"
             )
@@ -173,7 +174,7 @@ def parse_blob(data: bytes) -> CredentialBlob:
 
 def _magic_message(data: bytes) -> str:
     head = data[: len(MAGIC)]
-    if head and set(data[:HEADER.size]) <= {PAD_BYTE}:
+    if head and set(data[: HEADER.size]) <= {PAD_BYTE}:
         return "no credential blob: the area reads as erased flash (all 0xFF); nothing was written"
     return f"not a credential blob: starts with {head.hex() or 'nothing'}, expected {MAGIC.hex()}"
 
@@ -200,8 +201,9 @@ def _parse_records(data: bytes, start: int, end: int, count: int) -> tuple[Recor
                 offset=offset,
             )
         if any(data[value_end:padded_end]):
-            raise BadRecordError(f"{name} record at offset {offset}: non-zero padding",
-                                 offset=value_end)
+            raise BadRecordError(
+                f"{name} record at offset {offset}: non-zero padding", offset=value_end
+            )
         value = data[value_start:value_end]
         if rtype in seen:
             raise BadRecordError(f"{name} record appears twice (offset {offset})", offset=offset)

@@ -112,8 +112,9 @@ def _guard_for(out_name: str, prefix: str) -> str:
     return f"{prefix}_{stem}"
 
 
-def render_c_header(bundle: ExportBundle, *, prefix: str = "IOTX509", guard: str | None = None
-                    ) -> bytes:
+def render_c_header(
+    bundle: ExportBundle, *, prefix: str = "IOTX509", guard: str | None = None
+) -> bytes:
     """A header with the PEM texts as ``static const char`` arrays and their lengths."""
     for name, value in (("symbol prefix", prefix), ("include guard", guard or prefix)):
         if not _IDENTIFIER_RE.fullmatch(value):
@@ -149,8 +150,10 @@ def render_c_header(bundle: ExportBundle, *, prefix: str = "IOTX509", guard: str
 
 
 def render_blob(bundle: ExportBundle, *, align: int = DEFAULT_ALIGN) -> bytes:
-    records = [pem_record(TYPE_DEVICE_CERT, bundle.cert_pem),
-               pem_record(TYPE_DEVICE_KEY, bundle.key_pem)]
+    records = [
+        pem_record(TYPE_DEVICE_CERT, bundle.cert_pem),
+        pem_record(TYPE_DEVICE_KEY, bundle.key_pem),
+    ]
     if bundle.server_ca_pem is not None:
         records.append(pem_record(TYPE_SERVER_CA, bundle.server_ca_pem))
     return encode_blob(records, align=align)

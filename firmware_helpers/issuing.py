@@ -259,8 +259,10 @@ def _scan(out_dir: Path, product_key: str, ca: CertifiedKey) -> _Scan:
     scan = _Scan()
     for entry in out_dir.iterdir():
         temp = _TEMP_RE.fullmatch(entry.name)
-        if temp and (temp["name"].endswith((CERT_SUFFIX, KEY_SUFFIX)) or
-                     temp["name"].startswith("associations")):
+        if temp and (
+            temp["name"].endswith((CERT_SUFFIX, KEY_SUFFIX))
+            or temp["name"].startswith("associations")
+        ):
             scan.incomplete.append(entry)
             continue
         if entry.suffix not in (CERT_SUFFIX, KEY_SUFFIX) or not entry.is_file():
@@ -411,8 +413,14 @@ def _ctrl_c_deferred() -> Iterator[None]:
 
 
 def _write_pair(
-    ca: CertifiedKey, ledger: SerialLedger, names: DeviceFileName, out_dir: Path,
-    key_pem: bytes, public_der: bytes, days: int, serial_source: Callable[[], int],
+    ca: CertifiedKey,
+    ledger: SerialLedger,
+    names: DeviceFileName,
+    out_dir: Path,
+    key_pem: bytes,
+    public_der: bytes,
+    days: int,
+    serial_source: Callable[[], int],
 ) -> IssuedDevice:
     public = serialization.load_der_public_key(public_der)
     if not isinstance(public, rsa.RSAPublicKey):  # pragma: no cover - our workers make RSA keys
@@ -428,7 +436,8 @@ def _write_pair(
         raise DuplicateSerialError(
             f"{MAX_SERIAL_DRAWS} SNs drawn in a row were already in the ledger "
             f"{ledger.path}; the SN source is not random",
-            sn=format(serial, "x"), ca_sn=ca.sn,
+            sn=format(serial, "x"),
+            ca_sn=ca.sn,
         )
     cert = build_device_certificate(
         ca, public, names.device_name, product_key=names.product_key, serial=serial, days=days
@@ -443,8 +452,9 @@ def _write_pair(
                 f"cannot write the pair {names.stem} in {out_dir}: {exc.strerror or exc}; the "
                 "pairs written so far are complete, re-run the same command to resume"
             ) from exc
-    return IssuedDevice(names.product_key, names.device_name, certificate_sn(cert), cert_path,
-                        key_path)
+    return IssuedDevice(
+        names.product_key, names.device_name, certificate_sn(cert), cert_path, key_path
+    )
 
 
 def issue_devices(
@@ -509,8 +519,9 @@ def issue_devices(
             report.removed.append(leftover)
         wanted = set(names)
         report.skipped = [name for name in names if name in scan.complete]
-        todo = [DeviceFileName(product_key, name, ca.sn) for name in names
-                if name not in scan.complete]
+        todo = [
+            DeviceFileName(product_key, name, ca.sn) for name in names if name not in scan.complete
+        ]
         queue = deque(todo)
         total = len(todo)
         if progress:

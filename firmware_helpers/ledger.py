@@ -185,7 +185,8 @@ class SerialLedger:
                     f"SN {key[1]} was already issued under the CA with SN {key[0]} "
                     f"(to {previous.product_key}/{previous.device_name} at {previous.time}, "
                     f"recorded in {self.path}); an SN is never issued twice",
-                    sn=key[1], ca_sn=key[0],
+                    sn=key[1],
+                    ca_sn=key[0],
                 )
             batch[key] = LedgerEntry(key[0], key[1], product_key, device_name, now)
         if not batch:
@@ -214,7 +215,9 @@ class SerialLedger:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()

@@ -99,9 +99,15 @@ def create_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -112,8 +118,12 @@ def create_ca(
 
 
 def _leaf_builder(
-    ca: CertifiedKey, subject: x509.Name, public: rsa.RSAPublicKey, serial: int,
-    not_before: datetime, not_after: datetime,
+    ca: CertifiedKey,
+    subject: x509.Name,
+    public: rsa.RSAPublicKey,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
 ) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
@@ -168,8 +178,7 @@ def issue_verification_certificate(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(_authority_key_id(ca), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(ca.key, hashes.SHA512())
     )
     return CertifiedKey(cert, key)
@@ -189,7 +198,12 @@ def issue_device_certificate(
     """An RSA client certificate (clientAuth) for one device, signed by ``ca``."""
     key = key or generate_rsa_key(key_size)
     cert = build_device_certificate(
-        ca, key.public_key(), device_name, product_key=product_key, serial=serial, days=days,
+        ca,
+        key.public_key(),
+        device_name,
+        product_key=product_key,
+        serial=serial,
+        days=days,
         now=now,
     )
     return CertifiedKey(cert, key)
@@ -213,14 +227,24 @@ def build_device_certificate(
     not_before, not_after = _window(days, now)
     return (
         _leaf_builder(
-            ca, _name(device_name, product_key), public_key, serial or random_serial(),
-            not_before, not_after,
+            ca,
+            _name(device_name, product_key),
+            public_key,
+            serial or random_serial(),
+            not_before,
+            not_after,
         )
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=True,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )

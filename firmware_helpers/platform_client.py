@@ -30,7 +30,12 @@ class PlatformAPIError(FirmwareHelpersError):
     """
 
     def __init__(
-        self, message: str, *, status: int = 0, code: str = "", rows: Sequence[Mapping[str, Any]] = ()
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        code: str = "",
+        rows: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -137,9 +142,13 @@ class PlatformClient:
     ) -> dict[str, Any]:
         return dict(
             self.request(
-                "POST", "/ca-certificates", fields={"name": name},
-                files={"caCertificate": ca_certificate,
-                       "verificationCertificate": verification_certificate},
+                "POST",
+                "/ca-certificates",
+                fields={"name": name},
+                files={
+                    "caCertificate": ca_certificate,
+                    "verificationCertificate": verification_certificate,
+                },
             )
         )
 
@@ -159,8 +168,11 @@ class PlatformClient:
 
     def association_template(self, ca_sn: str) -> str:
         return str(
-            self.request("GET", f"/ca-certificates/{_q(ca_sn)}/association-template",
-                         accept="text/csv, application/json")
+            self.request(
+                "GET",
+                f"/ca-certificates/{_q(ca_sn)}/association-template",
+                accept="text/csv, application/json",
+            )
         )
 
     def associate(self, ca_sn: str, csv_file: UploadFile) -> int:
@@ -180,8 +192,11 @@ class PlatformClient:
 
     def set_device_status(self, product_key: str, device_name: str, status: str) -> dict[str, Any]:
         return dict(
-            self.request("PATCH", f"/devices/{_q(product_key)}/{_q(device_name)}",
-                         json_body={"status": status})
+            self.request(
+                "PATCH",
+                f"/devices/{_q(product_key)}/{_q(device_name)}",
+                json_body={"status": status},
+            )
         )
 
     def send_message(
@@ -189,7 +204,8 @@ class PlatformClient:
     ) -> bool:
         """Deliver a cloud-to-device message; True when the device's session took it."""
         result = self.request(
-            "POST", f"/devices/{_q(product_key)}/{_q(device_name)}/messages",
+            "POST",
+            f"/devices/{_q(product_key)}/{_q(device_name)}/messages",
             json_body={"topic": topic, "payload": payload, "qos": qos},
         )
         return bool(result.get("delivered", True)) if isinstance(result, dict) else True
@@ -214,7 +230,12 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """
 
     def redirect_request(
-        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
         newurl: str,
     ) -> None:
         return None
@@ -231,7 +252,8 @@ def _redirect_error(exc: urllib.error.HTTPError, url: str) -> PlatformAPIError:
         f"{location or '(no Location)'}; the client does not follow redirects, so the API token "
         "is never sent to another address: give --server (or IOTX509_SERVER) the address the "
         "API really has",
-        status=exc.code, code="redirect",
+        status=exc.code,
+        code="redirect",
     )
 
 
@@ -245,7 +267,9 @@ def _api_error(exc: urllib.error.HTTPError, url: str) -> PlatformAPIError:
     try:
         error = json.loads(raw)["error"]
         return PlatformAPIError(
-            str(error["message"]), status=exc.code, code=str(error.get("code", "")),
+            str(error["message"]),
+            status=exc.code,
+            code=str(error.get("code", "")),
             rows=error.get("rows") or (),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -256,22 +280,24 @@ def _api_error(exc: urllib.error.HTTPError, url: str) -> PlatformAPIError:
         )
 
 
-def _multipart(
-    fields: Mapping[str, str], files: Mapping[str, UploadFile]
-) -> tuple[bytes, str]:
+def _multipart(fields: Mapping[str, str], files: Mapping[str, UploadFile]) -> tuple[bytes, str]:
     boundary = "iotx509-" + secrets.token_hex(16)
     parts: list[bytes] = []
     for name, value in fields.items():
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
-            + value.encode() + b"\r\n"
+            + value.encode()
+            + b"\r\n"
         )
     for name, upload in files.items():
         filename = upload.filename.replace('"', "")
         parts.append(
-            (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-             f'filename="{filename}"\r\nContent-Type: {upload.content_type}\r\n\r\n').encode()
-            + upload.content + b"\r\n"
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                f'filename="{filename}"\r\nContent-Type: {upload.content_type}\r\n\r\n'
+            ).encode()
+            + upload.content
+            + b"\r\n"
         )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"

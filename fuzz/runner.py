@@ -46,14 +46,25 @@ def run_target(name: str, seconds: int, workdir: Path) -> FuzzResult:
     for i, seed in enumerate(targets.seeds_for(name)):
         (corpus / f"seed-{i}").write_bytes(seed)
     command = [
-        sys.executable, "-m", "fuzz.child", name,
-        f"-max_total_time={seconds}", f"-timeout={PER_INPUT_TIMEOUT}",
-        f"-rss_limit_mb={RSS_LIMIT_MB}", f"-artifact_prefix={artifacts}/",
-        "-print_final_stats=1", "-max_len=16384", str(corpus),
+        sys.executable,
+        "-m",
+        "fuzz.child",
+        name,
+        f"-max_total_time={seconds}",
+        f"-timeout={PER_INPUT_TIMEOUT}",
+        f"-rss_limit_mb={RSS_LIMIT_MB}",
+        f"-artifact_prefix={artifacts}/",
+        "-print_final_stats=1",
+        "-max_len=16384",
+        str(corpus),
     ]
     proc = subprocess.run(
-        command, capture_output=True, text=True, errors="replace",
-        timeout=seconds + 120, cwd=Path(__file__).resolve().parent.parent,
+        command,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=seconds + 120,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     output = proc.stdout + proc.stderr
     runs = [int(a or b) for a, b in _RUNS.findall(output)]
@@ -65,9 +76,14 @@ def run_target(name: str, seconds: int, workdir: Path) -> FuzzResult:
     if crashed:
         tail = reproduce(name, crash_files[0]) if crash_files else output[-3000:]
     return FuzzResult(
-        target=name, seconds=seconds, executions=max(runs, default=0),
-        coverage=max(cov, default=0), crashed=crashed, exit_status=proc.returncode,
-        crash_input_hex=crash_hex, output_tail=tail,
+        target=name,
+        seconds=seconds,
+        executions=max(runs, default=0),
+        coverage=max(cov, default=0),
+        crashed=crashed,
+        exit_status=proc.returncode,
+        crash_input_hex=crash_hex,
+        output_tail=tail,
     )
 
 
@@ -80,19 +96,29 @@ def reproduce(name: str, input_file: Path) -> str:
     limit = PER_INPUT_TIMEOUT * 3
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", code, str(input_file)], capture_output=True, text=True,
-            errors="replace", timeout=limit, cwd=Path(__file__).resolve().parent.parent,
+            [sys.executable, "-c", code, str(input_file)],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=limit,
+            cwd=Path(__file__).resolve().parent.parent,
         )
     except subprocess.TimeoutExpired:
         return f"hang: the target did not return within {limit} s on this input"
-    return (proc.stderr or "(the input does not crash outside libFuzzer: a hang or memory?)")[-3000:]
+    return (proc.stderr or "(the input does not crash outside libFuzzer: a hang or memory?)")[
+        -3000:
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__)
     parser.add_argument("--seconds", type=int, default=20, help="time per target (default 20)")
-    parser.add_argument("--target", action="append", choices=sorted(targets.TARGETS),
-                        help="run only this target (repeatable; default all)")
+    parser.add_argument(
+        "--target",
+        action="append",
+        choices=sorted(targets.TARGETS),
+        help="run only this target (repeatable; default all)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     names = args.target or list(targets.TARGETS)
@@ -103,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             result = run_target(name, args.seconds, Path(tmp))
             results.append(result)
             verdict = "CRASH" if result.crashed else "ok"
-            print(f"  {verdict}: {result.executions:,} executions, coverage {result.coverage}",
-                  flush=True)
+            print(
+                f"  {verdict}: {result.executions:,} executions, coverage {result.coverage}",
+                flush=True,
+            )
             if result.crashed:
                 data = bytes.fromhex(result.crash_input_hex or "")
                 print(f"  input ({len(data)} bytes): {data!r}\n  hex: {data.hex()}")

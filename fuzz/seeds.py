@@ -28,12 +28,17 @@ def verification() -> pki.CertifiedKey:
 
 def mqtt_seeds() -> list[bytes]:
     packets: list[codec.Packet] = [
-        codec.Connect(client_id="dev|securemode=2,signmethod=hmacsha256|", keep_alive=300,
-                      username="dev1&a1B2c3D4e5F"),
+        codec.Connect(
+            client_id="dev|securemode=2,signmethod=hmacsha256|",
+            keep_alive=300,
+            username="dev1&a1B2c3D4e5F",
+        ),
         codec.Publish(topic="/a1B2c3D4e5F/dev1/user/up", payload=b'{"t":1}', qos=1, packet_id=7),
         codec.Subscribe(packet_id=3, topics=(("/a1B2c3D4e5F/dev1/#", 1),)),
         codec.Unsubscribe(packet_id=4, topics=("/a1B2c3D4e5F/+/x",)),
-        codec.Puback(9), codec.Pingreq(), codec.Disconnect(),
+        codec.Puback(9),
+        codec.Pingreq(),
+        codec.Disconnect(),
     ]
     stream = b"".join(codec.encode(p) for p in packets)
     return [b"\x07" + stream, b"\x01" + codec.encode(packets[0])]

@@ -121,8 +121,9 @@ def association_csv(data: bytes) -> None:
     except ServerStubError:
         return
     if len(parsed.rows) + len(parsed.errors) != parsed.total:
-        raise InvariantBroken(f"{parsed.total} rows but {len(parsed.rows)} good + "
-                              f"{len(parsed.errors)} bad")
+        raise InvariantBroken(
+            f"{parsed.total} rows but {len(parsed.rows)} good + {len(parsed.errors)} bad"
+        )
     try:
         parse_associations(data)
     except AssociationRejectedError:
@@ -154,7 +155,8 @@ def certificate_upload(data: bytes) -> None:
             ca_data=body if mode == 1 else ca_pem,
             verification_data=body if mode == 2 else verification_pem,
             registration_code=seeds.REGISTRATION_CODE,
-            ca_filename="ca.pem", verification_filename="verification.crt",
+            ca_filename="ca.pem",
+            verification_filename="verification.crt",
         )
     except ServerStubError:
         return

@@ -35,12 +35,15 @@ class DemoError(CommandLineError):
 def register(tree: CommandTree) -> None:
     """Add ``iotx509 demo``."""
     parser = tree.command(
-        "demo", "run the whole flow end to end: server, CA, device certificates, association, "
+        "demo",
+        "run the whole flow end to end: server, CA, device certificates, association, "
         "mutual-TLS connections, identity, one message each way",
     )
     parser.add_argument("--devices", type=int, default=3, help="how many devices (default 3)")
     parser.add_argument(
-        "--data-dir", type=Path, default=None,
+        "--data-dir",
+        type=Path,
+        default=None,
         help="keep everything here (default: a temporary directory, removed afterwards)",
     )
     parser.add_argument("--jobs", type=int, default=None, help="key-generation processes")
@@ -111,8 +114,9 @@ def _discover_endpoint(http_url: str, token: str, work: Path) -> _Endpoint:
     return _Endpoint(url, parts.hostname, parts.port, server_ca)
 
 
-def _customer_steps(http_url: str, token: str, work: Path, args: argparse.Namespace
-                    ) -> list[_Device]:
+def _customer_steps(
+    http_url: str, token: str, work: Path, args: argparse.Namespace
+) -> list[_Device]:
     from firmware_helpers.issuing import issue_devices
     from firmware_helpers.pki import create_ca, issue_verification_certificate
     from firmware_helpers.platform_client import PlatformClient, UploadFile
@@ -145,17 +149,20 @@ def _customer_steps(http_url: str, token: str, work: Path, args: argparse.Namesp
         print(f"    {dev.cert_path.name}  {dev.key_path.name}")
     associated = 0
     for csv_path in report.csv_files:
-        associated += api.associate(ca_sn, UploadFile(csv_path.name, csv_path.read_bytes(),
-                                                      "text/csv"))
-    _step(f"associated {associated} certificate SNs with devices ({', '.join(p.name for p in report.csv_files)})")
+        associated += api.associate(
+            ca_sn, UploadFile(csv_path.name, csv_path.read_bytes(), "text/csv")
+        )
+    _step(
+        f"associated {associated} certificate SNs with devices ({', '.join(p.name for p in report.csv_files)})"
+    )
     return [
-        _Device(d.cert_path, d.key_path, d.sn, d.product_key, d.device_name)
-        for d in report.devices
+        _Device(d.cert_path, d.key_path, d.sn, d.product_key, d.device_name) for d in report.devices
     ]
 
 
-def _device_steps(http_url: str, token: str, endpoint: _Endpoint, devices: list[_Device],
-                  work: Path) -> None:
+def _device_steps(
+    http_url: str, token: str, endpoint: _Endpoint, devices: list[_Device], work: Path
+) -> None:
     from device_sdk import Credentials, DeviceClient, DeviceSDKError
     from device_sdk.client import Message
     from firmware_helpers.platform_client import PlatformClient
@@ -169,7 +176,10 @@ def _device_steps(http_url: str, token: str, endpoint: _Endpoint, devices: list[
         for dev in devices:
             creds = Credentials.from_files(dev.cert, dev.key)
             client = DeviceClient(
-                endpoint.host, endpoint.port, creds, server_ca=endpoint.server_ca,
+                endpoint.host,
+                endpoint.port,
+                creds,
+                server_ca=endpoint.server_ca,
                 identity_store=work / "state" / f"{dev.device_name}.identity.json",
             )
             try:
@@ -178,10 +188,13 @@ def _device_steps(http_url: str, token: str, endpoint: _Endpoint, devices: list[
                 raise DemoError(f"device with SN {dev.sn} could not connect: {exc}") from exc
             clients.append((dev, client))
             if identity is None or (identity.product_key, identity.device_name) != (
-                dev.product_key, dev.device_name
+                dev.product_key,
+                dev.device_name,
             ):
-                raise DemoError(f"device with SN {dev.sn} was told {identity}, expected "
-                                f"{dev.product_key}/{dev.device_name}")
+                raise DemoError(
+                    f"device with SN {dev.sn} was told {identity}, expected "
+                    f"{dev.product_key}/{dev.device_name}"
+                )
             rows.append((dev.sn, identity.product_key, identity.device_name))
         _print_table(rows)
 
@@ -203,9 +216,11 @@ def _device_steps(http_url: str, token: str, endpoint: _Endpoint, devices: list[
             if not received[dev.device_name].wait(10):
                 raise DemoError(f"{dev.device_name}: the cloud-to-device message did not arrive")
             messages = _wait_for_upstream(api, dev)
-            print(f"    {dev.device_name}: device->cloud {messages[-1]['topic']} "
-                  f"{messages[-1].get('payload')!s}; cloud->device "
-                  f"/{dev.product_key}/{dev.device_name}/{DEMO_TOPIC_DOWN} {{\"command\":\"blink\"}}")
+            print(
+                f"    {dev.device_name}: device->cloud {messages[-1]['topic']} "
+                f"{messages[-1].get('payload')!s}; cloud->device "
+                f'/{dev.product_key}/{dev.device_name}/{DEMO_TOPIC_DOWN} {{"command":"blink"}}'
+            )
     finally:
         for _dev, client in clients:
             client.disconnect()
@@ -225,8 +240,10 @@ def _wait_for_upstream(api: object, dev: _Device) -> list[dict[str, object]]:
 
 
 def _print_table(rows: list[tuple[str, str, str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in
-              enumerate(("Certificate SN", "ProductKey", "DeviceName"))]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows))
+        for i, h in enumerate(("Certificate SN", "ProductKey", "DeviceName"))
+    ]
     header = ("Certificate SN", "ProductKey", "DeviceName")
     line = "  ".join("-" * w for w in widths)
     print("    " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))

@@ -127,9 +127,13 @@ def forged_ca(key: rsa.RSAPrivateKey, subject: x509.Name) -> x509.Certificate:
     """B's look-alike CA: A's subject, the forged key, no Subject Key Identifier."""
     now = datetime.now(UTC) - timedelta(days=1)
     return (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(key.public_key()).serial_number(random_serial())
-        .not_valid_before(now).not_valid_after(now + timedelta(days=DAYS))
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(random_serial())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -161,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "forged-ca.pem").write_bytes(_pem(cert))
     (out / "forged-ca.key").write_bytes(rsa_key_pkcs1_pem(forged_key))
     e = forged_key.public_key().public_numbers().e
-    print(f"forged CA key: {forged_key.key_size}-bit modulus, {e.bit_length()}-bit public "
-          f"exponent; written to {out}")
+    print(
+        f"forged CA key: {forged_key.key_size}-bit modulus, {e.bit_length()}-bit public "
+        f"exponent; written to {out}"
+    )
     return 0
 
 

@@ -27,7 +27,7 @@ fi
 PY=${PYTHON:-python3}
 $PY -m pip install -q --disable-pip-version-check -e '.[test]'
 
-echo "== ruff"; $PY -m ruff check .
+echo "== ruff"; $PY -m ruff check . && $PY -m ruff format --check .
 echo "== mypy"; $PY -m mypy
 echo "== pytest (markers: ${IOTX509_TEST_MARKERS:-all but bench})"
 exec $PY -m pytest -m "${IOTX509_TEST_MARKERS:-not bench}" "$@"

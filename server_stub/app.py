@@ -129,11 +129,17 @@ class ServerProcess:
         messaging = await self._start_mqtt(registry, identity.cert_pem(), identity.key_pem())
         app = create_app(registry, messaging, max_upload_bytes=self.config.max_upload_bytes)
         if self.mqtt_port is not None:  # GET /api/v1/endpoint tells clients where devices connect
-            app.state.endpoint = DeviceEndpoint(self.mqtt_port, self.server_ca_path.read_text("ascii"))
+            app.state.endpoint = DeviceEndpoint(
+                self.mqtt_port, self.server_ca_path.read_text("ascii")
+            )
         sock = _listen(self.config.host, self.config.http_port)
         self.http_port = int(sock.getsockname()[1])
         uv_config = uvicorn.Config(
-            app, lifespan="off", log_config=None, log_level=self._log_level, access_log=False,
+            app,
+            lifespan="off",
+            log_config=None,
+            log_level=self._log_level,
+            access_log=False,
             server_header=False,
         )
         self._http = _EmbeddedUvicorn(uv_config)
@@ -150,8 +156,12 @@ class ServerProcess:
         self, registry: Registry, cert_pem: bytes, key_pem: bytes
     ) -> DeviceMessaging:
         service = MqttService(
-            directory=registry, cert_pem=cert_pem, key_pem=key_pem, host=self.config.host,
-            port=self.config.mqtt_port, limits=self.config.mqtt,
+            directory=registry,
+            cert_pem=cert_pem,
+            key_pem=key_pem,
+            host=self.config.host,
+            port=self.config.mqtt_port,
+            limits=self.config.mqtt,
         )
         await service.start()
         self._mqtt = service
@@ -161,16 +171,18 @@ class ServerProcess:
 
     def _write_ports(self) -> None:
         info = {
-            "host": self.config.host, "http": self.http_port, "mqtt": self.mqtt_port,
-            "httpUrl": self.http_url, "mqttUrl": self.mqtt_url, "pid": os.getpid(),
+            "host": self.config.host,
+            "http": self.http_port,
+            "mqtt": self.mqtt_port,
+            "httpUrl": self.http_url,
+            "mqttUrl": self.mqtt_url,
+            "pid": os.getpid(),
             "serverCa": str(self.server_ca_path),
         }
         atomic_write(self.data.ports, (json.dumps(info, indent=2) + "\n").encode())
 
     def ready_line(self) -> str:
-        return (
-            f"ready http={self.http_url} mqtt={self.mqtt_url} data={self.data.root}"
-        )
+        return f"ready http={self.http_url} mqtt={self.mqtt_url} data={self.data.root}"
 
     async def stop(self) -> None:
         """Stop accepting, close sessions, close the database; safe to call more than once."""

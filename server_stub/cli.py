@@ -37,7 +37,9 @@ def register(tree: CommandTree) -> None:
 
 def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(env_default(ENV_DATA_DIR) or DEFAULT_DATA_DIR),
+        "--data-dir",
+        type=Path,
+        default=Path(env_default(ENV_DATA_DIR) or DEFAULT_DATA_DIR),
         help=f"the server's data directory (env {ENV_DATA_DIR}; default ./{DEFAULT_DATA_DIR})",
     )
 
@@ -45,7 +47,8 @@ def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
 def _register_server(tree: CommandTree) -> None:
     group = tree.group("server", "the bundled reference server (registry, HTTP API, MQTT)")
     run = group.add_parser(
-        "run", help="run the HTTP API and the MQTT endpoint on one event loop",
+        "run",
+        help="run the HTTP API and the MQTT endpoint on one event loop",
         description="Run the reference server. On first start it creates the data directory, "
         "the default account (token in DATA_DIR/admin-token) and the server's TLS CA "
         "(DATA_DIR/server-ca.pem). Prints 'ready http=URL mqtt=URL data=DIR' once listening.",
@@ -55,7 +58,10 @@ def _register_server(tree: CommandTree) -> None:
     run.add_argument("--http-port", type=int, default=8080, help="HTTP API port (0 = any free)")
     run.add_argument("--mqtt-port", type=int, default=8883, help="MQTT/TLS port (0 = any free)")
     run.add_argument(
-        "--hostname", action="append", default=[], metavar="NAME",
+        "--hostname",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="extra DNS name or IP for the server certificate (repeatable)",
     )
     run.add_argument("--max-upload-bytes", type=int, default=4 * 1024 * 1024)
@@ -79,10 +85,18 @@ def _register_server(tree: CommandTree) -> None:
         ("--recent-bytes-total", "recent_bytes_total", int),
         ("--recent-retention", "recent_retention", float),
     ):
-        limits.add_argument(flag, dest=dest, type=kind, default=getattr(MqttLimits, dest),
-                            help="default %(default)s")
-    limits.add_argument("--no-identity-publish", action="store_true",
-                        help="do not publish /ext/auth/identity/response after CONNACK")
+        limits.add_argument(
+            flag,
+            dest=dest,
+            type=kind,
+            default=getattr(MqttLimits, dest),
+            help="default %(default)s",
+        )
+    limits.add_argument(
+        "--no-identity-publish",
+        action="store_true",
+        help="do not publish /ext/auth/identity/response after CONNACK",
+    )
     run.set_defaults(handler=_server_run)
 
     account = group.add_parser("account", help="manage accounts on the data directory")
@@ -105,13 +119,19 @@ def _server_run(args: argparse.Namespace) -> int:
     from server_stub.config import MqttLimits, ServerConfig
 
     config = ServerConfig(
-        data_dir=args.data_dir, host=args.host, http_port=args.http_port,
-        mqtt_port=args.mqtt_port, hostnames=tuple(args.hostname),
+        data_dir=args.data_dir,
+        host=args.host,
+        http_port=args.http_port,
+        mqtt_port=args.mqtt_port,
+        hostnames=tuple(args.hostname),
         max_upload_bytes=args.max_upload_bytes,
         mqtt=MqttLimits(
             deliver_identity=not args.no_identity_publish,
-            **{f.name: getattr(args, f.name) for f in fields(MqttLimits)
-               if f.name != "deliver_identity"},
+            **{
+                f.name: getattr(args, f.name)
+                for f in fields(MqttLimits)
+                if f.name != "deliver_identity"
+            },
         ),
     )
     level = logging.getLogger().getEffectiveLevel()
@@ -139,7 +159,8 @@ def _account_create(args: argparse.Namespace) -> int:
 def _client_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--server", default=None,
+        "--server",
+        default=None,
         help=f"the server's HTTP URL (env {ENV_SERVER}; default http://127.0.0.1:8080)",
     )
     common.add_argument("--token", default=None, help=f"the account's API token (env {ENV_TOKEN})")
@@ -159,30 +180,52 @@ def _register_platform(tree: CommandTree) -> None:
         return parser
 
     add(group, "registration-code", "print this account's registration code", _registration_code)
-    endpoint = add(group, "endpoint", "print where devices connect (mqtts://HOST:PORT) and "
-                   "optionally save the server CA they verify it with", _endpoint)
-    endpoint.add_argument("--server-ca-out", type=Path, metavar="FILE",
-                          help="write the server CA certificate (PEM) to FILE")
+    endpoint = add(
+        group,
+        "endpoint",
+        "print where devices connect (mqtts://HOST:PORT) and "
+        "optionally save the server CA they verify it with",
+        _endpoint,
+    )
+    endpoint.add_argument(
+        "--server-ca-out",
+        type=Path,
+        metavar="FILE",
+        help="write the server CA certificate (PEM) to FILE",
+    )
 
     product = group.add_parser("product", help="products")
     product.set_defaults(handler=lambda _a: (product.print_help(), 2)[1])
     product_sub = product.add_subparsers(dest="product_command", metavar="COMMAND")
-    create = add(product_sub, "create", "create a product; prints its ProductKey last",
-                 _product_create)
+    create = add(
+        product_sub, "create", "create a product; prints its ProductKey last", _product_create
+    )
     create.add_argument("--name", required=True)
     create.add_argument("--auth-type", default="x509", help="x509 or secret (default x509)")
-    create.add_argument("--private-ca", action=argparse.BooleanOptionalAction, default=True,
-                        help="use private CA certificates (default on)")
+    create.add_argument(
+        "--private-ca",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="use private CA certificates (default on)",
+    )
     create.add_argument("--network", default="mqtt", help="mqtt or lorawan (default mqtt)")
     show = add(product_sub, "show", "show a product", _product_show)
     show.add_argument("product_key")
 
-    reg = add(group, "register-ca", "register a CA certificate with its verification certificate",
-              _register_ca)
+    reg = add(
+        group,
+        "register-ca",
+        "register a CA certificate with its verification certificate",
+        _register_ca,
+    )
     reg.add_argument("--name", required=True, help="4-30 letters, digits, underscore")
     reg.add_argument("--ca", required=True, type=Path, help="CA certificate (.cer/.crt/.pem)")
-    reg.add_argument("--verification-cert", required=True, type=Path,
-                     help="verification certificate (CN = registration code, signed by the CA)")
+    reg.add_argument(
+        "--verification-cert",
+        required=True,
+        type=Path,
+        help="verification certificate (CN = registration code, signed by the CA)",
+    )
 
     ca = group.add_parser("ca", help="registered CA certificates")
     ca.set_defaults(handler=lambda _a: (ca.print_help(), 2)[1])
@@ -197,13 +240,18 @@ def _register_platform(tree: CommandTree) -> None:
     ):
         add(ca_sub, name, help, handler).add_argument("ca_sn")
 
-    template = add(group, "association-template", "download the association CSV template",
-                   _association_template)
+    template = add(
+        group,
+        "association-template",
+        "download the association CSV template",
+        _association_template,
+    )
     template.add_argument("ca_sn")
     template.add_argument("--out", type=Path, help="write to this file instead of stdout")
 
-    assoc = add(group, "associate", "upload an association CSV (ProductKey,DeviceName,CertSN)",
-                _associate)
+    assoc = add(
+        group, "associate", "upload an association CSV (ProductKey,DeviceName,CertSN)", _associate
+    )
     assoc.add_argument("ca_sn")
     assoc.add_argument("file", type=Path)
 
@@ -222,17 +270,28 @@ def _register_platform(tree: CommandTree) -> None:
     message = group.add_parser("message", help="cloud-to-device messages and what devices sent")
     message.set_defaults(handler=lambda _a: (message.print_help(), 2)[1])
     message_sub = message.add_subparsers(dest="message_command", metavar="COMMAND")
-    send = add(message_sub, "send", "send a message to a connected device (the topic must lie "
-               "under /PK/DN/ or /sys/PK/DN/)", _message_send)
+    send = add(
+        message_sub,
+        "send",
+        "send a message to a connected device (the topic must lie under /PK/DN/ or /sys/PK/DN/)",
+        _message_send,
+    )
     send.add_argument("product_key", metavar="PK")
     send.add_argument("device_name", metavar="DN")
-    send.add_argument("topic", metavar="TOPIC",
-                      help="absolute topic, e.g. /PK/DN/user/get; a relative one (user/get) is "
-                      "refused with the allowed prefixes")
+    send.add_argument(
+        "topic",
+        metavar="TOPIC",
+        help="absolute topic, e.g. /PK/DN/user/get; a relative one (user/get) is "
+        "refused with the allowed prefixes",
+    )
     send.add_argument("payload", metavar="PAYLOAD", help="UTF-8 text sent as it is")
     send.add_argument("--qos", type=int, choices=(0, 1), default=0, help="0 or 1 (default 0)")
-    listed = add(message_sub, "list", "list the most recent messages a device published "
-                 "(oldest first)", _message_list)
+    listed = add(
+        message_sub,
+        "list",
+        "list the most recent messages a device published (oldest first)",
+        _message_list,
+    )
     listed.add_argument("product_key", metavar="PK")
     listed.add_argument("device_name", metavar="DN")
     listed.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
@@ -287,8 +346,9 @@ def _endpoint(args: argparse.Namespace) -> int:
     if args.server_ca_out:
         from device_sdk.fileio import PUBLIC_FILE_MODE, atomic_write
 
-        atomic_write(args.server_ca_out, str(info["serverCa"]).encode("ascii"),
-                     mode=PUBLIC_FILE_MODE)
+        atomic_write(
+            args.server_ca_out, str(info["serverCa"]).encode("ascii"), mode=PUBLIC_FILE_MODE
+        )
         print(f"wrote the server CA to {args.server_ca_out}", file=sys.stderr)
     return _print(args, info, str(info["mqtt"]))
 
@@ -311,8 +371,11 @@ def _register_ca(args: argparse.Namespace) -> int:
     c = _client(args).register_ca(
         args.name,
         UploadFile(args.ca.name, _read(args.ca, "CA certificate"), CERT_TYPE),
-        UploadFile(args.verification_cert.name,
-                   _read(args.verification_cert, "verification certificate"), CERT_TYPE),
+        UploadFile(
+            args.verification_cert.name,
+            _read(args.verification_cert, "verification certificate"),
+            CERT_TYPE,
+        ),
     )
     return _print(args, c, f"registered CA {c['name']} ({c['subject']})\ncaSn: {c['caSn']}")
 
@@ -392,10 +455,14 @@ def _device_enable(args: argparse.Namespace) -> int:
 
 
 def _message_send(args: argparse.Namespace) -> int:
-    _client(args).send_message(args.product_key, args.device_name, args.topic, args.payload,
-                               qos=args.qos)
-    return _print(args, {"delivered": True},
-                  f"delivered to {args.product_key}/{args.device_name} on {args.topic}")
+    _client(args).send_message(
+        args.product_key, args.device_name, args.topic, args.payload, qos=args.qos
+    )
+    return _print(
+        args,
+        {"delivered": True},
+        f"delivered to {args.product_key}/{args.device_name} on {args.topic}",
+    )
 
 
 def _message_list(args: argparse.Namespace) -> int:

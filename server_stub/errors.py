@@ -99,4 +99,3 @@ class SchemaVersionError(DataStoreError):
 
 class ServerStartupError(ServerStubError):
     """The server cannot start: data directory, port in use, another server on the same data."""
-

@@ -57,8 +57,20 @@ class RunningServer:
 
 def server_command(data_dir: Path, extra_args: Sequence[str] = ()) -> list[str]:
     return [
-        sys.executable, "-m", "iotx509", "server", "run", "--data-dir", str(data_dir),
-        "--host", "127.0.0.1", "--http-port", "0", "--mqtt-port", "0", *extra_args,
+        sys.executable,
+        "-m",
+        "iotx509",
+        "server",
+        "run",
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        "0",
+        "--mqtt-port",
+        "0",
+        *extra_args,
     ]
 
 
@@ -69,7 +81,10 @@ def _drain(stream: object, sink: list[str]) -> None:
 
 @contextlib.contextmanager
 def running_server(
-    data_dir: str | Path, *, extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
+    data_dir: str | Path,
+    *,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[RunningServer]:
     """Start the real server process; yield a :class:`RunningServer`; stop it on exit."""
     data_dir = Path(data_dir)
@@ -78,8 +93,11 @@ def running_server(
     proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with os.fdopen(log_fd, "w") as log_file:
         proc = subprocess.Popen(
-            server_command(data_dir, extra_args), stdout=subprocess.PIPE, stderr=log_file,
-            text=True, env=proc_env,
+            server_command(data_dir, extra_args),
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+            env=proc_env,
         )
     try:
         assert proc.stdout is not None
@@ -88,10 +106,13 @@ def running_server(
         drainer = threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True)
         drainer.start()
         server = RunningServer(
-            http_url=match["http"], mqtt_host="127.0.0.1",
+            http_url=match["http"],
+            mqtt_host="127.0.0.1",
             mqtt_port=int(match["mqtt"].rsplit(":", 1)[1]),
             token=(data_dir / "admin-token").read_text().strip(),
-            server_ca=data_dir / "server-ca.pem", data_dir=data_dir, process=proc,
+            server_ca=data_dir / "server-ca.pem",
+            data_dir=data_dir,
+            process=proc,
             log_path=log_path,
         )
         yield server
@@ -109,9 +130,7 @@ def running_server(
             log_path.unlink()
 
 
-def _wait_ready(
-    proc: subprocess.Popen[str], lines: list[str], log_path: Path
-) -> re.Match[str]:
+def _wait_ready(proc: subprocess.Popen[str], lines: list[str], log_path: Path) -> re.Match[str]:
     """Read stdout until the ready line; fail with the server's log if it exits or stalls."""
     assert proc.stdout is not None
     result: list[re.Match[str]] = []

@@ -35,8 +35,9 @@ class InMemoryMessaging:
     ) -> list[DeviceMessage]:
         return list(self.published[(product_key, device_name)])[-limit:]
 
-    def device_published(self, product_key: str, device_name: str, topic: str,
-                         payload: bytes, qos: int = 0) -> None:
+    def device_published(
+        self, product_key: str, device_name: str, topic: str, payload: bytes, qos: int = 0
+    ) -> None:
         self.published[(product_key, device_name)].append(
             DeviceMessage(topic, payload, qos, time.time())
         )

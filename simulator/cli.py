@@ -35,33 +35,70 @@ def register(tree: CommandTree) -> None:
         "Mosquitto): certificates and fleet.json only, no HTTP API. "
         "Re-running with a larger --count adds devices; existing ones are never re-issued.",
     )
-    create.add_argument("--server", default=env_default("IOTX509_SERVER"), metavar="URL",
-                        help="the platform's HTTP API, e.g. http://127.0.0.1:8080 "
-                        "(env IOTX509_SERVER)")
-    create.add_argument("--token", default=env_default("IOTX509_TOKEN"), metavar="T",
-                        help="API token (env IOTX509_TOKEN)")
-    create.add_argument("--count", type=int, required=True, metavar="N",
-                        help="the number of devices the fleet should have")
-    create.add_argument("--out", type=Path, required=True, metavar="FLEET",
-                        help="the fleet directory (created with mode 0700)")
-    create.add_argument("--product-key", metavar="PK", help="use this product instead of "
-                        "creating one (x509, private CA, MQTT)")
-    create.add_argument("--ca", type=Path, dest="ca_cert", metavar="CA_CERT",
-                        help="use this private CA certificate instead of creating one")
+    create.add_argument(
+        "--server",
+        default=env_default("IOTX509_SERVER"),
+        metavar="URL",
+        help="the platform's HTTP API, e.g. http://127.0.0.1:8080 (env IOTX509_SERVER)",
+    )
+    create.add_argument(
+        "--token",
+        default=env_default("IOTX509_TOKEN"),
+        metavar="T",
+        help="API token (env IOTX509_TOKEN)",
+    )
+    create.add_argument(
+        "--count",
+        type=int,
+        required=True,
+        metavar="N",
+        help="the number of devices the fleet should have",
+    )
+    create.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FLEET",
+        help="the fleet directory (created with mode 0700)",
+    )
+    create.add_argument(
+        "--product-key",
+        metavar="PK",
+        help="use this product instead of creating one (x509, private CA, MQTT)",
+    )
+    create.add_argument(
+        "--ca",
+        type=Path,
+        dest="ca_cert",
+        metavar="CA_CERT",
+        help="use this private CA certificate instead of creating one",
+    )
     create.add_argument("--ca-key", type=Path, metavar="CA_KEY", help="the key of --ca")
-    create.add_argument("--mqtt", metavar="mqtts://HOST:PORT",
-                        help="the devices' endpoint (default: what the platform says; "
-                        "required with --no-platform)")
-    create.add_argument("--server-ca", type=Path, metavar="PEM",
-                        help="CA certificate the devices verify the endpoint with "
-                        "(default: the platform's)")
-    create.add_argument("--no-platform", action="store_true",
-                        help="no HTTP API: make the CA and device certificates and fleet.json "
-                        "only, for a broker that trusts FLEET/ca/ca.cer")
-    create.add_argument("--prefix", default="sim",
-                        help="DeviceNames are PREFIX-000000, PREFIX-000001, ... (default: sim)")
-    create.add_argument("--jobs", type=int, metavar="N",
-                        help="processes for key generation (default: all cores)")
+    create.add_argument(
+        "--mqtt",
+        metavar="mqtts://HOST:PORT",
+        help="the devices' endpoint (default: what the platform says; required with --no-platform)",
+    )
+    create.add_argument(
+        "--server-ca",
+        type=Path,
+        metavar="PEM",
+        help="CA certificate the devices verify the endpoint with (default: the platform's)",
+    )
+    create.add_argument(
+        "--no-platform",
+        action="store_true",
+        help="no HTTP API: make the CA and device certificates and fleet.json "
+        "only, for a broker that trusts FLEET/ca/ca.cer",
+    )
+    create.add_argument(
+        "--prefix",
+        default="sim",
+        help="DeviceNames are PREFIX-000000, PREFIX-000001, ... (default: sim)",
+    )
+    create.add_argument(
+        "--jobs", type=int, metavar="N", help="processes for key generation (default: all cores)"
+    )
     create.set_defaults(handler=_create)
 
     run = group.add_parser(
@@ -74,14 +111,19 @@ def register(tree: CommandTree) -> None:
     )
     run.add_argument("fleet", type=Path, metavar="FLEET", help="the fleet directory")
     add_to_argparse(run, skip=("--fleet",))
-    run.add_argument("locust_args", nargs=argparse.REMAINDER, metavar="LOCUST_ARGS",
-                     help="after --: passed to locust as they are (locust --help lists them)")
+    run.add_argument(
+        "locust_args",
+        nargs=argparse.REMAINDER,
+        metavar="LOCUST_ARGS",
+        help="after --: passed to locust as they are (locust --help lists them)",
+    )
     run.set_defaults(handler=_run)
 
     locustfile = group.add_parser(
-        "locustfile", help="print the path of the simulator's locustfile (for locust -f)",
+        "locustfile",
+        help="print the path of the simulator's locustfile (for locust -f)",
         description="Prints the installed simulator/locustfile.py, for: "
-        "locust -f \"$(iotx509 fleet locustfile)\" --fleet FLEET ...",
+        'locust -f "$(iotx509 fleet locustfile)" --fleet FLEET ...',
     )
     locustfile.set_defaults(handler=_locustfile)
 
@@ -90,9 +132,17 @@ def _create(args: argparse.Namespace) -> int:
     from simulator.fleet_create import CreateOptions, TextProgress, create_fleet
 
     options = CreateOptions(
-        server=args.server, token=args.token, count=args.count, out=args.out,
-        product_key=args.product_key, ca_cert=args.ca_cert, ca_key=args.ca_key, mqtt=args.mqtt,
-        server_ca=args.server_ca, prefix=args.prefix, jobs=args.jobs,
+        server=args.server,
+        token=args.token,
+        count=args.count,
+        out=args.out,
+        product_key=args.product_key,
+        ca_cert=args.ca_cert,
+        ca_key=args.ca_key,
+        mqtt=args.mqtt,
+        server_ca=args.server_ca,
+        prefix=args.prefix,
+        jobs=args.jobs,
         no_platform=args.no_platform,
     )
     fleet = create_fleet(options, TextProgress())
@@ -110,8 +160,17 @@ def _run(args: argparse.Namespace) -> int:
 
     require_extra("locust", "simulator")
     simulator_args, extra = _split_run_args(args)
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--fleet", str(args.fleet),
-               *simulator_args, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--fleet",
+        str(args.fleet),
+        *simulator_args,
+        *extra,
+    ]
     return run_forwarding_signals(command)
 
 
@@ -128,7 +187,7 @@ def _split_run_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     parser = argparse.ArgumentParser(prog="iotx509 fleet run FLEET", add_help=False)
     add_to_argparse(parser, skip=("--fleet",))
     parsed = parser.parse_args(rest[:cut], namespace=argparse.Namespace(**vars(args)))
-    return to_locust_args(parsed, skip=("--fleet",)), rest[cut + 1:]
+    return to_locust_args(parsed, skip=("--fleet",)), rest[cut + 1 :]
 
 
 def _locustfile(_args: argparse.Namespace) -> int:

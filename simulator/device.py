@@ -79,12 +79,21 @@ class SimDevice:
         self._attempt_started = time.perf_counter()
         self._lost_at: float | None = None
         self.client = DeviceClient(
-            host, port, credentials, server_ca=server_ca, keepalive=keepalive,
-            reconnect_base=policy.base, reconnect_cap=policy.cap,
-            stable_period=policy.stable_period, rng=rng,
-            attempt_timeout=attempt_timeout, identity_timeout=identity_timeout,
-            expect_identity=expect_identity, hints=SIMULATOR_HINTS,
-            on_connection_state=self._on_state, network=loop or shared_loop(),
+            host,
+            port,
+            credentials,
+            server_ca=server_ca,
+            keepalive=keepalive,
+            reconnect_base=policy.base,
+            reconnect_cap=policy.cap,
+            stable_period=policy.stable_period,
+            rng=rng,
+            attempt_timeout=attempt_timeout,
+            identity_timeout=identity_timeout,
+            expect_identity=expect_identity,
+            hints=SIMULATOR_HINTS,
+            on_connection_state=self._on_state,
+            network=loop or shared_loop(),
         )
 
     @property
@@ -143,8 +152,7 @@ class SimDevice:
         mismatch = None
         if self.expected is not None and identity != self.expected:
             mismatch = IdentityMismatchError(
-                f"the platform says this device is {identity}; the fleet expects "
-                f"{self.expected}"
+                f"the platform says this device is {identity}; the fleet expects {self.expected}"
             )
         seconds = timing.identity if timing is not None and timing.identity is not None else 0.0
         self.on_event("identity", seconds, mismatch)
@@ -160,7 +168,8 @@ class SimDevice:
         delivery = self.client.publish(self._topic(topic), payload, qos=qos)
         if not delivery.wait(timeout):
             raise NotConnectedError(
-                f"no PUBACK within {timeout:g} s" if not delivery.dropped
+                f"no PUBACK within {timeout:g} s"
+                if not delivery.dropped
                 else "the message was dropped"
             )
         return time.perf_counter() - started
@@ -171,6 +180,7 @@ class SimDevice:
         ``callback`` runs in its own greenlet: it may publish and wait for the PUBACK, which the
         network greenlet that delivered the message has to read.
         """
+
         def deliver(message: Message) -> None:
             gevent.spawn(callback, message.payload)
 
@@ -179,7 +189,11 @@ class SimDevice:
     def _topic(self, topic: str) -> str:
         """Relative topics resolve under the identity; without one (a generic broker, no
         identity message) under the identity the fleet gave this device."""
-        if (self.expect_identity or topic.startswith("/") or self.client.identity is not None
-                or self.expected is None):
+        if (
+            self.expect_identity
+            or topic.startswith("/")
+            or self.client.identity is not None
+            or self.expected is None
+        ):
             return topic
         return self.expected.topic(topic)

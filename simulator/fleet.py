@@ -92,8 +92,13 @@ class FleetDevice:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "index": self.index, "productKey": self.product_key, "deviceName": self.device_name,
-            "certSn": self.cert_sn, "caSn": self.ca_sn, "cert": self.cert, "key": self.key,
+            "index": self.index,
+            "productKey": self.product_key,
+            "deviceName": self.device_name,
+            "certSn": self.cert_sn,
+            "caSn": self.ca_sn,
+            "cert": self.cert,
+            "key": self.key,
             "associated": self.associated,
         }
 
@@ -128,8 +133,13 @@ class FleetCA:
     registered: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"caSn": self.ca_sn, "name": self.name, "cert": self.cert, "key": self.key,
-                "registered": self.registered}
+        return {
+            "caSn": self.ca_sn,
+            "name": self.name,
+            "cert": self.cert,
+            "key": self.key,
+            "registered": self.registered,
+        }
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> FleetCA:
@@ -243,8 +253,10 @@ class Fleet:
             raise FleetError(f"{source}: endpoint.mqtt (mqtts://HOST:PORT) is missing")
         mqtt = MqttEndpoint.parse(endpoint["mqtt"])
         if "http" not in endpoint:
-            raise FleetError(f"{source}: endpoint.http is missing (the platform's URL, or null "
-                             "for a fleet made with --no-platform)")
+            raise FleetError(
+                f"{source}: endpoint.http is missing (the platform's URL, or null "
+                "for a fleet made with --no-platform)"
+            )
         http_url = endpoint["http"]
         if http_url is not None and not isinstance(http_url, str):
             raise FleetError(f"{source}: endpoint.http must be the platform's URL or null")

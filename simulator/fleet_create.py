@@ -98,12 +98,14 @@ def _create_without_platform(options: CreateOptions, report: Progress) -> Fleet:
         if fleet.http_url is not None:
             raise FleetCreateError(
                 f"{out} is a fleet on the platform {fleet.http_url}; --no-platform fleets go "
-                "into another --out", step="options",
+                "into another --out",
+                step="options",
             )
         if options.product_key and options.product_key != fleet.product_key:
             raise FleetCreateError(
                 f"{out} is a fleet of product {fleet.product_key}, not {options.product_key}; "
-                "use another --out for another product", step="options",
+                "use another --out for another product",
+                step="options",
             )
         if options.mqtt:
             fleet = replace(fleet, mqtt=MqttEndpoint.parse(options.mqtt))
@@ -112,8 +114,13 @@ def _create_without_platform(options: CreateOptions, report: Progress) -> Fleet:
     else:
         assert options.mqtt is not None
         server_ca = _copy_server_ca(options.server_ca, out) if options.server_ca else None
-        fleet = Fleet(out, MqttEndpoint.parse(options.mqtt), None, server_ca,
-                      product_key=options.product_key or f"sim{secrets.token_hex(4)}")
+        fleet = Fleet(
+            out,
+            MqttEndpoint.parse(options.mqtt),
+            None,
+            server_ca,
+            product_key=options.product_key or f"sim{secrets.token_hex(4)}",
+        )
     fleet.save()
     fleet = _ensure_ca(fleet, options, None)
     return _issue_missing(fleet, options, report)
@@ -121,7 +128,9 @@ def _create_without_platform(options: CreateOptions, report: Progress) -> Fleet:
 
 def _check_options(options: CreateOptions) -> None:
     if not 1 <= options.count <= MAX_COUNT:
-        raise FleetCreateError(f"--count must be 1..{MAX_COUNT}, not {options.count}", step="options")
+        raise FleetCreateError(
+            f"--count must be 1..{MAX_COUNT}, not {options.count}", step="options"
+        )
     if (options.ca_cert is None) != (options.ca_key is None):
         raise FleetCreateError("give both --ca and --ca-key, or neither", step="options")
     if options.product_key is not None:
@@ -155,7 +164,8 @@ def _check_options(options: CreateOptions) -> None:
     if not options.server:
         raise FleetCreateError(
             "--server URL (or env IOTX509_SERVER) is required; for a broker without the "
-            "platform's HTTP API use --no-platform --mqtt mqtts://HOST:PORT", step="options",
+            "platform's HTTP API use --no-platform --mqtt mqtts://HOST:PORT",
+            step="options",
         )
     if not options.token:
         raise FleetCreateError("--token T (or env IOTX509_TOKEN) is required", step="options")
@@ -180,7 +190,8 @@ def _load_or_start(options: CreateOptions, out: Path, client: PlatformClient) ->
         if fleet.http_url is None:
             raise FleetCreateError(
                 f"{out} was created with --no-platform (its CA is registered nowhere); "
-                "create a platform fleet in another --out", step="options",
+                "create a platform fleet in another --out",
+                step="options",
             )
         if options.product_key and fleet.product_key and options.product_key != fleet.product_key:
             raise FleetCreateError(
@@ -214,8 +225,12 @@ def _endpoint(
     except PlatformAPIError as exc:
         if exc.status == 404 and fleet is not None:
             return mqtt or fleet.mqtt, server_ca or fleet.server_ca
-        hint = (" (this platform does not say where devices connect: give --mqtt "
-                "mqtts://HOST:PORT and --server-ca PEM)" if exc.status == 404 else "")
+        hint = (
+            " (this platform does not say where devices connect: give --mqtt "
+            "mqtts://HOST:PORT and --server-ca PEM)"
+            if exc.status == 404
+            else ""
+        )
         raise FleetCreateError(
             f"asking the platform for its device endpoint: {_refusal(exc)}{hint}",
             step="endpoint",
@@ -295,8 +310,9 @@ def _ensure_ca(fleet: Fleet, options: CreateOptions, client: PlatformClient | No
         fleet = replace(fleet, ca=ca_info)
         fleet.save()
     elif options.ca_cert is not None:
-        given = certificate_sn(_load_ca(options.ca_cert, options.ca_key or options.ca_cert)
-                               .certificate)
+        given = certificate_sn(
+            _load_ca(options.ca_cert, options.ca_key or options.ca_cert).certificate
+        )
         if given != ca_info.ca_sn:
             raise FleetCreateError(
                 f"{fleet.directory} was created with CA {ca_info.ca_sn}, not {given}; one fleet "
@@ -317,9 +333,7 @@ def _ensure_ca(fleet: Fleet, options: CreateOptions, client: PlatformClient | No
         )
     except PlatformAPIError as exc:
         if exc.status != 409 or not _ca_in_account(client, ca_info.ca_sn):
-            raise FleetCreateError(
-                f"registering the CA: {_refusal(exc)}", step="ca"
-            ) from exc
+            raise FleetCreateError(f"registering the CA: {_refusal(exc)}", step="ca") from exc
         log.info("CA %s is already registered in this account", ca_info.ca_sn)
     fleet = replace(fleet, ca=replace(ca_info, registered=True))
     fleet.save()
@@ -352,8 +366,13 @@ def _issue_missing(fleet: Fleet, options: CreateOptions, report: Progress) -> Fl
     try:
         # Resumable by itself: complete pairs already in the directory are kept, not re-issued.
         result = issue_devices(
-            ca, fleet.product_key, names, devices_dir, jobs=options.jobs,
-            key_size=options.key_size, write_csv=False,
+            ca,
+            fleet.product_key,
+            names,
+            devices_dir,
+            jobs=options.jobs,
+            key_size=options.key_size,
+            write_csv=False,
             progress=lambda done, total: report("issue", have + done, have + total),
         )
     except FirmwareHelpersError as exc:
@@ -364,8 +383,11 @@ def _issue_missing(fleet: Fleet, options: CreateOptions, report: Progress) -> Fl
         item = issued[name]
         devices.append(
             FleetDevice(
-                index=len(devices), product_key=item.product_key, device_name=name,
-                cert_sn=item.sn, ca_sn=ca.sn,
+                index=len(devices),
+                product_key=item.product_key,
+                device_name=name,
+                cert_sn=item.sn,
+                ca_sn=ca.sn,
                 cert=item.cert_path.relative_to(fleet.directory).as_posix(),
                 key=item.key_path.relative_to(fleet.directory).as_posix(),
             )
@@ -419,7 +441,12 @@ class TextProgress:
         if self._tty:
             end = "\n" if done >= total else ""
             self.stream.write("\r" + line + end)
-        elif self._last is None or self._last[0] != step or done >= total or percent >= self._last[1] + 10:
+        elif (
+            self._last is None
+            or self._last[0] != step
+            or done >= total
+            or percent >= self._last[1] + 10
+        ):
             self.stream.write(line + "\n")
             self._last = (step, percent)
         self.stream.flush()

@@ -68,9 +68,11 @@ def _too_many_users(users: int | None, config: SimulationConfig) -> str | None:
     devices = len(config.fleet.devices)
     if users is None or users <= devices:
         return None
-    return (f"{users} users but the fleet {config.fleet.directory} has {devices} devices (one "
-            f"device per user): use -u {devices} or grow the fleet with 'iotx509 fleet create "
-            f"--count {users} --out {config.fleet.directory} ...'")
+    return (
+        f"{users} users but the fleet {config.fleet.directory} has {devices} devices (one "
+        f"device per user): use -u {devices} or grow the fleet with 'iotx509 fleet create "
+        f"--count {users} --out {config.fleet.directory} ...'"
+    )
 
 
 def _refuse_more_users_than_devices(environment: Environment, config: SimulationConfig) -> None:
@@ -140,7 +142,10 @@ def on_test_start(environment: Environment, **_kw: Any) -> None:
         fault_command=_option(environment, "fault_command", None),
     )
     runner = ScenarioRunner(
-        environment, plan, http_url=config.fleet.http_url, token=config.fleet_api_token,
+        environment,
+        plan,
+        http_url=config.fleet.http_url,
+        token=config.fleet_api_token,
         ca_sn=config.fleet.ca.ca_sn if config.fleet.ca else None,
     )
     old = getattr(environment, _SCENARIO, None)
@@ -188,7 +193,9 @@ def configure(environment: Environment) -> SimulationConfig:
     leases.set_fleet_size(len(fleet.devices))
     lease_log = _option(environment, "lease_log", None)
     config = SimulationConfig(
-        fleet=fleet, template=template, leases=leases,
+        fleet=fleet,
+        template=template,
+        leases=leases,
         endpoint=endpoint_for(fleet, environment.host or (options.host if options else None)),
         server_ca=server_ca_for(fleet, _option(environment, "server_ca", None)),
         expect_identity=not _option(environment, "no_identity", False),
@@ -201,9 +208,14 @@ def configure(environment: Environment) -> SimulationConfig:
         fleet_api_token=fleet.api_token() if fleet.http_url else None,
     )
     config.install(environment)
-    log.info("fleet %s: %d devices, endpoint %s:%d, scenario %s%s", fleet.directory,
-             len(fleet.devices), *config.endpoint, config.scenario,
-             "" if config.expect_identity else ", not waiting for an identity")
+    log.info(
+        "fleet %s: %d devices, endpoint %s:%d, scenario %s%s",
+        fleet.directory,
+        len(fleet.devices),
+        *config.endpoint,
+        config.scenario,
+        "" if config.expect_identity else ", not waiting for an identity",
+    )
     return config
 
 

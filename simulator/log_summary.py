@@ -56,11 +56,21 @@ class DeviceLogSummary(logging.Filter):
             self._info = self._warnings = self._hidden = 0
             total_info, total_warnings = self._total_info, self._total_warnings
         if final:
-            log.info("devices, whole run: %s; SDK log lines: %d info, %d warnings", counts,
-                     total_info, total_warnings)
+            log.info(
+                "devices, whole run: %s; SDK log lines: %d info, %d warnings",
+                counts,
+                total_info,
+                total_warnings,
+            )
         else:
-            log.info("devices: %s; SDK log lines since the last summary: %d info, %d warnings "
-                     "(%d not shown)", counts, info, warnings, hidden)
+            log.info(
+                "devices: %s; SDK log lines since the last summary: %d info, %d warnings "
+                "(%d not shown)",
+                counts,
+                info,
+                warnings,
+                hidden,
+            )
 
     def install(self) -> None:
         """Filter every handler of the root logger (Locust's console and log file)."""

@@ -47,49 +47,138 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--fleet", {"default": None, "metavar": "FLEET",
-                       "help": "fleet directory made by 'iotx509 fleet create' (required)"},
-           env_var="IOTX509_FLEET"),
-    Option("--template", {"default": None, "metavar": "FILE",
-                          "help": "device template JSON (default: the one shipped with the "
-                          "simulator)"}, env_var="IOTX509_TEMPLATE"),
-    Option("--scenario", {"default": "steady", "choices": SCENARIOS,
-                          "help": "steady (default), reconnect-storm or revocation"},
-           env_var="IOTX509_SCENARIO"),
-    Option("--fault-at", {"type": float, "default": FAULT_AT, "metavar": "S",
-                          "help": f"seconds into the test when the scenario's fault happens "
-                          f"(default {FAULT_AT:g})"}),
-    Option("--restore-at", {"type": float, "default": None, "metavar": "S",
-                            "help": "revocation: seconds into the test when the CA is enabled "
-                            "again"}),
-    Option("--fault-command", {"default": None, "metavar": "CMD",
-                               "help": "reconnect-storm: command that restarts the endpoint"}),
-    Option("--server-ca", {"default": None, "metavar": "PEM",
-                           "help": "CA certificate the devices verify the endpoint with "
-                           "(default: the fleet's serverCa)"}, env_var="IOTX509_SERVER_CA"),
-    Option("--no-identity", {"action": "store_true", "default": False,
-                             "help": "generic broker (e.g. Mosquitto): do not wait for the "
-                             "platform's identity message; topics are the fleet's "
-                             "/PK/DN/... anyway"}),
-    Option("--keepalive", {"type": int, "default": KEEPALIVE_DEFAULT, "metavar": "S",
-                           "help": f"MQTT keep-alive in seconds ({KEEPALIVE_MIN}..{KEEPALIVE_MAX}, "
-                           f"default {KEEPALIVE_DEFAULT})"}),
-    Option("--reconnect-base", {"type": float, "default": RECONNECT_BASE, "metavar": "S",
-                                "help": f"backoff base in seconds (the SDK's default "
-                                f"{RECONNECT_BASE:g})"}),
-    Option("--reconnect-cap", {"type": float, "default": RECONNECT_CAP, "metavar": "S",
-                               "help": f"backoff cap in seconds (the SDK's default "
-                               f"{RECONNECT_CAP:g})"}),
-    Option("--stable-period", {"type": float, "default": STABLE_PERIOD, "metavar": "S",
-                               "help": f"seconds a connection must last before the backoff "
-                               f"resets (default {STABLE_PERIOD:g})"}),
-    Option("--summary-every", {"type": float, "default": SUMMARY_EVERY, "metavar": "S",
-                               "help": f"log one summary line of device connections every S "
-                               f"seconds instead of a line per device (default "
-                               f"{SUMMARY_EVERY:g})"}),
-    Option("--lease-log", {"default": None, "metavar": "FILE",
-                           "help": "append 'pid index DeviceName' for every device a user takes"},
-           in_web_ui=False),
+    Option(
+        "--fleet",
+        {
+            "default": None,
+            "metavar": "FLEET",
+            "help": "fleet directory made by 'iotx509 fleet create' (required)",
+        },
+        env_var="IOTX509_FLEET",
+    ),
+    Option(
+        "--template",
+        {
+            "default": None,
+            "metavar": "FILE",
+            "help": "device template JSON (default: the one shipped with the simulator)",
+        },
+        env_var="IOTX509_TEMPLATE",
+    ),
+    Option(
+        "--scenario",
+        {
+            "default": "steady",
+            "choices": SCENARIOS,
+            "help": "steady (default), reconnect-storm or revocation",
+        },
+        env_var="IOTX509_SCENARIO",
+    ),
+    Option(
+        "--fault-at",
+        {
+            "type": float,
+            "default": FAULT_AT,
+            "metavar": "S",
+            "help": f"seconds into the test when the scenario's fault happens "
+            f"(default {FAULT_AT:g})",
+        },
+    ),
+    Option(
+        "--restore-at",
+        {
+            "type": float,
+            "default": None,
+            "metavar": "S",
+            "help": "revocation: seconds into the test when the CA is enabled again",
+        },
+    ),
+    Option(
+        "--fault-command",
+        {
+            "default": None,
+            "metavar": "CMD",
+            "help": "reconnect-storm: command that restarts the endpoint",
+        },
+    ),
+    Option(
+        "--server-ca",
+        {
+            "default": None,
+            "metavar": "PEM",
+            "help": "CA certificate the devices verify the endpoint with "
+            "(default: the fleet's serverCa)",
+        },
+        env_var="IOTX509_SERVER_CA",
+    ),
+    Option(
+        "--no-identity",
+        {
+            "action": "store_true",
+            "default": False,
+            "help": "generic broker (e.g. Mosquitto): do not wait for the "
+            "platform's identity message; topics are the fleet's "
+            "/PK/DN/... anyway",
+        },
+    ),
+    Option(
+        "--keepalive",
+        {
+            "type": int,
+            "default": KEEPALIVE_DEFAULT,
+            "metavar": "S",
+            "help": f"MQTT keep-alive in seconds ({KEEPALIVE_MIN}..{KEEPALIVE_MAX}, "
+            f"default {KEEPALIVE_DEFAULT})",
+        },
+    ),
+    Option(
+        "--reconnect-base",
+        {
+            "type": float,
+            "default": RECONNECT_BASE,
+            "metavar": "S",
+            "help": f"backoff base in seconds (the SDK's default {RECONNECT_BASE:g})",
+        },
+    ),
+    Option(
+        "--reconnect-cap",
+        {
+            "type": float,
+            "default": RECONNECT_CAP,
+            "metavar": "S",
+            "help": f"backoff cap in seconds (the SDK's default {RECONNECT_CAP:g})",
+        },
+    ),
+    Option(
+        "--stable-period",
+        {
+            "type": float,
+            "default": STABLE_PERIOD,
+            "metavar": "S",
+            "help": f"seconds a connection must last before the backoff "
+            f"resets (default {STABLE_PERIOD:g})",
+        },
+    ),
+    Option(
+        "--summary-every",
+        {
+            "type": float,
+            "default": SUMMARY_EVERY,
+            "metavar": "S",
+            "help": f"log one summary line of device connections every S "
+            f"seconds instead of a line per device (default "
+            f"{SUMMARY_EVERY:g})",
+        },
+    ),
+    Option(
+        "--lease-log",
+        {
+            "default": None,
+            "metavar": "FILE",
+            "help": "append 'pid index DeviceName' for every device a user takes",
+        },
+        in_web_ui=False,
+    ),
 )
 
 

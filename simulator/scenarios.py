@@ -50,9 +50,7 @@ class ScenarioPlan:
 
     def __post_init__(self) -> None:
         if self.name not in SCENARIOS:
-            raise ScenarioError(
-                f"--scenario {self.name!r} is not one of {', '.join(SCENARIOS)}"
-            )
+            raise ScenarioError(f"--scenario {self.name!r} is not one of {', '.join(SCENARIOS)}")
         if self.fault_at < 0:
             raise ScenarioError(f"--fault-at must be >= 0 s, not {self.fault_at:g}")
         if self.restore_at is not None:
@@ -70,8 +68,15 @@ class ScenarioPlan:
 class ScenarioRunner:
     """Runs a plan's fault on schedule in one greenlet; started and stopped with the test."""
 
-    def __init__(self, environment: Environment, plan: ScenarioPlan, *, http_url: str | None,
-                 token: str | None, ca_sn: str | None) -> None:
+    def __init__(
+        self,
+        environment: Environment,
+        plan: ScenarioPlan,
+        *,
+        http_url: str | None,
+        token: str | None,
+        ca_sn: str | None,
+    ) -> None:
         self.environment = environment
         self.plan = plan
         self.http_url = http_url
@@ -122,18 +127,24 @@ class ScenarioRunner:
             log.error("scenario %s: %s failed: %s", self.plan.name, name, exc)
         request: Any = self.environment.events.request
         request.fire(
-            request_type=REQUEST_TYPE, name=name,
-            response_time=(time.perf_counter() - began) * 1000.0, response_length=0,
-            exception=error, context={},
+            request_type=REQUEST_TYPE,
+            name=name,
+            response_time=(time.perf_counter() - began) * 1000.0,
+            response_length=0,
+            exception=error,
+            context={},
         )
 
     def _restart(self) -> None:
         if not self.plan.fault_command:
-            log.warning("scenario reconnect-storm: no --fault-command; expecting the endpoint to "
-                        "be restarted from outside")
+            log.warning(
+                "scenario reconnect-storm: no --fault-command; expecting the endpoint to "
+                "be restarted from outside"
+            )
             return
-        result = gsubprocess.run(shlex.split(self.plan.fault_command), capture_output=True,
-                                 timeout=300)
+        result = gsubprocess.run(
+            shlex.split(self.plan.fault_command), capture_output=True, timeout=300
+        )
         if result.returncode != 0:
             raise ScenarioError(
                 f"--fault-command exited with status {result.returncode}: "

@@ -224,8 +224,15 @@ def _object(data: Any, where: str, allowed: set[str]) -> dict[str, Any]:
     return data
 
 
-def _number(data: Mapping[str, Any], key: str, where: str, default: float | None = None,
-            *, low: float | None = None, high: float | None = None) -> float:
+def _number(
+    data: Mapping[str, Any],
+    key: str,
+    where: str,
+    default: float | None = None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+) -> float:
     if key not in data:
         if default is None:
             raise TemplateError(f"{where}: '{key}' is required")
@@ -316,8 +323,9 @@ def _generator(name: str, spec: Any, interval: float, source: str) -> Generator:
         return Choice(choices)
     if not isinstance(weights, list) or len(weights) != len(choices):
         raise TemplateError(f"{where}.weights must be a list as long as values ({len(choices)})")
-    parsed = tuple(_number({"w": w}, "w", f"{where}.weights[{i}]", low=0) for i, w in
-                   enumerate(weights))
+    parsed = tuple(
+        _number({"w": w}, "w", f"{where}.weights[{i}]", low=0) for i, w in enumerate(weights)
+    )
     if sum(parsed) <= 0:
         raise TemplateError(f"{where}.weights must not all be zero")
     return Choice(choices, parsed)

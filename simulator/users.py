@@ -102,11 +102,16 @@ class DeviceUser(User):
             raise StopUser() from exc
         host, port = config.endpoint
         self.device = SimDevice(
-            host, port, credentials, server_ca=config.server_ca,
-            expected=entry.identity, expect_identity=config.expect_identity,
+            host,
+            port,
+            credentials,
+            server_ca=config.server_ca,
+            expected=entry.identity,
+            expect_identity=config.expect_identity,
             keepalive=config.keepalive,
-            backoff=BackoffPolicy(config.reconnect_base, config.reconnect_cap,
-                                  config.stable_period),
+            backoff=BackoffPolicy(
+                config.reconnect_base, config.reconnect_cap, config.stable_period
+            ),
             rng=random.Random(f"{config.template.seed}:backoff:{index}"),
             on_event=self._fire,
         )
@@ -116,8 +121,11 @@ class DeviceUser(User):
         self._next_publish = now + self.behaviour.start_offset
         if self.behaviour.answers_commands and config.fleet_api_token and config.fleet.http_url:
             self._api = PlatformClient(config.fleet.http_url, config.fleet_api_token)
-            self._next_command = now + config.template.commands.interval * random.Random(
-                f"{config.template.seed}:cmd-offset:{index}").random()
+            self._next_command = (
+                now
+                + config.template.commands.interval
+                * random.Random(f"{config.template.seed}:cmd-offset:{index}").random()
+            )
         self.device.keep_connected()
 
     def on_device_ready(self) -> None:
@@ -179,8 +187,11 @@ class DeviceUser(User):
         error: BaseException | None = None
         try:
             self._api.send_message(
-                identity.product_key, identity.device_name, identity.topic(commands.topic),
-                body, qos=1,
+                identity.product_key,
+                identity.device_name,
+                identity.topic(commands.topic),
+                body,
+                qos=1,
             )
             outcome = reply.get(timeout=commands.timeout)
             if isinstance(outcome, BaseException):
@@ -188,8 +199,7 @@ class DeviceUser(User):
         except PlatformAPIError as exc:
             error = exc
         except gevent.Timeout:
-            error = TimeoutError(f"no answer to command {command_id} within "
-                                 f"{commands.timeout:g} s")
+            error = TimeoutError(f"no answer to command {command_id} within {commands.timeout:g} s")
         finally:
             self._replies.pop(command_id, None)
         self._fire("command", time.perf_counter() - started, error, len(body))
@@ -201,7 +211,7 @@ class DeviceUser(User):
             command = json.loads(payload)
             command_id = str(command["id"])
         except (ValueError, KeyError, TypeError):
-            log.warning("device %s got a command that is not {\"id\": ...}", self.device_index)
+            log.warning('device %s got a command that is not {"id": ...}', self.device_index)
             return
         answer = json.dumps({"id": command_id, "code": 200, "data": self.behaviour.next_payload()})
         waiter = self._replies.get(command_id)
@@ -216,14 +226,18 @@ class DeviceUser(User):
 
     # --- reporting -----------------------------------------------------------------------------
 
-    def _fire(self, name: str, seconds: float, error: BaseException | None,
-              length: int = 0) -> None:
+    def _fire(
+        self, name: str, seconds: float, error: BaseException | None, length: int = 0
+    ) -> None:
         request: Any = self.environment.events.request
         request.fire(
-            request_type=REQUEST_TYPE, name=name, response_time=seconds * 1000.0,
-            response_length=length, exception=error, context={"device": self.device_index},
+            request_type=REQUEST_TYPE,
+            name=name,
+            response_time=seconds * 1000.0,
+            response_length=length,
+            exception=error,
+            context={"device": self.device_index},
         )
 
 
 __all__ = ["REQUEST_TYPE", "DeviceUser"]
-

@@ -25,12 +25,19 @@ class TestPKI:
         self, product_key: str, device_name: str, ca: CertifiedKey | None = None, **kwargs: object
     ) -> CertifiedKey:
         return issue_device_certificate(
-            ca or self.ca, device_name, product_key=product_key, **kwargs  # type: ignore[arg-type]
+            ca or self.ca,
+            device_name,
+            product_key=product_key,
+            **kwargs,  # type: ignore[arg-type]
         )
 
     def write_device(
-        self, product_key: str, device_name: str, ca: CertifiedKey | None = None,
-        directory: Path | None = None, **kwargs: object,
+        self,
+        product_key: str,
+        device_name: str,
+        ca: CertifiedKey | None = None,
+        directory: Path | None = None,
+        **kwargs: object,
     ) -> tuple[Path, Path, CertifiedKey]:
         from device_sdk.naming import DeviceFileName
 

@@ -53,8 +53,11 @@ def _strings(node: ast.expr | None) -> list[str] | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
     items = (
-        node.elts if isinstance(node, ast.Tuple | ast.List)
-        else [v for v in node.values if v is not None] if isinstance(node, ast.Dict) else None
+        node.elts
+        if isinstance(node, ast.Tuple | ast.List)
+        else [v for v in node.values if v is not None]
+        if isinstance(node, ast.Dict)
+        else None
     )
     if not items:
         return None
@@ -92,9 +95,12 @@ def _string_names(tree: ast.Module) -> dict[str, list[str]]:
                 names[node.target.id] = values
         targets, value = _assigned(node)
         source = (
-            value.value if isinstance(value, ast.Subscript)
-            else value.func.value if isinstance(value, ast.Call)
-            and isinstance(value.func, ast.Attribute) and value.func.attr == "get"
+            value.value
+            if isinstance(value, ast.Subscript)
+            else value.func.value
+            if isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Attribute)
+            and value.func.attr == "get"
             else None
         )
         if isinstance(source, ast.Name) and source.id in names:
@@ -139,7 +145,9 @@ def unread_string_imports(root: Path, packages: Iterable[str]) -> list[str]:
                 for func in ast.walk(tree)
                 if isinstance(func, ast.FunctionDef) and func.name in STRING_IMPORTERS
                 for call in ast.walk(func)
-                if isinstance(call, ast.Call) and call.args and isinstance(call.args[0], ast.Name)
+                if isinstance(call, ast.Call)
+                and call.args
+                and isinstance(call.args[0], ast.Name)
                 and call.args[0].id in {a.arg for a in func.args.args}
             }
             out.extend(
@@ -187,8 +195,9 @@ def import_graph(root: Path, packages: Iterable[str]) -> dict[str, set[str]]:
             files[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
     modules = set(files)
     return {
-        module: imports_of(ast.parse(path.read_text(), filename=str(path)), module, is_package,
-                           modules)
+        module: imports_of(
+            ast.parse(path.read_text(), filename=str(path)), module, is_package, modules
+        )
         for module, (path, is_package) in files.items()
     }
 
@@ -197,7 +206,8 @@ def import_graph(root: Path, packages: Iterable[str]) -> dict[str, set[str]]:
 
 
 def layer_violations(
-    graph: Mapping[str, set[str]], allowed: Mapping[str, set[str]],
+    graph: Mapping[str, set[str]],
+    allowed: Mapping[str, set[str]],
     forbidden_third_party: Mapping[str, set[str]],
 ) -> list[str]:
     first_party = set(allowed)
@@ -274,9 +284,24 @@ def test_every_import_by_string_is_read() -> None:
 def test_ruff_bans_the_server_in_the_simulator() -> None:
     planted = "import server_stub.errors\n\nprint(server_stub.errors)\n"
     done = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--select", "TID251", "--output-format",
-         "concise", "--stdin-filename", "simulator/planted.py", "-"],
-        input=planted, capture_output=True, text=True, cwd=ROOT, check=False,
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--select",
+            "TID251",
+            "--output-format",
+            "concise",
+            "--stdin-filename",
+            "simulator/planted.py",
+            "-",
+        ],
+        input=planted,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
     assert done.returncode == 1 and "TID251 `server_stub` is banned" in done.stdout, done
 
@@ -295,9 +320,11 @@ FAKE_ALLOWED = {"base": {"base"}, "sim": {"base", "sim"}, "srv": {"base", "srv"}
 
 
 def test_a_string_import_across_layers_is_caught(tmp_path: Path) -> None:
-    _fake_kit(tmp_path, {
-        "base/__init__.py": "",
-        "base/cli.py": """
+    _fake_kit(
+        tmp_path,
+        {
+            "base/__init__.py": "",
+            "base/cli.py": """
             import importlib
             from base.support import require_extra
             PARTS = ("srv.cli", "base.support")
@@ -306,13 +333,14 @@ def test_a_string_import_across_layers_is_caught(tmp_path: Path) -> None:
                     importlib.import_module(name)
                 return require_extra("sim.launcher", "sim")
         """,
-        "base/support.py": "def require_extra(module, extra): ...\n",
-        "sim/__init__.py": "",
-        "sim/launcher.py": "MODULE = 'srv.app'\ndef go():\n    return __import__(MODULE)\n",
-        "srv/__init__.py": "",
-        "srv/cli.py": "",
-        "srv/app.py": "",
-    })
+            "base/support.py": "def require_extra(module, extra): ...\n",
+            "sim/__init__.py": "",
+            "sim/launcher.py": "MODULE = 'srv.app'\ndef go():\n    return __import__(MODULE)\n",
+            "srv/__init__.py": "",
+            "srv/cli.py": "",
+            "srv/app.py": "",
+        },
+    )
     graph = import_graph(tmp_path, FAKE_ALLOWED)
     assert layer_violations(graph, FAKE_ALLOWED, {}) == [
         "base.cli imports sim.launcher, srv.cli",
@@ -321,9 +349,11 @@ def test_a_string_import_across_layers_is_caught(tmp_path: Path) -> None:
 
 
 def test_an_import_by_string_that_cannot_be_read_is_caught(tmp_path: Path) -> None:
-    _fake_kit(tmp_path, {
-        "base/__init__.py": "",
-        "base/lazy.py": """
+    _fake_kit(
+        tmp_path,
+        {
+            "base/__init__.py": "",
+            "base/lazy.py": """
             import importlib
             LAZY = {"Client": "base.client"}
             def load(name, where):
@@ -333,41 +363,47 @@ def test_an_import_by_string_that_cannot_be_read_is_caught(tmp_path: Path) -> No
             def require_extra(module, extra):
                 return importlib.import_module(module)
         """,
-        "base/client.py": "",
-    })
-    assert imports_of(ast.parse((tmp_path / "base/lazy.py").read_text()), "base.lazy", False,
-                      {"base.client"}) >= {"base.client"}
-    assert unread_string_imports(tmp_path, ["base"]) == [
-        "base/lazy.py:7 imports where + '.cli'"
-    ]
+            "base/client.py": "",
+        },
+    )
+    assert imports_of(
+        ast.parse((tmp_path / "base/lazy.py").read_text()), "base.lazy", False, {"base.client"}
+    ) >= {"base.client"}
+    assert unread_string_imports(tmp_path, ["base"]) == ["base/lazy.py:7 imports where + '.cli'"]
 
 
 def test_a_cycle_inside_a_package_is_caught_with_its_path(tmp_path: Path) -> None:
-    _fake_kit(tmp_path, {
-        "srv/__init__.py": "",
-        "srv/mqtt/__init__.py": "",
-        "srv/mqtt/broker.py": "from srv.mqtt import session\n",
-        "srv/mqtt/session.py": "from . import link\n",
-        "srv/mqtt/link.py": """
+    _fake_kit(
+        tmp_path,
+        {
+            "srv/__init__.py": "",
+            "srv/mqtt/__init__.py": "",
+            "srv/mqtt/broker.py": "from srv.mqtt import session\n",
+            "srv/mqtt/session.py": "from . import link\n",
+            "srv/mqtt/link.py": """
             from typing import TYPE_CHECKING
             if TYPE_CHECKING:
                 from srv.mqtt.broker import Broker
         """,
-        "srv/mqtt/codec.py": "from srv.mqtt.link import x\n",
-    })
+            "srv/mqtt/codec.py": "from srv.mqtt.link import x\n",
+        },
+    )
     assert cycles(import_graph(tmp_path, FAKE_ALLOWED)) == [
         "srv.mqtt.broker -> srv.mqtt.session -> srv.mqtt.link -> srv.mqtt.broker"
     ]
 
 
 def test_the_simulator_importing_the_server_is_caught(tmp_path: Path) -> None:
-    _fake_kit(tmp_path, {
-        "base/__init__.py": "",
-        "sim/__init__.py": "",
-        "sim/fleet.py": "def f():\n    from srv.errors import Oops\n    return Oops\n",
-        "srv/__init__.py": "",
-        "srv/errors.py": "class Oops(Exception): ...\n",
-    })
+    _fake_kit(
+        tmp_path,
+        {
+            "base/__init__.py": "",
+            "sim/__init__.py": "",
+            "sim/fleet.py": "def f():\n    from srv.errors import Oops\n    return Oops\n",
+            "srv/__init__.py": "",
+            "srv/errors.py": "class Oops(Exception): ...\n",
+        },
+    )
     graph = import_graph(tmp_path, FAKE_ALLOWED)
     assert layer_violations(graph, FAKE_ALLOWED, {}) == ["sim.fleet imports srv.errors"]
 

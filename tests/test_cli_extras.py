@@ -19,8 +19,9 @@ BASE_INSTALL = (
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", BASE_INSTALL, *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", BASE_INSTALL, *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_help_lists_every_part_without_the_extras() -> None:
@@ -41,8 +42,22 @@ def test_server_commands_name_the_extra_to_install(args: list[str], tmp_path: Pa
 def test_device_side_works_on_a_base_install(pki, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cert, key, _ = pki.write_device("a1B2c3D4e5F", "base-install", directory=tmp_path)
     # The server is not reachable: the SDK must still load the pair and explain the failure.
-    result = _cli("device", "connect", "--cert", str(cert), "--key", str(key),
-                  "--server-ca", str(cert), "--host", "127.0.0.1", "--port", "1", "--timeout", "3")
+    result = _cli(
+        "device",
+        "connect",
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+        "--server-ca",
+        str(cert),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "1",
+        "--timeout",
+        "3",
+    )
     assert result.returncode == 69  # network (device_sdk/exit_codes.py)
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "Traceback" not in result.stderr

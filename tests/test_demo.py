@@ -11,7 +11,9 @@ from pathlib import Path
 def test_demo_runs_the_whole_flow_and_reports_each_identity(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "iotx509", "demo", "--devices", "2", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -27,8 +29,12 @@ def test_demo_runs_the_whole_flow_and_reports_each_identity(tmp_path: Path) -> N
     for sn, dn in rows:
         cert = tmp_path / "devices" / f"{pk}_{dn}_{ca_sn.group(1)}.cer"
         assert cert.exists()
-        serial = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", str(cert)],
-                                capture_output=True, text=True, check=True).stdout
+        serial = subprocess.run(
+            ["openssl", "x509", "-noout", "-serial", "-in", str(cert)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert int(serial.strip().split("=")[1], 16) == int(sn, 16)
     assert out.count("device->cloud") == 2 and "done:" in out
     # The endpoint came from the server (GET /api/v1/endpoint), on the port it really chose.
@@ -38,7 +44,9 @@ def test_demo_runs_the_whole_flow_and_reports_each_identity(tmp_path: Path) -> N
 def test_demo_refuses_a_silly_device_count() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "iotx509", "demo", "--devices", "0"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: --devices must be between 1 and 1000"

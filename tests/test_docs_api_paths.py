@@ -46,7 +46,8 @@ def _route_table() -> list[tuple[re.Pattern[str], set[str]]]:
 
     # Only the route table is read: the app's collaborators are never called.
     required = [
-        name for name, param in inspect.signature(create_app).parameters.items()
+        name
+        for name, param in inspect.signature(create_app).parameters.items()
         if param.default is inspect.Parameter.empty
         and param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD)
     ]
@@ -59,8 +60,9 @@ def _route_table() -> list[tuple[re.Pattern[str], set[str]]]:
     return table
 
 
-def unserved(paths: list[tuple[str | None, str]],
-             table: list[tuple[re.Pattern[str], set[str]]]) -> list[str]:
+def unserved(
+    paths: list[tuple[str | None, str]], table: list[tuple[re.Pattern[str], set[str]]]
+) -> list[str]:
     bad = []
     for method, path in paths:
         served = [methods for pattern, methods in table if pattern.fullmatch(path)]
@@ -89,5 +91,8 @@ def test_the_check_finds_what_it_must() -> None:
         "DELETE /api/v1/products/{productKey}",
         "/api/v1/nothing-here",
     ]
-    assert any(path.startswith("/api/v1/") for doc in DOCS
-               for _m, path in documented_paths(doc.read_text(encoding="utf-8")))
+    assert any(
+        path.startswith("/api/v1/")
+        for doc in DOCS
+        for _m, path in documented_paths(doc.read_text(encoding="utf-8"))
+    )

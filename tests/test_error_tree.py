@@ -47,8 +47,12 @@ print(json.dumps({"doc": root_module.__doc__ or "", "classes": found}))
 def collect(root_class: str, packages: tuple[str, ...], cwd: Path) -> dict[str, object]:
     """Every exception class the packages define, imported in a fresh interpreter."""
     done = subprocess.run(
-        [sys.executable, "-c", _COLLECT, root_class, *packages], cwd=cwd,
-        capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, "-c", _COLLECT, root_class, *packages],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
@@ -83,7 +87,8 @@ def test_the_check_fails_on_a_planted_violation(tmp_path: Path) -> None:
     package = tmp_path / "fakekit"
     (package / "sub").mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "errors.py").write_text(textwrap.dedent('''
+    (package / "errors.py").write_text(
+        textwrap.dedent('''
         """* Root
           + PartError
           + StoreError
@@ -92,13 +97,16 @@ def test_the_check_fails_on_a_planted_violation(tmp_path: Path) -> None:
         class PartError(Root): ...
         class StoreError(PartError): ...
         class _Signal(Exception): ...
-    '''))
+    ''')
+    )
     (package / "sub" / "__init__.py").write_text("")
-    (package / "sub" / "board.py").write_text(textwrap.dedent("""
+    (package / "sub" / "board.py").write_text(
+        textwrap.dedent("""
         from fakekit.errors import PartError
         class StoreError(PartError): ...
         class Refused(Exception): ...
-    """))
+    """)
+    )
     found = collect("fakekit.errors:Root", ("fakekit",), tmp_path)
     assert sorted(problems(found)) == [
         "fakekit.sub.board.Refused does not derive from the root",

@@ -64,30 +64,52 @@ def uptime_seconds() -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", default=env("IOTX509_STORE"),
-                        help="credential store directory (device.cer, device.key, server-ca.pem)")
+    parser.add_argument(
+        "--store",
+        default=env("IOTX509_STORE"),
+        help="credential store directory (device.cer, device.key, server-ca.pem)",
+    )
     parser.add_argument("--cert", default=env("IOTX509_CERT"), help="device certificate file")
     parser.add_argument("--key", default=env("IOTX509_KEY"), help="device private key file")
-    parser.add_argument("--server-ca", default=env("IOTX509_SERVER_CA"),
-                        help="CA of the server's certificate (default: the store's server-ca.pem)")
+    parser.add_argument(
+        "--server-ca",
+        default=env("IOTX509_SERVER_CA"),
+        help="CA of the server's certificate (default: the store's server-ca.pem)",
+    )
     parser.add_argument("--host", default=env("IOTX509_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int,
-                        default=int(env("IOTX509_PORT", str(DEFAULT_MQTT_PORT))))
-    parser.add_argument("--identity-store", default=env("IOTX509_IDENTITY",
-                                                        "/var/lib/iotx509/identity.json"))
-    parser.add_argument("--interval", type=float, default=float(env("IOTX509_INTERVAL", "60")),
-                        help="seconds between readings (default 60)")
-    parser.add_argument("--count", type=int, default=0,
-                        help="stop after this many readings (0: run until stopped)")
-    parser.add_argument("--flush-timeout", type=float, default=30.0,
-                        help="with --count: seconds to wait for the readings to be delivered")
-    parser.add_argument("--reconnect-cap", type=float,
-                        default=float(env("IOTX509_RECONNECT_CAP", str(DEFAULT_RECONNECT_CAP))),
-                        help="longest wait between connection attempts, seconds (default "
-                        "%(default)s)")
-    parser.add_argument("--keep-retrying", action="store_true",
-                        help="keep running when the server refuses the device (retry once per "
-                        "--reconnect-cap) instead of exiting with the refusal's status")
+    parser.add_argument(
+        "--port", type=int, default=int(env("IOTX509_PORT", str(DEFAULT_MQTT_PORT)))
+    )
+    parser.add_argument(
+        "--identity-store", default=env("IOTX509_IDENTITY", "/var/lib/iotx509/identity.json")
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=float(env("IOTX509_INTERVAL", "60")),
+        help="seconds between readings (default 60)",
+    )
+    parser.add_argument(
+        "--count", type=int, default=0, help="stop after this many readings (0: run until stopped)"
+    )
+    parser.add_argument(
+        "--flush-timeout",
+        type=float,
+        default=30.0,
+        help="with --count: seconds to wait for the readings to be delivered",
+    )
+    parser.add_argument(
+        "--reconnect-cap",
+        type=float,
+        default=float(env("IOTX509_RECONNECT_CAP", str(DEFAULT_RECONNECT_CAP))),
+        help="longest wait between connection attempts, seconds (default %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-retrying",
+        action="store_true",
+        help="keep running when the server refuses the device (retry once per "
+        "--reconnect-cap) instead of exiting with the refusal's status",
+    )
     return parser.parse_args(argv)
 
 
@@ -97,8 +119,9 @@ def load_credentials(args: argparse.Namespace) -> Credentials:
         return Credentials.from_store(args.store, password)
     if args.cert and args.key:
         return Credentials.from_files(args.cert, args.key, password)
-    raise SystemExit("give --store DIR, or --cert and --key (or IOTX509_STORE / IOTX509_CERT + "
-                     "IOTX509_KEY)")
+    raise SystemExit(
+        "give --store DIR, or --cert and --key (or IOTX509_STORE / IOTX509_CERT + IOTX509_KEY)"
+    )
 
 
 def _flush(client: DeviceClient, timeout: float, stop: threading.Event) -> bool:
@@ -123,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     def on_message(message: Message) -> None:
-        print(f"command on {message.topic}: {message.payload.decode(errors='replace')}",
-              flush=True)
+        print(f"command on {message.topic}: {message.payload.decode(errors='replace')}", flush=True)
 
     def on_state(state: ConnectionState, error: DeviceSDKError | None) -> None:
         if error is None:
@@ -137,15 +159,24 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
 
     def on_identity(old: Identity | None, new: Identity) -> None:
-        log.info("identity: %s/%s (was %s)", new.product_key, new.device_name,
-                 f"{old.product_key}/{old.device_name}" if old else "unknown")
+        log.info(
+            "identity: %s/%s (was %s)",
+            new.product_key,
+            new.device_name,
+            f"{old.product_key}/{old.device_name}" if old else "unknown",
+        )
 
     try:
         creds = load_credentials(args)
         client = DeviceClient(
-            args.host, args.port, creds, server_ca=args.server_ca,
-            identity_store=args.identity_store, on_connection_state=on_state,
-            on_identity_changed=on_identity, reconnect_cap=args.reconnect_cap,
+            args.host,
+            args.port,
+            creds,
+            server_ca=args.server_ca,
+            identity_store=args.identity_store,
+            on_connection_state=on_state,
+            on_identity_changed=on_identity,
+            reconnect_cap=args.reconnect_cap,
         )
     except DeviceSDKError as exc:
         # At boot a board without a real-time clock may not know the time yet (75: systemd
@@ -158,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     status = int(ExitCode.OK)
     try:
         while not stop.is_set():
-            reading = {"cpuTemp": cpu_temperature(), "uptime": round(uptime_seconds(), 1),
-                       "seq": sent}
+            reading = {
+                "cpuTemp": cpu_temperature(),
+                "uptime": round(uptime_seconds(), 1),
+                "seq": sent,
+            }
             try:
                 delivery = client.publish("user/update", json.dumps(reading).encode(), qos=1)
                 if delivery.queued:
@@ -169,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             sent += 1
             if args.count and sent >= args.count:
                 if not _flush(client, args.flush_timeout, stop) and not fatal:
-                    log.error("the readings were not delivered within %g s (last error: %s)",
-                              args.flush_timeout, client.last_error)
+                    log.error(
+                        "the readings were not delivered within %g s (last error: %s)",
+                        args.flush_timeout,
+                        client.last_error,
+                    )
                     status = ExitCode.NETWORK
                 break
             stop.wait(args.interval)

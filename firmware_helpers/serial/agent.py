@@ -74,7 +74,10 @@ class BoardAgent:
 
     def _new_machine(self) -> BoardMachine:
         return BoardMachine(
-            self.board_id, max_chunk=self.max_chunk, capacity=self.capacity, version=self.version,
+            self.board_id,
+            max_chunk=self.max_chunk,
+            capacity=self.capacity,
+            version=self.version,
             features=FEATURE_KEYGEN if self.keygen is not None else 0,
         )
 
@@ -124,8 +127,11 @@ class BoardAgent:
             log.error("commit failed: %s", exc)
             return self.machine.commit_done(ErrorCode.STORAGE_ERROR, str(exc))
         self.commits += 1
-        log.info("stored %s in %.1f ms", ", ".join(sorted(o.label for o in objects)),
-                 self.last_commit_seconds * 1000)
+        log.info(
+            "stored %s in %.1f ms",
+            ", ".join(sorted(o.label for o in objects)),
+            self.last_commit_seconds * 1000,
+        )
         return self.machine.commit_done()
 
     def _generate(self, bits: int) -> bytes:
@@ -138,8 +144,12 @@ class BoardAgent:
             log.error("key generation failed: %s", exc)
             return self.machine.keygen_failed(ErrorCode.STORAGE_ERROR, f"key generation: {exc}")
         self.keys_generated += 1
-        log.info("generated an RSA-%d key in %.1f ms; CSR of %d bytes", bits,
-                 (time.perf_counter() - start) * 1000, len(csr))
+        log.info(
+            "generated an RSA-%d key in %.1f ms; CSR of %d bytes",
+            bits,
+            (time.perf_counter() - start) * 1000,
+            len(csr),
+        )
         return self.machine.keygen_done(key, csr)
 
     def after_replies(self) -> None:

@@ -160,8 +160,14 @@ class Report:
 
     def append(self, board_id: str, pair: Pair, status: str) -> None:
         """One row, fsync'd; every cell neutralised (a board's id is whatever it says)."""
-        row = [board_id, pair.name.product_key, pair.name.device_name, pair.cert_sn,
-               datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), status]
+        row = [
+            board_id,
+            pair.name.product_key,
+            pair.name.device_name,
+            pair.cert_sn,
+            datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            status,
+        ]
         try:
             fd = open_no_follow(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             with os.fdopen(fd, "a", newline="", encoding="utf-8") as fh:
@@ -172,9 +178,7 @@ class Report:
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
-            raise BatchError(
-                f"cannot append to report {self.path}: {exc.strerror or exc}"
-            ) from exc
+            raise BatchError(f"cannot append to report {self.path}: {exc.strerror or exc}") from exc
         self.used_pairs.add(pair.ident)
         self.holders.setdefault(pair.ident, set()).add(board_id)
         if status == STATUS_OK:
@@ -279,8 +283,7 @@ class Batch:
             if board is None:
                 break
             pair = queue.popleft()
-            objects = load_credentials(pair.cert, pair.key, self.server_ca,
-                                       password=self.password)
+            objects = load_credentials(pair.cert, pair.key, self.server_ca, password=self.password)
             label = f"{pair.name.stem} (SN {pair.cert_sn})"
             self.say(f"board {board.board_id}: provisioning {label}")
             self._tried.add(board.board_id)

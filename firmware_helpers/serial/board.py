@@ -140,17 +140,22 @@ class CredentialStore:
         files = {FILE_OF[o]: (d, MODE_OF[o]) for o, d in objects.items()}
         files[store_layout.MANIFEST_FILE] = (self._manifest_for(objects), PUBLIC_FILE_MODE)
         journal = {
-            name: {"sha256": hashlib.sha256(data).hexdigest(), "mode": mode,
-                   "data": base64.b64encode(data).decode("ascii")}
+            name: {
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "mode": mode,
+                "data": base64.b64encode(data).decode("ascii"),
+            }
             for name, (data, mode) in files.items()
         }
         try:
-            atomic_write(self.journal, json.dumps({"files": journal}).encode(),
-                         mode=PRIVATE_FILE_MODE)
+            atomic_write(
+                self.journal, json.dumps({"files": journal}).encode(), mode=PRIVATE_FILE_MODE
+            )
         except OSError as exc:
             code = ErrorCode.STORAGE_FULL if exc.errno == errno.ENOSPC else ErrorCode.STORAGE_ERROR
-            raise CommitRefused(code, f"cannot store the credentials: {exc.strerror or exc}") \
-                from exc
+            raise CommitRefused(
+                code, f"cannot store the credentials: {exc.strerror or exc}"
+            ) from exc
         # Past the commit point: whatever fails from here on, recover() finishes at next start.
         try:
             for name, (data, mode) in files.items():

@@ -16,111 +16,194 @@ DEFAULT_BAUD = 115200
 
 def register(tree: CommandTree) -> None:
     """Add the serial provisioning commands."""
-    _provision_parser(tree.command(
-        "provision",
-        help="write a device certificate, key and server CA to a board over a serial line",
-    ))
+    _provision_parser(
+        tree.command(
+            "provision",
+            help="write a device certificate, key and server CA to a board over a serial line",
+        )
+    )
     device = tree.group("device", help="commands that run on the device")
     agent = device.add_parser(
-        "agent", help="answer the serial provisioning protocol and keep the credentials in DIR",
+        "agent",
+        help="answer the serial provisioning protocol and keep the credentials in DIR",
         description="Board side of serial provisioning: stores device.cer, device.key (0600) "
         "and server-ca.pem in DIR (0700), replacing the set atomically on COMMIT.",
     )
     agent.add_argument("--port", required=True, help="serial port path or pyserial URL")
     agent.add_argument("--store", required=True, help="credential store directory")
-    agent.add_argument("--baud", type=int, default=DEFAULT_BAUD,
-                       help="line speed; the host's --baud must be the same "
-                       "(default: %(default)s)")
+    agent.add_argument(
+        "--baud",
+        type=int,
+        default=DEFAULT_BAUD,
+        help="line speed; the host's --baud must be the same (default: %(default)s)",
+    )
     agent.add_argument("--board-id", help="id reported in HELLO (default: /etc/machine-id)")
     agent.add_argument("--max-chunk", type=int, default=4096, help="largest DATA chunk accepted")
     agent.set_defaults(handler=_agent)
 
     sim = tree.group("sim", help="simulated hardware for tests and benchmarks")
     board = sim.add_parser(
-        "board", help="a simulated board on a pseudo-terminal, with fault injection",
+        "board",
+        help="a simulated board on a pseudo-terminal, with fault injection",
         description="Opens a pseudo-terminal pair, prints the path to give to --port, and runs "
         "the board agent on the other side until interrupted.",
     )
     board.add_argument("--store", required=True, help="credential store directory")
     board.add_argument("--board-id", help="board id (default: SIM-<random>)")
     board.add_argument("--baud", type=int, help="pace the line at this many baud (8N1)")
-    board.add_argument("--boards", type=int, default=1,
-                       help="after each successful commit, the next of N boards is connected "
-                       "(each with its own store under --store)")
+    board.add_argument(
+        "--boards",
+        type=int,
+        default=1,
+        help="after each successful commit, the next of N boards is connected "
+        "(each with its own store under --store)",
+    )
     board.add_argument("--max-chunk", type=int, default=4096)
     faults = board.add_argument_group("fault injection")
-    faults.add_argument("--flip-bits", type=float, default=0.0, metavar="P",
-                        help="probability that a frame gets one bit flipped")
-    faults.add_argument("--drop-bytes", type=float, default=0.0, metavar="P",
-                        help="probability that a frame loses one byte")
+    faults.add_argument(
+        "--flip-bits",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability that a frame gets one bit flipped",
+    )
+    faults.add_argument(
+        "--drop-bytes",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability that a frame loses one byte",
+    )
     faults.add_argument("--seed", type=int, default=0, help="seed of the fault generator")
-    faults.add_argument("--stall-after", type=int, metavar="N",
-                        help="stall the line when frame N arrives")
+    faults.add_argument(
+        "--stall-after", type=int, metavar="N", help="stall the line when frame N arrives"
+    )
     faults.add_argument("--stall-seconds", type=float, default=2.0)
-    faults.add_argument("--reboot-after", type=int, metavar="N",
-                        help="reboot when the Nth frame since boot arrives")
+    faults.add_argument(
+        "--reboot-after", type=int, metavar="N", help="reboot when the Nth frame since boot arrives"
+    )
     faults.add_argument("--reboot-times", type=int, default=1)
-    faults.add_argument("--unplug-after", type=int, metavar="N",
-                        help="close the pty (USB unplugged) when frame N arrives")
-    faults.add_argument("--protocol-version", type=int,
-                        help="speak only this protocol version (1: an old board without key "
-                        "generation; default: every version)")
+    faults.add_argument(
+        "--unplug-after",
+        type=int,
+        metavar="N",
+        help="close the pty (USB unplugged) when frame N arrives",
+    )
+    faults.add_argument(
+        "--protocol-version",
+        type=int,
+        help="speak only this protocol version (1: an old board without key "
+        "generation; default: every version)",
+    )
     board.set_defaults(handler=_sim_board)
 
 
 def _provision_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", required=True, action="append",
-                        help="serial port: /dev/ttyUSB0, a pty path, socket://host:port, loop://"
-                        " (repeat it with --batch --generate-on-board: one board per port, in "
-                        "parallel)")
+    parser.add_argument(
+        "--port",
+        required=True,
+        action="append",
+        help="serial port: /dev/ttyUSB0, a pty path, socket://host:port, loop://"
+        " (repeat it with --batch --generate-on-board: one board per port, in "
+        "parallel)",
+    )
     parser.add_argument("--cert", help="device certificate (PEM or DER; stored as PEM)")
-    parser.add_argument("--key", help="device private key (PEM or DER, PKCS#1 or PKCS#8, "
-                        "encrypted or not; stored as unencrypted PKCS#1 PEM)")
-    parser.add_argument("--key-password-file", metavar="FILE",
-                        help="file whose first line is the password of an encrypted key "
-                        "(default: the IOTX509_KEY_PASSWORD environment variable)")
+    parser.add_argument(
+        "--key",
+        help="device private key (PEM or DER, PKCS#1 or PKCS#8, "
+        "encrypted or not; stored as unencrypted PKCS#1 PEM)",
+    )
+    parser.add_argument(
+        "--key-password-file",
+        metavar="FILE",
+        help="file whose first line is the password of an encrypted key "
+        "(default: the IOTX509_KEY_PASSWORD environment variable)",
+    )
     parser.add_argument("--server-ca", help="CA certificate the device uses to check the server")
-    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
-                        help="line speed; must be the board's own (the agent's --baud) "
-                        "(default: %(default)s)")
-    parser.add_argument("--report", help="provisioning report CSV that records which board got "
-                        "which pair (default: provisioning-report.csv beside the pairs: the "
-                        "--cert file's directory, or the --batch DIR)")
+    parser.add_argument(
+        "--baud",
+        type=int,
+        default=DEFAULT_BAUD,
+        help="line speed; must be the board's own (the agent's --baud) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--report",
+        help="provisioning report CSV that records which board got "
+        "which pair (default: provisioning-report.csv beside the pairs: the "
+        "--cert file's directory, or the --batch DIR)",
+    )
     parser.add_argument("--retries", type=int, default=6, help="retries per request")
-    parser.add_argument("--timeout", type=float, default=0.5,
-                        help="seconds to wait for an answer, on top of the line time")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=0.5,
+        help="seconds to wait for an answer, on top of the line time",
+    )
     onboard = parser.add_argument_group(
         "keys generated on the board (protocol version 2)",
         "The board generates its RSA key and returns a CSR; the host issues the certificate "
         "([PK]_[DN]_[CA_SN].cer in --out, SN in the ledger first, one association CSV row) and "
-        "sends it with the server CA. No private key exists on the host or crosses the line.")
-    onboard.add_argument("--generate-on-board", action="store_true",
-                         help="have the board generate its key (needs --ca, --ca-key, "
-                         "--product-key, --device-name, --out)")
+        "sends it with the server CA. No private key exists on the host or crosses the line.",
+    )
+    onboard.add_argument(
+        "--generate-on-board",
+        action="store_true",
+        help="have the board generate its key (needs --ca, --ca-key, "
+        "--product-key, --device-name, --out)",
+    )
     onboard.add_argument("--ca", help="the issuing CA certificate")
     onboard.add_argument("--ca-key", help="the CA's private key")
     onboard.add_argument("--product-key", help="the device's ProductKey")
     onboard.add_argument("--device-name", help="the device's DeviceName")
-    onboard.add_argument("--out", metavar="DIR", help="directory of the issued certificates, "
-                         "association CSV, SN ledger and provisioning report")
+    onboard.add_argument(
+        "--out",
+        metavar="DIR",
+        help="directory of the issued certificates, "
+        "association CSV, SN ledger and provisioning report",
+    )
     onboard.add_argument("--ledger", help="SN ledger (default: DIR/sn-ledger.jsonl)")
     onboard.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
-    onboard.add_argument("--prefix", help="with --batch: devices are named PREFIX0001, ... "
-                         "(the next names nobody has had)")
-    onboard.add_argument("--key-bits", type=int, default=2048, choices=(2048, 3072, 4096),
-                         help="RSA key size the board generates (default 2048)")
+    onboard.add_argument(
+        "--prefix",
+        help="with --batch: devices are named PREFIX0001, ... (the next names nobody has had)",
+    )
+    onboard.add_argument(
+        "--key-bits",
+        type=int,
+        default=2048,
+        choices=(2048, 3072, 4096),
+        help="RSA key size the board generates (default 2048)",
+    )
     batch = parser.add_argument_group("factory batch")
-    batch.add_argument("--batch", metavar="DIR", nargs="?", const="",
-                       help="provision boards one after another from the pairs in DIR; with "
-                       "--generate-on-board (no DIR): boards on every --port in parallel")
+    batch.add_argument(
+        "--batch",
+        metavar="DIR",
+        nargs="?",
+        const="",
+        help="provision boards one after another from the pairs in DIR; with "
+        "--generate-on-board (no DIR): boards on every --port in parallel",
+    )
     how = batch.add_mutually_exclusive_group()
-    how.add_argument("--wait", dest="mode", action="store_const", const="wait",
-                     help="wait for the next board to answer (default)")
-    how.add_argument("--prompt", dest="mode", action="store_const", const="prompt",
-                     help="ask the operator to press Enter for each board")
+    how.add_argument(
+        "--wait",
+        dest="mode",
+        action="store_const",
+        const="wait",
+        help="wait for the next board to answer (default)",
+    )
+    how.add_argument(
+        "--prompt",
+        dest="mode",
+        action="store_const",
+        const="prompt",
+        help="ask the operator to press Enter for each board",
+    )
     batch.add_argument("--max-boards", type=int, help="stop after this many boards")
-    batch.add_argument("--board-timeout", type=float,
-                       help="with --wait: stop when no new board appears for this many seconds")
+    batch.add_argument(
+        "--board-timeout",
+        type=float,
+        help="with --wait: stop when no new board appears for this many seconds",
+    )
     parser.set_defaults(handler=_provision, mode="wait")
 
 
@@ -177,12 +260,14 @@ def _provision(args: argparse.Namespace) -> int:
     if args.generate_on_board:
         if args.cert or args.key:
             raise ProvisioningInputError(
-                "--generate-on-board makes the key on the board: give no --cert/--key")
+                "--generate-on-board makes the key on the board: give no --cert/--key"
+            )
         if args.batch is not None or len(ports) > 1:
             return _generate_on_board_batch(args)
     if len(ports) > 1:
         raise ProvisioningInputError(
-            "several --port are for --batch --generate-on-board only; give one --port")
+            "several --port are for --batch --generate-on-board only; give one --port"
+        )
     args.port = ports[0]
     if args.batch == "" and not args.generate_on_board:
         raise ProvisioningInputError("--batch needs the DIR of the issued pairs")
@@ -194,16 +279,20 @@ def _provision(args: argparse.Namespace) -> int:
         return _batch(args)
     if not args.cert or not args.key:
         raise ProvisioningInputError("--cert and --key are required (or --batch DIR)")
-    objects = load_credentials(args.cert, args.key, args.server_ca,
-                               password=_key_password(args))
+    objects = load_credentials(args.cert, args.key, args.server_ca, password=_key_password(args))
     pair = pair_of(args.cert, args.key)
     report = Report.open(args.report or Path(args.cert).parent / REPORT_NAME)
     check_report_writable(report)
     link = SerialLink.open(args.port, baud=args.baud)
     progress = _ProgressPrinter()
     try:
-        host = Host(link, baud=args.baud, max_retries=args.retries, base_timeout=args.timeout,
-                    progress=progress)
+        host = Host(
+            link,
+            baud=args.baud,
+            max_retries=args.retries,
+            base_timeout=args.timeout,
+            progress=progress,
+        )
         result = provision_pair(host, report, pair, objects)
     finally:
         progress.done()
@@ -214,8 +303,10 @@ def _provision(args: argparse.Namespace) -> int:
         f"{result.restarts} restarts); recorded in {report.path}"
     )
     if host.fell_back_to is not None:
-        print(f"note: the board speaks serial protocol version {host.fell_back_to} only; it was "
-              f"provisioned with the version {host.fell_back_to} flow")
+        print(
+            f"note: the board speaks serial protocol version {host.fell_back_to} only; it was "
+            f"provisioned with the version {host.fell_back_to} flow"
+        )
     return 0
 
 
@@ -237,9 +328,13 @@ def _generate_on_board(args: argparse.Namespace) -> int:
     except InvalidNameError as exc:
         raise ProvisioningInputError(str(exc)) from exc
     issuer = OnBoardIssuer(
-        ca, args.product_key, args.device_name, out,
+        ca,
+        args.product_key,
+        args.device_name,
+        out,
         Path(args.ledger) if args.ledger else out / DEFAULT_LEDGER_NAME,
-        server_ca_pem=server_ca, days=args.days,
+        server_ca_pem=server_ca,
+        days=args.days,
     )
     issuer.check_free()
     report = Report.open(args.report or out / REPORT_NAME)
@@ -247,8 +342,13 @@ def _generate_on_board(args: argparse.Namespace) -> int:
     link = SerialLink.open(args.port, baud=args.baud)
     progress = _ProgressPrinter()
     try:
-        host = Host(link, baud=args.baud, max_retries=args.retries, base_timeout=args.timeout,
-                    progress=progress)
+        host = Host(
+            link,
+            baud=args.baud,
+            max_retries=args.retries,
+            base_timeout=args.timeout,
+            progress=progress,
+        )
         result = provision_generated(host, issuer, report, bits=args.key_bits)
     finally:
         progress.done()
@@ -285,11 +385,13 @@ def _onboard_common(args: argparse.Namespace, *, name_option: str) -> tuple[Any,
     server_ca = None
     if args.server_ca:
         try:
-            server_ca = to_pem(load_certificates(Path(args.server_ca).read_bytes(),
-                                                 source=args.server_ca))
+            server_ca = to_pem(
+                load_certificates(Path(args.server_ca).read_bytes(), source=args.server_ca)
+            )
         except OSError as exc:
             raise ProvisioningInputError(
-                f"cannot read server CA file {args.server_ca}: {exc.strerror or exc}") from exc
+                f"cannot read server CA file {args.server_ca}: {exc.strerror or exc}"
+            ) from exc
         except CredentialError as exc:
             raise ProvisioningInputError(f"not provisioning: {exc}") from exc
     return ca, server_ca, prepare_output_dir(args.out)
@@ -307,7 +409,8 @@ def _generate_on_board_batch(args: argparse.Namespace) -> int:
 
     if args.batch:
         raise ProvisioningInputError(
-            "--batch takes no DIR with --generate-on-board: there are no pairs; give --out DIR")
+            "--batch takes no DIR with --generate-on-board: there are no pairs; give --out DIR"
+        )
     if args.device_name:
         raise ProvisioningInputError("--batch names the devices from --prefix; no --device-name")
     if len(set(args.port)) != len(args.port):
@@ -320,12 +423,23 @@ def _generate_on_board_batch(args: argparse.Namespace) -> int:
     try:
         for port in args.port:
             links.append((port, SerialLink.open(port, baud=args.baud)))
-        hosts = [(port, Host(link, baud=args.baud, max_retries=args.retries,
-                             base_timeout=args.timeout)) for port, link in links]
+        hosts = [
+            (port, Host(link, baud=args.baud, max_retries=args.retries, base_timeout=args.timeout))
+            for port, link in links
+        ]
         batch = ParallelBatch(
-            hosts, ca, args.product_key, args.prefix, out, ledger, report,
-            server_ca_pem=server_ca, days=args.days, bits=args.key_bits,
-            max_boards=args.max_boards, board_timeout=args.board_timeout,
+            hosts,
+            ca,
+            args.product_key,
+            args.prefix,
+            out,
+            ledger,
+            report,
+            server_ca_pem=server_ca,
+            days=args.days,
+            bits=args.key_bits,
+            max_boards=args.max_boards,
+            board_timeout=args.board_timeout,
             say=lambda line: print(line, flush=True),
         )
         summary = batch.run()
@@ -333,10 +447,13 @@ def _generate_on_board_batch(args: argparse.Namespace) -> int:
         for _port, link in links:
             link.close()
     for result in summary.ports:
-        print(f"  {result.port}: {len(result.provisioned)} provisioned, "
-              f"{len(result.failed)} failed")
-    print(f"{summary.provisioned} board(s) provisioned with keys they generated, "
-          f"{summary.failed} failed; report: {report.path}")
+        print(
+            f"  {result.port}: {len(result.provisioned)} provisioned, {len(result.failed)} failed"
+        )
+    print(
+        f"{summary.provisioned} board(s) provisioned with keys they generated, "
+        f"{summary.failed} failed; report: {report.path}"
+    )
     return 0 if not summary.failed else 1
 
 
@@ -353,14 +470,23 @@ def _batch(args: argparse.Namespace) -> int:
     link = SerialLink.open(args.port, baud=args.baud)
     try:
         host = Host(link, baud=args.baud, max_retries=args.retries, base_timeout=args.timeout)
-        batch = Batch(host, args.batch, report, server_ca=args.server_ca, password=password,
-                      mode=args.mode,
-                      max_boards=args.max_boards, board_timeout=args.board_timeout)
+        batch = Batch(
+            host,
+            args.batch,
+            report,
+            server_ca=args.server_ca,
+            password=password,
+            mode=args.mode,
+            max_boards=args.max_boards,
+            board_timeout=args.board_timeout,
+        )
         summary = batch.run()
     finally:
         link.close()
-    print(f"{len(summary.provisioned)} board(s) provisioned, {len(summary.failed)} failed, "
-          f"{summary.remaining} unused pair(s) left; report: {report.path}")
+    print(
+        f"{len(summary.provisioned)} board(s) provisioned, {len(summary.failed)} failed, "
+        f"{summary.remaining} unused pair(s) left; report: {report.path}"
+    )
     return 0 if not summary.failed else 1
 
 
@@ -372,8 +498,11 @@ def _agent(args: argparse.Namespace) -> int:
     store = CredentialStore(args.store)
     agent = BoardAgent(store, args.board_id or default_board_id(), max_chunk=args.max_chunk)
     link = SerialLink.open(args.port, baud=args.baud)
-    print(f"board {agent.board_id}: answering on {args.port}, store {store.root}",
-          file=sys.stderr, flush=True)
+    print(
+        f"board {agent.board_id}: answering on {args.port}, store {store.root}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         agent.serve(link)
     finally:
@@ -389,10 +518,15 @@ def _sim_board(args: argparse.Namespace) -> int:
 
     try:
         plan = FaultPlan(
-            flip_rate=args.flip_bits, drop_rate=args.drop_bytes, seed=args.seed,
-            stall_after=args.stall_after, stall_seconds=args.stall_seconds,
-            reboot_after=args.reboot_after, reboot_times=args.reboot_times,
-            unplug_after=args.unplug_after, baud=args.baud,
+            flip_rate=args.flip_bits,
+            drop_rate=args.drop_bytes,
+            seed=args.seed,
+            stall_after=args.stall_after,
+            stall_seconds=args.stall_seconds,
+            reboot_after=args.reboot_after,
+            reboot_times=args.reboot_times,
+            unplug_after=args.unplug_after,
+            baud=args.baud,
             protocol_version=args.protocol_version,
         )
     except ValueError as exc:
@@ -405,12 +539,20 @@ def _sim_board(args: argparse.Namespace) -> int:
         done.set()
 
     signal.signal(signal.SIGTERM, stop)
-    sim = SimBoard(args.store, board_id=args.board_id, faults=plan, boards=args.boards,
-                   max_chunk=args.max_chunk)
+    sim = SimBoard(
+        args.store,
+        board_id=args.board_id,
+        faults=plan,
+        boards=args.boards,
+        max_chunk=args.max_chunk,
+    )
     with sim:
         print(sim.port, flush=True)
-        print(f"simulated board {sim.base_id} on {sim.port}; store {args.store}; Ctrl-C stops",
-              file=sys.stderr, flush=True)
+        print(
+            f"simulated board {sim.base_id} on {sim.port}; store {args.store}; Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             while not done.is_set() and not sim.stats.unplugged:
                 done.wait(0.2)

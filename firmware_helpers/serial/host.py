@@ -134,8 +134,11 @@ def load_credentials(
             cas = load_certificates(raw[ObjectType.SERVER_CA], source=str(server_ca))
             objects[ObjectType.SERVER_CA] = _as_pem(raw[ObjectType.SERVER_CA], cas)
     except KeyPasswordError as exc:
-        hint = f"; {KEY_PASSWORD_HINT}" if "give its password" in str(exc) else (
-            f" (the password came from --key-password-file or {KEY_PASSWORD_ENV})")
+        hint = (
+            f"; {KEY_PASSWORD_HINT}"
+            if "give its password" in str(exc)
+            else (f" (the password came from --key-password-file or {KEY_PASSWORD_ENV})")
+        )
         raise ProvisioningInputError(f"not provisioning: {exc}{hint}") from exc
     except CredentialError as exc:
         raise ProvisioningInputError(f"not provisioning: {exc}") from exc
@@ -261,8 +264,9 @@ class Host:
             remote = exc.remote_version
             if remote not in SUPPORTED_VERSIONS or remote == self.machine.version:
                 raise
-            log.warning("board speaks protocol version %d: using the version %d flow",
-                        remote, remote)
+            log.warning(
+                "board speaks protocol version %d: using the version %d flow", remote, remote
+            )
             self.machine.version = remote
             self.fell_back_to = remote
             answer = self.exchange(Hello(self.max_chunk), timeout=timeout)
@@ -339,9 +343,12 @@ class Host:
 
         def plan(board: HelloReply) -> Mapping[ObjectType, bytes]:
             if not board.can_generate_keys:
-                why = (f"it speaks protocol version {self.machine.version}, which has no key "
-                       "generation" if self.machine.version < KEYGEN_VERSION else
-                       "it says it cannot generate keys")
+                why = (
+                    f"it speaks protocol version {self.machine.version}, which has no key "
+                    "generation"
+                    if self.machine.version < KEYGEN_VERSION
+                    else "it says it cannot generate keys"
+                )
                 raise ProvisioningInputError(
                     f"board {board.board_id} cannot generate its key: {why}. Provision it with "
                     "an issued pair instead (--cert and --key)."

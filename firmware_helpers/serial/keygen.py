@@ -23,7 +23,9 @@ from device_sdk.certs import rsa_key_pkcs1_pem
 def generate_key_and_csr(bits: int) -> tuple[bytes, bytes]:
     """(PKCS#1 PEM of a new RSA key, DER of a PKCS#10 request signed with it)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(
-        key, hashes.SHA256()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
     )
     return rsa_key_pkcs1_pem(key), csr.public_bytes(serialization.Encoding.DER)

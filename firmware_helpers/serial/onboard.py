@@ -158,13 +158,21 @@ class OnBoardIssuer:
                 raise ProvisioningInputError(f"{MAX_SERIAL_DRAWS} SNs in a row were taken")
         self.reserved.append(format(serial, "x"))
         cert = build_device_certificate(
-            self.ca, public, self.device_name, product_key=self.product_key, serial=serial,
+            self.ca,
+            public,
+            self.device_name,
+            product_key=self.product_key,
+            serial=serial,
             days=self.days,
         )
         self.cert_pem = to_pem(cert)
         atomic_write(self.cert_path, self.cert_pem, mode=PUBLIC_FILE_MODE)
-        log.info("issued %s (SN %s) for board %s", self.cert_path.name,
-                 certificate_sn(cert), board.board_id)
+        log.info(
+            "issued %s (SN %s) for board %s",
+            self.cert_path.name,
+            certificate_sn(cert),
+            board.board_id,
+        )
         objects = {ObjectType.CERTIFICATE: self.cert_pem}
         if self.server_ca_pem is not None:
             objects[ObjectType.SERVER_CA] = self.server_ca_pem
@@ -185,7 +193,11 @@ class OnBoardIssuer:
 
 
 def provision_generated(
-    host: Host, issuer: OnBoardIssuer, report: Report, *, bits: int = 2048,
+    host: Host,
+    issuer: OnBoardIssuer,
+    report: Report,
+    *,
+    bits: int = 2048,
     lock: AbstractContextManager[object] | None = None,
 ) -> ProvisionResult:
     """The board generates its key; the host issues, sends and records. See the module doc.

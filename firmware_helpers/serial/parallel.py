@@ -41,8 +41,15 @@ NAME_DIGITS = 4
 class NameAllocator:
     """``PREFIX0001``, ``PREFIX0002``, ...: the next name nobody has had (see module doc)."""
 
-    def __init__(self, prefix: str, ca: CertifiedKey, out_dir: Path, ledger_path: Path,
-                 report: Report, product_key: str) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        ca: CertifiedKey,
+        out_dir: Path,
+        ledger_path: Path,
+        report: Report,
+        product_key: str,
+    ) -> None:
         try:
             validate_new_device_name(f"{prefix}{1:0{NAME_DIGITS}d}")
         except ValueError as exc:
@@ -111,8 +118,9 @@ class ParallelBatch:
     def __post_init__(self) -> None:
         if not self.hosts:
             raise InvalidInputError("no --port given")
-        self.names = NameAllocator(self.prefix, self.ca, self.out_dir, self.ledger_path,
-                                   self.report, self.product_key)
+        self.names = NameAllocator(
+            self.prefix, self.ca, self.out_dir, self.ledger_path, self.report, self.product_key
+        )
         self._started = 0
         self._tried: set[str] = set()
 
@@ -149,20 +157,29 @@ class ParallelBatch:
             board, name = self._next_board(host, port)
             if board is None or name is None:
                 break
-            issuer = OnBoardIssuer(self.ca, self.product_key, name, self.out_dir,
-                                   self.ledger_path, server_ca_pem=self.server_ca_pem,
-                                   days=self.days)
+            issuer = OnBoardIssuer(
+                self.ca,
+                self.product_key,
+                name,
+                self.out_dir,
+                self.ledger_path,
+                server_ca_pem=self.server_ca_pem,
+                days=self.days,
+            )
             self.say(f"[{port}] board {board.board_id}: generating a key for {name}")
             try:
-                done = provision_generated(host, issuer, self.report, bits=self.bits,
-                                           lock=self.lock)
+                done = provision_generated(
+                    host, issuer, self.report, bits=self.bits, lock=self.lock
+                )
             except _SPE as exc:
                 result.failed.append((board.board_id, name, str(exc)))
                 self.say(f"[{port}] board {board.board_id}: FAILED ({name}): {exc}")
                 continue
             result.provisioned.append((done.board_id, name, issuer.sn))
-            self.say(f"[{port}] board {done.board_id}: {name} (SN {issuer.sn}) ok in "
-                     f"{done.seconds:.2f} s")
+            self.say(
+                f"[{port}] board {done.board_id}: {name} (SN {issuer.sn}) ok in "
+                f"{done.seconds:.2f} s"
+            )
 
     def _next_board(self, host: Host, port: str) -> tuple[HelloReply | None, str | None]:
         deadline = None if self.board_timeout is None else time.monotonic() + self.board_timeout
@@ -179,4 +196,3 @@ class ParallelBatch:
                 time.sleep(self.poll_interval)  # a board already done is still on the fixture
         self.say(f"[{port}] no new board appeared; stopping")
         return None, None
-

@@ -294,7 +294,9 @@ def decode_message(frame: Frame) -> Message:
 
 def _decode(kind: MessageType, p: bytes, version: int = PROTOCOL_VERSION) -> Message:
     empty: dict[MessageType, Message] = {
-        MessageType.COMMIT: Commit(), MessageType.ABORT: Abort(), MessageType.INFO: Info(),
+        MessageType.COMMIT: Commit(),
+        MessageType.ABORT: Abort(),
+        MessageType.INFO: Info(),
         MessageType.ACK: Ack(),
     }
     if kind in empty:
@@ -391,7 +393,10 @@ class HostMachine:
     """Numbers requests, matches replies to them, and owns the retry budget of each request."""
 
     def __init__(
-        self, *, max_retries: int = 6, rng: random.Random | None = None,
+        self,
+        *,
+        max_retries: int = 6,
+        rng: random.Random | None = None,
         version: int = PROTOCOL_VERSION,
     ) -> None:
         self.max_retries = max_retries
@@ -500,7 +505,8 @@ class HostMachine:
                 f"the board speaks serial protocol version {item.version}; this host speaks "
                 f"version {self.version} (it knows versions {spoken}). Update the host tool or "
                 "the board firmware so that both speak a common version.",
-                local_version=self.version, remote_version=item.version,
+                local_version=self.version,
+                remote_version=item.version,
             )
         try:
             msg = decode_message(item)
@@ -534,7 +540,9 @@ def board_error(nak: Nak, *, during: str) -> BoardError:
     return BoardError(
         f"the board refused {during}: error {int(nak.code)} {nak.code.name} "
         f"({nak.code.description}){text}",
-        code=int(nak.code), code_name=nak.code.name, board_message=nak.text,
+        code=int(nak.code),
+        code_name=nak.code.name,
+        board_message=nak.text,
     )
 
 
@@ -690,8 +698,11 @@ class BoardMachine:
         try:
             msg = decode_message(item)
         except ProtocolError as exc:
-            code = ErrorCode.UNKNOWN_TYPE if "unknown message type" in str(exc) else (
-                ErrorCode.MALFORMED)
+            code = (
+                ErrorCode.UNKNOWN_TYPE
+                if "unknown message type" in str(exc)
+                else (ErrorCode.MALFORMED)
+            )
             return [LineError(str(exc)), Send(self._encode(Nak(code, str(exc)), item.seq))]
         if isinstance(msg, Hello):
             return self._hello(item.seq, msg)
@@ -743,11 +754,14 @@ class BoardMachine:
         if not self.features & FEATURE_KEYGEN:
             return [self._nak(seq, ErrorCode.UNSUPPORTED_OBJECT, "this board cannot generate keys")]
         if msg.key_type is not KeyType.RSA or msg.bits not in KEYGEN_BITS:
-            return [self._nak(
-                seq, ErrorCode.MALFORMED,
-                f"cannot generate {msg.key_type.name}-{msg.bits}: RSA with "
-                f"{', '.join(map(str, KEYGEN_BITS))} bits only",
-            )]
+            return [
+                self._nak(
+                    seq,
+                    ErrorCode.MALFORMED,
+                    f"cannot generate {msg.key_type.name}-{msg.bits}: RSA with "
+                    f"{', '.join(map(str, KEYGEN_BITS))} bits only",
+                )
+            ]
         if self.state is BoardState.RECEIVING and self._current is not None:
             self._staged.pop(self._current, None)
         self._current = None
@@ -781,7 +795,8 @@ class BoardMachine:
         self.state = BoardState.READY
         if msg.object_type is ObjectType.PRIVATE_KEY and self._generated:
             return self._nak(
-                seq, ErrorCode.BAD_STATE,
+                seq,
+                ErrorCode.BAD_STATE,
                 "this session's key was generated on the board; it is not replaced over the line",
             )
         if msg.total_length == 0:
@@ -789,7 +804,8 @@ class BoardMachine:
         others = sum(s.total for t, s in self._staged.items() if t is not msg.object_type)
         if others + msg.total_length > self.capacity:
             return self._nak(
-                seq, ErrorCode.STORAGE_FULL,
+                seq,
+                ErrorCode.STORAGE_FULL,
                 f"{msg.object_type.label} of {msg.total_length} bytes does not fit: "
                 f"{self.capacity - others} bytes free",
             )

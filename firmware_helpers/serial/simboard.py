@@ -75,8 +75,7 @@ class FaultPlan:
         if self.baud is not None and self.baud <= 0:
             raise ValueError("baud must be positive")
         if self.resume_after_resends is not None and (
-            (self.pause_after is None and self.pause_when is None)
-            or self.resume_after_resends < 1
+            (self.pause_after is None and self.pause_when is None) or self.resume_after_resends < 1
         ):
             raise ValueError("resume_after_resends needs pause_after and must be at least 1")
 
@@ -178,7 +177,9 @@ class SimBoard:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -359,7 +360,11 @@ class SimBoard:
         if plan.unplug_after is not None and stats.frames_in >= plan.unplug_after:
             self.unplug()
             return "gone"
-        if plan.stall_after is not None and stats.stalls == 0 and stats.frames_in >= plan.stall_after:
+        if (
+            plan.stall_after is not None
+            and stats.stalls == 0
+            and stats.frames_in >= plan.stall_after
+        ):
             stats.stalls += 1
             self._notify()
             self._stop.wait(plan.stall_seconds)

@@ -87,7 +87,10 @@ def message_json(msg: DeviceMessage) -> dict[str, Any]:
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(msg.payload).decode("ascii"), "base64"
     return {
-        "topic": msg.topic, "payload": text, "payloadEncoding": encoding, "qos": msg.qos,
+        "topic": msg.topic,
+        "payload": text,
+        "payloadEncoding": encoding,
+        "qos": msg.qos,
         "receivedAt": iso(msg.received_at),
     }
 
@@ -122,8 +125,12 @@ class DevicePage(BaseModel):
 
 @console_api.get("/devices", response_model=DevicePage, tags=["devices"])
 async def list_devices(
-    registry: Reg, account: Account, messaging: Messaging,
-    q: Annotated[str | None, Query(description="part of a ProductKey, DeviceName or cert SN")] = None,
+    registry: Reg,
+    account: Account,
+    messaging: Messaging,
+    q: Annotated[
+        str | None, Query(description="part of a ProductKey, DeviceName or cert SN")
+    ] = None,
     productKey: str | None = None,
     state: Annotated[str | None, Query(description="online, offline or disabled")] = None,
     page: int = 1,
@@ -145,8 +152,15 @@ async def list_devices(
             keys = tuple(f"{pk}/{dn}" for pk, dn in online)
             exclude = state == "offline"
     total, rows = await asyncio.to_thread(
-        registry.list_devices, account, text=q, product_key=productKey, status=status, keys=keys,
-        exclude_keys=exclude, page=page, page_size=pageSize,
+        registry.list_devices,
+        account,
+        text=q,
+        product_key=productKey,
+        status=status,
+        keys=keys,
+        exclude_keys=exclude,
+        page=page,
+        page_size=pageSize,
     )
     items = []
     for row in rows:
@@ -163,13 +177,21 @@ async def list_devices(
             expires, source = iso(row.ca_not_after), "ca"
         else:
             expires, source = None, None
-        items.append(DeviceSummary(
-            productKey=row.product_key, deviceName=row.device_name, certSn=row.cert_sn,
-            caSn=row.ca_sn, caName=row.ca_name, expiresAt=expires, expirySource=source,
-            state=shown, status=row.status,
-            lastConnectedAt=iso(last.at) if last is not None else None,
-            createdAt=iso(row.created_at),
-        ))
+        items.append(
+            DeviceSummary(
+                productKey=row.product_key,
+                deviceName=row.device_name,
+                certSn=row.cert_sn,
+                caSn=row.ca_sn,
+                caName=row.ca_name,
+                expiresAt=expires,
+                expirySource=source,
+                state=shown,
+                status=row.status,
+                lastConnectedAt=iso(last.at) if last is not None else None,
+                createdAt=iso(row.created_at),
+            )
+        )
     return DevicePage(total=total, page=page, pageSize=pageSize, items=items)
 
 
@@ -186,9 +208,7 @@ class Overview(BaseModel):
 
 
 @console_api.get("/overview", response_model=Overview, tags=["devices"])
-async def overview(
-    account: Account, messaging: Messaging, seconds: int = 300
-) -> Overview:
+async def overview(account: Account, messaging: Messaging, seconds: int = 300) -> Overview:
     """Devices online now, and per second: connections accepted and devices online."""
     if not 1 <= seconds <= MAX_OVERVIEW_SECONDS:
         raise InvalidFieldError(f"seconds {seconds} must be 1..{MAX_OVERVIEW_SECONDS}")
@@ -263,11 +283,16 @@ class EventStreamResponse(StreamingResponse):
     """``text/event-stream`` from a queue, until the client disconnects; then ``close()``."""
 
     def __init__(
-        self, queue: asyncio.Queue[DeviceMessage], dropped: Callable[[], int],
-        close: Callable[[], None], *, heartbeat: float = HEARTBEAT_SECONDS,
+        self,
+        queue: asyncio.Queue[DeviceMessage],
+        dropped: Callable[[], int],
+        close: Callable[[], None],
+        *,
+        heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         super().__init__(
-            _nothing(), media_type="text/event-stream",
+            _nothing(),
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
         self.queue = queue
@@ -277,12 +302,16 @@ class EventStreamResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send({
-                "type": "http.response.start", "status": self.status_code,
-                "headers": self.raw_headers,
-            })
-            await send({"type": "http.response.body", "body": _event("ready", {}),
-                        "more_body": True})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            await send(
+                {"type": "http.response.body", "body": _event("ready", {}), "more_body": True}
+            )
             pump = asyncio.ensure_future(self._pump(send))
             watch = asyncio.ensure_future(self._watch(receive))
             try:
@@ -305,8 +334,9 @@ class EventStreamResponse(StreamingResponse):
             try:
                 msg = await asyncio.wait_for(self.queue.get(), self.heartbeat)
             except TimeoutError:
-                await send({"type": "http.response.body", "body": b": keep-alive\n\n",
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
+                )
                 continue
             body = _event("message", message_json(msg))
             dropped = self.dropped()
@@ -322,12 +352,17 @@ class EventStreamResponse(StreamingResponse):
 
 
 @console_api.get(
-    "/devices/{productKey}/{deviceName}/messages/stream", tags=["devices"],
+    "/devices/{productKey}/{deviceName}/messages/stream",
+    tags=["devices"],
     response_class=Response,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def stream_messages(
-    productKey: str, deviceName: str, registry: Reg, account: Account, messaging: Messaging,
+    productKey: str,
+    deviceName: str,
+    registry: Reg,
+    account: Account,
+    messaging: Messaging,
     slots: Annotated[StreamSlots, Depends(stream_slots)],
 ) -> Any:
     """The device's messages as server-sent events, as they arrive (``event: message``)."""
@@ -394,7 +429,8 @@ def console_file(name: str) -> Response:
     media_type = CONSOLE_FILES.get(name)
     if media_type is None:
         return JSONResponse(
-            error_body("not_found", f"the console has no file {name!r}"), status_code=404,
+            error_body("not_found", f"the console has no file {name!r}"),
+            status_code=404,
             headers=SECURITY_HEADERS,
         )
     return Response(

@@ -89,8 +89,7 @@ def server_error_response(exc: ServerStubError) -> JSONResponse:
     if isinstance(exc, AssociationRejectedError):
         extra["rows"] = [{"row": r.row, "message": r.message} for r in exc.rows]
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(code, exc.message, **extra), status_code=status,
-                        headers=headers)
+    return JSONResponse(error_body(code, exc.message, **extra), status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

@@ -96,7 +96,10 @@ def get_endpoint(request: Request, account: Account) -> EndpointOut:
 @router.post("/products", status_code=201, response_model=ProductOut, tags=["products"])
 def create_product(body: ProductIn, registry: Reg, account: Account) -> ProductOut:
     product = registry.create_product(
-        account, name=body.name, auth_type=body.authType, private_ca=body.privateCa,
+        account,
+        name=body.name,
+        auth_type=body.authType,
+        private_ca=body.privateCa,
         network=body.network,
     )
     return ProductOut.of(product)
@@ -125,9 +128,12 @@ def register_ca(
 ) -> CaOut:
     """Register a CA with proof of possession (a verification certificate, CN = code)."""
     record = registry.register_ca(
-        account, name=name, ca_data=caCertificate.file.read(),
+        account,
+        name=name,
+        ca_data=caCertificate.file.read(),
         verification_data=verificationCertificate.file.read(),
-        ca_filename=caCertificate.filename, verification_filename=verificationCertificate.filename,
+        ca_filename=caCertificate.filename,
+        verification_filename=verificationCertificate.filename,
     )
     return CaOut.of(record)
 
@@ -162,7 +168,8 @@ def delete_ca(caSn: str, registry: Reg, account: Account) -> Response:
 def association_template(caSn: str, registry: Reg, account: Account) -> Response:
     ca = registry.ca(account, caSn)
     return Response(
-        template(), media_type="text/csv; charset=utf-8",
+        template(),
+        media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="associations_{ca.ca_sn}.csv"'},
     )
 
@@ -178,7 +185,8 @@ def associate(
 
 
 @router.get(
-    "/ca-certificates/{caSn}/associations", response_model=list[AssociationOut],
+    "/ca-certificates/{caSn}/associations",
+    response_model=list[AssociationOut],
     tags=["associations"],
 )
 def list_associations(caSn: str, registry: Reg, account: Account) -> list[AssociationOut]:
@@ -207,7 +215,11 @@ async def get_device(
 
 @router.patch("/devices/{productKey}/{deviceName}", response_model=DeviceOut, tags=["devices"])
 async def patch_device(
-    productKey: str, deviceName: str, body: StatusIn, registry: Reg, account: Account,
+    productKey: str,
+    deviceName: str,
+    body: StatusIn,
+    registry: Reg,
+    account: Account,
     messaging: Messaging,
 ) -> DeviceOut:
     """Enable or disable a device; a disabled device's live session is closed by the endpoint."""
@@ -224,16 +236,18 @@ def _payload(body: MessageIn) -> bytes:
             return base64.b64decode(body.payload, validate=True)
         except binascii.Error as exc:
             raise InvalidFieldError(f"payload is not valid base64: {exc}") from exc
-    raise InvalidFieldError(
-        f"payloadEncoding {body.payloadEncoding!r} is not one of utf-8, base64"
-    )
+    raise InvalidFieldError(f"payloadEncoding {body.payloadEncoding!r} is not one of utf-8, base64")
 
 
 @router.post(
     "/devices/{productKey}/{deviceName}/messages", response_model=Delivered, tags=["devices"]
 )
 async def send_message(
-    productKey: str, deviceName: str, body: MessageIn, registry: Reg, account: Account,
+    productKey: str,
+    deviceName: str,
+    body: MessageIn,
+    registry: Reg,
+    account: Account,
     messaging: Messaging,
 ) -> Delivered:
     """Publish a cloud-to-device message to the device's live MQTT session."""
@@ -261,11 +275,16 @@ async def send_message(
 
 
 @router.get(
-    "/devices/{productKey}/{deviceName}/messages", response_model=list[MessageOut],
+    "/devices/{productKey}/{deviceName}/messages",
+    response_model=list[MessageOut],
     tags=["devices"],
 )
 async def recent_messages(
-    productKey: str, deviceName: str, registry: Reg, account: Account, messaging: Messaging,
+    productKey: str,
+    deviceName: str,
+    registry: Reg,
+    account: Account,
+    messaging: Messaging,
     limit: int = 100,
 ) -> list[MessageOut]:
     """The most recent messages the device published (newest last)."""
@@ -279,8 +298,13 @@ async def recent_messages(
             text, encoding = msg.payload.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(msg.payload).decode("ascii"), "base64"
-        out.append(MessageOut(
-            topic=msg.topic, payload=text, payloadEncoding=encoding, qos=msg.qos,
-            receivedAt=iso(msg.received_at),
-        ))
+        out.append(
+            MessageOut(
+                topic=msg.topic,
+                payload=text,
+                payloadEncoding=encoding,
+                qos=msg.qos,
+                receivedAt=iso(msg.received_at),
+            )
+        )
     return out

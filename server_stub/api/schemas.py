@@ -35,8 +35,12 @@ class ProductOut(BaseModel):
     @classmethod
     def of(cls, p: ProductRecord) -> ProductOut:
         return cls(
-            productKey=p.product_key, name=p.name, authType=p.auth_type, privateCa=p.private_ca,
-            network=p.network, createdAt=iso(p.created_at),
+            productKey=p.product_key,
+            name=p.name,
+            authType=p.auth_type,
+            privateCa=p.private_ca,
+            network=p.network,
+            createdAt=iso(p.created_at),
         )
 
 
@@ -53,9 +57,14 @@ class CaOut(BaseModel):
     @classmethod
     def of(cls, c: CaRecord) -> CaOut:
         return cls(
-            caSn=c.ca_sn, name=c.name, subject=c.subject, status=c.status,
-            notBefore=iso(c.not_before), notAfter=iso(c.not_after),
-            fingerprintSha256=c.fingerprint, createdAt=iso(c.created_at),
+            caSn=c.ca_sn,
+            name=c.name,
+            subject=c.subject,
+            status=c.status,
+            notBefore=iso(c.not_before),
+            notAfter=iso(c.not_after),
+            fingerprintSha256=c.fingerprint,
+            createdAt=iso(c.created_at),
         )
 
 
@@ -77,7 +86,10 @@ class AssociationOut(BaseModel):
     @classmethod
     def of(cls, a: AssociationRecord) -> AssociationOut:
         return cls(
-            caSn=a.ca_sn, certSn=a.cert_sn, productKey=a.product_key, deviceName=a.device_name,
+            caSn=a.ca_sn,
+            certSn=a.cert_sn,
+            productKey=a.product_key,
+            deviceName=a.device_name,
             createdAt=iso(a.created_at),
         )
 
@@ -94,8 +106,13 @@ class DeviceOut(BaseModel):
     @classmethod
     def of(cls, d: DeviceRecord, online: bool) -> DeviceOut:
         return cls(
-            productKey=d.product_key, deviceName=d.device_name, status=d.status, online=online,
-            caSn=d.ca_sn, certSn=d.cert_sn, createdAt=iso(d.created_at),
+            productKey=d.product_key,
+            deviceName=d.device_name,
+            status=d.status,
+            online=online,
+            caSn=d.ca_sn,
+            certSn=d.cert_sn,
+            createdAt=iso(d.created_at),
         )
 
 

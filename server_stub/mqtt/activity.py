@@ -91,7 +91,10 @@ class Activity:
     """Connection counts, last connections and live message listeners (event loop thread)."""
 
     def __init__(
-        self, *, window: int = WINDOW_SECONDS, max_devices: int = MAX_TRACKED_DEVICES,
+        self,
+        *,
+        window: int = WINDOW_SECONDS,
+        max_devices: int = MAX_TRACKED_DEVICES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.window = window

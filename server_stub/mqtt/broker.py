@@ -161,9 +161,12 @@ class Broker:
         self.now = clock
         self.max_connections = connection_capacity(limits.max_connections)
         if self.max_connections < limits.max_connections:
-            log.warning("mqtt: max_connections %d is above what the descriptor limit allows; "
-                        "holding at most %d connections", limits.max_connections,
-                        self.max_connections)
+            log.warning(
+                "mqtt: max_connections %d is above what the descriptor limit allows; "
+                "holding at most %d connections",
+                limits.max_connections,
+                self.max_connections,
+            )
         self.connections: set[Link] = set()
         self.pending: OrderedDict[Link, None] = OrderedDict()
         """Connections not authenticated yet, oldest first."""
@@ -194,20 +197,28 @@ class Broker:
         if from_source >= limits.max_pending_per_source:
             log.warning(
                 "mqtt %s: refused: %d connections from %s are not authenticated yet "
-                "(max_pending_per_source)", conn.peer, from_source, source,
+                "(max_pending_per_source)",
+                conn.peer,
+                from_source,
+                source,
             )
             return False
         full = len(self.connections) >= self.max_connections
         if full or len(self.pending) >= limits.max_pending_connections:
             if not self.pending:
-                log.warning("mqtt %s: refused: %d connections is the limit (max_connections)",
-                            conn.peer, self.max_connections)
+                log.warning(
+                    "mqtt %s: refused: %d connections is the limit (max_connections)",
+                    conn.peer,
+                    self.max_connections,
+                )
                 return False
             crowded = max(self._pending_by_source.values(), key=len)
             oldest = next(iter(crowded))
             which = "max_connections" if full else "max_pending_connections"
-            oldest.close(f"oldest unauthenticated connection, closed to admit a new one ({which})",
-                         tls_shutdown=False)
+            oldest.close(
+                f"oldest unauthenticated connection, closed to admit a new one ({which})",
+                tls_shutdown=False,
+            )
         self.connections.add(conn)
         self.pending[conn] = None
         self._pending_by_source.setdefault(source, OrderedDict())[conn] = None
@@ -243,8 +254,11 @@ class Broker:
                 self._record(key, will.topic, will.payload, qos)
                 self._route(will.topic, will.payload, qos)
             else:
-                self._refusal_log(conn, None, f"will topic {clip(will.topic)!r} is outside the "
-                                  "device's topics; dropped")
+                self._refusal_log(
+                    conn,
+                    None,
+                    f"will topic {clip(will.topic)!r} is outside the device's topics; dropped",
+                )
 
     def sweep(self) -> None:
         """Close connections past their deadline; forget messages of devices long gone."""
@@ -261,8 +275,10 @@ class Broker:
         for conn in list(self.sessions.values()):
             device = conn.session.device
             if device is not None and not directory.is_current(device):
-                conn.close("the registry no longer accepts this device (CA or device disabled, "
-                           "association removed)")
+                conn.close(
+                    "the registry no longer accepts this device (CA or device disabled, "
+                    "association removed)"
+                )
 
     def close_all(self) -> None:
         for conn in list(self.connections):
@@ -280,7 +296,11 @@ class Broker:
             sn, issuer = "-", "-"
         log.warning(
             "mqtt %s: %s (cert SN %s, issuer %s, client id %r)",
-            conn.peer, clip(reason, 4 * LOG_CLIP), sn, issuer, conn.session.client_id,
+            conn.peer,
+            clip(reason, 4 * LOG_CLIP),
+            sn,
+            issuer,
+            conn.session.client_id,
         )
 
     def log_close(self, conn: Link, reason: str) -> None:
@@ -288,8 +308,12 @@ class Broker:
 
     def handshake_failed(self, conn: Link, exc: TlsHandshakeError) -> None:
         log.warning(
-            "mqtt %s: TLS handshake refused: %s (%s; cert SN %s, issuer %s)", conn.peer,
-            exc.verify_message or exc.reason, exc.reason, exc.cert_sn or "-", exc.issuer or "-",
+            "mqtt %s: TLS handshake refused: %s (%s; cert SN %s, issuer %s)",
+            conn.peer,
+            exc.verify_message or exc.reason,
+            exc.reason,
+            exc.cert_sn or "-",
+            exc.issuer or "-",
         )
 
     def handshake_done(self, conn: Link) -> None:
@@ -333,9 +357,13 @@ class Broker:
             conn.close("no client certificate after the handshake")
             return
         if len(packet.client_id) > self.limits.max_client_id_length:
-            self._refuse(conn, leaf, codec.CONNACK_IDENTIFIER_REJECTED,
-                         f"client id of {len(packet.client_id)} characters is longer than "
-                         f"{self.limits.max_client_id_length} (max_client_id_length)")
+            self._refuse(
+                conn,
+                leaf,
+                codec.CONNACK_IDENTIFIER_REJECTED,
+                f"client id of {len(packet.client_id)} characters is longer than "
+                f"{self.limits.max_client_id_length} (max_client_id_length)",
+            )
             return
         try:
             validate_keepalive(packet.keep_alive)
@@ -351,9 +379,12 @@ class Broker:
             return
         mode = client_id.param("securemode")
         if mode is not None and mode != SECURE_MODE_X509:
-            self._refuse(conn, leaf, codec.CONNACK_IDENTIFIER_REJECTED,
-                         f"securemode={clip(mode)} in the client id; X.509 devices use "
-                         "securemode=2")
+            self._refuse(
+                conn,
+                leaf,
+                codec.CONNACK_IDENTIFIER_REJECTED,
+                f"securemode={clip(mode)} in the client id; X.509 devices use securemode=2",
+            )
             return
         try:
             claimed = parse_username(packet.username or "")
@@ -373,18 +404,23 @@ class Broker:
         )
 
     def _connect_decided(
-        self, conn: Link, packet: codec.Connect, leaf: x509.Certificate,
-        claimed: Identity | None, generation: int, future: asyncio.Future[AuthDecision],
+        self,
+        conn: Link,
+        packet: codec.Connect,
+        leaf: x509.Certificate,
+        claimed: Identity | None,
+        generation: int,
+        future: asyncio.Future[AuthDecision],
     ) -> None:
         session = conn.session
         if session.closed or future.cancelled():
             return
         error = future.exception()
         if error is not None:
-            log.error("mqtt %s: the registry lookup of CONNECT failed", conn.peer,
-                      exc_info=error)
-            self._refuse(conn, leaf, codec.CONNACK_SERVER_UNAVAILABLE,
-                         f"registry lookup failed: {error}")
+            log.error("mqtt %s: the registry lookup of CONNECT failed", conn.peer, exc_info=error)
+            self._refuse(
+                conn, leaf, codec.CONNACK_SERVER_UNAVAILABLE, f"registry lookup failed: {error}"
+            )
             return
         decision = future.result()
         if isinstance(decision, AuthRefused):
@@ -393,14 +429,21 @@ class Broker:
         if self.directory.trust_generation != generation and not self.directory.is_current(
             decision
         ):  # the registry changed while it answered: what it said may no longer hold
-            self._refuse(conn, leaf, codec.CONNACK_NOT_AUTHORIZED,
-                         "the registry changed during the lookup and no longer accepts it")
+            self._refuse(
+                conn,
+                leaf,
+                codec.CONNACK_NOT_AUTHORIZED,
+                "the registry changed during the lookup and no longer accepts it",
+            )
             return
         if claimed is not None and (claimed.product_key, claimed.device_name) != (
-            decision.product_key, decision.device_name
+            decision.product_key,
+            decision.device_name,
         ):
             self._refuse(
-                conn, leaf, codec.CONNACK_NOT_AUTHORIZED,
+                conn,
+                leaf,
+                codec.CONNACK_NOT_AUTHORIZED,
                 f"username {clip(packet.username or '')!r} names another device than the "
                 f"certificate's ({decision.device_name}&{decision.product_key})",
             )
@@ -409,19 +452,30 @@ class Broker:
         previous = self.sessions.get(key)
         if previous is not None:
             previous.close(f"replaced by a new connection of the same device from {conn.peer}")
-        session.handle(ConnectAccepted(self.now(), decision, device_prefixes(*key),
-                                       packet.keep_alive, packet.will))
+        session.handle(
+            ConnectAccepted(
+                self.now(), decision, device_prefixes(*key), packet.keep_alive, packet.will
+            )
+        )
         self._unpend(conn)
         self.sessions[key] = conn
         self.recent.returned(key)
         conn.send(codec.Connack(codec.CONNACK_ACCEPTED))
         self.activity.connected(decision, leaf.not_valid_after_utc.timestamp())
-        log.info("mqtt %s: %s&%s connected (cert SN %s, CA SN %s)", conn.peer,
-                 decision.device_name, decision.product_key, decision.cert_sn, decision.ca_sn)
+        log.info(
+            "mqtt %s: %s&%s connected (cert SN %s, CA SN %s)",
+            conn.peer,
+            decision.device_name,
+            decision.product_key,
+            decision.cert_sn,
+            decision.ca_sn,
+        )
         if self.limits.deliver_identity:
             self._send_publish(
-                conn, IDENTITY_TOPIC,
-                identity_payload(Identity(decision.product_key, decision.device_name)), 0,
+                conn,
+                IDENTITY_TOPIC,
+                identity_payload(Identity(decision.product_key, decision.device_name)),
+                0,
             )
         conn.release()
 
@@ -441,12 +495,14 @@ class Broker:
         if device_may_use(session.prefixes, packet.topic):
             device = session.device
             assert device is not None
-            self._record((device.product_key, device.device_name), packet.topic,
-                         packet.payload, packet.qos)
+            self._record(
+                (device.product_key, device.device_name), packet.topic, packet.payload, packet.qos
+            )
             self._route(packet.topic, packet.payload, packet.qos)
         else:
             self._refusal_log(
-                conn, None,
+                conn,
+                None,
                 f"PUBLISH to {clip(packet.topic)!r} dropped: outside the device's topics",
             )
         if packet.qos == 1 and packet.packet_id is not None:
@@ -479,7 +535,8 @@ class Broker:
         if result.refused:
             more = len(result.refused) - 1
             self._refusal_log(
-                conn, None,
+                conn,
+                None,
                 f"SUBSCRIBE: {len(result.refused)} of {len(packet.topics)} filters refused "
                 f"(0x80): {result.refused[0]}" + (f"; and {more} more" if more else ""),
             )
@@ -490,8 +547,9 @@ class Broker:
     def is_online(self, product_key: str, device_name: str) -> bool:
         return (product_key, device_name) in self.sessions
 
-    def deliver(self, product_key: str, device_name: str, topic: str, payload: bytes,
-                qos: int) -> bool:
+    def deliver(
+        self, product_key: str, device_name: str, topic: str, payload: bytes, qos: int
+    ) -> bool:
         """Send to the device's live session; False when it is not connected.
 
         The topic must lie in the device's own space (``device_sdk.platform``'s one rule, which
@@ -516,6 +574,7 @@ class Broker:
         self._send_publish(conn, topic, payload, qos)
         return True
 
-    def recent_messages(self, product_key: str, device_name: str,
-                        limit: int = 100) -> list[DeviceMessage]:
+    def recent_messages(
+        self, product_key: str, device_name: str, limit: int = 100
+    ) -> list[DeviceMessage]:
         return self.recent.get((product_key, device_name), limit)

@@ -119,8 +119,17 @@ class Disconnect:
 
 
 Packet = (
-    Connect | Connack | Publish | Puback | Subscribe | Suback | Unsubscribe | Unsuback
-    | Pingreq | Pingresp | Disconnect
+    Connect
+    | Connack
+    | Publish
+    | Puback
+    | Subscribe
+    | Suback
+    | Unsubscribe
+    | Unsuback
+    | Pingreq
+    | Pingresp
+    | Disconnect
 )
 
 PINGREQ_BYTES = b"\xc0\x00"
@@ -254,8 +263,10 @@ def _encode_connect(packet: Connect) -> bytes:
             raise MqttProtocolError("MQTT 3.1.1 allows a password only with a username")
         flags |= 0x40
         payload += _binary(packet.password)
-    variable = _string(PROTOCOL_NAME) + bytes((PROTOCOL_LEVEL, flags)) + struct.pack(
-        "!H", packet.keep_alive
+    variable = (
+        _string(PROTOCOL_NAME)
+        + bytes((PROTOCOL_LEVEL, flags))
+        + struct.pack("!H", packet.keep_alive)
     )
     return _frame(CONNECT << 4, variable + bytes(payload))
 
@@ -344,7 +355,11 @@ def _decode_connect(flags: int, body: bytes) -> Connect:
         raise MqttProtocolError("CONNECT: the reserved connect flag bit is set")
     keep_alive = r.u16("the keep-alive")
     client_id = r.string("the client identifier")
-    will_flag, will_qos, will_retain = bool(cflags & 0x04), (cflags >> 3) & 0x03, bool(cflags & 0x20)
+    will_flag, will_qos, will_retain = (
+        bool(cflags & 0x04),
+        (cflags >> 3) & 0x03,
+        bool(cflags & 0x20),
+    )
     will = None
     if will_flag:
         if will_qos == 3:
@@ -447,13 +462,29 @@ def _empty(name: str, body: bytes, packet: Packet) -> Packet:
 
 #: The fixed-header flag bits every packet type but PUBLISH must carry (section 2.2.2).
 _REQUIRED_FLAGS = {
-    CONNECT: 0, CONNACK: 0, PUBACK: 0, SUBSCRIBE: 2, SUBACK: 0, UNSUBSCRIBE: 2, UNSUBACK: 0,
-    PINGREQ: 0, PINGRESP: 0, DISCONNECT: 0,
+    CONNECT: 0,
+    CONNACK: 0,
+    PUBACK: 0,
+    SUBSCRIBE: 2,
+    SUBACK: 0,
+    UNSUBSCRIBE: 2,
+    UNSUBACK: 0,
+    PINGREQ: 0,
+    PINGRESP: 0,
+    DISCONNECT: 0,
 }
 _NAMES = {
-    CONNECT: "CONNECT", CONNACK: "CONNACK", PUBLISH: "PUBLISH", PUBACK: "PUBACK",
-    SUBSCRIBE: "SUBSCRIBE", SUBACK: "SUBACK", UNSUBSCRIBE: "UNSUBSCRIBE", UNSUBACK: "UNSUBACK",
-    PINGREQ: "PINGREQ", PINGRESP: "PINGRESP", DISCONNECT: "DISCONNECT",
+    CONNECT: "CONNECT",
+    CONNACK: "CONNACK",
+    PUBLISH: "PUBLISH",
+    PUBACK: "PUBACK",
+    SUBSCRIBE: "SUBSCRIBE",
+    SUBACK: "SUBACK",
+    UNSUBSCRIBE: "UNSUBSCRIBE",
+    UNSUBACK: "UNSUBACK",
+    PINGREQ: "PINGREQ",
+    PINGRESP: "PINGRESP",
+    DISCONNECT: "DISCONNECT",
 }
 
 

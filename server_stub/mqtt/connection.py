@@ -35,8 +35,16 @@ MAX_WRITE_BUFFER = 4 * 1024 * 1024
 
 class MqttConnection(asyncio.Protocol):
     __slots__ = (
-        "_backlog", "_broker", "_decoder", "_held", "_paused", "_tls",
-        "peer", "session", "source", "transport",
+        "_backlog",
+        "_broker",
+        "_decoder",
+        "_held",
+        "_paused",
+        "_tls",
+        "peer",
+        "session",
+        "source",
+        "transport",
     )
 
     def __init__(self, broker: Broker) -> None:

@@ -52,8 +52,11 @@ class RecentMessages:
     def add(self, key: DeviceKey, message: DeviceMessage) -> None:
         limits = self._limits
         size = message_size(message)
-        if (size > limits.recent_bytes_per_device or size > limits.recent_bytes_total
-                or limits.recent_messages_per_device <= 0):
+        if (
+            size > limits.recent_bytes_per_device
+            or size > limits.recent_bytes_total
+            or limits.recent_messages_per_device <= 0
+        ):
             return  # could never be kept whole; keeping it would evict everything else
         device = self._devices.get(key)
         if device is None:
@@ -65,8 +68,10 @@ class RecentMessages:
         self.total_bytes += size
         self._count += 1
         self._order.append((self._seq, key))
-        while (len(device.messages) > limits.recent_messages_per_device
-               or device.bytes > limits.recent_bytes_per_device):
+        while (
+            len(device.messages) > limits.recent_messages_per_device
+            or device.bytes > limits.recent_bytes_per_device
+        ):
             self._drop_oldest(key, device)
         while self.total_bytes > limits.recent_bytes_total:
             self._drop_globally_oldest()
@@ -94,7 +99,9 @@ class RecentMessages:
     def expire(self, now: float) -> int:
         """Forget devices that left more than ``recent_retention`` s ago; returns how many."""
         cutoff = now - self._limits.recent_retention
-        gone = [k for k, d in self._devices.items() if d.left_at is not None and d.left_at <= cutoff]
+        gone = [
+            k for k, d in self._devices.items() if d.left_at is not None and d.left_at <= cutoff
+        ]
         for key in gone:
             device = self._devices.pop(key)
             self.total_bytes -= device.bytes

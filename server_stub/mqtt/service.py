@@ -59,8 +59,11 @@ class MqttService:
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                lambda: MqttConnection(self.broker), self._host, self.port,
-                backlog=LISTEN_BACKLOG, reuse_address=True,
+                lambda: MqttConnection(self.broker),
+                self._host,
+                self.port,
+                backlog=LISTEN_BACKLOG,
+                reuse_address=True,
             )
         except OSError as exc:
             raise MqttServiceError(
@@ -68,8 +71,11 @@ class MqttService:
             ) from exc
         self.port = self._server.sockets[0].getsockname()[1]
         self._task = loop.create_task(self._housekeeping())
-        log.info("mqtt: listening on %s:%d (TLS 1.2/1.3, client certificate required)",
-                 self._host, self.port)
+        log.info(
+            "mqtt: listening on %s:%d (TLS 1.2/1.3, client certificate required)",
+            self._host,
+            self.port,
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -144,7 +150,8 @@ class MqttService:
     def online_devices(self, account_id: int) -> list[tuple[str, str]]:
         """(ProductKey, DeviceName) of every device of the account that is connected now."""
         return [
-            key for key, conn in self.broker.sessions.items()
+            key
+            for key, conn in self.broker.sessions.items()
             if (device := conn.session.device) is not None and device.account_id == account_id
         ]
 

@@ -122,8 +122,17 @@ class Session:
     """The per-connection state the broker and the connection share, changed only here."""
 
     __slots__ = (
-        "_next_packet_id", "client_id", "deadline", "device", "filters", "inflight",
-        "keep_alive", "limits", "prefixes", "state", "will",
+        "_next_packet_id",
+        "client_id",
+        "deadline",
+        "device",
+        "filters",
+        "inflight",
+        "keep_alive",
+        "limits",
+        "prefixes",
+        "state",
+        "will",
     )
 
     def __init__(self, limits: MqttLimits, now: float) -> None:
@@ -212,8 +221,9 @@ class Session:
         if self.state is State.HANDSHAKE:
             return Expired(f"no TLS handshake within {limits.handshake_timeout:g} s", False)
         if self.state is State.AWAIT_CONNECT:
-            return Expired(f"no CONNECT within {limits.connect_timeout:g} s after the handshake",
-                           True)
+            return Expired(
+                f"no CONNECT within {limits.connect_timeout:g} s after the handshake", True
+            )
         if self.state is State.AUTHENTICATING:
             return None  # bounded by the registry lookup itself
         return Expired(f"keep-alive: nothing received for 1.5 x {self.keep_alive} s", True)
@@ -233,14 +243,20 @@ class Session:
             if size > limits.max_filter_bytes:
                 reason = f"{size} bytes (max_filter_bytes {limits.max_filter_bytes})"
             elif topic_filter.count("/") + 1 > limits.max_filter_levels:
-                reason = (f"{topic_filter.count('/') + 1} levels "
-                          f"(max_filter_levels {limits.max_filter_levels})")
+                reason = (
+                    f"{topic_filter.count('/') + 1} levels "
+                    f"(max_filter_levels {limits.max_filter_levels})"
+                )
             elif not device_may_use(self.prefixes, topic_filter):
                 reason = f"{topic_filter!r} is outside the device's topics"
-            elif (topic_filter not in self.filters
-                  and len(self.filters) >= limits.max_filters_per_session):
-                reason = (f"{topic_filter!r}: the session holds {len(self.filters)} filters "
-                          f"(max_filters_per_session {limits.max_filters_per_session})")
+            elif (
+                topic_filter not in self.filters
+                and len(self.filters) >= limits.max_filters_per_session
+            ):
+                reason = (
+                    f"{topic_filter!r}: the session holds {len(self.filters)} filters "
+                    f"(max_filters_per_session {limits.max_filters_per_session})"
+                )
             if reason is not None:
                 refused.append(reason)
                 codes.append(codec.SUBACK_FAILURE)

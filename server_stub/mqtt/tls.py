@@ -32,8 +32,9 @@ from server_stub.ports import TrustIndex
 class ServerTls:
     """Server certificate + TLS policy; :meth:`accept` makes one connection's engine."""
 
-    def __init__(self, cert_pem: bytes, key_pem: bytes,
-                 trust_index: Callable[[], TrustIndex]) -> None:
+    def __init__(
+        self, cert_pem: bytes, key_pem: bytes, trust_index: Callable[[], TrustIndex]
+    ) -> None:
         self._trust_index = trust_index
         self.context = build_server_context(cert_pem, key_pem)
 
@@ -47,7 +48,9 @@ def build_server_context(cert_pem: bytes, key_pem: bytes) -> SSL.Context:
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_options(
-        SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION
+        SSL.OP_NO_TICKET
+        | SSL.OP_NO_RENEGOTIATION
+        | SSL.OP_NO_COMPRESSION
         | SSL.OP_CIPHER_SERVER_PREFERENCE
     )
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
@@ -73,7 +76,4 @@ def _load_cert_chain(ctx: SSL.Context, cert_pem: bytes, key_pem: bytes) -> None:
         ctx.use_privatekey(key)
         ctx.check_privatekey()
     except SSL.Error as exc:
-        raise MqttServiceError(
-            f"the MQTT server certificate or key is unusable: {exc}"
-        ) from exc
-
+        raise MqttServiceError(f"the MQTT server certificate or key is unusable: {exc}") from exc

@@ -39,15 +39,17 @@ log = logging.getLogger("server_stub.mqtt")
 #: sent, should not) build a chain to a trust anchor. The attribution by key replaces that part
 #: of verification, so these are overridden when the attribution succeeded; every other error
 #: (dates, purpose, unknown critical extensions) still refuses the certificate.
-_CHAIN_ERRORS = frozenset({
-    2,   # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
-    7,   # X509_V_ERR_CERT_SIGNATURE_FAILURE (under a certificate the client sent)
-    18,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
-    19,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
-    20,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
-    21,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
-    27,  # X509_V_ERR_CERT_UNTRUSTED
-})
+_CHAIN_ERRORS = frozenset(
+    {
+        2,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+        7,  # X509_V_ERR_CERT_SIGNATURE_FAILURE (under a certificate the client sent)
+        18,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+        19,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+        20,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+        21,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+        27,  # X509_V_ERR_CERT_UNTRUSTED
+    }
+)
 #: OpenSSL's texts for the errors that still refuse an attributed certificate (for the log).
 _VERIFY_TEXT = {
     9: "certificate is not yet valid",
@@ -71,8 +73,15 @@ class TlsError(MqttError):
 class TlsHandshakeError(TlsError):
     """The handshake failed; ``verify_message`` says why the certificate was refused, if it was."""
 
-    def __init__(self, message: str, *, reason: str, verify_message: str | None,
-                 cert_sn: str | None, issuer: str | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        verify_message: str | None,
+        cert_sn: str | None,
+        issuer: str | None,
+    ) -> None:
         super().__init__(message, reason=reason)
         self.verify_message = verify_message
         self.cert_sn = cert_sn
@@ -90,8 +99,9 @@ def _reason(exc: SSL.Error) -> str:
     return str(exc) or type(exc).__name__
 
 
-def verify_callback(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int,
-                    ok: int) -> bool:
+def verify_callback(
+    conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
+) -> bool:
     """OpenSSL's verify callback: the decision is the engine's attribution at depth 0."""
     if depth != 0:
         return True  # extra certificates the client sent decide nothing
@@ -109,7 +119,14 @@ class TlsEngine:
     """One server connection's TLS state: bytes from the socket in, bytes for it out."""
 
     __slots__ = (
-        "__weakref__", "_conn", "_decided", "_index", "issuer", "leaf", "leaf_der", "refusal",
+        "__weakref__",
+        "_conn",
+        "_decided",
+        "_index",
+        "issuer",
+        "leaf",
+        "leaf_der",
+        "refusal",
     )
 
     def __init__(self, context: SSL.Context, index: TrustIndex) -> None:
@@ -206,8 +223,11 @@ class TlsEngine:
                 sn = f"unusable ({leaf.serial_number})"
         detail = self.refusal or reason
         return TlsHandshakeError(
-            f"TLS handshake refused: {detail}", reason=reason, verify_message=self.refusal,
-            cert_sn=sn, issuer=issuer,
+            f"TLS handshake refused: {detail}",
+            reason=reason,
+            verify_message=self.refusal,
+            cert_sn=sn,
+            issuer=issuer,
         )
 
     def read(self) -> list[bytes]:

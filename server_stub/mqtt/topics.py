@@ -19,7 +19,10 @@ def _check_common(topic: str, what: str) -> None:
         raise InvalidTopicError(f"{what} is empty", topic=topic)
     if "\x00" in topic:
         raise InvalidTopicError(f"{what} {topic!r} contains U+0000", topic=topic)
-    if len(topic) > MAX_TOPIC_BYTES // 4 and len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES:
+    if (
+        len(topic) > MAX_TOPIC_BYTES // 4
+        and len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES
+    ):
         raise InvalidTopicError(f"{what} is longer than {MAX_TOPIC_BYTES} bytes", topic=topic)
 
 

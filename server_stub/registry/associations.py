@@ -57,8 +57,7 @@ def _decode(data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise CsvRejectedError(
-            f"the file is not UTF-8 text (invalid byte at offset {exc.start}); save it as "
-            "CSV UTF-8"
+            f"the file is not UTF-8 text (invalid byte at offset {exc.start}); save it as CSV UTF-8"
         ) from exc
 
 
@@ -120,9 +119,9 @@ def _check_rows(raw: list[tuple[int, list[str]]]) -> ParsedAssociations:
     rows: list[AssociationRow] = []
     for number, record in raw:
         if len(record) != len(HEADER):
-            errors.append(RowError(
-                number, f"expected 3 fields ({HEADER_LINE}), found {len(record)}"
-            ))
+            errors.append(
+                RowError(number, f"expected 3 fields ({HEADER_LINE}), found {len(record)}")
+            )
             continue
         pk, dn, sn_text = (field.strip() for field in record)
         problems: list[str] = []
@@ -181,7 +180,9 @@ def check_bindings(
         sn_bound = sn_bindings.get(row.cert_sn)
         device = device_bindings.get(row.device_name)
         same = (
-            sn_bound is not None and sn_bound.ca_id == ca_id and sn_bound.product_key == pk
+            sn_bound is not None
+            and sn_bound.ca_id == ca_id
+            and sn_bound.product_key == pk
             and sn_bound.device_name == row.device_name
         )
         if same:

@@ -92,8 +92,10 @@ def _check_ca_key(ca: x509.Certificate) -> None:
     assert isinstance(key, rsa.RSAPublicKey)  # require_rsa ran first
     numbers = key.public_numbers()
     if numbers.e != RSA_PUBLIC_EXPONENT:
-        shown = str(numbers.e) if numbers.e.bit_length() <= 64 else (
-            f"a {numbers.e.bit_length()}-bit number"
+        shown = (
+            str(numbers.e)
+            if numbers.e.bit_length() <= 64
+            else (f"a {numbers.e.bit_length()}-bit number")
         )
         raise CaCertificateRejectedError(
             f"CA certificate's RSA public exponent is {shown}; the platform accepts only CA keys "

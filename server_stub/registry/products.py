@@ -31,15 +31,11 @@ def validate_product_settings(name: str, auth_type: str, private_ca: bool, netwo
     if any(ch < " " or ch == "\x7f" for ch in clean):
         raise InvalidFieldError("product name must not contain control characters")
     if auth_type not in AUTH_TYPES:
-        raise InvalidFieldError(
-            f"authType {auth_type!r} is not one of {', '.join(AUTH_TYPES)}"
-        )
+        raise InvalidFieldError(f"authType {auth_type!r} is not one of {', '.join(AUTH_TYPES)}")
     if network not in NETWORKS:
         raise InvalidFieldError(f"network {network!r} is not one of {', '.join(NETWORKS)}")
     if private_ca and auth_type != "x509":
-        raise InvalidFieldError(
-            f"privateCa=true needs authType=x509 (got authType={auth_type})"
-        )
+        raise InvalidFieldError(f"privateCa=true needs authType=x509 (got authType={auth_type})")
     return clean
 
 

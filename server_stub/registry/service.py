@@ -135,8 +135,13 @@ class Registry:
     # --- products -------------------------------------------------------------------------------
 
     def create_product(
-        self, account: AccountRecord, *, name: str, auth_type: str = "x509",
-        private_ca: bool = True, network: str = "mqtt",
+        self,
+        account: AccountRecord,
+        *,
+        name: str,
+        auth_type: str = "x509",
+        private_ca: bool = True,
+        network: str = "mqtt",
     ) -> ProductRecord:
         clean = validate_product_settings(name, auth_type, private_ca, network)
         with self.store.atomic():
@@ -159,15 +164,25 @@ class Registry:
     # --- CA certificates ------------------------------------------------------------------------
 
     def register_ca(
-        self, account: AccountRecord, *, name: str, ca_data: bytes, verification_data: bytes,
-        ca_filename: str | None = None, verification_filename: str | None = None,
+        self,
+        account: AccountRecord,
+        *,
+        name: str,
+        ca_data: bytes,
+        verification_data: bytes,
+        ca_filename: str | None = None,
+        verification_filename: str | None = None,
         now: datetime | None = None,
     ) -> CaRecord:
         """Check proof of possession and the account rules; store the CA as ``active``."""
         checked = check_ca_upload(
-            name=name, ca_data=ca_data, verification_data=verification_data,
-            registration_code=self.registration_code(account), ca_filename=ca_filename,
-            verification_filename=verification_filename, now=now,
+            name=name,
+            ca_data=ca_data,
+            verification_data=verification_data,
+            registration_code=self.registration_code(account),
+            ca_filename=ca_filename,
+            verification_filename=verification_filename,
+            now=now,
         )
         cert = checked.certificate
         with self.store.atomic():
@@ -175,7 +190,8 @@ class Registry:
             if existing is not None:
                 where = (
                     f"in this account as {existing.name!r} (caSn {existing.ca_sn})"
-                    if existing.account_id == account.id else "by another account"
+                    if existing.account_id == account.id
+                    else "by another account"
                 )
                 raise DuplicateCaError(
                     "this CA certificate (SHA-256 fingerprint "
@@ -197,9 +213,15 @@ class Registry:
                     "names and the API, so it must be unique per account"
                 )
             record = self.store.insert_ca(
-                account.id, checked.ca_sn, checked.name, checked.subject, checked.fingerprint,
-                cert.public_bytes(Encoding.DER), cert.not_valid_before_utc.timestamp(),
-                cert.not_valid_after_utc.timestamp(), self._clock(),
+                account.id,
+                checked.ca_sn,
+                checked.name,
+                checked.subject,
+                checked.fingerprint,
+                cert.public_bytes(Encoding.DER),
+                cert.not_valid_before_utc.timestamp(),
+                cert.not_valid_after_utc.timestamp(),
+                self._clock(),
             )
         self._bump()
         log.info("account %s registered CA %s (%s)", account.name, record.ca_sn, record.subject)
@@ -218,7 +240,8 @@ class Registry:
                 continue
             where = (
                 f" in this account as {other.name!r} (caSn {other.ca_sn})"
-                if other.account_id == account.id else ""
+                if other.account_id == account.id
+                else ""
             )
             raise DuplicateCaError(
                 f"this CA certificate's public key is already registered{where}; a CA key can be "
@@ -240,9 +263,7 @@ class Registry:
 
     def set_ca_status(self, account: AccountRecord, ca_sn: str, status: str) -> CaRecord:
         if status not in CA_STATUSES:
-            raise InvalidFieldError(
-                f"CA status {status!r} is not one of {', '.join(CA_STATUSES)}"
-            )
+            raise InvalidFieldError(f"CA status {status!r} is not one of {', '.join(CA_STATUSES)}")
         record = self.ca(account, ca_sn)
         self.store.set_ca_status(record.id, status)
         self._bump()
@@ -280,7 +301,9 @@ class Registry:
         now = self._clock()
         with self.store.atomic():
             new_rows, binding_errors = check_bindings(
-                parsed, ca.id, self.store.sn_bindings(account.id, sns),
+                parsed,
+                ca.id,
+                self.store.sn_bindings(account.id, sns),
                 self.store.device_bindings(product.id, names),
             )
             parsed.raise_if_errors(binding_errors)
@@ -297,7 +320,10 @@ class Registry:
             self._bump()
         log.info(
             "account %s associated %d rows (%d new) with CA %s",
-            account.name, len(parsed.rows), len(new_rows), ca.ca_sn,
+            account.name,
+            len(parsed.rows),
+            len(new_rows),
+            ca.ca_sn,
         )
         return parsed.total
 
@@ -335,9 +361,16 @@ class Registry:
         return self.device(account, product_key, device_name)
 
     def list_devices(
-        self, account: AccountRecord, *, text: str | None = None, product_key: str | None = None,
-        status: str | None = None, keys: tuple[str, ...] | None = None,
-        exclude_keys: bool = False, page: int = 1, page_size: int = 50,
+        self,
+        account: AccountRecord,
+        *,
+        text: str | None = None,
+        product_key: str | None = None,
+        status: str | None = None,
+        keys: tuple[str, ...] | None = None,
+        exclude_keys: bool = False,
+        page: int = 1,
+        page_size: int = 50,
     ) -> tuple[int, list[DeviceListRow]]:
         """One page of the account's devices, filtered and counted by the store (not in memory)."""
         if not 1 <= page_size <= MAX_PAGE_SIZE:
@@ -351,8 +384,13 @@ class Registry:
                 f"device status {status!r} is not one of {', '.join(DEVICE_STATUSES)}"
             )
         query = DeviceQuery(
-            text=text or None, product_key=product_key or None, status=status, keys=keys,
-            exclude_keys=exclude_keys, limit=page_size, offset=(page - 1) * page_size,
+            text=text or None,
+            product_key=product_key or None,
+            status=status,
+            keys=keys,
+            exclude_keys=exclude_keys,
+            limit=page_size,
+            offset=(page - 1) * page_size,
         )
         return self.store.list_devices(account.id, query)
 
@@ -426,8 +464,11 @@ class Registry:
                 f"product {row.product_key} is not configured for private-CA X.509 over MQTT"
             )
         return AuthenticatedDevice(
-            account_id=row.account_id, product_key=row.product_key,
-            device_name=row.device_name, ca_sn=ca.ca_sn, cert_sn=cert_sn,
+            account_id=row.account_id,
+            product_key=row.product_key,
+            device_name=row.device_name,
+            ca_sn=ca.ca_sn,
+            cert_sn=cert_sn,
         )
 
     def is_current(self, device: AuthenticatedDevice) -> bool:
@@ -436,9 +477,13 @@ class Registry:
             return False
         row = self.store.auth_row(ca.ca_id, device.cert_sn)
         return (
-            row is not None and row.product_key == device.product_key
-            and row.device_name == device.device_name and row.device_status == "enabled"
-            and row.auth_type == "x509" and row.private_ca and row.network == "mqtt"
+            row is not None
+            and row.product_key == device.product_key
+            and row.device_name == device.device_name
+            and row.device_status == "enabled"
+            and row.auth_type == "x509"
+            and row.private_ca
+            and row.network == "mqtt"
         )
 
 
@@ -449,4 +494,3 @@ def check_device_path(product_key: str, device_name: str) -> None:
         validate_device_name(device_name)
     except InvalidNameError as exc:
         raise InvalidFieldError(str(exc)) from exc
-

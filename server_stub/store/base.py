@@ -158,8 +158,14 @@ class Store(Protocol):
     # products
     def product_key_exists(self, product_key: str) -> bool: ...
     def insert_product(
-        self, account_id: int, product_key: str, name: str, auth_type: str, private_ca: bool,
-        network: str, now: float,
+        self,
+        account_id: int,
+        product_key: str,
+        name: str,
+        auth_type: str,
+        private_ca: bool,
+        network: str,
+        now: float,
     ) -> ProductRecord: ...
     def product(self, account_id: int, product_key: str) -> ProductRecord | None: ...
     def list_products(self, account_id: int) -> list[ProductRecord]: ...
@@ -172,9 +178,18 @@ class Store(Protocol):
     def all_cas(self) -> list[CaRecord]:
         """Every CA of every account, active or not (the MQTT trust index is built from it)."""
         ...
+
     def insert_ca(
-        self, account_id: int, ca_sn: str, name: str, subject: str, fingerprint: str, der: bytes,
-        not_before: float, not_after: float, now: float,
+        self,
+        account_id: int,
+        ca_sn: str,
+        name: str,
+        subject: str,
+        fingerprint: str,
+        der: bytes,
+        not_before: float,
+        not_after: float,
+        now: float,
     ) -> CaRecord: ...
     def set_ca_status(self, ca_id: int, status: str) -> None: ...
     def delete_ca(self, ca_id: int) -> None: ...
@@ -192,7 +207,9 @@ class Store(Protocol):
     ) -> int: ...
     def list_associations(self, ca_id: int) -> list[AssociationRecord]: ...
     def delete_association(self, ca_id: int, cert_sn: str) -> bool: ...
-    def device(self, account_id: int, product_key: str, device_name: str) -> DeviceRecord | None: ...
+    def device(
+        self, account_id: int, product_key: str, device_name: str
+    ) -> DeviceRecord | None: ...
     def set_device_status(self, device_id: int, status: str) -> None: ...
     def list_devices(
         self, account_id: int, query: DeviceQuery

@@ -66,7 +66,8 @@ def prepare(
                 f"the database {path} has schema version {found}, newer than version {version} "
                 "that this server understands: it was written by a newer iot-x509-kit; run that "
                 "version (or a newer one) on this data directory",
-                found=found, supported=version,
+                found=found,
+                supported=version,
             )
         if found == 0:
             tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'")

@@ -119,14 +119,13 @@ class SqliteStore:
         conn = self._conn()
         try:
             with self._write_lock:
-                migrations.prepare(conn, self.path, schema=SCHEMA, version=SCHEMA_VERSION,
-                                   steps=MIGRATIONS)
+                migrations.prepare(
+                    conn, self.path, schema=SCHEMA, version=SCHEMA_VERSION, steps=MIGRATIONS
+                )
         except BaseException as exc:
             self.close()
             if isinstance(exc, sqlite3.Error):
-                raise DataStoreError(
-                    f"cannot initialise the database {self.path}: {exc}"
-                ) from exc
+                raise DataStoreError(f"cannot initialise the database {self.path}: {exc}") from exc
             raise
 
     # --- connections and transactions -----------------------------------------------------------
@@ -240,8 +239,14 @@ class SqliteStore:
         return self._one("SELECT 1 FROM products WHERE product_key = ?", (product_key,)) is not None
 
     def insert_product(
-        self, account_id: int, product_key: str, name: str, auth_type: str, private_ca: bool,
-        network: str, now: float,
+        self,
+        account_id: int,
+        product_key: str,
+        name: str,
+        auth_type: str,
+        private_ca: bool,
+        network: str,
+        now: float,
     ) -> ProductRecord:
         cur = self._write(
             "INSERT INTO products (account_id, product_key, name, auth_type, private_ca, network,"
@@ -249,8 +254,14 @@ class SqliteStore:
             (account_id, product_key, name, auth_type, int(private_ca), network, now),
         )
         return ProductRecord(
-            int(cur.lastrowid or 0), account_id, product_key, name, auth_type, private_ca,
-            network, now,
+            int(cur.lastrowid or 0),
+            account_id,
+            product_key,
+            name,
+            auth_type,
+            private_ca,
+            network,
+            now,
         )
 
     def product(self, account_id: int, product_key: str) -> ProductRecord | None:
@@ -277,8 +288,17 @@ class SqliteStore:
     @staticmethod
     def _ca(row: Any) -> CaRecord:
         return CaRecord(
-            row[0], row[1], row[2], row[3], row[4], row[5], bytes(row[6]), row[7], row[8],
-            row[9], row[10],
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            bytes(row[6]),
+            row[7],
+            row[8],
+            row[9],
+            row[10],
         )
 
     def count_cas(self, account_id: int) -> int:
@@ -310,8 +330,16 @@ class SqliteStore:
         return [self._ca(r) for r in rows]
 
     def insert_ca(
-        self, account_id: int, ca_sn: str, name: str, subject: str, fingerprint: str, der: bytes,
-        not_before: float, not_after: float, now: float,
+        self,
+        account_id: int,
+        ca_sn: str,
+        name: str,
+        subject: str,
+        fingerprint: str,
+        der: bytes,
+        not_before: float,
+        not_after: float,
+        now: float,
     ) -> CaRecord:
         cur = self._write(
             "INSERT INTO ca_certificates (account_id, ca_sn, name, subject, fingerprint, der,"
@@ -320,8 +348,17 @@ class SqliteStore:
             (account_id, ca_sn, name, subject, fingerprint, der, not_before, not_after, now),
         )
         return CaRecord(
-            int(cur.lastrowid or 0), account_id, ca_sn, name, subject, fingerprint, der,
-            "active", not_before, not_after, now,
+            int(cur.lastrowid or 0),
+            account_id,
+            ca_sn,
+            name,
+            subject,
+            fingerprint,
+            der,
+            "active",
+            not_before,
+            not_after,
+            now,
         )
 
     def set_ca_status(self, ca_id: int, status: str) -> None:
@@ -374,7 +411,9 @@ class SqliteStore:
                 " VALUES (?, ?, ?, 'enabled', ?)",
                 ((account_id, product_id, name, now) for name in names),
             )
-            return {b.device_name: b.device_id for b in self.device_bindings(product_id, names).values()}
+            return {
+                b.device_name: b.device_id for b in self.device_bindings(product_id, names).values()
+            }
 
     def insert_associations(
         self, account_id: int, ca_id: int, pairs: Iterable[tuple[int, str]], now: float
@@ -420,9 +459,7 @@ class SqliteStore:
     def set_device_status(self, device_id: int, status: str) -> None:
         self._write("UPDATE devices SET status = ? WHERE id = ?", (status, device_id))
 
-    def list_devices(
-        self, account_id: int, query: DeviceQuery
-    ) -> tuple[int, list[DeviceListRow]]:
+    def list_devices(self, account_id: int, query: DeviceQuery) -> tuple[int, list[DeviceListRow]]:
         """Count the matches and return one page of them, oldest device first."""
         where = ["d.account_id = ?"]
         params: list[Any] = [account_id]

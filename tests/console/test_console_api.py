@@ -33,9 +33,20 @@ class Fleet:
 
 def create_account(server: RunningServer, name: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "iotx509", "server", "account", "create", name,
-         "--data-dir", str(server.data_dir)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "server",
+            "account",
+            "create",
+            name,
+            "--data-dir",
+            str(server.data_dir),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return out.split()[-1]
 
@@ -46,8 +57,13 @@ def fleet(console_server: RunningServer) -> Iterator[Fleet]:
     product_key = str(api.create_product("fleet")["productKey"])
     ca = create_ca("Fleet CA")
     verification = issue_verification_certificate(ca, api.registration_code())
-    ca_sn = str(api.register_ca("fleet_ca", UploadFile("ca.pem", ca.cert_pem()),
-                                UploadFile("ver.pem", verification.cert_pem()))["caSn"])
+    ca_sn = str(
+        api.register_ca(
+            "fleet_ca",
+            UploadFile("ca.pem", ca.cert_pem()),
+            UploadFile("ver.pem", verification.cert_pem()),
+        )["caSn"]
+    )
     rows = "".join(f"{product_key},dev-{i:05d},{0x10000 + i:X}\n" for i in range(DEVICES))
     csv = ("ProductKey,DeviceName,CertSN\n" + rows).encode()
     assert api.associate(ca_sn, UploadFile("fleet.csv", csv, "text/csv")) == DEVICES
@@ -96,8 +112,9 @@ def test_filter_matches_name_product_or_sn_in_the_query(fleet: Fleet) -> None:
 
 def test_state_filter_disabled_offline_online(fleet: Fleet) -> None:
     for name in ("dev-00007", "dev-05000", "dev-09999"):
-        fleet.api.request("PATCH", f"/devices/{fleet.product_key}/{name}",
-                          json_body={"status": "disabled"})
+        fleet.api.request(
+            "PATCH", f"/devices/{fleet.product_key}/{name}", json_body={"status": "disabled"}
+        )
     disabled = devices(fleet, state="disabled")
     assert [d["deviceName"] for d in disabled["items"]] == ["dev-00007", "dev-05000", "dev-09999"]
     assert {d["state"] for d in disabled["items"]} == {"Disabled"}
@@ -106,13 +123,16 @@ def test_state_filter_disabled_offline_online(fleet: Fleet) -> None:
     assert devices(fleet, state="disabled", q="dev-05")["total"] == 1
 
 
-@pytest.mark.parametrize(("query", "message"), [
-    ("pageSize=101", "pageSize 101 must be 1..100"),
-    ("pageSize=0", "pageSize 0 must be 1..100"),
-    ("page=0", "page 0 must be 1 or more"),
-    ("state=sleeping", "state 'sleeping' is not one of online, offline, disabled"),
-    ("q=" + "x" * 65, "the filter is longer than 64 characters"),
-])
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("pageSize=101", "pageSize 101 must be 1..100"),
+        ("pageSize=0", "pageSize 0 must be 1..100"),
+        ("page=0", "page 0 must be 1 or more"),
+        ("state=sleeping", "state 'sleeping' is not one of online, offline, disabled"),
+        ("q=" + "x" * 65, "the filter is longer than 64 characters"),
+    ],
+)
 def test_bad_list_parameters_are_refused_with_a_reason(
     fleet: Fleet, query: str, message: str
 ) -> None:
@@ -140,8 +160,11 @@ def test_another_account_sees_none_of_it(fleet: Fleet) -> None:
 def _open_stream(fleet: Fleet, device: str) -> tuple[http.client.HTTPConnection, Any]:
     url = urllib.parse.urlsplit(fleet.server.http_url)
     conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
-    conn.request("GET", f"/api/v1/devices/{fleet.product_key}/{device}/messages/stream",
-                 headers={"Authorization": f"Bearer {fleet.server.token}"})
+    conn.request(
+        "GET",
+        f"/api/v1/devices/{fleet.product_key}/{device}/messages/stream",
+        headers={"Authorization": f"Bearer {fleet.server.token}"},
+    )
     return conn, conn.getresponse()
 
 

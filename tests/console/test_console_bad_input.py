@@ -36,17 +36,21 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(console_server: RunningServer, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[Setup]:
+def setup(
+    console_server: RunningServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Setup]:
     workdir = tmp_path_factory.mktemp("console-bad-input")
     api = PlatformClient(console_server.http_url, console_server.token)
     product_key = str(api.create_product("bad_input_product")["productKey"])
     ca = openssl_ca(workdir / "ca", cn="Bad Input CA")
     verification = openssl_verification_cert(workdir / "ver", ca, api.registration_code())
-    ca_sn = str(api.register_ca(
-        "bad_input_ca", UploadFile("yourCA.cer", ca.cert.read_bytes()),
-        UploadFile("verificationCert.crt", verification.read_bytes()),
-    )["caSn"])
+    ca_sn = str(
+        api.register_ca(
+            "bad_input_ca",
+            UploadFile("yourCA.cer", ca.cert.read_bytes()),
+            UploadFile("verificationCert.crt", verification.read_bytes()),
+        )["caSn"]
+    )
     yield Setup(console_server, api, product_key, ca, ca_sn, workdir)
 
 
@@ -87,13 +91,17 @@ def test_wrong_file_type_shows_the_servers_reason_and_registers_nothing(
 ) -> None:
     wrong = tmp_path / "yourCA.txt"
     shutil.copy(setup.ca.cert, wrong)
-    verification = openssl_verification_cert(tmp_path / "ver", setup.ca,
-                                              setup.api.registration_code())
+    verification = openssl_verification_cert(
+        tmp_path / "ver", setup.ca, setup.api.registration_code()
+    )
     before = setup.api.request("GET", "/ca-certificates")
-    expected = refusal(lambda: setup.api.register_ca(
-        "another_ca", UploadFile(wrong.name, wrong.read_bytes()),
-        UploadFile(verification.name, verification.read_bytes()),
-    ))
+    expected = refusal(
+        lambda: setup.api.register_ca(
+            "another_ca",
+            UploadFile(wrong.name, wrong.read_bytes()),
+            UploadFile(verification.name, verification.read_bytes()),
+        )
+    )
     assert "yourCA.txt" in expected.args[0]
     dialog = open_register_dialog(page, setup)
     dialog.get_by_label("CA Certificate Name").fill("another_ca")
@@ -113,10 +121,13 @@ def test_verification_certificate_with_the_wrong_code_is_refused(
     assert wrong_code != setup.api.registration_code()
     verification = openssl_verification_cert(tmp_path / "ver", other_ca, wrong_code)
     before = setup.api.request("GET", "/ca-certificates")
-    expected = refusal(lambda: setup.api.register_ca(
-        "second_ca", UploadFile("yourCA.cer", other_ca.cert.read_bytes()),
-        UploadFile("verificationCert.crt", verification.read_bytes()),
-    ))
+    expected = refusal(
+        lambda: setup.api.register_ca(
+            "second_ca",
+            UploadFile("yourCA.cer", other_ca.cert.read_bytes()),
+            UploadFile("verificationCert.crt", verification.read_bytes()),
+        )
+    )
     dialog = open_register_dialog(page, setup)
     dialog.get_by_label("CA Certificate Name").fill("second_ca")
     dialog.get_by_label("CA Certificate", exact=True).set_input_files(str(other_ca.cert))
@@ -138,9 +149,11 @@ def test_csv_with_bad_rows_lists_every_refused_row_and_saves_nothing(
         f"{setup.product_key},good-device-3,not-hex\n"
     )
     before = setup.api.request("GET", f"/ca-certificates/{setup.ca_sn}/associations")
-    expected = refusal(lambda: setup.api.associate(
-        setup.ca_sn, UploadFile(csv_path.name, csv_path.read_bytes(), "text/csv")
-    ))
+    expected = refusal(
+        lambda: setup.api.associate(
+            setup.ca_sn, UploadFile(csv_path.name, csv_path.read_bytes(), "text/csv")
+        )
+    )
     assert [r["row"] for r in expected.rows] == [2, 3]
     sign_in(page, setup.server)
     page.locator("#nav").get_by_role("link", name="CA Certificates", exact=True).click()
@@ -170,7 +183,7 @@ def test_a_product_name_that_breaks_the_rules_is_refused(page: Any, setup: Setup
 
 
 def test_names_with_markup_are_shown_as_text(page: Any, setup: Setup) -> None:
-    name = "<img src=x onerror=\"window.__injected = 1\"><b>bold</b>"
+    name = '<img src=x onerror="window.__injected = 1"><b>bold</b>'
     setup.api.create_product(name)
     sign_in(page, setup.server)
     page.locator("#nav").get_by_role("link", name="Products", exact=True).click()

@@ -29,7 +29,7 @@ from tests.server.conftest import (
 
 expect = playwright_sync.expect
 
-XSS = "<script>window.__injected = 1</script><img src=x onerror=\"window.__injected = 2\">"
+XSS = '<script>window.__injected = 1</script><img src=x onerror="window.__injected = 2">'
 
 
 def shot(page: Any, name: str) -> None:
@@ -127,8 +127,9 @@ def test_the_documented_flow_through_the_console(
     files = DeviceFileName(product_key, device_name, ca_sn)
     cert_path, key_path = device_dir / files.cert_name, device_dir / files.key_name
     cert.rename(cert_path)
-    openssl("rsa", "-in", f"{device_name}.key", "-traditional", "-out", files.key_name,
-            cwd=device_dir)
+    openssl(
+        "rsa", "-in", f"{device_name}.key", "-traditional", "-out", files.key_name, cwd=device_dir
+    )
     key_path.chmod(0o600)
     csv_path = tmp_path / "associations.csv"
     csv_path.write_text(template.rstrip("\n") + f"\n{product_key},{device_name},{serial}\n")
@@ -142,8 +143,12 @@ def test_the_documented_flow_through_the_console(
     received: queue.Queue[Message] = queue.Queue()
     events = DeviceEvents()
     client = DeviceClient(
-        server.mqtt_host, server.mqtt_port or 0, Credentials.from_files(cert_path, key_path),
-        server_ca=server.server_ca, reconnect_base=0.1, reconnect_cap=0.5,
+        server.mqtt_host,
+        server.mqtt_port or 0,
+        Credentials.from_files(cert_path, key_path),
+        server_ca=server.server_ca,
+        reconnect_base=0.1,
+        reconnect_cap=0.5,
         on_connection_state=events,
     )
     client.subscribe("user/get", received.put, qos=1)
@@ -188,8 +193,10 @@ def test_the_documented_flow_through_the_console(
         page.get_by_role("button", name="Send").click()
         expect(page.locator("#send-result")).to_have_text("Sent to the device.")
         got = received.get(timeout=10)  # the first message it gets: the refused one never came
-        assert (got.topic, got.payload) == (f"/{product_key}/{device_name}/user/get",
-                                            b'{"cmd": "reboot"}')
+        assert (got.topic, got.payload) == (
+            f"/{product_key}/{device_name}/user/get",
+            b'{"cmd": "reboot"}',
+        )
         shot(page, "device")
 
         # --- disabling the device from the page takes it offline

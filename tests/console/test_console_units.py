@@ -75,8 +75,9 @@ def test_last_connections_are_bounded_oldest_forgotten_first() -> None:
 def test_listeners_are_bounded_and_removed() -> None:
     activity = Activity()
     got: list[DeviceMessage] = []
-    stops = [activity.listen(("PK1", "dev-0001"), got.append)
-             for _ in range(MAX_LISTENERS_PER_DEVICE)]
+    stops = [
+        activity.listen(("PK1", "dev-0001"), got.append) for _ in range(MAX_LISTENERS_PER_DEVICE)
+    ]
     assert activity.listen(("PK1", "dev-0001"), got.append) is None
     message = DeviceMessage("/PK1/dev-0001/user/update", b"x", 0, 1.0)
     activity.published(("PK1", "dev-0001"), message)
@@ -109,8 +110,9 @@ def test_stream_slots_are_bounded_per_account() -> None:
     assert slots.take(1)
 
 
-def _run_stream(events: list[dict[str, Any]], queued: list[DeviceMessage],
-                dropped: int = 0) -> tuple[list[dict[str, Any]], list[str]]:
+def _run_stream(
+    events: list[dict[str, Any]], queued: list[DeviceMessage], dropped: int = 0
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the stream until the client's events are used up (the last is a disconnect)."""
     sent: list[dict[str, Any]] = []
     closed: list[str] = []

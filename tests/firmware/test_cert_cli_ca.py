@@ -26,8 +26,9 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_ca_create_writes_a_ca_openssl_accepts(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                               ) -> None:
+def test_ca_create_writes_a_ca_openssl_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "ca"
     assert main(["ca", "create", "--cn", "Factory CA", "--out", str(out), "--days", "30"]) == 0
     cert, key = out / "ca.cer", out / "ca.key"
@@ -46,8 +47,9 @@ def test_ca_create_writes_a_ca_openssl_accepts(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_ca_create_key_size_option(tmp_path: Path) -> None:
-    assert main(["ca", "create", "--cn", "Big CA", "--out", str(tmp_path), "--key-size",
-                 "3072"]) == 0
+    assert (
+        main(["ca", "create", "--cn", "Big CA", "--out", str(tmp_path), "--key-size", "3072"]) == 0
+    )
     text = openssl("x509", "-noout", "-text", "-in", tmp_path / "ca.cer").stdout
     assert "Public-Key: (3072 bit)" in text
 
@@ -67,8 +69,7 @@ def test_ca_create_refuses_to_overwrite_unless_forced(
     assert common_name(read_certificates(tmp_path / "ca.cer")[0].subject) == "Two"
 
 
-def test_ca_create_rejects_bad_key_size(capsys: pytest.CaptureFixture[str], tmp_path: Path
-                                        ) -> None:
+def test_ca_create_rejects_bad_key_size(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["ca", "create", "--cn", "X", "--out", str(tmp_path), "--key-size", "1024"])
     assert "invalid choice" in capsys.readouterr().err
@@ -80,8 +81,23 @@ def test_verification_cert_verifies_with_openssl_and_carries_the_code(
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     code = secrets.token_hex(32)
     out = tmp_path / "vc"
-    assert main(["ca", "verification-cert", "--ca", str(ca_cert), "--ca-key", str(ca_key),
-                 "--code", code, "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "ca",
+                "verification-cert",
+                "--ca",
+                str(ca_cert),
+                "--ca-key",
+                str(ca_key),
+                "--code",
+                code,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     crt, key = out / "verificationCert.crt", out / "verificationCert.key"
     assert openssl("verify", "-CAfile", ca_cert, crt).stdout.strip() == f"{crt}: OK"
     subject = openssl("x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", crt).stdout
@@ -127,8 +143,20 @@ def test_verification_cert_cli_refuses_whitespace_code(
     pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
-    rc = main(["ca", "verification-cert", "--ca", str(ca_cert), "--ca-key", str(ca_key),
-               "--code", " " + secrets.token_hex(32), "--out", str(tmp_path / "vc")])
+    rc = main(
+        [
+            "ca",
+            "verification-cert",
+            "--ca",
+            str(ca_cert),
+            "--ca-key",
+            str(ca_key),
+            "--code",
+            " " + secrets.token_hex(32),
+            "--out",
+            str(tmp_path / "vc"),
+        ]
+    )
     assert rc == 1
     assert "whitespace" in capsys.readouterr().err
     assert not (tmp_path / "vc").exists()
@@ -141,11 +169,41 @@ def test_verification_cert_refuses_non_ca_and_mismatched_key(
     dev_cert, dev_key, _ = pki.write_device("a1B2c3", "dev-0001", directory=tmp_path / "dev")
     code = secrets.token_hex(32)
     out = str(tmp_path / "vc")
-    assert main(["ca", "verification-cert", "--ca", str(dev_cert), "--ca-key", str(dev_key),
-                 "--code", code, "--out", out]) == 1
+    assert (
+        main(
+            [
+                "ca",
+                "verification-cert",
+                "--ca",
+                str(dev_cert),
+                "--ca-key",
+                str(dev_key),
+                "--code",
+                code,
+                "--out",
+                out,
+            ]
+        )
+        == 1
+    )
     assert "not a CA certificate" in capsys.readouterr().err
-    assert main(["ca", "verification-cert", "--ca", str(ca_cert), "--ca-key", str(dev_key),
-                 "--code", code, "--out", out]) == 1
+    assert (
+        main(
+            [
+                "ca",
+                "verification-cert",
+                "--ca",
+                str(ca_cert),
+                "--ca-key",
+                str(dev_key),
+                "--code",
+                code,
+                "--out",
+                out,
+            ]
+        )
+        == 1
+    )
     assert "is not the private key of the CA certificate" in capsys.readouterr().err
     assert not (tmp_path / "vc").exists()
 
@@ -154,8 +212,18 @@ def test_verification_cert_refuses_to_overwrite(
     pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
-    args = ["ca", "verification-cert", "--ca", str(ca_cert), "--ca-key", str(ca_key),
-            "--code", secrets.token_hex(32), "--out", str(tmp_path / "vc")]
+    args = [
+        "ca",
+        "verification-cert",
+        "--ca",
+        str(ca_cert),
+        "--ca-key",
+        str(ca_key),
+        "--code",
+        secrets.token_hex(32),
+        "--out",
+        str(tmp_path / "vc"),
+    ]
     assert main(args) == 0
     assert main(args) == 1
     assert "already exist" in capsys.readouterr().err

@@ -34,22 +34,60 @@ def test_ca_verification_cert_issue_and_csv_are_accepted_by_the_reference_server
 
     ca_dir, vc_dir, out = tmp_path / "ca", tmp_path / "vc", tmp_path / "out"
     assert main(["ca", "create", "--cn", "Factory CA", "--out", str(ca_dir)]) == 0
-    assert main(["ca", "verification-cert", "--ca", str(ca_dir / "ca.cer"), "--ca-key",
-                 str(ca_dir / "ca.key"), "--code", code, "--out", str(vc_dir)]) == 0
-    record = reg.register_ca(
-        account, name="factory_ca", ca_data=(ca_dir / "ca.cer").read_bytes(),
-        verification_data=(vc_dir / "verificationCert.crt").read_bytes(),
-        ca_filename="ca.cer", verification_filename="verificationCert.crt",
+    assert (
+        main(
+            [
+                "ca",
+                "verification-cert",
+                "--ca",
+                str(ca_dir / "ca.cer"),
+                "--ca-key",
+                str(ca_dir / "ca.key"),
+                "--code",
+                code,
+                "--out",
+                str(vc_dir),
+            ]
+        )
+        == 0
     )
-    assert main(["certs", "issue", "--ca", str(ca_dir / "ca.cer"), "--ca-key",
-                 str(ca_dir / "ca.key"), "--product-key", product.product_key, "--count", "3",
-                 "--prefix", "thermo-", "--out", str(out), "--jobs", "2"]) == 0
-    assert reg.associate(
-        account, record.ca_sn, (out / "associations.csv").read_bytes()) == 3
+    record = reg.register_ca(
+        account,
+        name="factory_ca",
+        ca_data=(ca_dir / "ca.cer").read_bytes(),
+        verification_data=(vc_dir / "verificationCert.crt").read_bytes(),
+        ca_filename="ca.cer",
+        verification_filename="verificationCert.crt",
+    )
+    assert (
+        main(
+            [
+                "certs",
+                "issue",
+                "--ca",
+                str(ca_dir / "ca.cer"),
+                "--ca-key",
+                str(ca_dir / "ca.key"),
+                "--product-key",
+                product.product_key,
+                "--count",
+                "3",
+                "--prefix",
+                "thermo-",
+                "--out",
+                str(out),
+                "--jobs",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert reg.associate(account, record.ca_sn, (out / "associations.csv").read_bytes()) == 3
 
     for cert_path in sorted(out.glob("*.cer")):
         decision = reg.authenticate(read_certificates(cert_path)[0])
         assert isinstance(decision, AuthenticatedDevice), decision
         assert decision.product_key == product.product_key
         assert cert_path.name == (
-            f"{product.product_key}_{decision.device_name}_{record.ca_sn}.cer")
+            f"{product.product_key}_{decision.device_name}_{record.ca_sn}.cer"
+        )

@@ -47,6 +47,7 @@ def test_crc32_variant_check_value() -> None:
 
 def test_layout_matches_the_documentation_byte_for_byte() -> None:
     """Rebuild the blob from the documented layout alone and compare."""
+
     def record(rtype: int, value: bytes) -> bytes:
         value += b"\0"
         return struct.pack("<HHI", rtype, 0, len(value)) + value + b"\0" * (-len(value) % 4)
@@ -73,7 +74,7 @@ def test_padding_to_alignment_with_erased_flash_bytes(align: int) -> None:
     data = _blob(align=align)
     parsed = parse_blob(data)
     assert len(data) % align == 0
-    assert set(data[parsed.length:]) <= {0xFF}
+    assert set(data[parsed.length :]) <= {0xFF}
     assert len(data) - parsed.length < align
 
 
@@ -169,8 +170,7 @@ def test_malformed_records_with_a_valid_crc(records: bytes, count: int, message:
 
 
 def test_unknown_record_types_are_kept_and_skipped() -> None:
-    data = encode_blob([pem_record(1, CERT), Record(0x7F00, b"\x01\x02\x03"),
-                        pem_record(2, KEY)])
+    data = encode_blob([pem_record(1, CERT), Record(0x7F00, b"\x01\x02\x03"), pem_record(2, KEY)])
     blob = parse_blob(data)
     assert blob.device_key == KEY
     assert blob.get(0x7F00) == b"\x01\x02\x03"
@@ -194,14 +194,21 @@ _pem_text = st.binary(max_size=3000).map(lambda b: b.replace(b"\0", b"."))
     cert=_pem_text,
     key=_pem_text,
     server_ca=st.none() | _pem_text,
-    extra=st.lists(st.tuples(st.integers(0x100, 0xFFFF), st.binary(max_size=64)),
-                   max_size=3, unique_by=lambda t: t[0]),
+    extra=st.lists(
+        st.tuples(st.integers(0x100, 0xFFFF), st.binary(max_size=64)),
+        max_size=3,
+        unique_by=lambda t: t[0],
+    ),
     align_bits=st.integers(2, 12),
     trailing=st.binary(max_size=32),
 )
 def test_hypothesis_round_trip(
-    cert: bytes, key: bytes, server_ca: bytes | None, extra: list[tuple[int, bytes]],
-    align_bits: int, trailing: bytes,
+    cert: bytes,
+    key: bytes,
+    server_ca: bytes | None,
+    extra: list[tuple[int, bytes]],
+    align_bits: int,
+    trailing: bytes,
 ) -> None:
     records = [pem_record(TYPE_DEVICE_CERT, cert), pem_record(TYPE_DEVICE_KEY, key)]
     if server_ca is not None:

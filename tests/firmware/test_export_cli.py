@@ -56,9 +56,24 @@ def _compile_and_dump(header: Path, work: Path) -> dict[str, bytes | None]:
     source = work / "dump.c"
     source.write_text(DUMP_PROGRAM % {"header": header.name})
     binary = work / "dump"
-    subprocess.run([CC, "-std=c99", "-Wall", "-Wextra", "-Werror", "-Wno-unused-variable",
-                    "-I", str(header.parent), "-o", str(binary), str(source)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            CC,
+            "-std=c99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wno-unused-variable",
+            "-I",
+            str(header.parent),
+            "-o",
+            str(binary),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     outputs = [work / "cert.out", work / "key.out", work / "ca.out"]
     subprocess.run([str(binary), *map(str, outputs)], check=True, timeout=30)
     return {p.stem: (p.read_bytes() if p.exists() else None) for p in outputs}
@@ -77,8 +92,25 @@ def test_c_header_compiles_and_holds_the_exact_pem(
 ) -> None:
     cert, key, ca = device_files
     header = tmp_path / "credentials.h"
-    assert main(["certs", "export", "--format", "c-header", "--cert", str(cert), "--key",
-                 str(key), "--server-ca", str(ca), "--out", str(header)]) == 0
+    assert (
+        main(
+            [
+                "certs",
+                "export",
+                "--format",
+                "c-header",
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+                "--server-ca",
+                str(ca),
+                "--out",
+                str(header),
+            ]
+        )
+        == 0
+    )
     assert stat.S_IMODE(header.stat().st_mode) == 0o600
     text = header.read_text()
     assert "#ifndef IOTX509_CREDENTIALS_H" in text and "#endif" in text
@@ -90,12 +122,26 @@ def test_c_header_compiles_and_holds_the_exact_pem(
 
 
 @needs_cc
-def test_c_header_without_server_ca(device_files: tuple[Path, Path, Path], tmp_path: Path
-                                    ) -> None:
+def test_c_header_without_server_ca(device_files: tuple[Path, Path, Path], tmp_path: Path) -> None:
     cert, key, _ = device_files
     header = tmp_path / "creds.h"
-    assert main(["certs", "export", "--format", "c-header", "--cert", str(cert), "--key",
-                 str(key), "--out", str(header)]) == 0
+    assert (
+        main(
+            [
+                "certs",
+                "export",
+                "--format",
+                "c-header",
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+                "--out",
+                str(header),
+            ]
+        )
+        == 0
+    )
     assert "#define IOTX509_HAS_SERVER_CA 0" in header.read_text()
     dumped = _compile_and_dump(header, tmp_path)
     assert dumped["cert"] == cert.read_bytes() and dumped["ca"] is None
@@ -104,8 +150,12 @@ def test_c_header_without_server_ca(device_files: tuple[Path, Path, Path], tmp_p
 @needs_cc
 def test_c_escaping_survives_every_byte_and_trigraphs(tmp_path: Path) -> None:
     """Quotes, backslashes, trigraphs, octal-looking digits after escapes, and all bytes 1-255."""
-    tricky = (b'say "hi" \\ back\\slash ??= ??/ ??\' ?\n\x01' + b"777\t\r\x7f\x80"
-              + bytes(range(1, 256)) + b"\nno newline at end")
+    tricky = (
+        b'say "hi" \\ back\\slash ??= ??/ ??\' ?\n\x01'
+        + b"777\t\r\x7f\x80"
+        + bytes(range(1, 256))
+        + b"\nno newline at end"
+    )
     bundle = ExportBundle(tricky, b"k\n", tricky[::-1], "1")
     header = tmp_path / "tricky.h"
     header.write_bytes(render_c_header(bundle))
@@ -123,8 +173,27 @@ def test_c_literals_split_at_newlines() -> None:
 def test_tlv_export_parses_back(device_files: tuple[Path, Path, Path], tmp_path: Path) -> None:
     cert, key, ca = device_files
     out = tmp_path / "creds.bin"
-    assert main(["certs", "export", "--format", "tlv", "--cert", str(cert), "--key", str(key),
-                 "--server-ca", str(ca), "--out", str(out), "--align", "4096"]) == 0
+    assert (
+        main(
+            [
+                "certs",
+                "export",
+                "--format",
+                "tlv",
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+                "--server-ca",
+                str(ca),
+                "--out",
+                str(out),
+                "--align",
+                "4096",
+            ]
+        )
+        == 0
+    )
     data = out.read_bytes()
     assert len(data) % 4096 == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -139,24 +208,46 @@ def test_export_normalises_a_pkcs8_key_to_pkcs1(
 ) -> None:
     cert, key, _ = device_files
     pkcs8 = tmp_path / "key.pk8"
-    pkcs8.write_bytes(read_private_key(key).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    pkcs8.write_bytes(
+        read_private_key(key).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     out = tmp_path / "creds.bin"
-    assert main(["certs", "export", "--format", "tlv", "--cert", str(cert), "--key", str(pkcs8),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "certs",
+                "export",
+                "--format",
+                "tlv",
+                "--cert",
+                str(cert),
+                "--key",
+                str(pkcs8),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     exported = parse_blob(out.read_bytes()).device_key
     assert exported.startswith(b"-----BEGIN RSA PRIVATE KEY-----")
     assert exported == rsa_key_pkcs1_pem(load_private_key(key.read_bytes()))  # type: ignore[arg-type]
 
 
 def test_export_refuses_wrong_inputs(
-    pki: TestPKI, device_files: tuple[Path, Path, Path], tmp_path: Path,
+    pki: TestPKI,
+    device_files: tuple[Path, Path, Path],
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     cert, key, ca = device_files
-    _other_cert, other_key, _ = pki.write_device("a1B2c3D4e5F", "dev-0002",
-                                                 directory=tmp_path / "other")
+    _other_cert, other_key, _ = pki.write_device(
+        "a1B2c3D4e5F", "dev-0002", directory=tmp_path / "other"
+    )
     out = tmp_path / "creds.bin"
     base = ["certs", "export", "--format", "tlv", "--out", str(out)]
 
@@ -164,17 +255,33 @@ def test_export_refuses_wrong_inputs(
     assert "does not belong to the certificate" in capsys.readouterr().err
 
     ec_key = tmp_path / "ec.key"
-    ec_key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    ec_key.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     assert main([*base, "--cert", str(cert), "--key", str(ec_key)]) == 1
     assert "only RSA keys" in capsys.readouterr().err
 
     assert main([*base, "--cert", str(key), "--key", str(key)]) == 1
     assert "no CERTIFICATE block" in capsys.readouterr().err
 
-    assert main([*base, "--cert", str(cert), "--key", str(key), "--server-ca",
-                 str(tmp_path / "missing.pem")]) == 1
+    assert (
+        main(
+            [
+                *base,
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+                "--server-ca",
+                str(tmp_path / "missing.pem"),
+            ]
+        )
+        == 1
+    )
     assert "cannot read the server CA" in capsys.readouterr().err
 
     assert main([*base, "--cert", str(cert), "--key", str(key), "--align", "3"]) == 1
@@ -185,9 +292,28 @@ def test_export_refuses_wrong_inputs(
     capsys.readouterr()
     assert main([*base, "--cert", str(cert), "--key", str(key)]) == 1
     assert "already exists; give --force" in capsys.readouterr().err
-    assert main([*base, "--cert", str(cert), "--key", str(key), "--server-ca", str(ca),
-                 "--force"]) == 0
+    assert (
+        main([*base, "--cert", str(cert), "--key", str(key), "--server-ca", str(ca), "--force"])
+        == 0
+    )
 
-    assert main(["certs", "export", "--format", "c-header", "--cert", str(cert), "--key",
-                 str(key), "--out", str(tmp_path / "x.h"), "--symbol-prefix", "9bad"]) == 1
+    assert (
+        main(
+            [
+                "certs",
+                "export",
+                "--format",
+                "c-header",
+                "--cert",
+                str(cert),
+                "--key",
+                str(key),
+                "--out",
+                str(tmp_path / "x.h"),
+                "--symbol-prefix",
+                "9bad",
+            ]
+        )
+        == 1
+    )
     assert "not a C identifier" in capsys.readouterr().err

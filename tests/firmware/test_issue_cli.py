@@ -28,8 +28,21 @@ def ca_files(pki: TestPKI, tmp_path: Path) -> tuple[Path, Path]:
 
 def _issue(ca_files: tuple[Path, Path], out: Path, *extra: str) -> int:
     ca_cert, ca_key = ca_files
-    return main(["certs", "issue", "--ca", str(ca_cert), "--ca-key", str(ca_key),
-                 "--product-key", PK, "--out", str(out), *extra])
+    return main(
+        [
+            "certs",
+            "issue",
+            "--ca",
+            str(ca_cert),
+            "--ca-key",
+            str(ca_key),
+            "--product-key",
+            PK,
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_issued_pairs_are_accepted_by_openssl(
@@ -55,8 +68,10 @@ def test_issued_pairs_are_accepted_by_openssl(
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
         assert cert.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----\n")
         # key and certificate belong together
-        assert openssl("rsa", "-in", key, "-pubout").stdout == openssl(
-            "x509", "-in", cert, "-noout", "-pubkey").stdout
+        assert (
+            openssl("rsa", "-in", key, "-pubout").stdout
+            == openssl("x509", "-in", cert, "-noout", "-pubkey").stdout
+        )
         # the CSV's SN is the certificate's SN, compared as numbers
         serial = openssl_serial(cert)
         assert serial == int(row.cert_sn, 16)
@@ -76,7 +91,9 @@ def test_issued_pairs_are_accepted_by_openssl(
 
 
 def test_names_file_count_prefix_and_resume(
-    pki: TestPKI, ca_files: tuple[Path, Path], tmp_path: Path,
+    pki: TestPKI,
+    ca_files: tuple[Path, Path],
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "out"
@@ -100,8 +117,19 @@ def test_names_file_count_prefix_and_resume(
 def test_separate_ledger_file(ca_files: tuple[Path, Path], tmp_path: Path) -> None:
     ledger = tmp_path / "shared" / "ledger.jsonl"
     for batch in ("a", "b"):
-        assert _issue(ca_files, tmp_path / batch, "--device-name", f"dev-{batch}000",
-                      "--ledger", str(ledger), "--jobs", "1") == 0
+        assert (
+            _issue(
+                ca_files,
+                tmp_path / batch,
+                "--device-name",
+                f"dev-{batch}000",
+                "--ledger",
+                str(ledger),
+                "--jobs",
+                "1",
+            )
+            == 0
+        )
     lines = ledger.read_text().splitlines()
     assert len(lines) == 2
     assert not (tmp_path / "a" / "sn-ledger.jsonl").exists()
@@ -120,8 +148,11 @@ def test_separate_ledger_file(ca_files: tuple[Path, Path], tmp_path: Path) -> No
     ],
 )
 def test_wrong_inputs_fail_before_anything_is_written(
-    ca_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    extra: list[str], message: str,
+    ca_files: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
 ) -> None:
     ca_cert, ca_key = ca_files
     out = tmp_path / "out"
@@ -147,7 +178,9 @@ def test_bad_names_file_lists_every_bad_name(
 
 
 def test_non_ca_and_mismatched_ca_key_are_refused(
-    pki: TestPKI, ca_files: tuple[Path, Path], tmp_path: Path,
+    pki: TestPKI,
+    ca_files: tuple[Path, Path],
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     dev_cert, dev_key, _ = pki.write_device(PK, "dev-9999", directory=tmp_path / "dev")
@@ -168,8 +201,22 @@ def test_directory_of_another_product_is_refused(
     out = tmp_path / "out"
     assert _issue(ca_files, out, "--device-name", "dev-0001", "--jobs", "1") == 0
     ca_cert, ca_key = ca_files
-    rc = main(["certs", "issue", "--ca", str(ca_cert), "--ca-key", str(ca_key),
-               "--product-key", "OtherProduct1", "--device-name", "dev-0002", "--out", str(out)])
+    rc = main(
+        [
+            "certs",
+            "issue",
+            "--ca",
+            str(ca_cert),
+            "--ca-key",
+            str(ca_key),
+            "--product-key",
+            "OtherProduct1",
+            "--device-name",
+            "dev-0002",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 1
     assert "another product or CA" in capsys.readouterr().err
     assert len(list(out.glob("*.cer"))) == 1
@@ -178,8 +225,20 @@ def test_directory_of_another_product_is_refused(
 def test_progress_line_on_request(
     ca_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _issue(ca_files, tmp_path / "out", "--count", "2", "--prefix", "prog-",
-                  "--jobs", "1", "--progress") == 0
+    assert (
+        _issue(
+            ca_files,
+            tmp_path / "out",
+            "--count",
+            "2",
+            "--prefix",
+            "prog-",
+            "--jobs",
+            "1",
+            "--progress",
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "2/2" in err and "keys/s" in err and "ETA" in err
     # not a terminal and no --progress: quiet
@@ -220,14 +279,28 @@ def test_a_ca_made_with_openssl_issues_devices_openssl_accepts(
     """Customers bring CAs made with openssl: v3 with CA:TRUE and a PKCS#8 key, or a version 1
     self-signed root (no extensions at all), which OpenSSL treats as a CA too."""
     v3 = (tmp_path / "v3.cer", tmp_path / "v3.key")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", v3[1], "-out", v3[0],
-            "-subj", "/CN=OpenSSL v3 CA", "-days", "30")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        v3[1],
+        "-out",
+        v3[0],
+        "-subj",
+        "/CN=OpenSSL v3 CA",
+        "-days",
+        "30",
+    )
     assert v3[1].read_text().startswith("-----BEGIN PRIVATE KEY-----")
     v1 = (tmp_path / "v1.cer", tmp_path / "v1.key")
     openssl("genrsa", "-out", v1[1], "2048")
     openssl("req", "-new", "-key", v1[1], "-out", tmp_path / "v1.csr", "-subj", "/CN=OpenSSL v1")
-    openssl("x509", "-req", "-in", tmp_path / "v1.csr", "-signkey", v1[1], "-out", v1[0],
-            "-days", "30")
+    openssl(
+        "x509", "-req", "-in", tmp_path / "v1.csr", "-signkey", v1[1], "-out", v1[0], "-days", "30"
+    )
     assert "Version: 1 (0x0)" in openssl("x509", "-noout", "-text", "-in", v1[0]).stdout
     for ca in (v3, v1):
         out = tmp_path / ca[0].stem
@@ -245,8 +318,23 @@ def test_a_version_1_leaf_is_not_taken_for_a_ca(
     key, csr, crt = tmp_path / "v.key", tmp_path / "v.csr", tmp_path / "v.crt"
     openssl("genrsa", "-out", key, "2048")
     openssl("req", "-new", "-key", key, "-out", csr, "-subj", "/CN=" + "ab" * 32)
-    openssl("x509", "-req", "-in", csr, "-CA", ca_files[0], "-CAkey", ca_files[1],
-            "-CAcreateserial", "-CAserial", tmp_path / "ca.srl", "-out", crt, "-days", "300",
-            "-sha512")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        ca_files[0],
+        "-CAkey",
+        ca_files[1],
+        "-CAcreateserial",
+        "-CAserial",
+        tmp_path / "ca.srl",
+        "-out",
+        crt,
+        "-days",
+        "300",
+        "-sha512",
+    )
     assert _issue((crt, key), tmp_path / "out", "--device-name", "dev-0001") == 1
     assert "is not a CA certificate" in capsys.readouterr().err

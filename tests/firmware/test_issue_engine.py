@@ -80,8 +80,14 @@ def _check_directory(out: Path, ca_cert: Path, expected: list[str]) -> None:
 def test_python_api_reports_progress_and_devices(pki: TestPKI, tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     names = names_from_count("api-", 4)
-    report = issue_devices(pki.ca, PK, names, tmp_path / "out", jobs=2,
-                           progress=lambda done, total: calls.append((done, total)))
+    report = issue_devices(
+        pki.ca,
+        PK,
+        names,
+        tmp_path / "out",
+        jobs=2,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls[0] == (0, 4) and calls[-1] == (4, 4)
     assert [c[0] for c in calls] == [0, 1, 2, 3, 4]
     assert [d.device_name for d in report.devices] == names
@@ -91,8 +97,10 @@ def test_python_api_reports_progress_and_devices(pki: TestPKI, tmp_path: Path) -
     ca_cert, _ = write_ca(pki.ca, tmp_path / "ca")
     _check_directory(tmp_path / "out", ca_cert, names)
     # every device got its own key
-    moduli = {read_private_key(d.key_path).public_key().public_numbers().n  # type: ignore[union-attr]
-              for d in report.devices}
+    moduli = {
+        read_private_key(d.key_path).public_key().public_numbers().n  # type: ignore[union-attr]
+        for d in report.devices
+    }
     assert len(moduli) == 4
 
 
@@ -112,10 +120,12 @@ def test_resume_removes_leftovers_and_csv_covers_the_whole_directory(
     unrelated = out / "notes.txt"
     unrelated.write_text("keep me")
 
-    report = issue_devices(pki.ca, PK, ["new-0001", "new-0002", "new-0003", "old-0001"], out,
-                           _key_source=one_key)
+    report = issue_devices(
+        pki.ca, PK, ["new-0001", "new-0002", "new-0003", "old-0001"], out, _key_source=one_key
+    )
     assert sorted(p.name for p in report.removed) == sorted(
-        [orphan_key.name, lone_cert.name, temp.name])
+        [orphan_key.name, lone_cert.name, temp.name]
+    )
     assert report.skipped == ["old-0001"]
     assert sorted(d.device_name for d in report.issued) == ["new-0001", "new-0002", "new-0003"]
     assert unrelated.read_text() == "keep me"
@@ -130,13 +140,15 @@ def test_colliding_sn_is_redrawn_and_never_reused(
     first = issue_devices(pki.ca, PK, ["dev-0001"], out, _key_source=one_key)
     taken = int(first.issued[0].sn, 16)
     draws = iter([taken, taken, taken + 1])
-    second = issue_devices(pki.ca, PK, ["dev-0002"], out, _key_source=one_key,
-                           _serial_source=lambda: next(draws))
+    second = issue_devices(
+        pki.ca, PK, ["dev-0002"], out, _key_source=one_key, _serial_source=lambda: next(draws)
+    )
     assert second.issued[0].sn == format(taken + 1, "x")
 
     with pytest.raises(DuplicateSerialError, match="not random"):
-        issue_devices(pki.ca, PK, ["dev-0003"], out, _key_source=one_key,
-                      _serial_source=lambda: taken)
+        issue_devices(
+            pki.ca, PK, ["dev-0003"], out, _key_source=one_key, _serial_source=lambda: taken
+        )
     # the SN is reserved before anything is written: no file for dev-0003
     assert not list(out.glob("*dev-0003*"))
 
@@ -148,10 +160,24 @@ def test_ledger_shared_across_directories_keeps_sns_unique(
     counter = itertools.count(0x8000000000000000)
     fixed = [next(counter) for _ in range(3)]
     # both batches draw from the same short sequence: the second must skip what the first used
-    issue_devices(pki.ca, PK, ["a-0001", "a-0002"], tmp_path / "a", ledger_path=ledger,
-                  _key_source=one_key, _serial_source=iter(fixed).__next__)
-    report = issue_devices(pki.ca, PK, ["b-0001"], tmp_path / "b", ledger_path=ledger,
-                           _key_source=one_key, _serial_source=iter(fixed).__next__)
+    issue_devices(
+        pki.ca,
+        PK,
+        ["a-0001", "a-0002"],
+        tmp_path / "a",
+        ledger_path=ledger,
+        _key_source=one_key,
+        _serial_source=iter(fixed).__next__,
+    )
+    report = issue_devices(
+        pki.ca,
+        PK,
+        ["b-0001"],
+        tmp_path / "b",
+        ledger_path=ledger,
+        _key_source=one_key,
+        _serial_source=iter(fixed).__next__,
+    )
     assert report.issued[0].sn == format(fixed[2], "x")
 
 
@@ -197,8 +223,10 @@ def test_a_certificate_whose_key_lives_on_its_board_is_kept_and_associated(
     report = issue_devices(pki.ca, PK, ["dev-0001"], out, _key_source=one_key)
     assert cert.exists() and report.removed == []
     sns = {r.device_name: r.cert_sn for r in read_associations(out / "associations.csv")}
-    assert sns == {"onboard-0001": certificate_sn(read_certificates(cert)[0]),
-                   "dev-0001": report.issued[0].sn}
+    assert sns == {
+        "onboard-0001": certificate_sn(read_certificates(cert)[0]),
+        "dev-0001": report.issued[0].sn,
+    }
 
 
 # --- interrupted runs (real subprocesses) ------------------------------------------------------
@@ -234,15 +262,25 @@ sys.exit(main())
 class _PausedRun:
     """``iotx509 certs issue ...`` paused after ``pause_after`` pairs are written."""
 
-    def __init__(self, ca_cert: Path, ca_key: Path, out: Path, count: int,
-                 pause_after: int) -> None:
+    def __init__(
+        self, ca_cert: Path, ca_key: Path, out: Path, count: int, pause_after: int
+    ) -> None:
         ready_r, ready_w = os.pipe()
         self.ready = os.fdopen(ready_r, "rb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _PAUSING_RUN, str(pause_after), str(ready_w),
-             *_issue_args(ca_cert, ca_key, out, count)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, pass_fds=(ready_w,),
+            [
+                sys.executable,
+                "-c",
+                _PAUSING_RUN,
+                str(pause_after),
+                str(ready_w),
+                *_issue_args(ca_cert, ca_key, out, count),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=(ready_w,),
         )
         os.close(ready_w)
 
@@ -258,14 +296,32 @@ class _PausedRun:
 
 
 def _issue_args(ca_cert: Path, ca_key: Path, out: Path, count: int) -> list[str]:
-    return ["certs", "issue", "--ca", str(ca_cert), "--ca-key", str(ca_key), "--product-key", PK,
-            "--count", str(count), "--prefix", "kill-", "--out", str(out), "--jobs", "2"]
+    return [
+        "certs",
+        "issue",
+        "--ca",
+        str(ca_cert),
+        "--ca-key",
+        str(ca_key),
+        "--product-key",
+        PK,
+        "--count",
+        str(count),
+        "--prefix",
+        "kill-",
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+    ]
 
 
 def _start_issue(ca_cert: Path, ca_key: Path, out: Path, count: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "iotx509", *_issue_args(ca_cert, ca_key, out, count)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
 
 
@@ -383,13 +439,17 @@ def test_a_worker_killed_mid_run_is_a_clear_error_and_loses_nothing(
 
     out = tmp_path / "out"
     with pytest.raises(IssuanceError, match="worker process died") as caught:
-        issue_devices(pki.ca, PK, names_from_count("w-", count), out, jobs=2,
-                      progress=kill_a_worker)
+        issue_devices(
+            pki.ca, PK, names_from_count("w-", count), out, jobs=2, progress=kill_a_worker
+        )
     assert killed
     # the cause shows which path reported it: result() of a running job, or submit()
     cause = str(caught.value.__cause__)
-    assert ("while the future was running or pending" if path == "noticed-by-result"
-            else "not usable anymore") in cause, cause
+    assert (
+        "while the future was running or pending"
+        if path == "noticed-by-result"
+        else "not usable anymore"
+    ) in cause, cause
     assert len(list(out.glob("*.cer"))) >= 1
     for key in out.glob("*.key"):
         assert key.with_suffix(".cer").exists()

@@ -96,8 +96,10 @@ def test_closed_ledger_refuses(tmp_path: Path) -> None:
 
 
 def _rows(count: int, product_key: str = "a1B2c3D4e5F") -> list[Association]:
-    return [Association(product_key, f"dev-{i:06d}", format(0x8000000000000000 + i, "x"))
-            for i in range(count)]
+    return [
+        Association(product_key, f"dev-{i:06d}", format(0x8000000000000000 + i, "x"))
+        for i in range(count)
+    ]
 
 
 def _data_rows(path: Path) -> list[list[str]]:

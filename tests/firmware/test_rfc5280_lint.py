@@ -24,8 +24,12 @@ CLI = [sys.executable, "-m", "iotx509"]
 def lint(cert: Path, severity: str = "WARNING") -> tuple[int, str]:
     """(number of findings at or above ``severity``, the linter's report)."""
     assert LINTER is not None
-    proc = subprocess.run([LINTER, "lint", "-s", severity, "-f", "TEXT", str(cert)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [LINTER, "lint", "-s", severity, "-f", "TEXT", str(cert)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "Failed to load" not in proc.stderr, proc.stderr
     return proc.returncode, proc.stdout.strip()
 
@@ -40,10 +44,34 @@ def made_by_the_cli(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     root = tmp_path_factory.mktemp("lint")
     _run("ca", "create", "--cn", "Lint Test CA", "--out", root / "ca")
     ca_cert, ca_key = root / "ca" / "ca.cer", root / "ca" / "ca.key"
-    _run("ca", "verification-cert", "--ca", ca_cert, "--ca-key", ca_key, "--code", "ab" * 32,
-         "--out", root / "verification")
-    _run("certs", "issue", "--ca", ca_cert, "--ca-key", ca_key, "--product-key", "a1LintPK01",
-         "--device-name", "lint-dev-0001", "--out", root / "devices", "--jobs", "1")
+    _run(
+        "ca",
+        "verification-cert",
+        "--ca",
+        ca_cert,
+        "--ca-key",
+        ca_key,
+        "--code",
+        "ab" * 32,
+        "--out",
+        root / "verification",
+    )
+    _run(
+        "certs",
+        "issue",
+        "--ca",
+        ca_cert,
+        "--ca-key",
+        ca_key,
+        "--product-key",
+        "a1LintPK01",
+        "--device-name",
+        "lint-dev-0001",
+        "--out",
+        root / "devices",
+        "--jobs",
+        "1",
+    )
     (device,) = (root / "devices").glob("*.cer")
     return {
         "ca": ca_cert,

@@ -24,9 +24,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 def create_account(data_dir: Path, name: str) -> str:
     """A new account's token, made the way an operator does it (the CLI on the data dir)."""
     out = subprocess.run(
-        [sys.executable, "-m", "iotx509", "server", "account", "create", name,
-         "--data-dir", str(data_dir)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "server",
+            "account",
+            "create",
+            name,
+            "--data-dir",
+            str(data_dir),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return out.split()[-1]
 
@@ -49,17 +60,24 @@ def csv_for(product_key: str, devices: dict[str, int]) -> bytes:
 
 
 def make_tenant(
-    http_url: str, token: str, *, ca: pki.CertifiedKey | None = None,
-    devices: dict[str, int] | None = None, ca_name: str = "tenant_ca",
+    http_url: str,
+    token: str,
+    *,
+    ca: pki.CertifiedKey | None = None,
+    devices: dict[str, int] | None = None,
+    ca_name: str = "tenant_ca",
 ) -> Tenant:
     client = PlatformClient(http_url, token)
     product_key = str(client.create_product("hardening")["productKey"])
     ca = ca or pki.create_ca("Hardening CA")
     verification = pki.issue_verification_certificate(ca, client.registration_code())
-    ca_sn = str(client.register_ca(
-        ca_name, UploadFile("ca.pem", ca.cert_pem()),
-        UploadFile("verification.crt", verification.cert_pem()),
-    )["caSn"])
+    ca_sn = str(
+        client.register_ca(
+            ca_name,
+            UploadFile("ca.pem", ca.cert_pem()),
+            UploadFile("verification.crt", verification.cert_pem()),
+        )["caSn"]
+    )
     devices = devices if devices is not None else {"dev-0001": 0x1001, "dev-0002": 0x1002}
     if devices:
         client.associate(ca_sn, UploadFile("devices.csv", csv_for(product_key, devices)))

@@ -36,9 +36,17 @@ def main() -> None:
 
         creds = Credentials.from_pem(Path(dev["cert"]).read_bytes(), Path(dev["key"]).read_bytes())
         clients[name] = DeviceClient(
-            config["host"], config["port"], creds, server_ca=config["server_ca"],
-            reconnect_base=config["base"], reconnect_cap=config["cap"], stable_period=5.0,
-            attempt_timeout=config["attempt_timeout"], identity_timeout=10.0, keepalive=300, on_connection_state=on_state,
+            config["host"],
+            config["port"],
+            creds,
+            server_ca=config["server_ca"],
+            reconnect_base=config["base"],
+            reconnect_cap=config["cap"],
+            stable_period=5.0,
+            attempt_timeout=config["attempt_timeout"],
+            identity_timeout=10.0,
+            keepalive=300,
+            on_connection_state=on_state,
         )
     for client in clients.values():
         client.connect(timeout=60)
@@ -56,8 +64,9 @@ def main() -> None:
                 for name, c in clients.items()
             }
             with lock:
-                print(json.dumps({"online_times": online_times, "identities": identities}),
-                      flush=True)
+                print(
+                    json.dumps({"online_times": online_times, "identities": identities}), flush=True
+                )
             for client in clients.values():
                 client.disconnect(timeout=2)
             return

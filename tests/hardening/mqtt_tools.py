@@ -57,7 +57,10 @@ def mqtt_connect(
 
 
 def mqtt_connect_retry(
-    host: str, port: int, ctx: ssl.SSLContext, client_id: str = "hardening|securemode=2|",
+    host: str,
+    port: int,
+    ctx: ssl.SSLContext,
+    client_id: str = "hardening|securemode=2|",
     wait: float = 5.0,
 ) -> tuple[ssl.SSLSocket, codec.Decoder, list[codec.Packet]]:
     """Like :func:`mqtt_connect`, retried while a just-registered CA reaches the TLS layer."""

@@ -20,8 +20,14 @@ def record(key: str, *, threat: str, tried: str, count: int | str, result: str) 
     if not directory:
         return
     current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
-    row = {"key": key, "threat": threat, "tried": tried, "count": count, "result": result,
-           "test": current}
+    row = {
+        "key": key,
+        "threat": threat,
+        "tried": tried,
+        "count": count,
+        "result": result,
+        "test": current,
+    }
     path = Path(directory) / (re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=2))

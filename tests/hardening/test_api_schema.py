@@ -27,7 +27,9 @@ EXAMPLES_PER_MODE = 40
 def _check(response: Any, outcome: Counter[str]) -> None:
     status = response.status_code
     outcome[f"{status // 100}xx"] += 1
-    assert status < 500, f"{response.request.method} {response.request.url} -> {status}: {response.text[:500]}"
+    assert status < 500, (
+        f"{response.request.method} {response.request.url} -> {status}: {response.text[:500]}"
+    )
     if status >= 400:
         body = response.json()
         assert isinstance(body, dict) and set(body) == {"error"}, body
@@ -44,8 +46,12 @@ def test_openapi_operations_never_fail_with_5xx(server: RunningServer) -> None:
     schema.config.max_stream_events = 1
     headers = {"Authorization": f"Bearer {server.token}"}
     # real identifiers mixed into generated path parameters, so some requests reach deep code
-    known = {"productKey": tenant.product_key, "caSn": tenant.ca_sn, "deviceName": "dev-0001",
-             "certSn": "1001"}
+    known = {
+        "productKey": tenant.product_key,
+        "caSn": tenant.ca_sn,
+        "deviceName": "dev-0001",
+        "certSn": "1001",
+    }
     outcome: Counter[str] = Counter()
     operations = 0
     for result in schema.get_all_operations():
@@ -54,8 +60,12 @@ def test_openapi_operations_never_fail_with_5xx(server: RunningServer) -> None:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = operation.as_strategy(generation_mode=mode)
 
-            @settings(max_examples=EXAMPLES_PER_MODE, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=EXAMPLES_PER_MODE,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=strategy, use_known=st.booleans())
             def run(case: Any, use_known: bool) -> None:
                 if use_known and case.path_parameters:
@@ -70,10 +80,14 @@ def test_openapi_operations_never_fail_with_5xx(server: RunningServer) -> None:
     record(
         "api-schemathesis",
         threat="malformed or unexpected HTTP API requests",
-        tried=(f"schemathesis from /openapi.json: {operations} operations, positive and negative "
-               f"data, up to {EXAMPLES_PER_MODE} examples per operation and mode"),
+        tried=(
+            f"schemathesis from /openapi.json: {operations} operations, positive and negative "
+            f"data, up to {EXAMPLES_PER_MODE} examples per operation and mode"
+        ),
         count=total,
-        result=(f"no 5xx; {outcome['2xx']} 2xx, {outcome['4xx']} 4xx, every error in the "
-                '{"error": {"code", "message"}} shape'),
+        result=(
+            f"no 5xx; {outcome['2xx']} 2xx, {outcome['4xx']} 4xx, every error in the "
+            '{"error": {"code", "message"}} shape'
+        ),
     )
     assert operations >= 10 and total > operations * 10

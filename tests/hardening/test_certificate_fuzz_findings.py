@@ -43,7 +43,8 @@ def test_found_inputs_are_refused_with_our_errors(name: str) -> None:
         load_certificates(data, source="CA certificate")
     with pytest.raises(CaCertificateRejectedError):
         check_ca_upload(
-            name="found_ca", ca_data=data,
+            name="found_ca",
+            ca_data=data,
             verification_data=seeds.verification().cert_pem(),
             registration_code=seeds.REGISTRATION_CODE,
         )
@@ -51,7 +52,9 @@ def test_found_inputs_are_refused_with_our_errors(name: str) -> None:
 
 def test_the_unmutated_certificate_is_accepted() -> None:
     checked = check_ca_upload(
-        name="found_ca", ca_data=_ca_der(), verification_data=seeds.verification().cert_pem(),
+        name="found_ca",
+        ca_data=_ca_der(),
+        verification_data=seeds.verification().cert_pem(),
         registration_code=seeds.REGISTRATION_CODE,
     )
     assert checked.ca_sn

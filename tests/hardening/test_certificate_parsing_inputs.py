@@ -33,7 +33,9 @@ def test_random_bytes_are_refused_with_our_error(data: bytes) -> None:
     assert result  # a random blob that happens to parse must still yield certificates
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(cut=st.integers(min_value=0, max_value=2000), noise=st.lists(PEM_ARMOUR, max_size=6))
 def test_truncated_and_spliced_pem(good_pem: bytes, cut: int, noise: list[bytes]) -> None:
     data = good_pem[: cut % (len(good_pem) + 1)] + b"".join(noise)
@@ -43,7 +45,9 @@ def test_truncated_and_spliced_pem(good_pem: bytes, cut: int, noise: list[bytes]
         assert str(exc)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(pos=st.integers(min_value=0), byte=st.integers(min_value=0, max_value=255))
 def test_der_with_one_byte_changed(good_pem: bytes, pos: int, byte: int) -> None:
     der = bytearray(certs.load_certificate(good_pem).public_bytes(serialization.Encoding.DER))

@@ -50,7 +50,8 @@ def _integrity_and_counts(data_dir: Path, prefix: str) -> tuple[str, int, int]:
         ).fetchone()[0]
         assoc = con.execute(
             "SELECT count(*) FROM associations a JOIN devices d ON d.id = a.device_id "
-            "WHERE d.device_name LIKE ?", (prefix + "-%",)
+            "WHERE d.device_name LIKE ?",
+            (prefix + "-%",),
         ).fetchone()[0]
         return str(status), int(devices), int(assoc)
     finally:
@@ -99,16 +100,22 @@ def test_sigkill_during_association_import(tmp_path: Path) -> None:
         assert (devices, assoc) in ((0, 0), (ROWS, ROWS)), (i, delay, devices, assoc)
         with running_server(data_dir) as srv:  # restarts, and the API agrees with the store
             listed = PlatformClient(srv.http_url, srv.token).associations(tenant.ca_sn)
-            names = {row["deviceName"] for row in listed if str(row["deviceName"]).startswith(prefix + "-")}
+            names = {
+                row["deviceName"]
+                for row in listed
+                if str(row["deviceName"]).startswith(prefix + "-")
+            }
             assert len(names) == assoc, (len(names), assoc)
         outcomes["all" if assoc else "none"] += 1
-    record("crash-association-import",
-           threat="server killed (SIGKILL) during a 10,000-row association import",
-           tried=f"{IMPORT_KILLS} kills spread over {SPREAD[0]:.0%}..{SPREAD[1]:.0%} of an upload's "
-                 f"{full_time:.2f} s (request + import), restart on the same data dir",
-           count=IMPORT_KILLS,
-           result=f"all-or-none every time ({outcomes['all']} all, {outcomes['none']} none); "
-                  "integrity_check ok; server restarts")
+    record(
+        "crash-association-import",
+        threat="server killed (SIGKILL) during a 10,000-row association import",
+        tried=f"{IMPORT_KILLS} kills spread over {SPREAD[0]:.0%}..{SPREAD[1]:.0%} of an upload's "
+        f"{full_time:.2f} s (request + import), restart on the same data dir",
+        count=IMPORT_KILLS,
+        result=f"all-or-none every time ({outcomes['all']} all, {outcomes['none']} none); "
+        "integrity_check ok; server restarts",
+    )
     assert sum(outcomes.values()) == IMPORT_KILLS
 
 
@@ -123,21 +130,29 @@ def test_sigkill_during_ca_registration(tmp_path: Path) -> None:
     with running_server(data_dir) as srv:  # timed like the kill runs: a freshly started server
         client = PlatformClient(srv.http_url, srv.token)
         started = time.monotonic()
-        first = client.register_ca("calibration", UploadFile("ca.pem", cas[0].cert_pem()),
-                                   UploadFile("v.crt", verifications[0].cert_pem()))
+        first = client.register_ca(
+            "calibration",
+            UploadFile("ca.pem", cas[0].cert_pem()),
+            UploadFile("v.crt", verifications[0].cert_pem()),
+        )
         full_time = time.monotonic() - started
         client.delete_ca(str(first["caSn"]))
     outcomes: Counter[str] = Counter()
     for i in range(1, CA_KILLS + 1):
         sn = format(cas[i].certificate.serial_number, "x")
-        delay = full_time * SPREAD[0] + full_time * (SPREAD[1] - SPREAD[0]) * (i - 1) / (CA_KILLS - 1)
+        delay = full_time * SPREAD[0] + full_time * (SPREAD[1] - SPREAD[0]) * (i - 1) / (
+            CA_KILLS - 1
+        )
         with running_server(data_dir) as srv:
             client = PlatformClient(srv.http_url, srv.token)
 
             def register(index: int = i, c: PlatformClient = client) -> None:
                 try:
-                    c.register_ca(f"crash_{index}", UploadFile("ca.pem", cas[index].cert_pem()),
-                                  UploadFile("v.crt", verifications[index].cert_pem()))
+                    c.register_ca(
+                        f"crash_{index}",
+                        UploadFile("ca.pem", cas[index].cert_pem()),
+                        UploadFile("v.crt", verifications[index].cert_pem()),
+                    )
                 except PlatformAPIError:
                     pass
 
@@ -163,10 +178,12 @@ def test_sigkill_during_ca_registration(tmp_path: Path) -> None:
                 outcomes["all"] += 1
             else:
                 outcomes["none"] += 1
-    record("crash-ca-registration",
-           threat="server killed (SIGKILL) during a CA registration",
-           tried=f"{CA_KILLS} kills spread over {SPREAD[0]:.0%}..{SPREAD[1]:.0%} of a registration's "
-                 f"{full_time * 1000:.0f} ms (request + checks + store)",
-           count=CA_KILLS,
-           result=f"all-or-none every time ({outcomes['all']} stored whole, {outcomes['none']} "
-                  "absent); integrity_check ok; server restarts")
+    record(
+        "crash-ca-registration",
+        threat="server killed (SIGKILL) during a CA registration",
+        tried=f"{CA_KILLS} kills spread over {SPREAD[0]:.0%}..{SPREAD[1]:.0%} of a registration's "
+        f"{full_time * 1000:.0f} ms (request + checks + store)",
+        count=CA_KILLS,
+        result=f"all-or-none every time ({outcomes['all']} stored whole, {outcomes['none']} "
+        "absent); integrity_check ok; server restarts",
+    )

@@ -77,8 +77,14 @@ def test_hostile_board_ids_are_text_in_the_provisioning_report(
         with SimBoard(tmp_path / f"board{i}", board_id=board_id) as sim:
             link = SerialLink.open(sim.port)
             try:
-                summary = Batch(Host(link), pairs, Report.open(report_path), mode="prompt",
-                                ask=_answering("", "q"), say=lambda _: None).run()
+                summary = Batch(
+                    Host(link),
+                    pairs,
+                    Report.open(report_path),
+                    mode="prompt",
+                    ask=_answering("", "q"),
+                    say=lambda _: None,
+                ).run()
             finally:
                 link.close()
         assert [b for b, _ in summary.provisioned] == [board_id]
@@ -93,11 +99,14 @@ def test_hostile_board_ids_are_text_in_the_provisioning_report(
     again = Report.open(report_path)
     assert again.boards == set(HOSTILE_BOARD_IDS)
     assert len(again.used_pairs) == len(HOSTILE_BOARD_IDS)
-    record("escape-csv-board-id", threat="board reporting a spreadsheet formula as its id "
-           "(provisioning report CSV)", tried="batch provisioning over a real pty with board "
-           "ids beginning with = @ + - tab and '", count=len(HOSTILE_BOARD_IDS),
-           result="every id written as text ('-prefixed), no cell of the report begins with a "
-           "formula character; read back unchanged, so resume still knows the boards")
+    record(
+        "escape-csv-board-id",
+        threat="board reporting a spreadsheet formula as its id (provisioning report CSV)",
+        tried="batch provisioning over a real pty with board ids beginning with = @ + - tab and '",
+        count=len(HOSTILE_BOARD_IDS),
+        result="every id written as text ('-prefixed), no cell of the report begins with a "
+        "formula character; read back unchanged, so resume still knows the boards",
+    )
 
 
 def test_device_names_with_a_formula_lead_are_refused_everywhere(
@@ -121,10 +130,14 @@ def test_device_names_with_a_formula_lead_are_refused_everywhere(
         with pytest.raises(AssociationRejectedError) as info:
             parse_associations(body.encode())
         assert [(e.row, e.message) for e in info.value.rows] == [
-            (2, f"DeviceName {name!r} must not begin with {name[0]!r}: DeviceNames go into CSV "
+            (
+                2,
+                f"DeviceName {name!r} must not begin with {name[0]!r}: DeviceNames go into CSV "
                 "files, and spreadsheet programs run a cell beginning with = + - @ as a formula "
                 "(the kit is stricter than the platform here); start it with a letter, a digit "
-                "or one of _.:")]
+                "or one of _.:",
+            )
+        ]
         refused += 3
     assert not (tmp_path / "csv").exists() or not list((tmp_path / "csv").iterdir())
     # The platform allows '@' and '-' first: a device is still told such an identity.
@@ -132,12 +145,18 @@ def test_device_names_with_a_formula_lead_are_refused_everywhere(
         assert validate_device_name(name) == name
         assert Identity(PK, name).device_name == name
     assert render([Association(PK, "dev@0001", "1f")]) == (
-        b"ProductKey,DeviceName,CertSN\n" + PK.encode() + b",dev@0001,1f\n")
-    record("escape-csv-device-name", threat="DeviceName beginning with a formula character "
-           "in association CSVs (- and @ are allowed first by the platform's rule)", tried=f"{len(HOSTILE_NAMES)} names through the "
-           "naming rule, the kit's CSV writer and the server's CSV upload parser", count=refused,
-           result="refused each time with the spreadsheet-formula reason (and the row number "
-           "on upload); nothing written")
+        b"ProductKey,DeviceName,CertSN\n" + PK.encode() + b",dev@0001,1f\n"
+    )
+    record(
+        "escape-csv-device-name",
+        threat="DeviceName beginning with a formula character "
+        "in association CSVs (- and @ are allowed first by the platform's rule)",
+        tried=f"{len(HOSTILE_NAMES)} names through the "
+        "naming rule, the kit's CSV writer and the server's CSV upload parser",
+        count=refused,
+        result="refused each time with the spreadsheet-formula reason (and the row number "
+        "on upload); nothing written",
+    )
 
 
 @needs_openssl
@@ -146,8 +165,22 @@ def test_certs_issue_refuses_a_formula_device_name(
 ) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     out = tmp_path / "out"
-    status = main(["certs", "issue", "--ca", str(ca_cert), "--ca-key", str(ca_key),
-                   "--product-key", PK, "--device-name", "@evil-01", "--out", str(out)])
+    status = main(
+        [
+            "certs",
+            "issue",
+            "--ca",
+            str(ca_cert),
+            "--ca-key",
+            str(ca_key),
+            "--product-key",
+            PK,
+            "--device-name",
+            "@evil-01",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert status != 0
     assert "DeviceName '@evil-01' must not begin with '@'" in err

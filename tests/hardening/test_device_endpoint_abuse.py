@@ -78,13 +78,23 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     _raise_nofile()
     # budgets for unauthenticated connections opened wide: these tests are about time-outs
     # (the budgets have tests of their own below, on a server with small ones)
-    args = ["--handshake-timeout", str(TIMEOUT_S), "--connect-timeout", str(TIMEOUT_S),
-            "--max-packet-size", str(MAX_PACKET), "--max-pending-connections", "20000",
-            "--max-pending-per-source", "20000"]
+    args = [
+        "--handshake-timeout",
+        str(TIMEOUT_S),
+        "--connect-timeout",
+        str(TIMEOUT_S),
+        "--max-packet-size",
+        str(MAX_PACKET),
+        "--max-pending-connections",
+        "20000",
+        "--max-pending-per-source",
+        "20000",
+    ]
     with running_server(tmp_path_factory.mktemp("abuse") / "data", extra_args=args) as srv:
         _require_endpoint(srv)
-        tenant = make_tenant(srv.http_url, srv.token,
-                             devices={"witness-01": 0xA001, "abuser-01": 0xA002})
+        tenant = make_tenant(
+            srv.http_url, srv.token, devices={"witness-01": 0xA001, "abuser-01": 0xA002}
+        )
         witness = pki.issue_device_certificate(tenant.ca, "witness-01", serial=0xA001)
         abuser = pki.issue_device_certificate(tenant.ca, "abuser-01", serial=0xA002)
         stranger = pki.issue_device_certificate(pki.create_ca("Stranger CA"), "x", serial=0xA003)
@@ -97,8 +107,10 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
 def _require_endpoint(srv: RunningServer) -> None:
     """A server without its device endpoint is a failure here, never a reason to skip."""
     if srv.mqtt_port is None:
-        pytest.fail("the server started without its MQTT device endpoint; these tests need it:\n"
-                    + srv.log()[-2000:])
+        pytest.fail(
+            "the server started without its MQTT device endpoint; these tests need it:\n"
+            + srv.log()[-2000:]
+        )
 
 
 def _parallel(fn: Callable[[int], str], count: int) -> Counter[str]:
@@ -165,13 +177,17 @@ def test_idle_connections_are_closed_and_leave_no_memory(endpoint: Endpoint) -> 
         tls_outcome.update(_idle_tls(ep, min(batch, IDLE_TLS - done)))
     end = _settled_rss(ep)
     growth = (end - start) / start
-    record("idle-connections",
-           threat="connections that never start TLS, or finish TLS and never send CONNECT",
-           tried=f"{IDLE_TCP:,} TCP-only + {IDLE_TLS:,} TLS-without-CONNECT connections, "
-                 f"{batch:,} at a time, server timeouts {TIMEOUT_S:g} s",
-           count=IDLE_TCP + IDLE_TLS,
-           result=(f"all closed by the server's timeouts; RSS after warm-up {start / 2**20:.1f} "
-                   f"-> {end / 2**20:.1f} MiB ({growth:+.1%}); before warm-up {cold / 2**20:.1f}"))
+    record(
+        "idle-connections",
+        threat="connections that never start TLS, or finish TLS and never send CONNECT",
+        tried=f"{IDLE_TCP:,} TCP-only + {IDLE_TLS:,} TLS-without-CONNECT connections, "
+        f"{batch:,} at a time, server timeouts {TIMEOUT_S:g} s",
+        count=IDLE_TCP + IDLE_TLS,
+        result=(
+            f"all closed by the server's timeouts; RSS after warm-up {start / 2**20:.1f} "
+            f"-> {end / 2**20:.1f} MiB ({growth:+.1%}); before warm-up {cold / 2**20:.1f}"
+        ),
+    )
     assert outcome == Counter({"closed by server": IDLE_TCP}), outcome
     assert tls_outcome == Counter({"closed by server": IDLE_TLS}), tls_outcome
     assert growth < 0.10, (start, end)
@@ -216,7 +232,11 @@ def _serves_valid_device(ep: Endpoint) -> bool:
     sock, decoder, packets = mqtt_connect(*ep.addr, ep.ctx(ep.witness))
     try:
         connack = packets[0]
-        return isinstance(connack, codec.Connack) and connack.return_code == 0 and ping_ok(sock, decoder)
+        return (
+            isinstance(connack, codec.Connack)
+            and connack.return_code == 0
+            and ping_ok(sock, decoder)
+        )
     finally:
         sock.close()
 
@@ -236,13 +256,17 @@ def test_failed_handshakes_leave_the_server_serving(endpoint: Endpoint) -> None:
     end = _settled_rss(ep)
     growth = (end - start) / start
     total = sum(FAILED.values())
-    record("failed-handshakes",
-           threat="failed TLS handshakes: no client certificate, unknown CA, garbage bytes",
-           tried=", ".join(f"{n:,} {k}" for k, n in FAILED.items()) + f" ({WORKERS} in parallel)",
-           count=total,
-           result=(f"every one refused; a valid device connects after each kind; RSS after "
-                   f"warm-up {start / 2**20:.1f} -> {end / 2**20:.1f} MiB ({growth:+.1%}); "
-                   f"before warm-up {cold / 2**20:.1f}"))
+    record(
+        "failed-handshakes",
+        threat="failed TLS handshakes: no client certificate, unknown CA, garbage bytes",
+        tried=", ".join(f"{n:,} {k}" for k, n in FAILED.items()) + f" ({WORKERS} in parallel)",
+        count=total,
+        result=(
+            f"every one refused; a valid device connects after each kind; RSS after "
+            f"warm-up {start / 2**20:.1f} -> {end / 2**20:.1f} MiB ({growth:+.1%}); "
+            f"before warm-up {cold / 2**20:.1f}"
+        ),
+    )
     for kind, count in FAILED.items():
         assert results[kind] == Counter({"refused": count}), (kind, results[kind])
     assert growth < 0.10, (start, end)
@@ -262,7 +286,9 @@ def _abuses(pk: str) -> dict[str, tuple[bool, bytes]]:
     return {
         "oversized remaining length (268 MB)": (True, b"\x30\xff\xff\xff\x7f"),
         f"remaining length over the {MAX_PACKET // 1024} KiB limit": (
-            True, b"\x30" + codec.encode_remaining_length(MAX_PACKET + 1)),
+            True,
+            b"\x30" + codec.encode_remaining_length(MAX_PACKET + 1),
+        ),
         "remaining length of 5 bytes": (True, b"\x30\xff\xff\xff\xff\x01"),
         "PINGREQ before CONNECT": (False, codec.PINGREQ_BYTES),
         "PUBLISH before CONNECT": (False, _raw_publish(f"/{pk}/abuser-01/user/x".encode())),
@@ -301,11 +327,16 @@ def test_malformed_mqtt_closes_only_that_connection(endpoint: Endpoint) -> None:
             sock.close()
         assert ping_ok(witness, witness_decoder), f"the other device lost its session after {name}"
     witness.close()
-    record("malformed-mqtt",
-           threat="malformed or forbidden MQTT from an authenticated device",
-           tried="; ".join(abuses), count=len(abuses),
-           result=(f"{len(closed)} of {len(abuses)} closed that connection only; another "
-                   "connected device answered PINGREQ after each"))
+    record(
+        "malformed-mqtt",
+        threat="malformed or forbidden MQTT from an authenticated device",
+        tried="; ".join(abuses),
+        count=len(abuses),
+        result=(
+            f"{len(closed)} of {len(abuses)} closed that connection only; another "
+            "connected device answered PINGREQ after each"
+        ),
+    )
     assert closed == list(abuses), set(abuses) - set(closed)
 
 
@@ -337,8 +368,9 @@ class Bounded:
         assert self.server.mqtt_port is not None
         return self.server.mqtt_host, self.server.mqtt_port
 
-    def online(self, name: str, client_id: str = "hardening|securemode=2|"
-               ) -> tuple[ssl.SSLSocket, codec.Decoder]:
+    def online(
+        self, name: str, client_id: str = "hardening|securemode=2|"
+    ) -> tuple[ssl.SSLSocket, codec.Decoder]:
         sock, decoder, packets = mqtt_connect(*self.addr, self.ctx(name), client_id)
         assert isinstance(packets[0], codec.Connack) and packets[0].return_code == 0, name
         return sock, decoder
@@ -353,17 +385,32 @@ class Bounded:
 @pytest.fixture(scope="module")
 def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bounded]:
     _raise_nofile()
-    args = ["--handshake-timeout", "60", "--connect-timeout", "60",
-            "--max-pending-connections", str(PENDING), "--max-pending-per-source", str(PER_SOURCE),
-            "--max-filters-per-session", str(FILTERS),
-            "--recent-bytes-per-device", str(RECENT_PER_DEVICE),
-            "--recent-bytes-total", str(RECENT_TOTAL), "--recent-retention", "1"]
+    args = [
+        "--handshake-timeout",
+        "60",
+        "--connect-timeout",
+        "60",
+        "--max-pending-connections",
+        str(PENDING),
+        "--max-pending-per-source",
+        str(PER_SOURCE),
+        "--max-filters-per-session",
+        str(FILTERS),
+        "--recent-bytes-per-device",
+        str(RECENT_PER_DEVICE),
+        "--recent-bytes-total",
+        str(RECENT_TOTAL),
+        "--recent-retention",
+        "1",
+    ]
     with running_server(tmp_path_factory.mktemp("bounded") / "data", extra_args=args) as srv:
         _require_endpoint(srv)
         names = ["witness-01", "abuser-01", *(f"pub-{i:02d}" for i in range(PUBLISHERS))]
         sns = {name: 0xB000 + i for i, name in enumerate(names)}
         tenant = make_tenant(srv.http_url, srv.token, devices=sns)
-        devices = {n: pki.issue_device_certificate(tenant.ca, n, serial=sn) for n, sn in sns.items()}
+        devices = {
+            n: pki.issue_device_certificate(tenant.ca, n, serial=sn) for n, sn in sns.items()
+        }
         ep = Bounded(srv, tenant, devices)
         sock, _dec, _packets = mqtt_connect_retry(*ep.addr, ep.ctx("witness-01"))
         sock.close()
@@ -386,8 +433,9 @@ def test_huge_and_many_filters_are_refused_past_the_limits(bounded: Bounded) -> 
     start = ep.rss()
     huge = f"/{pk}/abuser-01/x" + "/" * 65_000
     for packet_id in range(1, 20):  # 19 packets of three 65,000-byte filters, as in the review
-        abuser.sendall(codec.encode(codec.Subscribe(
-            packet_id, ((huge, 0), (huge + "a", 0), (huge + "b", 1)))))
+        abuser.sendall(
+            codec.encode(codec.Subscribe(packet_id, ((huge, 0), (huge + "a", 0), (huge + "b", 1))))
+        )
         assert _suback(abuser, adec).return_codes == (0x80, 0x80, 0x80)
     granted = 0
     for n in range(20):  # 120,000 short filters, 6,000 to a packet (under the packet size)
@@ -396,12 +444,16 @@ def test_huge_and_many_filters_are_refused_past_the_limits(bounded: Bounded) -> 
         granted += sum(1 for c in _suback(abuser, adec).return_codes if c != 0x80)
     growth = ep.rss() - start
     assert ping_ok(abuser, adec) and ping_ok(witness, wdec)
-    record("subscription-bounds",
-           threat="SUBSCRIBE with 65,000-byte filters of '/' levels, and 120,000 short filters",
-           tried="19 packets x 3 filters of 65,000 bytes; 20 packets x 6,000 filters",
-           count=19 * 3 + 120_000,
-           result=(f"every huge filter refused (0x80), {granted} of 120,000 short ones granted "
-                   f"(max {FILTERS}); server RSS {growth / 2**20:+.1f} MiB; one log line a packet"))
+    record(
+        "subscription-bounds",
+        threat="SUBSCRIBE with 65,000-byte filters of '/' levels, and 120,000 short filters",
+        tried="19 packets x 3 filters of 65,000 bytes; 20 packets x 6,000 filters",
+        count=19 * 3 + 120_000,
+        result=(
+            f"every huge filter refused (0x80), {granted} of 120,000 short ones granted "
+            f"(max {FILTERS}); server RSS {growth / 2**20:+.1f} MiB; one log line a packet"
+        ),
+    )
     assert granted == FILTERS
     assert len(ep.log_lines("max_filter_bytes")) == 19
     assert len(ep.log_lines(f"max_filters_per_session {FILTERS}")) == 20
@@ -428,7 +480,7 @@ def test_deep_subscription_and_matching_publish_leave_the_server_serving(bounded
 
 
 def _get_messages(ep: Bounded, name: str) -> bytes:
-    url = (f"{ep.server.http_url}/api/v1/devices/{ep.tenant.product_key}/{name}/messages?limit=1000")
+    url = f"{ep.server.http_url}/api/v1/devices/{ep.tenant.product_key}/{name}/messages?limit=1000"
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {ep.server.token}"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         return bytes(resp.read())
@@ -446,8 +498,9 @@ def test_recent_messages_stay_within_their_budgets_and_leave_with_the_device(
     for name in names:
         sock, dec = ep.online(name)
         for i in range(100):
-            sock.sendall(codec.encode(codec.Publish(f"/{pk}/{name}/user/t", payload, 1,
-                                                    packet_id=i + 1)))
+            sock.sendall(
+                codec.encode(codec.Publish(f"/{pk}/{name}/user/t", payload, 1, packet_id=i + 1))
+            )
         acked = 0
         while acked < 100:
             acked += sum(isinstance(p, codec.Puback) for p in read_packets(sock, dec, 1))
@@ -463,13 +516,17 @@ def test_recent_messages_stay_within_their_budgets_and_leave_with_the_device(
         assert time.monotonic() < deadline, "messages of devices that left were never forgotten"
         time.sleep(0.2)
     largest = max(len(b) for b in bodies.values())
-    record("recent-message-bounds",
-           threat="devices publishing large messages to fill the recent-messages store",
-           tried=f"{PUBLISHERS} devices x 100 messages of 255 KiB",
-           count=PUBLISHERS * 100,
-           result=(f"kept {sum(kept.values())} messages ({kept}) within {RECENT_TOTAL:,} bytes "
-                   f"in all and {RECENT_PER_DEVICE:,} per device; largest GET .../messages "
-                   f"{largest:,} bytes; all forgotten after the devices left"))
+    record(
+        "recent-message-bounds",
+        threat="devices publishing large messages to fill the recent-messages store",
+        tried=f"{PUBLISHERS} devices x 100 messages of 255 KiB",
+        count=PUBLISHERS * 100,
+        result=(
+            f"kept {sum(kept.values())} messages ({kept}) within {RECENT_TOTAL:,} bytes "
+            f"in all and {RECENT_PER_DEVICE:,} per device; largest GET .../messages "
+            f"{largest:,} bytes; all forgotten after the devices left"
+        ),
+    )
     assert sum(kept.values()) * len(payload) <= RECENT_TOTAL
     assert all(n * len(payload) <= RECENT_PER_DEVICE for n in kept.values())
     size = len(f"/{pk}/{names[-1]}/user/t".encode()) + len(payload)
@@ -496,13 +553,17 @@ def test_idle_sockets_cannot_keep_a_real_device_out(bounded: Bounded) -> None:
     assert ping_ok(witness, wdec)
     assert closed_by_server(first[0], 10), "the oldest idle socket should have made room"
     still_open = sum(not closed_by_server(s, 0.2) for s in [*first[1:4], *second[-3:]])
-    record("pending-connection-bounds",
-           threat="plain TCP sockets that never start TLS, from one and from several addresses",
-           tried=f"{PER_SOURCE + 1} from one address, then {PENDING - PER_SOURCE} from another "
-                 f"(budget {PENDING} unauthenticated, {PER_SOURCE} per source)",
-           count=PENDING + 1,
-           result=("the extra socket of the first address refused; with the budget full a real "
-                   "device connected, closing only the oldest idle socket; one log line each"))
+    record(
+        "pending-connection-bounds",
+        threat="plain TCP sockets that never start TLS, from one and from several addresses",
+        tried=f"{PER_SOURCE + 1} from one address, then {PENDING - PER_SOURCE} from another "
+        f"(budget {PENDING} unauthenticated, {PER_SOURCE} per source)",
+        count=PENDING + 1,
+        result=(
+            "the extra socket of the first address refused; with the budget full a real "
+            "device connected, closing only the oldest idle socket; one log line each"
+        ),
+    )
     assert still_open == 6
     assert len(ep.log_lines("(max_pending_per_source)")) == before_source + 1
     assert len(ep.log_lines("(max_pending_connections)")) == before_budget + 1

@@ -21,18 +21,34 @@ FUZZ_SECONDS = 15
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(1, 64), st.lists(st.sampled_from(seeds.mqtt_seeds()[0][1:].split(b"\x00")) |
-                                    st.binary(max_size=40), max_size=12))
+@given(
+    st.integers(1, 64),
+    st.lists(
+        st.sampled_from(seeds.mqtt_seeds()[0][1:].split(b"\x00")) | st.binary(max_size=40),
+        max_size=12,
+    ),
+)
 def test_mqtt_stream_pieces(size: int, parts: list[bytes]) -> None:
     targets.mqtt_codec(bytes([size]) + b"".join(parts))
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from([
-    codec.Pingreq(), codec.Disconnect(), codec.Puback(5),
-    codec.Publish(topic="/pk/dn/user/x", payload=b"\x00\xff", qos=1, packet_id=2),
-    codec.Connect(client_id="c", keep_alive=60),
-]), max_size=8), st.binary(max_size=16), st.integers(1, 9))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                codec.Pingreq(),
+                codec.Disconnect(),
+                codec.Puback(5),
+                codec.Publish(topic="/pk/dn/user/x", payload=b"\x00\xff", qos=1, packet_id=2),
+                codec.Connect(client_id="c", keep_alive=60),
+            ]
+        ),
+        max_size=8,
+    ),
+    st.binary(max_size=16),
+    st.integers(1, 9),
+)
 def test_mqtt_valid_packets_with_trailing_garbage(
     packets: list[codec.Packet], garbage: bytes, size: int
 ) -> None:
@@ -53,10 +69,28 @@ def test_serial_corrupted_valid_stream(size: int, pos: int, byte: int) -> None:
     targets.serial_protocol(bytes([size]) + bytes(stream))
 
 
-CSV_PIECES = st.sampled_from([
-    "ProductKey,DeviceName,CertSN", "a1B2c3D4e5F", "dev-1", "dev-2", "0A", "00a", "zz", '"',
-    '""', ",", "\r\n", "\n", "\r", "\ufeff", " ", "\x00", "é", "a" * 40,
-])
+CSV_PIECES = st.sampled_from(
+    [
+        "ProductKey,DeviceName,CertSN",
+        "a1B2c3D4e5F",
+        "dev-1",
+        "dev-2",
+        "0A",
+        "00a",
+        "zz",
+        '"',
+        '""',
+        ",",
+        "\r\n",
+        "\n",
+        "\r",
+        "\ufeff",
+        " ",
+        "\x00",
+        "é",
+        "a" * 40,
+    ]
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -76,15 +110,24 @@ def test_csv_random_bytes(data: bytes) -> None:
 def test_certificate_upload_mutations(mode: int, pos: int, byte: int, cut: int) -> None:
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    body = bytearray(seeds.test_ca().certificate.public_bytes(Encoding.DER) if mode == 1
-                     else seeds.verification().cert_pem())
+    body = bytearray(
+        seeds.test_ca().certificate.public_bytes(Encoding.DER)
+        if mode == 1
+        else seeds.verification().cert_pem()
+    )
     body[pos % len(body)] = byte
     targets.certificate_upload(bytes([mode]) + bytes(body[: max(cut, 40)]))
 
 
-@pytest.mark.parametrize("name", [
-    "mqtt_codec", "serial_protocol", "association_csv", "certificate_upload",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mqtt_codec",
+        "serial_protocol",
+        "association_csv",
+        "certificate_upload",
+    ],
+)
 def test_seeds_are_accepted_paths(name: str) -> None:
     """The seeds themselves go through every target without breaking an invariant."""
     for seed in targets.SEEDS[name]():
@@ -102,8 +145,11 @@ def test_atheris_targets_run_clean(tmp_path) -> None:  # type: ignore[no-untyped
             threat=f"hostile bytes into {result.target.replace('_', ' ')} (atheris, coverage-guided)",
             tried=f"{result.seconds} s of libFuzzer mutations from valid seeds",
             count=result.executions,
-            result=("no crash, no hang; coverage "
-                    f"{result.coverage} edges" if not result.crashed else "CRASH"),
+            result=(
+                f"no crash, no hang; coverage {result.coverage} edges"
+                if not result.crashed
+                else "CRASH"
+            ),
         )
     crashed = [r for r in results if r.crashed]
     assert not crashed, "\n\n".join(

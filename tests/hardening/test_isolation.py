@@ -57,13 +57,15 @@ def _attempts(a: Tenant, other_ca: pki.CertifiedKey) -> dict[tuple[str, str], di
         ("DELETE", "/ca-certificates/{caSn}"): {},
         ("GET", "/ca-certificates/{caSn}/association-template"): {},
         ("POST", "/ca-certificates/{caSn}/associations"): {
-            "files": {"file": UploadFile("steal.csv", steal_csv)}},
+            "files": {"file": UploadFile("steal.csv", steal_csv)}
+        },
         ("GET", "/ca-certificates/{caSn}/associations"): {},
         ("DELETE", "/ca-certificates/{caSn}/associations/{certSn}"): {},
         ("GET", "/devices/{productKey}/{deviceName}"): {},
         ("PATCH", "/devices/{productKey}/{deviceName}"): {"json_body": {"status": "disabled"}},
         ("POST", "/devices/{productKey}/{deviceName}/messages"): {
-            "json_body": {"topic": f"/{a.product_key}/{device}/user/x", "payload": "p", "qos": 0}},
+            "json_body": {"topic": f"/{a.product_key}/{device}/user/x", "payload": "p", "qos": 0}
+        },
         ("GET", "/devices/{productKey}/{deviceName}/messages"): {},
         ("GET", "/devices/{productKey}/{deviceName}/messages/stream"): {},
     }
@@ -75,8 +77,12 @@ def test_every_operation_cross_account(server: RunningServer) -> None:
     b = PlatformClient(server.http_url, b_token)
     before = _strip_volatile(_snapshot(a))
     spec = json.load(urllib.request.urlopen(f"{server.http_url}/openapi.json"))
-    values = {"productKey": a.product_key, "caSn": a.ca_sn,
-              "deviceName": next(iter(a.devices)), "certSn": format(next(iter(a.devices.values())), "x")}
+    values = {
+        "productKey": a.product_key,
+        "caSn": a.ca_sn,
+        "deviceName": next(iter(a.devices)),
+        "certSn": format(next(iter(a.devices.values())), "x"),
+    }
     attempts = _attempts(a, pki.create_ca("Other"))
     tried = 0
     with_params = 0
@@ -101,19 +107,24 @@ def test_every_operation_cross_account(server: RunningServer) -> None:
     b.request("POST", "/registration-code/rotate")
     with pytest.raises(PlatformAPIError) as dup:  # B cannot take over A's CA certificate
         verification = pki.issue_verification_certificate(a.ca, b.registration_code())
-        b.register_ca("stolen_ca", UploadFile("ca.pem", a.ca.cert_pem()),
-                      UploadFile("v.crt", verification.cert_pem()))
+        b.register_ca(
+            "stolen_ca",
+            UploadFile("ca.pem", a.ca.cert_pem()),
+            UploadFile("v.crt", verification.cert_pem()),
+        )
     assert dup.value.status == 409
     after = _strip_volatile(_snapshot(a))
     assert after == before
-    record("isolation-cross-account",
-           threat="one account reading or changing another's products, CAs, devices, "
-                  "associations or messages",
-           tried=f"every OpenAPI operation ({tried}) with a second account's token; the "
-                 f"{with_params} with identifiers aimed at the first account's data",
-           count=tried + 2,
-           result="404 for every foreign identifier; lists/registration code show only the "
-                  "caller's own; re-registering the other's CA -> 409; first account unchanged")
+    record(
+        "isolation-cross-account",
+        threat="one account reading or changing another's products, CAs, devices, "
+        "associations or messages",
+        tried=f"every OpenAPI operation ({tried}) with a second account's token; the "
+        f"{with_params} with identifiers aimed at the first account's data",
+        count=tried + 2,
+        result="404 for every foreign identifier; lists/registration code show only the "
+        "caller's own; re-registering the other's CA -> 409; first account unchanged",
+    )
 
 
 def test_tokens_are_stored_hashed(server: RunningServer) -> None:
@@ -127,9 +138,13 @@ def test_tokens_are_stored_hashed(server: RunningServer) -> None:
             assert token.encode() not in path.read_bytes(), f"token text found in {path}"
         assert accounts.hash_token(token).encode() in b"".join(p.read_bytes() for p in files)
     assert oct(server.data_dir.joinpath("admin-token").stat().st_mode & 0o777) == "0o600"
-    record("tokens-hashed", threat="API tokens readable from the data directory",
-           tried="searched every file of the data dir (SQLite, WAL) for 2 tokens' text",
-           count=len(files) * 2, result="token text absent; only its SHA-256 is stored")
+    record(
+        "tokens-hashed",
+        threat="API tokens readable from the data directory",
+        tried="searched every file of the data dir (SQLite, WAL) for 2 tokens' text",
+        count=len(files) * 2,
+        result="token text absent; only its SHA-256 is stored",
+    )
 
 
 def test_token_comparison_is_constant_time() -> None:
@@ -140,22 +155,37 @@ def test_token_comparison_is_constant_time() -> None:
     source = inspect.getsource(registry_service.Registry.account_for_token)
     assert "token_matches(" in source
     assert "==" not in source.split("token_matches(")[0].split("found = ")[-1]
-    record("tokens-constant-time", threat="token guessing by response timing",
-           tried="source check of the token comparison", count=1,
-           result="hmac.compare_digest on the SHA-256 of the token")
+    record(
+        "tokens-constant-time",
+        threat="token guessing by response timing",
+        tried="source check of the token comparison",
+        count=1,
+        result="hmac.compare_digest on the SHA-256 of the token",
+    )
 
 
 def test_wrong_tokens_are_refused(server: RunningServer) -> None:
     token = server.token
-    near = [token[:-1] + ("A" if token[-1] != "A" else "B"), token[:-1], token + "x", token.upper(),
-            "", "Bearer", accounts.hash_token(token)]
+    near = [
+        token[:-1] + ("A" if token[-1] != "A" else "B"),
+        token[:-1],
+        token + "x",
+        token.upper(),
+        "",
+        "Bearer",
+        accounts.hash_token(token),
+    ]
     for candidate in near:
         with pytest.raises(PlatformAPIError) as caught:
             PlatformClient(server.http_url, candidate).registration_code()
         assert caught.value.status == 401, candidate
-    record("tokens-near-miss", threat="near-miss or hash-as-token API tokens",
-           tried="one changed char, truncated, extended, upper-cased, empty, the stored hash",
-           count=len(near), result="401 for each")
+    record(
+        "tokens-near-miss",
+        threat="near-miss or hash-as-token API tokens",
+        tried="one changed char, truncated, extended, upper-cased, empty, the stored hash",
+        count=len(near),
+        result="401 for each",
+    )
 
 
 @pytest.mark.timeout(180)
@@ -164,10 +194,13 @@ def test_no_secret_in_debug_logs(tmp_path: Path) -> None:
     with running_server(tmp_path / "data", env={"IOTX509_LOG_LEVEL": "10"}) as srv:
         tenant = make_tenant(srv.http_url, srv.token, ca=None, devices={})
         device = pki.issue_device_certificate(tenant.ca, "dev-0001", serial=0x5151)
-        tenant.client.associate(tenant.ca_sn, UploadFile(
-            "d.csv", csv_for(tenant.product_key, {"dev-0001": 0x5151})))
+        tenant.client.associate(
+            tenant.ca_sn, UploadFile("d.csv", csv_for(tenant.product_key, {"dev-0001": 0x5151}))
+        )
         try:  # a refused upload with the registration code in it
-            tenant.client.register_ca("bad", UploadFile("x.pem", b"junk"), UploadFile("y.pem", b"j"))
+            tenant.client.register_ca(
+                "bad", UploadFile("x.pem", b"junk"), UploadFile("y.pem", b"j")
+            )
         except PlatformAPIError:
             pass
         try:
@@ -178,8 +211,9 @@ def test_no_secret_in_debug_logs(tmp_path: Path) -> None:
         sock, decoder, packets = mqtt_connect_retry(srv.mqtt_host, srv.mqtt_port, ctx)
         assert isinstance(packets[0], codec.Connack) and packets[0].return_code == 0
         assert ping_ok(sock, decoder)
-        tenant.client.send_message(tenant.product_key, "dev-0001",
-                                   f"/{tenant.product_key}/dev-0001/user/get", "hello")
+        tenant.client.send_message(
+            tenant.product_key, "dev-0001", f"/{tenant.product_key}/dev-0001/user/get", "hello"
+        )
         sock.close()
         log = srv.log()
     assert log.strip(), "debug logging produced nothing: the check would be empty"
@@ -191,8 +225,11 @@ def test_no_secret_in_debug_logs(tmp_path: Path) -> None:
         assert body[i : i + 40] not in log
     ca_key_body = b"".join(tenant.ca.key_pem().splitlines()[1:-1]).decode()
     assert ca_key_body[100:140] not in log
-    record("logs-no-secrets", threat="tokens or private keys written to the server log",
-           tried="full flow at DEBUG (HTTP + MQTT): account, "
-                 "product, CA, CSV, refused upload, bad token, device connect, message",
-           count=len(log.splitlines()),
-           result="no token, no 'PRIVATE KEY', no 40-char slice of any key in any log line")
+    record(
+        "logs-no-secrets",
+        threat="tokens or private keys written to the server log",
+        tried="full flow at DEBUG (HTTP + MQTT): account, "
+        "product, CA, CSV, refused upload, bad token, device connect, message",
+        count=len(log.splitlines()),
+        result="no token, no 'PRIVATE KEY', no 40-char slice of any key in any log line",
+    )

@@ -24,8 +24,14 @@ from tests.hardening.reliability import record
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 #: Upper bound for Playwright's waits on page state (not a sleep: it returns when the state holds).
 EXPECT_TIMEOUT_MS = 30_000
@@ -62,17 +68,22 @@ def test_docs_pages_name_only_the_server_and_its_assets_answer(server: RunningSe
                 assert ctype.startswith("text/css"), (url, ctype)
     # no badge from the public validator service (Swagger UI's default)
     assert '"validatorUrl": null' in _get(server.http_url + "/docs")[2].decode()
-    record("escape-docs-offline-assets", threat="/docs and /redoc loading their assets from a "
-           "CDN (blank page on an offline lab network)", tried="GET both pages from the real "
-           "server; every URL they name fetched from the server", count=fetched,
-           result="only same-origin paths, each answered 200 (JS, CSS, favicon, openapi.json); "
-           "no validator badge")
+    record(
+        "escape-docs-offline-assets",
+        threat="/docs and /redoc loading their assets from a "
+        "CDN (blank page on an offline lab network)",
+        tried="GET both pages from the real server; every URL they name fetched from the server",
+        count=fetched,
+        result="only same-origin paths, each answered 200 (JS, CSS, favicon, openapi.json); "
+        "no validator badge",
+    )
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     playwright_sync = pytest.importorskip(
-        "playwright.sync_api", reason="playwright (the test extra) is not installed")
+        "playwright.sync_api", reason="playwright (the test extra) is not installed"
+    )
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
     with playwright_sync.sync_playwright() as pw:
@@ -113,7 +124,8 @@ def test_swagger_ui_renders_with_every_other_origin_blocked(
         operations = page.locator(".opblock")
         expect(operations.first).to_be_visible(timeout=EXPECT_TIMEOUT_MS)
         expect(page.get_by_text("/api/v1/registration-code").first).to_be_visible(
-            timeout=EXPECT_TIMEOUT_MS)
+            timeout=EXPECT_TIMEOUT_MS
+        )
         rendered = operations.count()
         page.screenshot(path=str(tmp_path / "docs-offline.png"), full_page=False)
     finally:
@@ -122,7 +134,10 @@ def test_swagger_ui_renders_with_every_other_origin_blocked(
     assert errors == []
     assert any(u.endswith("/openapi.json") for u in served)
     assert rendered >= 10, rendered
-    record("escape-docs-offline-browser", threat="Swagger UI on an offline lab network",
-           tried="headless Chromium opens /docs with every request to another origin blocked",
-           count=1, result=f"{rendered} operations rendered; no request to another origin, no "
-           "page error")
+    record(
+        "escape-docs-offline-browser",
+        threat="Swagger UI on an offline lab network",
+        tried="headless Chromium opens /docs with every request to another origin blocked",
+        count=1,
+        result=f"{rendered} operations rendered; no request to another origin, no page error",
+    )

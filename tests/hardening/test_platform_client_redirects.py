@@ -95,9 +95,7 @@ def _redirector(target: str, code: int) -> ThreadingHTTPServer:
     return server
 
 
-def test_control_plain_urllib_leaks_the_token(
-    collector: tuple[str, list[dict[str, str]]]
-) -> None:
+def test_control_plain_urllib_leaks_the_token(collector: tuple[str, list[dict[str, str]]]) -> None:
     """Without the client's own opener the token reaches the other origin: the harness sees it."""
     target, seen = collector
     server = _redirector(target, 302)
@@ -114,7 +112,7 @@ def test_control_plain_urllib_leaks_the_token(
 
 
 def test_client_never_follows_a_redirect_with_its_token(
-    collector: tuple[str, list[dict[str, str]]]
+    collector: tuple[str, list[dict[str, str]]],
 ) -> None:
     target, seen = collector
     calls = 0
@@ -142,10 +140,14 @@ def test_client_never_follows_a_redirect_with_its_token(
             server.server_close()
     assert not any("authorization" in h for h in seen), "the token reached another origin"
     assert seen == [], "the client followed a redirect"
-    record("escape-redirect", threat="API answering with a redirect to another origin "
-           "(the bearer token would be forwarded)",
-           tried=f"HTTP {', '.join(map(str, REDIRECT_CODES))} x GET, POST JSON, POST multipart, "
-           "PATCH, DELETE against a real loopback server redirecting to a second one (another "
-           "address and port) that records headers",
-           count=calls, result="PlatformAPIError naming the Location every time; the second "
-           "server saw no request and no token (control: plain urllib forwards it)")
+    record(
+        "escape-redirect",
+        threat="API answering with a redirect to another origin "
+        "(the bearer token would be forwarded)",
+        tried=f"HTTP {', '.join(map(str, REDIRECT_CODES))} x GET, POST JSON, POST multipart, "
+        "PATCH, DELETE against a real loopback server redirecting to a second one (another "
+        "address and port) that records headers",
+        count=calls,
+        result="PlatformAPIError naming the Location every time; the second "
+        "server saw no request and no token (control: plain urllib forwards it)",
+    )

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reliability_report",
-                                                  ROOT / "scripts" / "reliability_report.py")
+    spec = importlib.util.spec_from_file_location(
+        "reliability_report", ROOT / "scripts" / "reliability_report.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -37,16 +38,31 @@ def test_rows_table_and_failures(tmp_path: Path) -> None:
     assert outcomes["tests/hardening/test_x.py::test_ok"] == "passed"
     assert outcomes["tests/hardening/test_x.py::test_bad"] == "failed"
     # one failed parameter fails the whole row
-    assert outcomes["tests/serial/test_faults.py::test_fatal_faults_keep_the_previous_credentials"] == "failed"
+    assert (
+        outcomes["tests/serial/test_faults.py::test_fatal_faults_keep_the_previous_credentials"]
+        == "failed"
+    )
     rows_dir = tmp_path / "rows"
     rows_dir.mkdir()
     for key, test in [("idle-connections", "test_ok"), ("crash-ca", "test_bad")]:
-        (rows_dir / f"{key}.json").write_text(json.dumps({
-            "key": key, "threat": f"threat {key}", "tried": "a | b", "count": 5000,
-            "result": "fine", "test": f"tests/hardening/test_x.py::{test}"}))
+        (rows_dir / f"{key}.json").write_text(
+            json.dumps(
+                {
+                    "key": key,
+                    "threat": f"threat {key}",
+                    "tried": "a | b",
+                    "count": 5000,
+                    "result": "fine",
+                    "test": f"tests/hardening/test_x.py::{test}",
+                }
+            )
+        )
     rows = report.build_rows(rows_dir, outcomes)
     text = report.render(rows, quick=False, status=1, seconds=60)
-    assert "| threat idle-connections | a \\| b | 5,000 | fine | `tests/hardening/test_x.py::test_ok` |" in text
+    assert (
+        "| threat idle-connections | a \\| b | 5,000 | fine | `tests/hardening/test_x.py::test_ok` |"
+        in text
+    )
     assert "FAILED in the latest run (recorded: fine)" in text
     assert "SOME TESTS FAILED" in text
     serial = [r for r in rows if r["key"] == "static-serial"]
@@ -60,12 +76,23 @@ def test_static_rows_with_their_own_section_and_result(tmp_path: Path) -> None:
     bounds = [r for r in report.STATIC_ROWS if r.key == "bounds"]
     assert bounds and all(r.result for r in bounds)
     # every such test is collected by the report's run
-    assert all(r.test.startswith(report.HARDENING + "/")
-               or r.test.split("::")[0] in report.EXTRA_TESTS for r in bounds)
+    assert all(
+        r.test.startswith(report.HARDENING + "/") or r.test.split("::")[0] in report.EXTRA_TESTS
+        for r in bounds
+    )
     outcomes = {bounds[0].test: "passed", bounds[1].test: "failed"}
-    (tmp_path / "escape-x.json").write_text(json.dumps({
-        "key": "escape-x", "threat": "t", "tried": "x", "count": 1, "result": "r",
-        "test": "tests/hardening/test_y.py::test_y"}))
+    (tmp_path / "escape-x.json").write_text(
+        json.dumps(
+            {
+                "key": "escape-x",
+                "threat": "t",
+                "tried": "x",
+                "count": 1,
+                "result": "r",
+                "test": "tests/hardening/test_y.py::test_y",
+            }
+        )
+    )
     rows = report.build_rows(tmp_path, outcomes)
     by_test = {r["test"]: r for r in rows}
     assert by_test[bounds[0].test]["result"] == bounds[0].result
@@ -74,7 +101,8 @@ def test_static_rows_with_their_own_section_and_result(tmp_path: Path) -> None:
     assert bounds[2].test not in by_test  # not collected in this run: no row
     text = report.render(rows, quick=True, status=1, seconds=1)
     assert text.index("## Every resource a client can grow has a bound") < text.index(
-        "## Inputs that escaped")
+        "## Inputs that escaped"
+    )
 
 
 def test_every_static_row_names_an_existing_test() -> None:

@@ -50,9 +50,13 @@ def _key_pem(_i: int) -> bytes:
 def _pem(key: Any) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return bytes(key.private_bytes(serialization.Encoding.PEM,
-                                   serialization.PrivateFormat.TraditionalOpenSSL,
-                                   serialization.NoEncryption()))
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
 
 
 def _max_window(times: list[float], width: float = 1.0) -> int:
@@ -84,8 +88,11 @@ def test_fleet_comes_back_spread_out_after_restart(tmp_path: Path) -> None:
         pk = str(client.create_product("fleet")["productKey"])
         ca = pki.create_ca("Fleet CA")
         ver = pki.issue_verification_certificate(ca, client.registration_code())
-        ca_sn = str(client.register_ca("fleet_ca", UploadFile("ca.pem", ca.cert_pem()),
-                                       UploadFile("v.crt", ver.cert_pem()))["caSn"])
+        ca_sn = str(
+            client.register_ca(
+                "fleet_ca", UploadFile("ca.pem", ca.cert_pem()), UploadFile("v.crt", ver.cert_pem())
+            )["caSn"]
+        )
         devices = {f"fleet-{i:05d}": 0x10000 + i for i in range(FLEET)}
         assert client.associate(ca_sn, UploadFile("fleet.csv", csv_for(pk, devices))) == FLEET
         shares: list[list[dict[str, str]]] = [[] for _ in range(WORKERS)]
@@ -96,17 +103,32 @@ def test_fleet_comes_back_spread_out_after_restart(tmp_path: Path) -> None:
             cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
             key_path.write_bytes(keys[i])
             key_path.chmod(0o600)
-            shares[i % WORKERS].append({"device_name": name, "cert": str(cert_path),
-                                        "key": str(key_path)})
+            shares[i % WORKERS].append(
+                {"device_name": name, "cert": str(cert_path), "key": str(key_path)}
+            )
         for w, share in enumerate(shares):
             config = fleet_dir / f"worker-{w}.json"
-            config.write_text(json.dumps({
-                "host": srv.mqtt_host, "port": mqtt_port, "server_ca": str(srv.server_ca),
-                "base": BASE, "cap": CAP, "attempt_timeout": ATTEMPT_TIMEOUT,
-                "devices": share}))
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "tests.hardening.fleet_worker", str(config)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+            config.write_text(
+                json.dumps(
+                    {
+                        "host": srv.mqtt_host,
+                        "port": mqtt_port,
+                        "server_ca": str(srv.server_ca),
+                        "base": BASE,
+                        "cap": CAP,
+                        "attempt_timeout": ATTEMPT_TIMEOUT,
+                        "devices": share,
+                    }
+                )
+            )
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.hardening.fleet_worker", str(config)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
         try:
             for proc in workers:
                 assert proc.stdout is not None
@@ -119,8 +141,9 @@ def test_fleet_comes_back_spread_out_after_restart(tmp_path: Path) -> None:
                 proc.kill()
             raise
     try:
-        with running_server(data_dir, extra_args=["--http-port", http_port,
-                                                  "--mqtt-port", str(mqtt_port)]) as srv2:
+        with running_server(
+            data_dir, extra_args=["--http-port", http_port, "--mqtt-port", str(mqtt_port)]
+        ) as srv2:
             ready_time = time.time()
             assert srv2.mqtt_port == mqtt_port
             deadline = ready_time + BOUND
@@ -157,17 +180,27 @@ def test_fleet_comes_back_spread_out_after_restart(tmp_path: Path) -> None:
                 wrong_identity.append(name)
     latest = max(back.values(), default=ready_time) - ready_time
     widest = _max_window(list(back.values()))
-    record("restart-under-load",
-           threat="server restart with an SDK fleet connected (reconnect storm)",
-           tried=(f"{FLEET:,} DeviceClients in {WORKERS} processes, SIGTERM + start on the same "
-                  f"ports and data dir; backoff base {BASE:g} s, cap {CAP:g} s, full jitter"),
-           count=FLEET,
-           result=(f"{len(back):,} of {FLEET:,} back with their identity; last one "
-                   f"{latest:.1f} s after the server was ready (bound 2 x cap + attempt timeout = {BOUND:g} s); "
-                   f"busiest 1-s window {widest} reconnections ({widest / max(len(back), 1):.1%}, "
-                   f"limit {MAX_WINDOW_SHARE:.0%})"))
+    record(
+        "restart-under-load",
+        threat="server restart with an SDK fleet connected (reconnect storm)",
+        tried=(
+            f"{FLEET:,} DeviceClients in {WORKERS} processes, SIGTERM + start on the same "
+            f"ports and data dir; backoff base {BASE:g} s, cap {CAP:g} s, full jitter"
+        ),
+        count=FLEET,
+        result=(
+            f"{len(back):,} of {FLEET:,} back with their identity; last one "
+            f"{latest:.1f} s after the server was ready (bound 2 x cap + attempt timeout = {BOUND:g} s); "
+            f"busiest 1-s window {widest} reconnections ({widest / max(len(back), 1):.1%}, "
+            f"limit {MAX_WINDOW_SHARE:.0%})"
+        ),
+    )
     assert len(back) == FLEET, FLEET - len(back)
     assert not wrong_identity, wrong_identity[:5]
     assert latest <= BOUND
     histogram = sorted(round(t - ready_time, 1) for t in back.values())
-    assert widest <= MAX_WINDOW_SHARE * FLEET, (widest, f"down {ready_time - stop_time:.1f} s", histogram)
+    assert widest <= MAX_WINDOW_SHARE * FLEET, (
+        widest,
+        f"down {ready_time - stop_time:.1f} s",
+        histogram,
+    )

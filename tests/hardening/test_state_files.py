@@ -42,7 +42,9 @@ def _precious(tmp_path: Path) -> tuple[Path, os.stat_result]:
 def _untouched(target: Path, before: os.stat_result) -> bool:
     after = target.stat()
     return target.read_bytes() == PRECIOUS and (after.st_size, after.st_mtime_ns) == (
-        before.st_size, before.st_mtime_ns)
+        before.st_size,
+        before.st_mtime_ns,
+    )
 
 
 @needs_openssl
@@ -55,20 +57,38 @@ def test_certs_issue_refuses_a_symlinked_ledger(
     out.mkdir()
     (out / "sn-ledger.jsonl").symlink_to(target)
 
-    status = main(["certs", "issue", "--ca", str(ca_cert), "--ca-key", str(ca_key),
-                   "--product-key", PK, "--device-name", "dev-0001", "--out", str(out)])
+    status = main(
+        [
+            "certs",
+            "issue",
+            "--ca",
+            str(ca_cert),
+            "--ca-key",
+            str(ca_key),
+            "--product-key",
+            PK,
+            "--device-name",
+            "dev-0001",
+            "--out",
+            str(out),
+        ]
+    )
 
     err = capsys.readouterr().err
     assert status != 0
     assert "sn-ledger.jsonl" in err and "symbolic link" in err
     assert _untouched(target, before)
     assert not list(out.glob("*.cer")), "nothing may be issued without a usable ledger"
-    record("escape-ledger-symlink", threat="symbolic link planted at sn-ledger.jsonl "
-           "(certs issue would append to or truncate its target)",
-           tried="`iotx509 certs issue` with the ledger path a link to another file whose "
-           "last line has no newline", count=1,
-           result="refused before issuing, message names the ledger and 'symbolic link'; "
-           "target byte-for-byte and mtime unchanged")
+    record(
+        "escape-ledger-symlink",
+        threat="symbolic link planted at sn-ledger.jsonl "
+        "(certs issue would append to or truncate its target)",
+        tried="`iotx509 certs issue` with the ledger path a link to another file whose "
+        "last line has no newline",
+        count=1,
+        result="refused before issuing, message names the ledger and 'symbolic link'; "
+        "target byte-for-byte and mtime unchanged",
+    )
 
 
 def test_ledger_that_is_not_a_ledger_is_never_truncated(tmp_path: Path) -> None:
@@ -85,9 +105,13 @@ def test_ledger_that_is_not_a_ledger_is_never_truncated(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with SerialLedger(path) as ledger:  # an empty file is an empty ledger
         ledger.reserve("ca", 0x10, PK, "dev-0001")
-    record("escape-ledger-validate", threat="--ledger pointed at a file that is not an SN "
-           "ledger (last line without newline)", tried="open it as the SN ledger: a text file; one line with no newline", count=2,
-           result="refused with 'not a ledger record ... left untouched'; no byte cut")
+    record(
+        "escape-ledger-validate",
+        threat="--ledger pointed at a file that is not an SN ledger (last line without newline)",
+        tried="open it as the SN ledger: a text file; one line with no newline",
+        count=2,
+        result="refused with 'not a ledger record ... left untouched'; no byte cut",
+    )
 
 
 def test_open_no_follow_refuses_links_and_fifos(tmp_path: Path) -> None:
@@ -124,10 +148,14 @@ def test_board_commit_never_truncates_through_a_planted_temporary(
     assert store.path_of(ObjectType.CERTIFICATE).read_bytes() == pair.cert_pem()
     assert not store.path_of(ObjectType.CERTIFICATE).is_symlink()
     assert _untouched(target, before)
-    record("escape-board-journal-symlink", threat="symbolic link planted at the board "
-           "store's commit temporary (.device.cer.commit.tmp)",
-           tried="commit a credential set over it", count=1,
-           result="link refused, the commit finishes through its journal; target unchanged")
+    record(
+        "escape-board-journal-symlink",
+        threat="symbolic link planted at the board "
+        "store's commit temporary (.device.cer.commit.tmp)",
+        tried="commit a credential set over it",
+        count=1,
+        result="link refused, the commit finishes through its journal; target unchanged",
+    )
 
 
 def test_lease_log_symlink_is_refused(tmp_path: Path) -> None:
@@ -144,9 +172,13 @@ def test_lease_log_symlink_is_refused(tmp_path: Path) -> None:
     log.unlink()
     SimulationConfig.record_lease(config, 1, "dev-0001")  # type: ignore[arg-type]
     assert log.read_text() == f"{os.getpid()} 1 dev-0001\n"
-    record("escape-lease-log-symlink", threat="symbolic link at the simulator's lease log",
-           tried="record a lease through it", count=1,
-           result="SimulatorError naming the log and 'symbolic link'; target unchanged")
+    record(
+        "escape-lease-log-symlink",
+        threat="symbolic link at the simulator's lease log",
+        tried="record a lease through it",
+        count=1,
+        result="SimulatorError naming the log and 'symbolic link'; target unchanged",
+    )
 
 
 def test_server_data_dir_lock_symlink_is_refused(tmp_path: Path) -> None:
@@ -174,7 +206,11 @@ def test_provisioning_report_symlink_is_refused_before_any_board(tmp_path: Path)
     with pytest.raises(BatchError, match=r"provisioning-report\.csv .*symbolic link"):
         Report.open(path)
     assert _untouched(target, before)
-    record("escape-report-symlink", threat="symbolic link at the serial provisioning report",
-           tried="open the report for a batch", count=1,
-           result="BatchError naming the report and 'symbolic link' before any board is "
-           "touched; target unchanged")
+    record(
+        "escape-report-symlink",
+        threat="symbolic link at the serial provisioning report",
+        tried="open the report for a batch",
+        count=1,
+        result="BatchError naming the report and 'symbolic link' before any board is "
+        "touched; target unchanged",
+    )

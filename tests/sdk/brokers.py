@@ -26,8 +26,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
-                  ) -> None:
+def wait_for_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -95,8 +96,9 @@ def run_mosquitto(
         conf.write_text("\n".join(lines) + "\n")
         log_path = workdir / "mosquitto.log"
         with log_path.open("wb") as log_file:
-            proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log_file,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [MOSQUITTO, "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT
+            )
         try:
             wait_for_port(port, proc=proc)
             assert port is not None

@@ -43,14 +43,18 @@ class Platform:
     def register_ca(self, ca: CertifiedKey, name: str) -> str:
         code = self.api.registration_code()
         verification = issue_verification_certificate(ca, code)
-        result = self.api.register_ca(name, UploadFile("ca.pem", ca.cert_pem()),
-                                      UploadFile("verification.crt", verification.cert_pem()))
+        result = self.api.register_ca(
+            name,
+            UploadFile("ca.pem", ca.cert_pem()),
+            UploadFile("verification.crt", verification.cert_pem()),
+        )
         # The MQTT endpoint follows the registry within a second (it polls twice a second).
         time.sleep(TRUST_PROPAGATION)
         return str(result["caSn"])
 
-    def issue(self, device_name: str, ca: CertifiedKey | None = None, *,
-              associate: bool = True) -> Device:
+    def issue(
+        self, device_name: str, ca: CertifiedKey | None = None, *, associate: bool = True
+    ) -> Device:
         """A device pair in platform file names; associated by CSV unless told otherwise."""
         ca = ca or self.ca
         pair = issue_device_certificate(ca, device_name, product_key=self.product_key)
@@ -69,12 +73,14 @@ class Platform:
         assert self.api.associate(ca.sn, UploadFile("devices.csv", csv.encode(), "text/csv")) == 1
 
 
-def setup_platform(server: RunningServer, workdir: Path, ca: CertifiedKey | None = None
-                   ) -> Platform:
+def setup_platform(
+    server: RunningServer, workdir: Path, ca: CertifiedKey | None = None
+) -> Platform:
     api = PlatformClient(server.http_url, server.token)
     product = api.create_product("sdk-tests")
-    platform = Platform(server, api, str(product["productKey"]), ca or create_ca("SDK Test CA"),
-                        workdir)
+    platform = Platform(
+        server, api, str(product["productKey"]), ca or create_ca("SDK Test CA"), workdir
+    )
     platform.register_ca(platform.ca, "sdk_test_ca")
     return platform
 

@@ -47,10 +47,15 @@ class FakeClock:
         return self.now
 
 
-def _attempt(*, expect_identity: bool = True, sent_username: bool = False,
-             started: float = 0.0) -> Attempt:
-    return Attempt(AttemptSettings(expect_identity, attempt_timeout=10.0, identity_timeout=5.0),
-                   REFUSALS, started=started, sent_username=sent_username)
+def _attempt(
+    *, expect_identity: bool = True, sent_username: bool = False, started: float = 0.0
+) -> Attempt:
+    return Attempt(
+        AttemptSettings(expect_identity, attempt_timeout=10.0, identity_timeout=5.0),
+        REFUSALS,
+        started=started,
+        sent_username=sent_username,
+    )
 
 
 def _online(start: float = 0.0, **kwargs: bool) -> Attempt:
@@ -73,7 +78,10 @@ def test_the_happy_path_and_its_timing() -> None:
     assert attempt.deadline is None
     timing = attempt.timing()
     assert timing is not None and (timing.handshake, timing.connect, timing.identity) == (
-        1.0, 1.5, 0.5)
+        1.0,
+        1.5,
+        0.5,
+    )
     assert attempt.handle(Closed(50.0)) is AttemptState.ENDED
     assert isinstance(attempt.error, ConnectionFailedError)
     assert "closed by the server" in str(attempt.error)
@@ -123,15 +131,23 @@ def test_cli_hints_name_the_flags() -> None:
     assert "Is server_ca the CA" in str(REFUSALS.tls(exc))
 
 
-@pytest.mark.parametrize(("paho_value", "error_type", "text"), [
-    (135, NotAuthorizedError, "CONNACK 5, not authorised"),
-    (134, ConnectionRefusedByServerError, "CONNACK 4"),
-    (133, ConnectionRefusedByServerError, "client id 'sn1|securemode=2|' or the keep-alive 300"),
-    (132, ConnectionRefusedByServerError, "CONNACK 1"),
-    (136, ConnectionFailedError, "unavailable (CONNACK 3)"),
-])
-def test_each_connack_refusal_has_its_error(paho_value: int, error_type: type[Exception],
-                                            text: str) -> None:
+@pytest.mark.parametrize(
+    ("paho_value", "error_type", "text"),
+    [
+        (135, NotAuthorizedError, "CONNACK 5, not authorised"),
+        (134, ConnectionRefusedByServerError, "CONNACK 4"),
+        (
+            133,
+            ConnectionRefusedByServerError,
+            "client id 'sn1|securemode=2|' or the keep-alive 300",
+        ),
+        (132, ConnectionRefusedByServerError, "CONNACK 1"),
+        (136, ConnectionFailedError, "unavailable (CONNACK 3)"),
+    ],
+)
+def test_each_connack_refusal_has_its_error(
+    paho_value: int, error_type: type[Exception], text: str
+) -> None:
     attempt = _attempt()
     attempt.handle(TlsOk(1.0))
     assert attempt.handle(Connack(connack_code(paho_value), 1.1)) is AttemptState.ENDED
@@ -222,7 +238,7 @@ def test_an_identity_timeout_is_retried_on_the_backoff_not_at_the_cap() -> None:
         assert reconnect.after(attempt, fail_fast=True).delay is None  # connect() fails fast
         delays.append(reconnect.after(attempt, fail_fast=False).delay)
     # full jitter up to 1 s, 2 s, 4 s: the ordinary backoff, never the 120 s cap
-    assert all(d is not None and d <= 1.0 * 2 ** n for n, d in enumerate(delays)), delays
+    assert all(d is not None and d <= 1.0 * 2**n for n, d in enumerate(delays)), delays
 
 
 def test_sessions_taken_over_again_and_again_are_named_and_slowed_down() -> None:
@@ -277,17 +293,27 @@ def test_exit_codes_are_the_documented_ones() -> None:
     from device_sdk.exit_codes import PERMANENT_EXIT_CODES, ExitCode, exit_code_for
 
     assert {c.name: int(c) for c in ExitCode} == {
-        "OK": 0, "FAILURE": 1, "CREDENTIALS": 65, "NETWORK": 69, "CLOCK": 75,
-        "CERTIFICATE_REJECTED": 76, "NOT_AUTHORISED": 77, "CONFIGURATION": 78}
+        "OK": 0,
+        "FAILURE": 1,
+        "CREDENTIALS": 65,
+        "NETWORK": 69,
+        "CLOCK": 75,
+        "CERTIFICATE_REJECTED": 76,
+        "NOT_AUTHORISED": 77,
+        "CONFIGURATION": 78,
+    }
     now = datetime.now(UTC)
     day = timedelta(days=1)
     expired = ClockError("x", now=now, not_before=now - 2 * day, not_after=now - day)
     early = ClockError("x", now=now, not_before=now + day, not_after=now + 2 * day)
     cases = {
-        expired: ExitCode.CREDENTIALS, early: ExitCode.CLOCK,
+        expired: ExitCode.CREDENTIALS,
+        early: ExitCode.CLOCK,
         CredentialError("x"): ExitCode.CREDENTIALS,
-        REFUSALS.connack(5): ExitCode.NOT_AUTHORISED, REFUSALS.connack(4): ExitCode.NOT_AUTHORISED,
-        REFUSALS.connack(2): ExitCode.CONFIGURATION, REFUSALS.connack(3): ExitCode.NETWORK,
+        REFUSALS.connack(5): ExitCode.NOT_AUTHORISED,
+        REFUSALS.connack(4): ExitCode.NOT_AUTHORISED,
+        REFUSALS.connack(2): ExitCode.CONFIGURATION,
+        REFUSALS.connack(3): ExitCode.NETWORK,
         REFUSALS.certificate_rejected("x"): ExitCode.CERTIFICATE_REJECTED,
         ServerUntrustedError("x"): ExitCode.CONFIGURATION,
         REFUSALS.identity_timeout(1): ExitCode.CONFIGURATION,

@@ -25,10 +25,15 @@ def test_ceiling_doubles_from_base_up_to_cap() -> None:
     assert policy.ceiling(10_000) == 120.0
 
 
-@given(attempt=st.integers(0, 500), seed=st.integers(0, 2**32),
-       base=st.floats(0.01, 10), factor=st.floats(1, 1000))
-def test_full_jitter_delay_lies_between_zero_and_the_ceiling(attempt: int, seed: int,
-                                                              base: float, factor: float) -> None:
+@given(
+    attempt=st.integers(0, 500),
+    seed=st.integers(0, 2**32),
+    base=st.floats(0.01, 10),
+    factor=st.floats(1, 1000),
+)
+def test_full_jitter_delay_lies_between_zero_and_the_ceiling(
+    attempt: int, seed: int, base: float, factor: float
+) -> None:
     policy = BackoffPolicy(base=base, cap=base * factor)
     delay = policy.delay(attempt, random.Random(seed))
     assert 0.0 <= delay <= min(policy.cap, base * 2.0 ** min(attempt, 64))
@@ -54,8 +59,7 @@ def test_seeded_sequences_repeat_and_differ_between_seeds() -> None:
 
 def test_attempts_grow_until_a_stable_connection_resets_them() -> None:
     clock = FakeClock()
-    b = Backoff(BackoffPolicy(base=1, cap=120, stable_period=30), rng=random.Random(0),
-                clock=clock)
+    b = Backoff(BackoffPolicy(base=1, cap=120, stable_period=30), rng=random.Random(0), clock=clock)
     for _ in range(5):
         b.next_delay()
     assert b.attempt == 5
@@ -81,8 +85,11 @@ def test_permanent_refusals_wait_the_cap() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"base": 0}, "base must be > 0"), ({"base": 5, "cap": 1}, "cap .* must be >= base"),
-     ({"stable_period": -1}, "stable period must be >= 0")],
+    [
+        ({"base": 0}, "base must be > 0"),
+        ({"base": 5, "cap": 1}, "cap .* must be >= base"),
+        ({"stable_period": -1}, "stable period must be >= 0"),
+    ],
 )
 def test_bad_policy_numbers_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):

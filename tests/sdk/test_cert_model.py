@@ -46,8 +46,10 @@ def test_file_name_rule_round_trips_and_allows_underscore_in_device_name() -> No
     assert DeviceFileName.parse(name.key_name) == name
 
 
-@pytest.mark.parametrize("bad", ["device.cer", "pk_dn.cer", "pk__1a.cer", "p-k_dev01_1a.cer",
-                                 "pk_dev01_zz.cer", "pk_d_1a.cer"])
+@pytest.mark.parametrize(
+    "bad",
+    ["device.cer", "pk_dn.cer", "pk__1a.cer", "p-k_dev01_1a.cer", "pk_dev01_zz.cer", "pk_d_1a.cer"],
+)
 def test_file_name_that_breaks_the_rule_is_refused(bad: str) -> None:
     with pytest.raises(InvalidNameError, match=r"\[ProductKey\]_\[DeviceName\]_\[CA_SN\]"):
         DeviceFileName.parse(bad)
@@ -68,8 +70,10 @@ def test_pem_chain_der_and_garbage(pki) -> None:  # type: ignore[no-untyped-def]
     dev = pki.device("a1B2c3D4e5F", "sensor01")
     pem = dev.cert_pem() + pki.ca.cert_pem()
     chain = certs.load_certificates(pem)
-    assert [c.serial_number for c in chain] == [dev.certificate.serial_number,
-                                                pki.ca.certificate.serial_number]
+    assert [c.serial_number for c in chain] == [
+        dev.certificate.serial_number,
+        pki.ca.certificate.serial_number,
+    ]
     der = dev.certificate.public_bytes(serialization.Encoding.DER)
     assert certs.load_certificate(der) == dev.certificate
     with pytest.raises(CertificateFormatError, match="neither a PEM nor a DER"):
@@ -82,10 +86,14 @@ def test_pem_chain_der_and_garbage(pki) -> None:  # type: ignore[no-untyped-def]
 
 def test_key_formats_and_passwords(pki) -> None:  # type: ignore[no-untyped-def]
     dev = pki.device("a1B2c3D4e5F", "sensor02")
-    pkcs8 = dev.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())
-    enc = dev.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.BestAvailableEncryption(b"pw"))
+    pkcs8 = dev.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    enc = dev.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pw"),
+    )
     assert dev.key_pem().startswith(b"-----BEGIN RSA PRIVATE KEY-----")
     for blob, pw in [(dev.key_pem(), None), (pkcs8, None), (enc, b"pw")]:
         key = certs.load_private_key(blob, password=pw)

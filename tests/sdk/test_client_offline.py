@@ -54,13 +54,16 @@ def test_client_id_defaults_to_the_certificate_sn(creds: Credentials, pki: Any) 
 
 
 @pytest.mark.parametrize("keepalive", [29, 1201, 0])
-def test_keepalive_outside_the_platform_range_is_refused(creds: Credentials, pki: Any,
-                                                         keepalive: int) -> None:
+def test_keepalive_outside_the_platform_range_is_refused(
+    creds: Credentials, pki: Any, keepalive: int
+) -> None:
     with pytest.raises(ValueError, match=r"30\.\.1200 s"):
         _client(creds, pki, keepalive=keepalive)
 
 
-def test_username_comes_from_the_stored_identity(creds: Credentials, pki: Any, tmp_path: Path) -> None:
+def test_username_comes_from_the_stored_identity(
+    creds: Credentials, pki: Any, tmp_path: Path
+) -> None:
     ident = Identity(PK, "sensor01")
     assert format_username(ident) == f"sensor01&{PK}"
     store = tmp_path / "identity.json"
@@ -72,13 +75,17 @@ def test_username_comes_from_the_stored_identity(creds: Credentials, pki: Any, t
     assert _client(creds, pki).identity is None
 
 
-def test_identity_stored_for_another_certificate_is_not_used(creds: Credentials, pki: Any,
-                                                             tmp_path: Path) -> None:
+def test_identity_stored_for_another_certificate_is_not_used(
+    creds: Credentials, pki: Any, tmp_path: Path
+) -> None:
     store = tmp_path / "identity.json"
     other = pki.device(PK, "sensor99")
     IdentityStore(store).save(Identity(PK, "sensor99"), other.certificate)
-    with pytest.warns(RuntimeWarning, match=rf"sensor99.*stored for the certificate with SN "
-                      rf"{other.sn}, not this device's \(SN {creds.sn}\)"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=rf"sensor99.*stored for the certificate with SN "
+        rf"{other.sn}, not this device's \(SN {creds.sn}\)",
+    ):
         client = _client(creds, pki, identity_store=store)
     assert client.identity is None  # so no username is sent: the platform names the device
     # a file written by an older SDK does not say for which certificate: not trusted either
@@ -136,8 +143,14 @@ def test_nothing_listening_is_retried_then_times_out(creds: Credentials, pki: An
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connections are refused
-        client = DeviceClient("127.0.0.1", port, creds, server_ca=pki.ca.cert_pem(),
-                              reconnect_base=0.05, reconnect_cap=0.2)
+        client = DeviceClient(
+            "127.0.0.1",
+            port,
+            creds,
+            server_ca=pki.ca.cert_pem(),
+            reconnect_base=0.05,
+            reconnect_cap=0.2,
+        )
         with pytest.raises(ConnectTimeoutError, match=r"within 1 s.*connection refused") as info:
             client.connect(timeout=1)
     assert isinstance(info.value.__cause__, ConnectionFailedError)
@@ -152,9 +165,11 @@ def _ssl_error(reason: str, text: str) -> ssl.SSLError:
 
 @pytest.mark.parametrize(
     ("reason", "text"),
-    [("TLSV13_ALERT_CERTIFICATE_REQUIRED", "tlsv13 alert certificate required"),
-     ("SSLV3_ALERT_BAD_CERTIFICATE", "sslv3 alert bad certificate"),
-     ("TLSV1_ALERT_UNKNOWN_CA", "tlsv1 alert unknown ca")],
+    [
+        ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "tlsv13 alert certificate required"),
+        ("SSLV3_ALERT_BAD_CERTIFICATE", "sslv3 alert bad certificate"),
+        ("TLSV1_ALERT_UNKNOWN_CA", "tlsv1 alert unknown ca"),
+    ],
 )
 def test_alerts_about_our_certificate_map_to_certificate_rejected(reason: str, text: str) -> None:
     for exc in (_ssl_error(reason, text), ssl.SSLError(1, f"[SSL: {reason}] {text}")):
@@ -165,18 +180,25 @@ def test_alerts_about_our_certificate_map_to_certificate_rejected(reason: str, t
 
 def test_reset_right_after_the_handshake_is_certificate_rejected() -> None:
     exc = ConnectionResetError(104, "Connection reset by peer")
-    assert isinstance(map_connect_error(exc, "h", 1, after_handshake=True), CertificateRejectedError)
+    assert isinstance(
+        map_connect_error(exc, "h", 1, after_handshake=True), CertificateRejectedError
+    )
     during = map_connect_error(exc, "h", 1)
     assert type(during) is ConnectionFailedError and "during the TLS handshake" in str(during)
 
 
 @pytest.mark.parametrize(
     ("exc", "cls", "text"),
-    [(ConnectionRefusedError(111, "refused"), ConnectionFailedError, "is the server running"),
-     (TimeoutError("timed out"), ConnectTimeoutError, "timed out"),
-     (socket.gaierror(-2, "Name or service not known"), ConnectionFailedError, "cannot resolve"),
-     (_ssl_error("WRONG_VERSION_NUMBER", "wrong version number"), ConnectionFailedError,
-      "TLS 1.2 or newer")],
+    [
+        (ConnectionRefusedError(111, "refused"), ConnectionFailedError, "is the server running"),
+        (TimeoutError("timed out"), ConnectTimeoutError, "timed out"),
+        (socket.gaierror(-2, "Name or service not known"), ConnectionFailedError, "cannot resolve"),
+        (
+            _ssl_error("WRONG_VERSION_NUMBER", "wrong version number"),
+            ConnectionFailedError,
+            "TLS 1.2 or newer",
+        ),
+    ],
 )
 def test_other_failures(exc: BaseException, cls: type[DeviceSDKError], text: str) -> None:
     err = map_connect_error(exc, "h", 1)
@@ -194,16 +216,24 @@ def test_server_verification_failures_say_what_to_check() -> None:
     assert "clock may be wrong" in str(map_connect_error(exc, "h", 1))
 
 
-def test_server_that_never_answers_the_handshake_is_a_connect_timeout(creds: Credentials,
-                                                                      pki: Any) -> None:
+def test_server_that_never_answers_the_handshake_is_a_connect_timeout(
+    creds: Credentials, pki: Any
+) -> None:
     held: list[socket.socket] = []
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         listener.settimeout(5)
         port = listener.getsockname()[1]
-        client = DeviceClient("127.0.0.1", port, creds, server_ca=pki.ca.cert_pem(),
-                              attempt_timeout=0.3, reconnect_base=0.05, reconnect_cap=0.1)
+        client = DeviceClient(
+            "127.0.0.1",
+            port,
+            creds,
+            server_ca=pki.ca.cert_pem(),
+            attempt_timeout=0.3,
+            reconnect_base=0.05,
+            reconnect_cap=0.1,
+        )
 
         def accept_and_hold() -> None:
             while True:
@@ -222,8 +252,9 @@ def test_server_that_never_answers_the_handshake_is_a_connect_timeout(creds: Cre
     assert len(held) >= 2  # retried with backoff until the deadline
 
 
-def test_key_reaches_openssl_without_a_lasting_file(creds: Credentials, pki: Any,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_reaches_openssl_without_a_lasting_file(
+    creds: Credentials, pki: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without memfd (not Linux), the chain goes through a 0600 file in a private directory
     that is gone once the context is built; the key in it is encrypted (one-time password)."""
     made: list[Path] = []
@@ -237,8 +268,13 @@ def test_key_reaches_openssl_without_a_lasting_file(creds: Credentials, pki: Any
         return path
 
     def load_cert_chain(self: ssl.SSLContext, certfile: str, *args: Any, **kwargs: Any) -> None:
-        seen.append((Path(certfile).stat().st_mode & 0o777, Path(certfile).parent.stat().st_mode
-                     & 0o777, Path(certfile).read_bytes()))
+        seen.append(
+            (
+                Path(certfile).stat().st_mode & 0o777,
+                Path(certfile).parent.stat().st_mode & 0o777,
+                Path(certfile).read_bytes(),
+            )
+        )
         real_load(self, certfile, *args, **kwargs)
 
     monkeypatch.delattr(os, "memfd_create", raising=False)  # (the module tls uses)
@@ -251,14 +287,16 @@ def test_key_reaches_openssl_without_a_lasting_file(creds: Credentials, pki: Any
     assert b"ENCRYPTED" in content and b"BEGIN CERTIFICATE" in content
 
 
-def test_cli_usage_errors_are_messages_not_tracebacks(device_files: tuple[Path, Path],
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_usage_errors_are_messages_not_tracebacks(
+    device_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     from iotx509.cli import main
 
     cert, key = device_files
-    for args, says in ((["--cert", str(cert)], "give --cert and --key (or --store DIR)"),
-                       (["--store", "/nonexistent", "--cert", str(cert)],
-                        "either --store or --cert/--key")):
+    for args, says in (
+        (["--cert", str(cert)], "give --cert and --key (or --store DIR)"),
+        (["--store", "/nonexistent", "--cert", str(cert)], "either --store or --cert/--key"),
+    ):
         with pytest.raises(SystemExit) as info:  # usage mistakes: status 2, as argparse's own
             main(["device", "connect", *args])
         assert info.value.code == 2 and says in capsys.readouterr().err
@@ -268,6 +306,21 @@ def test_cli_usage_errors_are_messages_not_tracebacks(device_files: tuple[Path, 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        assert main(["device", "connect", "--cert", str(cert), "--key", str(key), "--port",
-                     str(port), "--timeout", "0.5"]) == ExitCode.NETWORK
+        assert (
+            main(
+                [
+                    "device",
+                    "connect",
+                    "--cert",
+                    str(cert),
+                    "--key",
+                    str(key),
+                    "--port",
+                    str(port),
+                    "--timeout",
+                    "0.5",
+                ]
+            )
+            == ExitCode.NETWORK
+        )
     assert "connection refused" in capsys.readouterr().err

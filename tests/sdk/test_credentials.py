@@ -37,7 +37,9 @@ def _write(path: Path, data: bytes, mode: int = PRIVATE_FILE_MODE) -> Path:
     return path
 
 
-def test_platform_named_pem_pair_loads_with_file_name_hints(pki: Any, device_files: tuple[Path, Path]) -> None:
+def test_platform_named_pem_pair_loads_with_file_name_hints(
+    pki: Any, device_files: tuple[Path, Path]
+) -> None:
     cert, key = device_files
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a 0600 key must not warn
@@ -54,8 +56,11 @@ def test_platform_named_pem_pair_loads_with_file_name_hints(pki: Any, device_fil
 def test_der_certificate_and_encrypted_pkcs8_key(pki: Any, tmp_path: Path) -> None:
     dev = pki.device(PK, "sensor02")
     der = dev.certificate.public_bytes(serialization.Encoding.DER)
-    enc = dev.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.BestAvailableEncryption(b"s3cret"))
+    enc = dev.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"s3cret"),
+    )
     cert = _write(tmp_path / "device.der", der, 0o644)
     key = _write(tmp_path / "device.p8", enc)
     for password in (b"s3cret", "s3cret"):
@@ -95,8 +100,11 @@ def test_swapped_or_garbage_files(tmp_path: Path, device_files: tuple[Path, Path
 
 def test_encrypted_key_without_or_with_wrong_password(pki: Any, tmp_path: Path) -> None:
     dev = pki.device(PK, "sensor04")
-    enc = dev.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.BestAvailableEncryption(b"right"))
+    enc = dev.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"right"),
+    )
     cert = _write(tmp_path / "d.cer", dev.cert_pem(), 0o644)
     key = _write(tmp_path / "d.key", enc)
     with pytest.raises(KeyPasswordError, match="encrypted; give its password"):
@@ -118,9 +126,13 @@ def _ec_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ec-device")])
     now = datetime.now(UTC)
     return (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(0xEC01)
-        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(0xEC01)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
         .sign(key, hashes.SHA256())
     )
 
@@ -128,8 +140,9 @@ def _ec_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
 def test_ec_certificate_or_key_is_refused(pki: Any) -> None:
     ec_key = ec.generate_private_key(ec.SECP256R1())
     ec_cert = _ec_certificate(ec_key)
-    ec_key_pem = ec_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
+    ec_key_pem = ec_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     ec_cert_pem = ec_cert.public_bytes(serialization.Encoding.PEM)
     with pytest.raises(UnsupportedKeyTypeError, match=r"EC .*only RSA"):
         Credentials.from_pem(ec_cert_pem, ec_key_pem)
@@ -157,12 +170,15 @@ def test_expired_certificate(pki: Any) -> None:
         Credentials.from_pem(old.cert_pem(), old.key_pem())
 
 
-def test_loose_key_permissions_warn_with_the_fix(device_files: tuple[Path, Path],
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_loose_key_permissions_warn_with_the_fix(
+    device_files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     cert, key = device_files
     os.chmod(key, 0o644)
-    with caplog.at_level(logging.WARNING, logger="device_sdk"), \
-            pytest.warns(InsecureKeyFileWarning, match=r"mode 0644.*chmod 600") as record:
+    with (
+        caplog.at_level(logging.WARNING, logger="device_sdk"),
+        pytest.warns(InsecureKeyFileWarning, match=r"mode 0644.*chmod 600") as record,
+    ):
         Credentials.from_files(cert, key)
     # said once: as a warning, not also as a log record (the CLI printed it twice)
     assert len(record) == 1
@@ -202,7 +218,8 @@ def _inconsistent_key_pem(key_pem: bytes) -> bytes:
     n = key.private_numbers()
     broken = rsa.RSAPrivateNumbers(n.p, n.q, n.d, n.dmp1 ^ 2, n.dmq1, n.iqmp, n.public_numbers)
     return broken.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
 
@@ -223,5 +240,4 @@ def test_check_key_false_skips_only_the_rsa_consistency_check(pki: Any, tmp_path
     with pytest.raises(KeyMismatchError, match="does not belong to the certificate"):
         Credentials.from_pem(dev.cert_pem(), other.key_pem(), check_key=False)
     with pytest.raises(KeyMismatchError, match="does not belong to the certificate"):
-        Credentials.from_files(cert, _write(tmp_path / "o.key", other.key_pem()),
-                               check_key=False)
+        Credentials.from_files(cert, _write(tmp_path / "o.key", other.key_pem()), check_key=False)

@@ -45,12 +45,27 @@ def _client(broker: Mosquitto, creds: Credentials, **kwargs: Any) -> DeviceClien
 
 def _tool_args(broker: Mosquitto, pki: Any, tmp_path: Path, name: str) -> list[str]:
     cert, key, _ = pki.write_device(PK, name, directory=tmp_path / name)
-    return ["-h", "127.0.0.1", "-p", str(broker.port), "--cafile", str(broker.server_ca_path),
-            "--cert", str(cert), "--key", str(key), "-q", "1", "-i", name]
+    return [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(broker.port),
+        "--cafile",
+        str(broker.server_ca_path),
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+        "-q",
+        "1",
+        "-i",
+        name,
+    ]
 
 
-def test_publish_and_subscribe_through_mosquitto(mosquitto: Mosquitto, creds: Credentials,
-                                                 pki: Any, tmp_path: Path) -> None:
+def test_publish_and_subscribe_through_mosquitto(
+    mosquitto: Mosquitto, creds: Credentials, pki: Any, tmp_path: Path
+) -> None:
     if MOSQUITTO_PUB is None or MOSQUITTO_SUB is None:
         pytest.skip("mosquitto-clients is not installed")
     received: queue.Queue[Message] = queue.Queue()
@@ -67,14 +82,35 @@ def test_publish_and_subscribe_through_mosquitto(mosquitto: Mosquitto, creds: Cr
                     break
             except queue.Empty:
                 continue
-        subprocess.run([MOSQUITTO_PUB, *_tool_args(mosquitto, pki, tmp_path, "pubtool"),
-                        "-t", "devices/sensor01/in", "-m", "hello device"], check=True, timeout=20)
+        subprocess.run(
+            [
+                MOSQUITTO_PUB,
+                *_tool_args(mosquitto, pki, tmp_path, "pubtool"),
+                "-t",
+                "devices/sensor01/in",
+                "-m",
+                "hello device",
+            ],
+            check=True,
+            timeout=20,
+        )
         msg = received.get(timeout=10)
         assert (msg.topic, msg.payload, msg.qos) == ("devices/sensor01/in", b"hello device", 1)
         # the real mosquitto_sub receives what the device publishes (QoS 1, acknowledged)
-        sub = subprocess.Popen([MOSQUITTO_SUB, *_tool_args(mosquitto, pki, tmp_path, "subtool"),
-                                "-t", "devices/sensor01/out", "-C", "1", "-W", "20"],
-                               stdout=subprocess.PIPE, text=True)
+        sub = subprocess.Popen(
+            [
+                MOSQUITTO_SUB,
+                *_tool_args(mosquitto, pki, tmp_path, "subtool"),
+                "-t",
+                "devices/sensor01/out",
+                "-C",
+                "1",
+                "-W",
+                "20",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 15
             while sub.poll() is None and time.monotonic() < deadline:
@@ -97,10 +133,12 @@ def test_publish_and_subscribe_through_mosquitto(mosquitto: Mosquitto, creds: Cr
 
 def test_wrong_server_ca_is_server_untrusted(mosquitto: Mosquitto, creds: Credentials) -> None:
     impostor = create_ca("Not The Server CA")
-    client = DeviceClient("127.0.0.1", mosquitto.port, creds, server_ca=impostor.cert_pem(),
-                          expect_identity=False)
-    with pytest.raises(ServerUntrustedError, match="could not be verified against the server CA"
-                       ) as info:
+    client = DeviceClient(
+        "127.0.0.1", mosquitto.port, creds, server_ca=impostor.cert_pem(), expect_identity=False
+    )
+    with pytest.raises(
+        ServerUntrustedError, match="could not be verified against the server CA"
+    ) as info:
         client.connect(timeout=10)
     assert info.value.__cause__ is not None
     assert client.state is ConnectionState.STOPPED
@@ -123,33 +161,37 @@ def _foreign_creds() -> Credentials:
 
 def test_device_certificate_from_an_untrusted_ca_is_rejected_tls13(mosquitto: Mosquitto) -> None:
     client = _client(mosquitto, _foreign_creds())
-    with pytest.raises(CertificateRejectedError, match="registered with the platform and active"
-                       ) as info:
+    with pytest.raises(
+        CertificateRejectedError, match="registered with the platform and active"
+    ) as info:
         client.connect(timeout=10)
     assert info.value.__cause__ is not None
 
 
-def test_device_certificate_from_an_untrusted_ca_is_rejected_tls12(pki: Any, tmp_path: Path) -> None:
+def test_device_certificate_from_an_untrusted_ca_is_rejected_tls12(
+    pki: Any, tmp_path: Path
+) -> None:
     with run_mosquitto(tmp_path / "mq12", pki.ca.cert_pem(), tls_version="tlsv1.2") as broker:
         client = _client(broker, _foreign_creds())
         with pytest.raises(CertificateRejectedError, match="refused this device's certificate"):
             client.connect(timeout=10)
 
 
-def test_broker_without_identity_delivery_times_out_with_a_hint(mosquitto: Mosquitto,
-                                                                creds: Credentials) -> None:
+def test_broker_without_identity_delivery_times_out_with_a_hint(
+    mosquitto: Mosquitto, creds: Credentials
+) -> None:
     client = _client(mosquitto, creds, expect_identity=True, identity_timeout=1.0)
     with pytest.raises(IdentityTimeoutError, match="expect_identity=False"):
         client.connect(timeout=10)
     assert client.state is ConnectionState.STOPPED
 
 
-def test_stored_identity_is_sent_as_username(mosquitto: Mosquitto, creds: Credentials,
-                                             tmp_path: Path) -> None:
+def test_stored_identity_is_sent_as_username(
+    mosquitto: Mosquitto, creds: Credentials, tmp_path: Path
+) -> None:
     store = tmp_path / "identity.json"
     IdentityStore(store).save(Identity(PK, "sensor01"), creds.certificate)
-    with _client(mosquitto, creds, identity_store=store,
-                 client_id="username-check") as client:
+    with _client(mosquitto, creds, identity_store=store, client_id="username-check") as client:
         client.connect(timeout=10)
     deadline = time.monotonic() + 5
     pattern = re.compile(r"as username-check\|securemode=2\| .*u'sensor01&" + PK + "'")
@@ -158,23 +200,32 @@ def test_stored_identity_is_sent_as_username(mosquitto: Mosquitto, creds: Creden
     assert pattern.search(mosquitto.log()), mosquitto.log()[-2000:]
 
 
-def test_restart_reconnects_and_sends_the_offline_queue(pki: Any, creds: Credentials,
-                                                         tmp_path: Path) -> None:
+def test_restart_reconnects_and_sends_the_offline_queue(
+    pki: Any, creds: Credentials, tmp_path: Path
+) -> None:
     states: list[tuple[ConnectionState, DeviceSDKError | None]] = []
     workdir = tmp_path / "mq"
     server_ca = create_ca("Restart Server CA")
     with run_mosquitto(workdir, pki.ca.cert_pem(), server_ca=server_ca) as broker:
         port = broker.port
-        client = DeviceClient("127.0.0.1", port, creds, server_ca=server_ca.cert_pem(),
-                              expect_identity=False, reconnect_base=0.1, reconnect_cap=0.5,
-                              on_connection_state=lambda s, e: states.append((s, e)))
+        client = DeviceClient(
+            "127.0.0.1",
+            port,
+            creds,
+            server_ca=server_ca.cert_pem(),
+            expect_identity=False,
+            reconnect_base=0.1,
+            reconnect_cap=0.5,
+            on_connection_state=lambda s, e: states.append((s, e)),
+        )
         client.connect(timeout=10)
     # the broker is gone: QoS 1 publishes wait in the offline queue
     deadline = time.monotonic() + 10
     while client.state is ConnectionState.ONLINE and time.monotonic() < deadline:
         time.sleep(0.05)
-    deliveries = [client.publish(f"queued/{n}", f"m{n}".encode(), qos=1, retain=True)
-                  for n in range(3)]
+    deliveries = [
+        client.publish(f"queued/{n}", f"m{n}".encode(), qos=1, retain=True) for n in range(3)
+    ]
     assert all(d.queued and not d.is_published for d in deliveries)
     assert any(s is ConnectionState.OFFLINE and e is not None for s, e in states)
     with run_mosquitto(workdir, pki.ca.cert_pem(), server_ca=server_ca, port=port) as broker:

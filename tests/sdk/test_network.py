@@ -70,17 +70,24 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 def _client(platform: Platform, name: str, **kwargs: Any) -> DeviceClient:
     dev = platform.devices.get(name) or platform.issue(name)
-    return DeviceClient(platform.server.mqtt_host, platform.server.mqtt_port or 0,
-                        Credentials.from_files(dev.cert, dev.key),
-                        server_ca=platform.server.server_ca, **kwargs)
+    return DeviceClient(
+        platform.server.mqtt_host,
+        platform.server.mqtt_port or 0,
+        Credentials.from_files(dev.cert, dev.key),
+        server_ca=platform.server.server_ca,
+        **kwargs,
+    )
 
 
 def test_a_process_with_more_than_1024_open_files_connects(platform: Platform) -> None:
     # Before the network driver this failed with CertificateRejectedError ("connection closed
     # right after the TLS handshake"): paho's select() cannot watch descriptors >= 1024.
     driver = RecordingDriver()
-    with descriptors_held(1100), _client(platform, "fd-high-1", network=driver) as own, \
-                _client(platform, "fd-high-2") as shared:
+    with (
+        descriptors_held(1100),
+        _client(platform, "fd-high-1", network=driver) as own,
+        _client(platform, "fd-high-2") as shared,
+    ):
         assert own.connect(timeout=15) == Identity(platform.product_key, "fd-high-1")
         assert shared.connect(timeout=15) == Identity(platform.product_key, "fd-high-2")
         assert own.publish("user/update", b'{"n": 1}', qos=1).wait(10)
@@ -103,8 +110,9 @@ def test_one_driver_thread_serves_many_clients(platform: Platform) -> None:
         assert len(driver) == 4
         for n, client in enumerate(clients):
             assert client.identity is not None
-            assert platform.api.send_message(platform.product_key, f"many-{n}",
-                                             client.topic("user/get"), "hi", qos=1)
+            assert platform.api.send_message(
+                platform.product_key, f"many-{n}", client.topic("user/get"), "hi", qos=1
+            )
         for client in clients:
             assert client.publish("user/update", b"x", qos=1).wait(10)
     finally:
@@ -158,9 +166,13 @@ def test_start_keeps_retrying_a_refusal_and_reports_it(platform: Platform, tmp_p
             errors.append(error)
             seen.set()
 
-    client = DeviceClient(platform.server.mqtt_host, platform.server.mqtt_port or 0,
-                          Credentials.from_files(dev.cert, dev.key),
-                          server_ca=platform.server.server_ca, on_connection_state=on_state)
+    client = DeviceClient(
+        platform.server.mqtt_host,
+        platform.server.mqtt_port or 0,
+        Credentials.from_files(dev.cert, dev.key),
+        server_ca=platform.server.server_ca,
+        on_connection_state=on_state,
+    )
     client.start()  # does not raise: the refusal arrives through the callback
     try:
         assert seen.wait(15)
@@ -225,9 +237,16 @@ def test_no_connack_after_the_handshake_times_out_and_hands_the_socket_back(
     creds = Credentials.from_pem(pair.cert_pem(), pair.key_pem())
     driver = SelectorDriver()
     with silent_tls_server(tmp_path, pki.ca) as (port, received):
-        client = DeviceClient("127.0.0.1", port, creds, server_ca=pki.ca.cert_pem(),
-                              attempt_timeout=0.5, reconnect_base=0.05, reconnect_cap=0.1,
-                              network=driver)
+        client = DeviceClient(
+            "127.0.0.1",
+            port,
+            creds,
+            server_ca=pki.ca.cert_pem(),
+            attempt_timeout=0.5,
+            reconnect_base=0.05,
+            reconnect_cap=0.1,
+            network=driver,
+        )
         with pytest.raises(ConnectTimeoutError) as info:
             client.connect(timeout=0.8)
         cause = info.value.__cause__
@@ -249,8 +268,9 @@ def test_disconnect_from_a_callback_on_the_network_thread(platform: Platform) ->
         called.set()
 
     client.subscribe("user/get", on_message)
-    assert platform.api.send_message(platform.product_key, "bye-from-callback",
-                                     client.topic("user/get"), "bye", qos=1)
+    assert platform.api.send_message(
+        platform.product_key, "bye-from-callback", client.topic("user/get"), "bye", qos=1
+    )
     assert called.wait(10)
     assert _wait_for(lambda: client.state is ConnectionState.STOPPED)
     # the shared driver still serves other clients afterwards

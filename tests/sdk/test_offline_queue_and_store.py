@@ -55,9 +55,13 @@ def test_push_front_and_clear() -> None:
     assert [m.topic for m in q.clear()] == ["user/0", "user/1"] and len(q) == 0
 
 
-@pytest.mark.parametrize(("size", "policy", "message"),
-                         [(0, "drop-oldest", "size must be >= 1"),
-                          (5, "keep-all", "drop policy 'keep-all' is not one of")])
+@pytest.mark.parametrize(
+    ("size", "policy", "message"),
+    [
+        (0, "drop-oldest", "size must be >= 1"),
+        (5, "keep-all", "drop policy 'keep-all' is not one of"),
+    ],
+)
 def test_bad_queue_settings(size: int, policy: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         OfflineQueue(size, policy)
@@ -93,8 +97,9 @@ def test_identity_store_round_trip_private_and_atomic(tmp_path: Path) -> None:
     assert store.load() is None
 
 
-@pytest.mark.parametrize("content", [b"{not json", b'{"productKey": "bad key!", "deviceName": "sensor01"}',
-                                     b"[]"])
+@pytest.mark.parametrize(
+    "content", [b"{not json", b'{"productKey": "bad key!", "deviceName": "sensor01"}', b"[]"]
+)
 def test_damaged_identity_file_is_ignored_with_a_warning(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "identity.json"
     path.write_bytes(content)

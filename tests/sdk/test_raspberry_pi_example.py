@@ -33,19 +33,40 @@ def test_device_program_publishes_readings(platform: Platform, tmp_path: Path) -
     dev = platform.issue("pi-sensor01")
     identity_file = tmp_path / "identity.json"
     result = subprocess.run(
-        [sys.executable, str(EXAMPLE / "device.py"), "--cert", str(dev.cert), "--key",
-         str(dev.key), "--server-ca", str(platform.server.server_ca), "--host", "127.0.0.1",
-         "--port", str(platform.server.mqtt_port), "--identity-store", str(identity_file),
-         "--interval", "0.1", "--count", "3"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        [
+            sys.executable,
+            str(EXAMPLE / "device.py"),
+            "--cert",
+            str(dev.cert),
+            "--key",
+            str(dev.key),
+            "--server-ca",
+            str(platform.server.server_ca),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(platform.server.mqtt_port),
+            "--identity-store",
+            str(identity_file),
+            "--interval",
+            "0.1",
+            "--count",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(identity_file.read_text())["deviceName"] == "pi-sensor01"
     deadline = time.monotonic() + 10
     while True:
-        seqs = [json.loads(m["payload"])["seq"] for m in
-                platform.api.device_messages(platform.product_key, "pi-sensor01")
-                if m["topic"].endswith("/user/update")]
+        seqs = [
+            json.loads(m["payload"])["seq"]
+            for m in platform.api.device_messages(platform.product_key, "pi-sensor01")
+            if m["topic"].endswith("/user/update")
+        ]
         if seqs == [0, 1, 2] or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -55,10 +76,26 @@ def test_device_program_publishes_readings(platform: Platform, tmp_path: Path) -
 def test_device_program_stops_with_the_refusals_status(platform: Platform) -> None:
     dev = platform.issue("pi-sensor02", associate=False)
     result = subprocess.run(
-        [sys.executable, str(EXAMPLE / "device.py"), "--cert", str(dev.cert), "--key",
-         str(dev.key), "--server-ca", str(platform.server.server_ca), "--host", "127.0.0.1",
-         "--port", str(platform.server.mqtt_port), "--identity-store", "/dev/null/x"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        [
+            sys.executable,
+            str(EXAMPLE / "device.py"),
+            "--cert",
+            str(dev.cert),
+            "--key",
+            str(dev.key),
+            "--server-ca",
+            str(platform.server.server_ca),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(platform.server.mqtt_port),
+            "--identity-store",
+            "/dev/null/x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     # not authorised needs a person: a status the systemd unit does not restart on
     assert result.returncode == ExitCode.NOT_AUTHORISED, result.stderr
@@ -72,16 +109,40 @@ def test_device_program_boots_offline_and_delivers_once_the_server_is_up(tmp_pat
     with platform_server(tmp_path / "first") as platform:
         dev = platform.issue("pi-offline01")
         data_dir, api = platform.server.data_dir, platform.api
-        ports = ("--http-port", str(urllib.parse.urlsplit(platform.server.http_url).port),
-                 "--mqtt-port", str(platform.server.mqtt_port))
-        command = [sys.executable, str(EXAMPLE / "device.py"), "--cert", str(dev.cert), "--key",
-                   str(dev.key), "--server-ca", str(platform.server.server_ca), "--host",
-                   "127.0.0.1", "--port", str(platform.server.mqtt_port), "--identity-store",
-                   str(tmp_path / "identity.json"), "--interval", "0.05", "--count", "3",
-                   "--reconnect-cap", "1", "--flush-timeout", "60"]
+        ports = (
+            "--http-port",
+            str(urllib.parse.urlsplit(platform.server.http_url).port),
+            "--mqtt-port",
+            str(platform.server.mqtt_port),
+        )
+        command = [
+            sys.executable,
+            str(EXAMPLE / "device.py"),
+            "--cert",
+            str(dev.cert),
+            "--key",
+            str(dev.key),
+            "--server-ca",
+            str(platform.server.server_ca),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(platform.server.mqtt_port),
+            "--identity-store",
+            str(tmp_path / "identity.json"),
+            "--interval",
+            "0.05",
+            "--count",
+            "3",
+            "--reconnect-cap",
+            "1",
+            "--flush-timeout",
+            "60",
+        ]
     # the server is stopped: boot the device now
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT
+    )
     try:
         assert proc.stderr is not None
         queued = []
@@ -94,8 +155,11 @@ def test_device_program_boots_offline_and_delivers_once_the_server_is_up(tmp_pat
         with running_server(data_dir, extra_args=ports):
             assert proc.wait(timeout=90) == 0, proc.stderr.read()
             recent = api.device_messages(platform.product_key, "pi-offline01")
-            seqs = [json.loads(m["payload"])["seq"] for m in recent
-                    if m["topic"].endswith("/user/update")]
+            seqs = [
+                json.loads(m["payload"])["seq"]
+                for m in recent
+                if m["topic"].endswith("/user/update")
+            ]
             assert seqs == [0, 1, 2]
     finally:
         if proc.poll() is None:
@@ -116,18 +180,26 @@ def test_systemd_unit_restarts_on_failure_and_waits_for_time_sync(tmp_path: Path
     unit = _unit()
     assert unit["Service"]["Restart"] == "on-failure"
     # permanent failures stop the restarts; the clock (75) and the network (69) do not
-    assert {int(c) for c in unit["Service"]["RestartPreventExitStatus"].split()} == \
-        PERMANENT_EXIT_CODES
+    assert {
+        int(c) for c in unit["Service"]["RestartPreventExitStatus"].split()
+    } == PERMANENT_EXIT_CODES
     for key in ("After", "Wants"):
         assert {"time-sync.target", "network-online.target"} <= set(unit["Unit"][key].split())
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     # systemd's verifier, with the paths of this checkout instead of /opt/iotx509
     local = tmp_path / "iotx509-device.service"
-    local.write_text(unit_text.replace("/opt/iotx509/venv/bin/python", sys.executable)
-                     .replace("/opt/iotx509/device.py", str(EXAMPLE / "device.py")))
-    result = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True,
-                            text=True, timeout=60)
-    problems = [line for line in (result.stdout + result.stderr).splitlines()
-                if "iotx509-device.service" in line]
+    local.write_text(
+        unit_text.replace("/opt/iotx509/venv/bin/python", sys.executable).replace(
+            "/opt/iotx509/device.py", str(EXAMPLE / "device.py")
+        )
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60
+    )
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "iotx509-device.service" in line
+    ]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr

@@ -49,8 +49,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 
 def _client(platform: Platform, creds: Credentials, **kwargs: Any) -> DeviceClient:
-    return DeviceClient(platform.server.mqtt_host, platform.server.mqtt_port or 0, creds,
-                        server_ca=platform.server.server_ca, **kwargs)
+    return DeviceClient(
+        platform.server.mqtt_host,
+        platform.server.mqtt_port or 0,
+        creds,
+        server_ca=platform.server.server_ca,
+        **kwargs,
+    )
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -62,34 +67,55 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return predicate()
 
 
-def test_identity_is_received_persisted_and_used_for_topics(platform: Platform,
-                                                            tmp_path: Path) -> None:
+def test_identity_is_received_persisted_and_used_for_topics(
+    platform: Platform, tmp_path: Path
+) -> None:
     dev = platform.issue("sensor-id1")
     store = tmp_path / "state" / "identity.json"
     changes: list[tuple[Identity | None, Identity]] = []
     creds = Credentials.from_files(dev.cert, dev.key)
     expected = Identity(platform.product_key, "sensor-id1")
-    with _client(platform, creds, identity_store=store,
-                 on_identity_changed=lambda old, new: changes.append((old, new))) as client:
+    with _client(
+        platform,
+        creds,
+        identity_store=store,
+        on_identity_changed=lambda old, new: changes.append((old, new)),
+    ) as client:
         assert client.connect(timeout=10) == expected
         assert client.identity == expected
         assert changes == [(None, expected)]
         # the device publishes on a relative topic; the platform records it under /pk/dn/
         assert client.publish("user/update", b'{"t": 21.5}', qos=1).wait(10)
-        assert _wait_for(lambda: any(
-            m["topic"] == f"/{platform.product_key}/sensor-id1/user/update"
-            for m in platform.api.device_messages(platform.product_key, "sensor-id1")))
+        assert _wait_for(
+            lambda: any(
+                m["topic"] == f"/{platform.product_key}/sensor-id1/user/update"
+                for m in platform.api.device_messages(platform.product_key, "sensor-id1")
+            )
+        )
         # and receives what the cloud sends on its subscription
         got: queue.Queue[Message] = queue.Queue()
         client.subscribe("user/get", got.put)
-        assert _wait_for(lambda: platform.api.send_message(
-            platform.product_key, "sensor-id1", f"/{platform.product_key}/sensor-id1/user/get",
-            "hello", qos=1), timeout=10)
+        assert _wait_for(
+            lambda: platform.api.send_message(
+                platform.product_key,
+                "sensor-id1",
+                f"/{platform.product_key}/sensor-id1/user/get",
+                "hello",
+                qos=1,
+            ),
+            timeout=10,
+        )
         msg = got.get(timeout=10)
-        assert (msg.topic, msg.payload) == (f"/{platform.product_key}/sensor-id1/user/get", b"hello")
+        assert (msg.topic, msg.payload) == (
+            f"/{platform.product_key}/sensor-id1/user/get",
+            b"hello",
+        )
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
-    assert json.loads(store.read_text()) == {**expected.to_json(), "certSn": dev.pair.sn,
-                                             "certSha256": fingerprint_sha256(creds.certificate)}
+    assert json.loads(store.read_text()) == {
+        **expected.to_json(),
+        "certSn": dev.pair.sn,
+        "certSha256": fingerprint_sha256(creds.certificate),
+    }
 
 
 def test_stored_identity_is_sent_as_username_next_time(platform: Platform, tmp_path: Path) -> None:
@@ -99,8 +125,12 @@ def test_stored_identity_is_sent_as_username_next_time(platform: Platform, tmp_p
     with _client(platform, creds, identity_store=store) as first:
         first.connect(timeout=10)
     changes: list[tuple[Identity | None, Identity]] = []
-    with _client(platform, creds, identity_store=store,
-                 on_identity_changed=lambda old, new: changes.append((old, new))) as second:
+    with _client(
+        platform,
+        creds,
+        identity_store=store,
+        on_identity_changed=lambda old, new: changes.append((old, new)),
+    ) as second:
         assert second.identity == Identity(platform.product_key, "sensor-id2")  # before connecting
         assert second.connect(timeout=10) == second.identity
     assert changes == []  # same identity: no callback
@@ -109,8 +139,9 @@ def test_stored_identity_is_sent_as_username_next_time(platform: Platform, tmp_p
     assert f"'sensor-id2&{platform.product_key}'" not in platform.server.log()
 
 
-def test_identity_changed_by_the_platform_wins_and_is_reported(platform: Platform,
-                                                               tmp_path: Path) -> None:
+def test_identity_changed_by_the_platform_wins_and_is_reported(
+    platform: Platform, tmp_path: Path
+) -> None:
     dev = platform.issue("sensor-old")
     store = tmp_path / "identity.json"
     creds = Credentials.from_files(dev.cert, dev.key)
@@ -120,8 +151,12 @@ def test_identity_changed_by_the_platform_wins_and_is_reported(platform: Platfor
     platform.api.delete_association(platform.ca.sn, dev.pair.sn)
     platform.associate(platform.ca, "sensor-new", dev.pair.sn)
     changes: list[tuple[Identity | None, Identity]] = []
-    with _client(platform, creds, identity_store=store,
-                 on_identity_changed=lambda old, new: changes.append((old, new))) as client:
+    with _client(
+        platform,
+        creds,
+        identity_store=store,
+        on_identity_changed=lambda old, new: changes.append((old, new)),
+    ) as client:
         new = client.connect(timeout=10)
     old = Identity(platform.product_key, "sensor-old")
     assert new == Identity(platform.product_key, "sensor-new")
@@ -142,26 +177,34 @@ def test_unassociated_certificate_is_not_authorized(platform: Platform) -> None:
 def test_certificate_from_an_unregistered_ca_is_rejected(platform: Platform) -> None:
     dev = platform.issue("sensor-stranger", create_ca("Never Registered CA"), associate=False)
     client = _client(platform, Credentials.from_files(dev.cert, dev.key))
-    with pytest.raises(CertificateRejectedError, match="registered with the platform and active"
-                       ) as info:
+    with pytest.raises(
+        CertificateRejectedError, match="registered with the platform and active"
+    ) as info:
         client.connect(timeout=10)
     assert info.value.__cause__ is not None
 
 
 def test_disabled_ca_closes_the_session_and_later_connections_are_rejected(
-        platform: Platform) -> None:
+    platform: Platform,
+) -> None:
     second_ca = create_ca("SDK Second CA")
     platform.register_ca(second_ca, "sdk_second_ca")
     dev = platform.issue("sensor-ca2", second_ca)
     creds = Credentials.from_files(dev.cert, dev.key)
     events: list[tuple[ConnectionState, DeviceSDKError | None]] = []
-    with _client(platform, creds, reconnect_base=0.1, reconnect_cap=0.5,
-                 on_connection_state=lambda s, e: events.append((s, e))) as client:
+    with _client(
+        platform,
+        creds,
+        reconnect_base=0.1,
+        reconnect_cap=0.5,
+        on_connection_state=lambda s, e: events.append((s, e)),
+    ) as client:
         client.connect(timeout=10)
         platform.api.set_ca_status(second_ca.sn, "inactive")
         # the live session is closed; retries are refused and reported to the application
-        assert _wait_for(lambda: any(isinstance(e, CertificateRejectedError) for _, e in events),
-                         timeout=15), events
+        assert _wait_for(
+            lambda: any(isinstance(e, CertificateRejectedError) for _, e in events), timeout=15
+        ), events
         assert client.state is not ConnectionState.ONLINE
     with pytest.raises(CertificateRejectedError):
         _client(platform, creds).connect(timeout=10)
@@ -187,38 +230,78 @@ def test_loose_key_permissions_warn_but_still_connect(platform: Platform) -> Non
         assert client.connect(timeout=10) == Identity(platform.product_key, "sensor-loose")
 
 
-def test_cli_prints_the_identity_or_the_error(platform: Platform, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_prints_the_identity_or_the_error(
+    platform: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dev = platform.issue("sensor-cli")
-    args = ["device", "connect", "--cert", str(dev.cert), "--key", str(dev.key),
-            "--server-ca", str(platform.server.server_ca), "--host", "127.0.0.1",
-            "--port", str(platform.server.mqtt_port), "--timeout", "10"]
+    args = [
+        "device",
+        "connect",
+        "--cert",
+        str(dev.cert),
+        "--key",
+        str(dev.key),
+        "--server-ca",
+        str(platform.server.server_ca),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(platform.server.mqtt_port),
+        "--timeout",
+        "10",
+    ]
     store = tmp_path / "id.json"
-    assert iotx509_main([*args, "--identity-store", str(store),
-                         "--publish", "user/update", "from-cli"]) == 0
+    assert (
+        iotx509_main(
+            [*args, "--identity-store", str(store), "--publish", "user/update", "from-cli"]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
-    assert out == {"productKey": platform.product_key, "deviceName": "sensor-cli",
-                   "certSn": dev.pair.sn}
+    assert out == {
+        "productKey": platform.product_key,
+        "deviceName": "sensor-cli",
+        "certSn": dev.pair.sn,
+    }
     assert IdentityStore(store).load() == Identity(platform.product_key, "sensor-cli")
-    assert _wait_for(lambda: any(m["payload"] == "from-cli" for m in
-                                 platform.api.device_messages(platform.product_key, "sensor-cli")))
+    assert _wait_for(
+        lambda: any(
+            m["payload"] == "from-cli"
+            for m in platform.api.device_messages(platform.product_key, "sensor-cli")
+        )
+    )
     stranger = platform.issue("sensor-cli2", associate=False)
-    bad = ["device", "connect", "--cert", str(stranger.cert), "--key", str(stranger.key),
-           *args[6:]]
+    bad = ["device", "connect", "--cert", str(stranger.cert), "--key", str(stranger.key), *args[6:]]
     assert iotx509_main(bad) == ExitCode.NOT_AUTHORISED
     captured = capsys.readouterr()
     assert captured.out == "" and "error: " in captured.err and "associated" in captured.err
 
 
 def _cli(platform: Platform, cert: Path, key: Path, *extra: str) -> list[str]:
-    return ["device", "connect", "--cert", str(cert), "--key", str(key),
-            "--server-ca", str(platform.server.server_ca), "--host", "127.0.0.1",
-            "--port", str(platform.server.mqtt_port), "--timeout", "10", *extra]
+    return [
+        "device",
+        "connect",
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+        "--server-ca",
+        str(platform.server.server_ca),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(platform.server.mqtt_port),
+        "--timeout",
+        "10",
+        *extra,
+    ]
 
 
-def test_cli_exit_status_says_which_failure(platform: Platform, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_exit_status_says_which_failure(
+    platform: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Each failure a user meets at `iotx509 device connect`, with its documented status."""
+
     def status(args: list[str]) -> tuple[int, str]:
         code = iotx509_main(args)
         return code, capsys.readouterr().err
@@ -230,20 +313,21 @@ def test_cli_exit_status_says_which_failure(platform: Platform, tmp_path: Path,
     code, err = status(_cli(platform, one.cert, other.key))
     assert code == ExitCode.CREDENTIALS and "does not belong" in err
     # an expired certificate needs a new one (not a clock retry)
-    expired = issue_device_certificate(platform.ca, "exit-expired", product_key=pk, days=1,
-                                       now=now - timedelta(days=3))
+    expired = issue_device_certificate(
+        platform.ca, "exit-expired", product_key=pk, days=1, now=now - timedelta(days=3)
+    )
     expired.write(tmp_path / "expired.cer", tmp_path / "expired.key")
     code, err = status(_cli(platform, tmp_path / "expired.cer", tmp_path / "expired.key"))
     assert code == ExitCode.CREDENTIALS and "has expired" in err
     # a certificate not valid yet: the clock is probably not set yet
-    future = issue_device_certificate(platform.ca, "exit-future", product_key=pk, days=30,
-                                      now=now + timedelta(days=2))
+    future = issue_device_certificate(
+        platform.ca, "exit-future", product_key=pk, days=30, now=now + timedelta(days=2)
+    )
     future.write(tmp_path / "future.cer", tmp_path / "future.key")
     code, err = status(_cli(platform, tmp_path / "future.cer", tmp_path / "future.key"))
     assert code == ExitCode.CLOCK and "system clock" in err
     # the server refuses the certificate in the TLS handshake (CA never registered)
-    stranger = platform.issue("exit-stranger", create_ca("Exit Unregistered CA"),
-                              associate=False)
+    stranger = platform.issue("exit-stranger", create_ca("Exit Unregistered CA"), associate=False)
     code, err = status(_cli(platform, stranger.cert, stranger.key))
     assert code == ExitCode.CERTIFICATE_REJECTED and "registered with the platform" in err
     # not authorised: the certificate is associated with no device
@@ -271,15 +355,20 @@ def test_cli_exit_status_says_which_failure(platform: Platform, tmp_path: Path,
 def test_cli_says_a_loose_key_file_once(platform: Platform) -> None:
     dev = platform.issue("sensor-loose-cli")
     dev.key.chmod(0o644)
-    result = subprocess.run([sys.executable, "-m", "iotx509", *_cli(platform, dev.cert, dev.key)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "iotx509", *_cli(platform, dev.cert, dev.key)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("chmod 600") == 1, result.stderr
     assert "warning: private key file" in result.stderr
 
 
 def test_two_processes_with_one_certificate_are_told_and_slowed_down(
-        platform: Platform, caplog: pytest.LogCaptureFixture) -> None:
+    platform: Platform, caplog: pytest.LogCaptureFixture
+) -> None:
     """The server hands the session to the newest connection of a device: two clients with one
     certificate kick each other off. Each is told so in plain words and backs off to the cap."""
     dev = platform.issue("sensor-twin")
@@ -291,8 +380,12 @@ def test_two_processes_with_one_certificate_are_told_and_slowed_down(
             told.put(error)
 
     cap = 3.0
-    twins = [_client(platform, creds, reconnect_base=0.05, reconnect_cap=cap,
-                     on_connection_state=on_state) for _ in range(2)]
+    twins = [
+        _client(
+            platform, creds, reconnect_base=0.05, reconnect_cap=cap, on_connection_state=on_state
+        )
+        for _ in range(2)
+    ]
     with caplog.at_level(logging.WARNING, logger="device_sdk.client"):
         for twin in twins:
             twin.start()
@@ -305,21 +398,26 @@ def test_two_processes_with_one_certificate_are_told_and_slowed_down(
     assert f"SN {dev.pair.sn}" in str(error) and error.sessions >= 3
     assert "replaced by a new connection of the same device" in platform.server.log()
     # it waited the cap (no jitter below it) before trying again, instead of storming
-    assert any("taking over the session" in r.getMessage() and f"retrying in {cap:.1f} s"
-               in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert any(
+        "taking over the session" in r.getMessage() and f"retrying in {cap:.1f} s" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
 
 
-def test_identity_file_of_another_device_costs_no_refused_attempt(platform: Platform,
-                                                                   tmp_path: Path) -> None:
+def test_identity_file_of_another_device_costs_no_refused_attempt(
+    platform: Platform, tmp_path: Path
+) -> None:
     first, second = platform.issue("sensor-first"), platform.issue("sensor-second")
     store = tmp_path / "identity.json"
-    with _client(platform, Credentials.from_files(first.cert, first.key),
-                 identity_store=store) as client:
+    with _client(
+        platform, Credentials.from_files(first.cert, first.key), identity_store=store
+    ) as client:
         client.connect(timeout=10)
     # the file is copied to another board (or the board gets a new certificate)
     with pytest.warns(RuntimeWarning, match="stored for the certificate with SN"):
-        client = _client(platform, Credentials.from_files(second.cert, second.key),
-                         identity_store=store)
+        client = _client(
+            platform, Credentials.from_files(second.cert, second.key), identity_store=store
+        )
     with client:
         assert client.identity is None
         assert client.connect(timeout=10) == Identity(platform.product_key, "sensor-second")
@@ -336,30 +434,46 @@ def test_restart_keeps_identity_and_delivers_the_offline_queue(tmp_path: Path) -
         http_port = urllib.parse.urlsplit(platform.server.http_url).port
         mqtt_port = platform.server.mqtt_port
         creds = Credentials.from_files(dev.cert, dev.key)
-        client = _client(platform, creds, identity_store=tmp_path / "id.json",
-                         reconnect_base=0.2, reconnect_cap=1.0,
-                         on_connection_state=lambda s, e: events.append((s, e)),
-                         on_identity_changed=lambda old, new: changes.append((old, new)))
+        client = _client(
+            platform,
+            creds,
+            identity_store=tmp_path / "id.json",
+            reconnect_base=0.2,
+            reconnect_cap=1.0,
+            on_connection_state=lambda s, e: events.append((s, e)),
+            on_identity_changed=lambda old, new: changes.append((old, new)),
+        )
         identity = client.connect(timeout=10)
         got: queue.Queue[Message] = queue.Queue()
         client.subscribe("user/get", got.put)
         platform.server.process.kill()  # a crash, not a clean shutdown
         platform.server.process.wait()
         assert _wait_for(lambda: client.state is not ConnectionState.ONLINE)
-        deliveries = [client.publish("user/update", f"queued-{n}".encode(), qos=1)
-                      for n in range(3)]
+        deliveries = [
+            client.publish("user/update", f"queued-{n}".encode(), qos=1) for n in range(3)
+        ]
         assert all(d.queued for d in deliveries) and len(client.offline_queue) == 3
-    with running_server(tmp_path / "data", extra_args=(
-            "--http-port", str(http_port), "--mqtt-port", str(mqtt_port))) as server:
+    with running_server(
+        tmp_path / "data", extra_args=("--http-port", str(http_port), "--mqtt-port", str(mqtt_port))
+    ) as server:
         assert all(d.wait(30) for d in deliveries), events[-3:]
         assert client.identity == identity and changes == [(None, identity)]
         recent = platform.api.device_messages(platform.product_key, "sensor-restart")
         assert [m["payload"] for m in recent if m["payload"].startswith("queued-")] == [
-            "queued-0", "queued-1", "queued-2"]
+            "queued-0",
+            "queued-1",
+            "queued-2",
+        ]
         # the subscription was renewed on the new session
-        assert _wait_for(lambda: platform.api.send_message(
-            platform.product_key, "sensor-restart",
-            f"/{platform.product_key}/sensor-restart/user/get", "after-restart", qos=1))
+        assert _wait_for(
+            lambda: platform.api.send_message(
+                platform.product_key,
+                "sensor-restart",
+                f"/{platform.product_key}/sensor-restart/user/get",
+                "after-restart",
+                qos=1,
+            )
+        )
         assert got.get(timeout=10).payload == b"after-restart"
         assert server.mqtt_port == mqtt_port
         client.disconnect()
@@ -369,19 +483,24 @@ def test_restart_keeps_identity_and_delivers_the_offline_queue(tmp_path: Path) -
 
 def test_wrong_server_ca_is_server_untrusted(platform: Platform) -> None:
     dev = platform.issue("sensor-untrusted")
-    client = DeviceClient(platform.server.mqtt_host, platform.server.mqtt_port or 0,
-                          Credentials.from_files(dev.cert, dev.key),
-                          server_ca=create_ca("Look-alike Server CA").cert_pem())
+    client = DeviceClient(
+        platform.server.mqtt_host,
+        platform.server.mqtt_port or 0,
+        Credentials.from_files(dev.cert, dev.key),
+        server_ca=create_ca("Look-alike Server CA").cert_pem(),
+    )
     with pytest.raises(ServerUntrustedError, match="could not be verified against the server CA"):
         client.connect(timeout=10)
 
 
 def test_certificate_that_expires_after_loading_is_a_clock_error_at_connect(
-        platform: Platform) -> None:
+    platform: Platform,
+) -> None:
     # valid for a few more seconds only: a board whose clock ran past the certificate
     almost = datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=2)
-    pair = issue_device_certificate(platform.ca, "sensor-expiring", product_key=platform.product_key,
-                                    days=1, now=almost)
+    pair = issue_device_certificate(
+        platform.ca, "sensor-expiring", product_key=platform.product_key, days=1, now=almost
+    )
     platform.associate(platform.ca, "sensor-expiring", pair.sn)
     creds = Credentials.from_pem(pair.cert_pem(), pair.key_pem())
     client = _client(platform, creds)
@@ -401,8 +520,10 @@ def test_server_that_does_not_publish_identities(tmp_path: Path) -> None:
             assert client.connect(timeout=10) is None
             topic = f"/{quiet.product_key}/sensor-quiet/user/update"
             assert client.publish(topic, b"no-identity", qos=1).wait(10)
-        assert any(m["payload"] == "no-identity"
-                   for m in quiet.api.device_messages(quiet.product_key, "sensor-quiet"))
+        assert any(
+            m["payload"] == "no-identity"
+            for m in quiet.api.device_messages(quiet.product_key, "sensor-quiet")
+        )
 
 
 def test_connect_again_after_disconnect(platform: Platform) -> None:

@@ -43,5 +43,6 @@ def snapshot(store: Path) -> dict[str, str]:
     """SHA-256 of every file in a store (staging and journal included, to see leftovers)."""
     return {
         str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(store.rglob("*")) if p.is_file()
+        for p in sorted(store.rglob("*"))
+        if p.is_file()
     }

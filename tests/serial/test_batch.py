@@ -44,10 +44,26 @@ def test_cli_batch_wait_mode_three_boards_then_resume(tmp_path: Path, batch_dir:
     # --board-timeout is only a safety net, long enough for any machine load.
     with SimBoard(tmp_path / "boards", boards=3, swap_delay=0.2) as sim:
         proc = subprocess.run(
-            [sys.executable, "-m", "iotx509", "provision", "--batch", str(batch_dir),
-             "--port", sim.port, "--report", str(report), "--wait", "--max-boards", "3",
-             "--board-timeout", "60"],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "iotx509",
+                "provision",
+                "--batch",
+                str(batch_dir),
+                "--port",
+                sim.port,
+                "--report",
+                str(report),
+                "--wait",
+                "--max-boards",
+                "3",
+                "--board-timeout",
+                "60",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "3 board(s) provisioned, 0 failed, 1 unused pair(s) left" in proc.stdout
@@ -58,13 +74,21 @@ def test_cli_batch_wait_mode_three_boards_then_resume(tmp_path: Path, batch_dir:
     for row in rows:  # each board holds exactly the pair the report says
         name = f"{row['ProductKey']}_{row['DeviceName']}_"
         cert = next(batch_dir.glob(name + "*.cer"))
-        assert (tmp_path / "boards" / row["BoardId"] / "device.cer").read_bytes() == cert.read_bytes()
+        assert (
+            tmp_path / "boards" / row["BoardId"] / "device.cer"
+        ).read_bytes() == cert.read_bytes()
 
     # A second run on new boards skips the three used pairs and uses the last one.
     with SimBoard(tmp_path / "more", boards=2) as sim:
         link = SerialLink.open(sim.port)
-        summary = Batch(Host(link), batch_dir, Report.open(report), mode="wait",
-                        board_timeout=60, say=lambda _: None).run()
+        summary = Batch(
+            Host(link),
+            batch_dir,
+            Report.open(report),
+            mode="wait",
+            board_timeout=60,
+            say=lambda _: None,
+        ).run()
         link.close()
     assert [p.name.device_name for _, p in summary.provisioned] == ["line1-dev003"]
     assert len({r["CertSN"] for r in _rows(report)}) == 4
@@ -80,8 +104,14 @@ def test_prompt_mode_and_an_already_done_board(tmp_path: Path, batch_dir: Path) 
     answers = iter(["", "", "q"])
     with SimBoard(tmp_path / "board", board_id="BENCH-1") as sim:
         link = SerialLink.open(sim.port)
-        summary = Batch(Host(link), batch_dir, report, mode="prompt",
-                        ask=lambda _: next(answers), say=said.append).run()
+        summary = Batch(
+            Host(link),
+            batch_dir,
+            report,
+            mode="prompt",
+            ask=lambda _: next(answers),
+            say=said.append,
+        ).run()
         link.close()
     assert [b for b, _ in summary.provisioned] == ["BENCH-1"]
     assert any("BENCH-1 is already done" in line for line in said)
@@ -97,9 +127,21 @@ def test_report_with_another_header_is_refused(tmp_path: Path) -> None:
 
 def test_batch_and_cert_options_are_exclusive(tmp_path: Path, batch_dir: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "iotx509", "provision", "--batch", str(batch_dir), "--port",
-         "loop://", "--cert", "x.cer"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "provision",
+            "--batch",
+            str(batch_dir),
+            "--port",
+            "loop://",
+            "--cert",
+            "x.cer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2 and "either --batch DIR or --cert" in proc.stderr
 
@@ -123,9 +165,21 @@ def line_dir(pki: PKI, tmp_path: Path) -> Path:
 def _single(sim: SimBoard, cert: Path) -> subprocess.CompletedProcess[str]:
     """``iotx509 provision --cert --key`` with the default report (beside the pairs)."""
     return subprocess.run(
-        [sys.executable, "-m", "iotx509", "provision", "--port", sim.port, "--cert", str(cert),
-         "--key", str(cert.with_suffix(".key"))],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "provision",
+            "--port",
+            sim.port,
+            "--cert",
+            str(cert),
+            "--key",
+            str(cert.with_suffix(".key")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -146,9 +200,22 @@ def test_a_pair_provisioned_in_single_mode_is_never_given_to_another_board(
     # that board, and gives the two other pairs to two new boards.
     with SimBoard(tmp_path / "boards", boards=3, swap_delay=0.2) as sim:
         proc = subprocess.run(
-            [sys.executable, "-m", "iotx509", "provision", "--batch", str(line_dir),
-             "--port", sim.port, "--wait", "--board-timeout", "60"],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "iotx509",
+                "provision",
+                "--batch",
+                str(line_dir),
+                "--port",
+                sim.port,
+                "--wait",
+                "--board-timeout",
+                "60",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "2 unused pair(s) of 3" in proc.stdout
@@ -175,7 +242,9 @@ def test_a_pair_provisioned_in_single_mode_is_never_given_to_another_board(
         proc = _single(sim, first)
     assert proc.returncode == 0, proc.stderr
     assert [r["BoardId"] for r in _rows(report) if r["CertSN"] == row["CertSN"]] == [
-        "BENCH-7", "BENCH-7"]
+        "BENCH-7",
+        "BENCH-7",
+    ]
 
 
 def test_single_mode_refuses_when_the_report_cannot_be_written(
@@ -184,10 +253,23 @@ def test_single_mode_refuses_when_the_report_cannot_be_written(
     first = sorted(line_dir.glob("*.cer"))[0]
     with SimBoard(tmp_path / "store") as sim:
         proc = subprocess.run(
-            [sys.executable, "-m", "iotx509", "provision", "--port", sim.port, "--cert",
-             str(first), "--key", str(first.with_suffix(".key")), "--report",
-             str(tmp_path / "missing-dir" / "report.csv")],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "iotx509",
+                "provision",
+                "--port",
+                sim.port,
+                "--cert",
+                str(first),
+                "--key",
+                str(first.with_suffix(".key")),
+                "--report",
+                str(tmp_path / "missing-dir" / "report.csv"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert sim.stats.frames_in == 0
     assert proc.returncode == 2 and "cannot write the provisioning report" in proc.stderr

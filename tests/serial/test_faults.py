@@ -80,18 +80,30 @@ def test_recoverable_faults_end_with_the_new_set(
     ("plan", "host", "error", "message"),
     [
         (FaultPlan(flip_rate=1.0), {"max_retries": 3}, RetriesExhaustedError, "gave up after 4"),
-        (FaultPlan(pause_after=3), {"max_retries": 2, "base_timeout": 0.3},
-         LinkTimeoutError, "did not answer"),
+        (
+            FaultPlan(pause_after=3),
+            {"max_retries": 2, "base_timeout": 0.3},
+            LinkTimeoutError,
+            "did not answer",
+        ),
         (FaultPlan(reboot_after=3, reboot_times=100), {}, BoardRebootedError, "lost the session"),
         (FaultPlan(unplug_after=4), {}, BoardDisconnectedError, "went away"),
-        (FaultPlan(protocol_version=3), {}, ProtocolVersionError,
-         "board speaks serial protocol version 3; this host speaks version 2"),
+        (
+            FaultPlan(protocol_version=3),
+            {},
+            ProtocolVersionError,
+            "board speaks serial protocol version 3; this host speaks version 2",
+        ),
     ],
     ids=["always-corrupt", "stalled-for-good", "reboot-loop", "usb-unplugged", "other-version"],
 )
 def test_fatal_faults_keep_the_previous_credentials(
-    store_with_a: tuple[Path, dict[str, str]], pairs: tuple[PairFiles, PairFiles],
-    plan: FaultPlan, host: dict[str, float], error: type[SerialProvisioningError], message: str,
+    store_with_a: tuple[Path, dict[str, str]],
+    pairs: tuple[PairFiles, PairFiles],
+    plan: FaultPlan,
+    host: dict[str, float],
+    error: type[SerialProvisioningError],
+    message: str,
 ) -> None:
     store, before = store_with_a
     with SimBoard(store, faults=plan, max_chunk=512) as sim, pytest.raises(error, match=message):
@@ -104,7 +116,10 @@ def test_board_refuses_a_mismatched_pair_and_keeps_the_old_one(
 ) -> None:
     store, before = store_with_a
     a, b = pairs
-    objects = {ObjectType.CERTIFICATE: b.cert.read_bytes(), ObjectType.PRIVATE_KEY: a.key.read_bytes()}
+    objects = {
+        ObjectType.CERTIFICATE: b.cert.read_bytes(),
+        ObjectType.PRIVATE_KEY: a.key.read_bytes(),
+    }
     with SimBoard(store) as sim, pytest.raises(BoardError) as caught:
         _provision(sim, objects)  # skipping the host's own check, as a buggy tool would
     assert caught.value.code == ErrorCode.INVALID_CREDENTIALS
@@ -121,9 +136,23 @@ def test_cli_other_version_exits_with_a_clear_message(
     b = pairs[1]
     with SimBoard(store, faults=FaultPlan(protocol_version=7)) as sim:
         proc = subprocess.run(
-            [sys.executable, "-m", "iotx509", "provision", "--port", sim.port,
-             "--cert", str(b.cert), "--key", str(b.key), "--report", str(store.parent / "r.csv")],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "iotx509",
+                "provision",
+                "--port",
+                sim.port,
+                "--cert",
+                str(b.cert),
+                "--key",
+                str(b.key),
+                "--report",
+                str(store.parent / "r.csv"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert proc.returncode == 5
     assert "version 7; this host speaks version 2 (it knows versions 1, 2)" in proc.stderr
@@ -135,6 +164,7 @@ def test_ctrl_c_on_the_host_keeps_the_previous_credentials(
 ) -> None:
     store, before = store_with_a
     b = pairs[1]
+
     # The board pauses when BEGIN of the key arrives (the certificate is staged) and answers
     # nothing until resumed, so the Ctrl-C lands mid-transfer whatever the machine's load: the
     # moment is an event of the board, not a sleep. The host's timeout is long enough that it
@@ -144,10 +174,27 @@ def test_ctrl_c_on_the_host_keeps_the_previous_credentials(
 
     with SimBoard(store, faults=FaultPlan(pause_when=begin_key)) as sim:
         host = subprocess.Popen(
-            [sys.executable, "-m", "iotx509", "provision", "--port", sim.port,
-             "--timeout", "600", "--report", str(tmp_path / "report.csv"),
-             "--cert", str(b.cert), "--key", str(b.key), "--server-ca", str(b.server_ca)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "iotx509",
+                "provision",
+                "--port",
+                sim.port,
+                "--timeout",
+                "600",
+                "--report",
+                str(tmp_path / "report.csv"),
+                "--cert",
+                str(b.cert),
+                "--key",
+                str(b.key),
+                "--server-ca",
+                str(b.server_ca),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             assert sim.wait(lambda s: s.paused, timeout=60)
@@ -171,7 +218,8 @@ class _PowerCut(Exception):
 
 
 def test_power_cut_after_the_commit_point_rolls_forward(
-    store_with_a: tuple[Path, dict[str, str]], pairs: tuple[PairFiles, PairFiles],
+    store_with_a: tuple[Path, dict[str, str]],
+    pairs: tuple[PairFiles, PairFiles],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from firmware_helpers.serial.board import CredentialStore
@@ -222,7 +270,8 @@ def test_unsynced_live_file_lost_in_a_crash_is_rewritten_from_the_journal(
 
 
 def test_power_cut_before_the_commit_point_keeps_the_old_set(
-    store_with_a: tuple[Path, dict[str, str]], pairs: tuple[PairFiles, PairFiles],
+    store_with_a: tuple[Path, dict[str, str]],
+    pairs: tuple[PairFiles, PairFiles],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from firmware_helpers.serial import board as board_module

@@ -43,13 +43,32 @@ CLI = [sys.executable, "-m", "iotx509", "provision"]
 PK = "a1OnBoard01"
 
 
-def _generate(sim: SimBoard, ca: tuple[Path, Path], out: Path, server_ca: Path, dn: str,
-              *extra: str) -> subprocess.CompletedProcess[str]:
+def _generate(
+    sim: SimBoard, ca: tuple[Path, Path], out: Path, server_ca: Path, dn: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, "--port", sim.port, "--generate-on-board", "--ca", str(ca[0]), "--ca-key",
-         str(ca[1]), "--product-key", PK, "--device-name", dn, "--server-ca", str(server_ca),
-         "--out", str(out), *extra],
-        capture_output=True, text=True, timeout=120,
+        [
+            *CLI,
+            "--port",
+            sim.port,
+            "--generate-on-board",
+            "--ca",
+            str(ca[0]),
+            "--ca-key",
+            str(ca[1]),
+            "--product-key",
+            PK,
+            "--device-name",
+            dn,
+            "--server-ca",
+            str(server_ca),
+            "--out",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -90,7 +109,9 @@ def ca_files(pki: TestPKI, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_no_private_key_byte_crosses_the_line_and_none_exists_on_the_host(
-    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+    tmp_path: Path,
+    ca_files: tuple[Path, Path],
+    pairs: tuple[PairFiles, PairFiles],
     pki: TestPKI,
 ) -> None:
     out, store = tmp_path / "host-out", tmp_path / "board-store"
@@ -112,14 +133,20 @@ def test_no_private_key_byte_crosses_the_line_and_none_exists_on_the_host(
 
     # No byte of the private key crossed the line, in either direction, raw or decoded.
     secret = _secret_windows(key)
-    line = [bytes(sim.wire_in), bytes(sim.wire_out), _payloads(sim.wire_in),
-            _payloads(sim.wire_out)]
+    line = [
+        bytes(sim.wire_in),
+        bytes(sim.wire_out),
+        _payloads(sim.wire_in),
+        _payloads(sim.wire_out),
+    ]
     for data in line:
         assert not _leaks(secret, data), "private key bytes on the line"
     # The check finds a key wherever it is: in the key file (PEM), its DER, a frame carrying it
-    der = key.private_bytes(serialization.Encoding.DER,
-                            serialization.PrivateFormat.TraditionalOpenSSL,
-                            serialization.NoEncryption())
+    der = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
     assert _leaks(secret, (store / "device.key").read_bytes()) and _leaks(secret, der)
     assert _leaks(secret, encode_message(Data(0, (store / "device.key").read_bytes()), 1))
     # ... and the public modulus did cross the line, in the CSR (DER) from the board
@@ -139,18 +166,22 @@ def test_no_private_key_byte_crosses_the_line_and_none_exists_on_the_host(
     with SerialLedger(out / "sn-ledger.jsonl") as ledger:
         assert [e.sn for e in ledger.entries_for(pki.ca.sn)] == [sn]
     assert [(r.device_name, r.cert_sn) for r in read_associations(out / "associations.csv")] == [
-        ("keygen-0001", sn)]
+        ("keygen-0001", sn)
+    ]
     with (out / "provisioning-report.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["BoardId"], r["DeviceName"], r["CertSN"], r["Status"]) for r in rows] == [
-        ("KEYGEN-1", "keygen-0001", sn, "ok")]
+        ("KEYGEN-1", "keygen-0001", sn, "ok")
+    ]
 
     # A second board gets the next device: one more row each, the first kept.
     with SimBoard(tmp_path / "store-2", board_id="KEYGEN-2") as sim:
         proc = _generate(sim, ca_files, out, pairs[0].server_ca, "keygen-0002")
     assert proc.returncode == 0, proc.stderr
     assert [r.device_name for r in read_associations(out / "associations.csv")] == [
-        "keygen-0001", "keygen-0002"]
+        "keygen-0001",
+        "keygen-0002",
+    ]
     # The same DeviceName twice is refused before the line is touched.
     with SimBoard(tmp_path / "store-3") as sim:
         proc = _generate(sim, ca_files, out, pairs[0].server_ca, "keygen-0002")
@@ -159,7 +190,9 @@ def test_no_private_key_byte_crosses_the_line_and_none_exists_on_the_host(
 
 
 def test_an_old_board_is_told_apart_and_still_provisioned_with_a_pair(
-    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+    tmp_path: Path,
+    ca_files: tuple[Path, Path],
+    pairs: tuple[PairFiles, PairFiles],
 ) -> None:
     a = pairs[0]
     with SimBoard(tmp_path / "old", faults=FaultPlan(protocol_version=1)) as sim:
@@ -172,9 +205,20 @@ def test_an_old_board_is_told_apart_and_still_provisioned_with_a_pair(
 
     with SimBoard(tmp_path / "old", faults=FaultPlan(protocol_version=1)) as sim:
         proc = subprocess.run(
-            [*CLI, "--port", sim.port, "--cert", str(a.cert), "--key", str(a.key),
-             "--report", str(tmp_path / "report.csv")],
-            capture_output=True, text=True, timeout=120,
+            [
+                *CLI,
+                "--port",
+                sim.port,
+                "--cert",
+                str(a.cert),
+                "--key",
+                str(a.key),
+                "--report",
+                str(tmp_path / "report.csv"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert proc.returncode == 0, proc.stderr
     assert "speaks serial protocol version 1 only" in proc.stdout
@@ -182,16 +226,30 @@ def test_an_old_board_is_told_apart_and_still_provisioned_with_a_pair(
 
 
 def test_a_board_that_keeps_losing_power_keeps_its_credentials_and_burns_its_sns(
-    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+    tmp_path: Path,
+    ca_files: tuple[Path, Path],
+    pairs: tuple[PairFiles, PairFiles],
     pki: TestPKI,
 ) -> None:
     """Power lost after the CSR, while the certificate arrives: every attempt burns its SN."""
     store = tmp_path / "store"
     with SimBoard(store, board_id="FLAKY") as sim:  # first, credentials of pair A
         proc = subprocess.run(
-            [*CLI, "--port", sim.port, "--cert", str(pairs[0].cert), "--key",
-             str(pairs[0].key), "--report", str(tmp_path / "r.csv")],
-            capture_output=True, text=True, timeout=120)
+            [
+                *CLI,
+                "--port",
+                sim.port,
+                "--cert",
+                str(pairs[0].cert),
+                "--key",
+                str(pairs[0].key),
+                "--report",
+                str(tmp_path / "r.csv"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
     before = snapshot(store)
     out = tmp_path / "out"
@@ -206,18 +264,24 @@ def test_a_board_that_keeps_losing_power_keeps_its_credentials_and_burns_its_sns
         burnt = ledger.entries_for(pki.ca.sn)
     assert len(burnt) == 3 and len({e.sn for e in burnt}) == 3  # first try + 2 restarts
     assert not (out / "provisioning-report.csv").exists() or not list(
-        csv.DictReader((out / "provisioning-report.csv").open()))
+        csv.DictReader((out / "provisioning-report.csv").open())
+    )
 
 
 # --- what of a CSR is trusted ------------------------------------------------------------------
 
 
-def _csr(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, *, subject: x509.Name | None = None,
-         extension: bool = False) -> x509.CertificateSigningRequest:
+def _csr(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    *,
+    subject: x509.Name | None = None,
+    extension: bool = False,
+) -> x509.CertificateSigningRequest:
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject or x509.Name([]))
     if extension:
         builder = builder.add_extension(
-            x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        )
     return builder.sign(key, hashes.SHA256())
 
 
@@ -247,13 +311,23 @@ def test_csr_signed_by_another_key_is_refused(board_key: rsa.RSAPrivateKey) -> N
     ("make", "message"),
     [
         (lambda k: _csr(ec.generate_private_key(ec.SECP256R1())), "key is EC, not RSA"),
-        (lambda k: _csr(rsa.generate_private_key(public_exponent=65537, key_size=1024)),
-         "has 1024 bits; at least 2048"),
-        (lambda k: _csr(rsa.generate_private_key(public_exponent=3, key_size=2048)),
-         "public exponent is 3"),
-        (lambda k: _csr(k, subject=x509.Name(
-            [x509.NameAttribute(x509.NameOID.COMMON_NAME, "i-choose-my-name")])),
-         "asks for the subject 'CN=i-choose-my-name'"),
+        (
+            lambda k: _csr(rsa.generate_private_key(public_exponent=65537, key_size=1024)),
+            "has 1024 bits; at least 2048",
+        ),
+        (
+            lambda k: _csr(rsa.generate_private_key(public_exponent=3, key_size=2048)),
+            "public exponent is 3",
+        ),
+        (
+            lambda k: _csr(
+                k,
+                subject=x509.Name(
+                    [x509.NameAttribute(x509.NameOID.COMMON_NAME, "i-choose-my-name")]
+                ),
+            ),
+            "asks for the subject 'CN=i-choose-my-name'",
+        ),
         (lambda k: _csr(k, extension=True), "carries extensions or attributes"),
     ],
     ids=["ec-key", "rsa-1024", "exponent-3", "own-subject", "extensions"],
@@ -269,11 +343,13 @@ def test_garbage_instead_of_a_csr_is_refused() -> None:
         check_csr(b"\x30\x03garbage")
 
 
-def test_not_after_is_the_hosts_choice(tmp_path: Path, ca_files: tuple[Path, Path],
-                                       pairs: tuple[PairFiles, PairFiles]) -> None:
+def test_not_after_is_the_hosts_choice(
+    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles]
+) -> None:
     with SimBoard(tmp_path / "store") as sim:
-        proc = _generate(sim, ca_files, tmp_path / "out", pairs[0].server_ca, "days-0001",
-                         "--days", "30")
+        proc = _generate(
+            sim, ca_files, tmp_path / "out", pairs[0].server_ca, "days-0001", "--days", "30"
+        )
     assert proc.returncode == 0, proc.stderr
     cert = read_certificates(next((tmp_path / "out").glob("*.cer")))[0]
     lifetime = cert.not_valid_after_utc - datetime.now(UTC)
@@ -288,16 +364,31 @@ def provisioned_store(tmp_path: Path, pairs: tuple[PairFiles, PairFiles]) -> Pat
     store = tmp_path / "store"
     with SimBoard(store) as sim:
         proc = subprocess.run(
-            [*CLI, "--port", sim.port, "--cert", str(pairs[0].cert), "--key",
-             str(pairs[0].key), "--report", str(tmp_path / "r.csv")],
-            capture_output=True, text=True, timeout=120)
+            [
+                *CLI,
+                "--port",
+                sim.port,
+                "--cert",
+                str(pairs[0].cert),
+                "--key",
+                str(pairs[0].key),
+                "--report",
+                str(tmp_path / "r.csv"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 0, proc.stderr
     return store
 
 
 def test_board_unplugged_after_its_csr_keeps_its_credentials(
-    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
-    provisioned_store: Path, pki: TestPKI,
+    tmp_path: Path,
+    ca_files: tuple[Path, Path],
+    pairs: tuple[PairFiles, PairFiles],
+    provisioned_store: Path,
+    pki: TestPKI,
 ) -> None:
     before = snapshot(provisioned_store)
     out = tmp_path / "out"
@@ -313,18 +404,27 @@ def test_board_unplugged_after_its_csr_keeps_its_credentials(
 
 @pytest.mark.parametrize(
     ("csr", "message"),
-    [(b"\x30\x03abc", "not a readable PKCS#10 CSR"),
-     (None, "asks for the subject 'CN=board-chooses'")],
+    [
+        (b"\x30\x03abc", "not a readable PKCS#10 CSR"),
+        (None, "asks for the subject 'CN=board-chooses'"),
+    ],
     ids=["garbage", "own-name"],
 )
 def test_board_with_a_bad_csr_gets_nothing(
-    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
-    provisioned_store: Path, csr: bytes | None, message: str,
+    tmp_path: Path,
+    ca_files: tuple[Path, Path],
+    pairs: tuple[PairFiles, PairFiles],
+    provisioned_store: Path,
+    csr: bytes | None,
+    message: str,
 ) -> None:
     before = snapshot(provisioned_store)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    named = _der(_csr(key, subject=x509.Name(
-        [x509.NameAttribute(x509.NameOID.COMMON_NAME, "board-chooses")])))
+    named = _der(
+        _csr(
+            key, subject=x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "board-chooses")])
+        )
+    )
     out = tmp_path / "out"
     with SimBoard(provisioned_store) as sim:
         sim.agent.keygen = lambda bits: (b"staged key", csr if csr is not None else named)
@@ -340,25 +440,49 @@ def test_board_with_a_bad_csr_gets_nothing(
 
 
 def test_boards_on_two_ports_are_provisioned_in_parallel_and_never_named_twice(
-    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+    tmp_path: Path,
+    ca_files: tuple[Path, Path],
+    pairs: tuple[PairFiles, PairFiles],
 ) -> None:
     out = tmp_path / "out"
 
     def run(*ports: str, max_boards: int) -> subprocess.Popen[str]:
         port_args = [arg for port in ports for arg in ("--port", port)]
         return subprocess.Popen(
-            [*CLI, *port_args, "--batch", "--generate-on-board", "--ca", str(ca_files[0]),
-             "--ca-key", str(ca_files[1]), "--product-key", PK, "--prefix", "line3-",
-             "--server-ca", str(pairs[0].server_ca), "--out", str(out),
-             "--max-boards", str(max_boards), "--board-timeout", "60"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                *CLI,
+                *port_args,
+                "--batch",
+                "--generate-on-board",
+                "--ca",
+                str(ca_files[0]),
+                "--ca-key",
+                str(ca_files[1]),
+                "--product-key",
+                PK,
+                "--prefix",
+                "line3-",
+                "--server-ca",
+                str(pairs[0].server_ca),
+                "--out",
+                str(out),
+                "--max-boards",
+                str(max_boards),
+                "--board-timeout",
+                "60",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     # Port A's first board holds its first GENKEY until resumed: port B finishing a board
     # meanwhile proves the ports run in parallel -- an event, not a timing.
     genkey = FaultPlan(pause_when=lambda frame: frame.type == MessageType.GENKEY)
-    with SimBoard(tmp_path / "a", boards=2, faults=genkey) as sim_a, \
-            SimBoard(tmp_path / "b", boards=2) as sim_b:
+    with (
+        SimBoard(tmp_path / "a", boards=2, faults=genkey) as sim_a,
+        SimBoard(tmp_path / "b", boards=2) as sim_b,
+    ):
         proc = run(sim_a.port, sim_b.port, max_boards=4)
         try:
             assert sim_a.wait(lambda s: s.paused, timeout=60)
@@ -383,12 +507,16 @@ def test_boards_on_two_ports_are_provisioned_in_parallel_and_never_named_twice(
     assert sorted(r.device_name for r in read_associations(out / "associations.csv")) == names
     assert not list(out.glob("*.key"))
     for row in rows:  # each board holds the certificate issued for its DeviceName
-        board_store = next(p for p in (tmp_path / "a" / row["BoardId"],
-                                       tmp_path / "b" / row["BoardId"]) if p.exists())
+        board_store = next(
+            p
+            for p in (tmp_path / "a" / row["BoardId"], tmp_path / "b" / row["BoardId"])
+            if p.exists()
+        )
         cert = next(out.glob(f"{PK}_{row['DeviceName']}_*.cer"))
         assert (board_store / "device.cer").read_bytes() == cert.read_bytes()
-        assert key_matches_certificate(read_private_key(board_store / "device.key"),
-                                       read_certificates(cert)[0])
+        assert key_matches_certificate(
+            read_private_key(board_store / "device.key"), read_certificates(cert)[0]
+        )
 
     # A re-run on a new board resumes with the next free name.
     with SimBoard(tmp_path / "c") as sim_c:
@@ -399,17 +527,39 @@ def test_boards_on_two_ports_are_provisioned_in_parallel_and_never_named_twice(
 
 
 def test_a_failed_board_burns_its_name_and_sn_and_the_next_run_skips_both(
-    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles],
+    tmp_path: Path,
+    ca_files: tuple[Path, Path],
+    pairs: tuple[PairFiles, PairFiles],
     pki: TestPKI,
 ) -> None:
     out = tmp_path / "out"
 
     def run(port: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*CLI, "--port", port, "--batch", "--generate-on-board", "--ca", str(ca_files[0]),
-             "--ca-key", str(ca_files[1]), "--product-key", PK, "--prefix", "line4-",
-             "--out", str(out), "--max-boards", "1", "--board-timeout", "60"],
-            capture_output=True, text=True, timeout=120,
+            [
+                *CLI,
+                "--port",
+                port,
+                "--batch",
+                "--generate-on-board",
+                "--ca",
+                str(ca_files[0]),
+                "--ca-key",
+                str(ca_files[1]),
+                "--product-key",
+                PK,
+                "--prefix",
+                "line4-",
+                "--out",
+                str(out),
+                "--max-boards",
+                "1",
+                "--board-timeout",
+                "60",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     # probe HELLO, HELLO, GENKEY, BEGIN certificate <- unplugged

@@ -81,9 +81,15 @@ def test_every_message_round_trips(msg: Message, version: int) -> None:
     assert decoded == msg and frame.seq == 42 and frame.version == version
 
 
-@pytest.mark.parametrize("msg", [GenKey(KeyType.RSA, 2048), Csr(b"0\x82\x02I..."),
-                                 HelloReply(4096, 65536, "board-7", FEATURE_KEYGEN)],
-                         ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize(
+    "msg",
+    [
+        GenKey(KeyType.RSA, 2048),
+        Csr(b"0\x82\x02I..."),
+        HelloReply(4096, 65536, "board-7", FEATURE_KEYGEN),
+    ],
+    ids=lambda m: type(m).__name__,
+)
 def test_version_2_messages_round_trip(msg: Message) -> None:
     frame, decoded = _decode_one(encode_message(msg, 7, version=2))
     assert decoded == msg and frame.version == 2
@@ -124,8 +130,12 @@ def test_data_round_trip(offset: int, chunk: bytes) -> None:
 def test_error_codes_are_stable_numbers() -> None:
     """The numbers are the protocol: they are documented and must never be renumbered."""
     assert [(c.name, int(c)) for c in ErrorCode][:6] == [
-        ("BAD_CRC", 1), ("BAD_SEQUENCE", 2), ("MALFORMED", 3), ("UNKNOWN_TYPE", 4),
-        ("UNSUPPORTED_VERSION", 5), ("NO_SESSION", 6),
+        ("BAD_CRC", 1),
+        ("BAD_SEQUENCE", 2),
+        ("MALFORMED", 3),
+        ("UNKNOWN_TYPE", 4),
+        ("UNSUPPORTED_VERSION", 5),
+        ("NO_SESSION", 6),
     ]
     assert ErrorCode.STORAGE_FULL.value == 10 and ErrorCode.VERIFY_FAILED.value == 11
     assert ErrorCode.BUSY.value == 14 and ErrorCode.NOT_FOUND.value == 16
@@ -194,11 +204,15 @@ def test_board_errors() -> None:
     assert isinstance(nak, Nak) and nak.code is ErrorCode.NO_SESSION
     d = _session(capacity=1000)
     nak = d.reply(Begin(ObjectType.PRIVATE_KEY, len(KEY), sha256(KEY)))
-    assert isinstance(nak, Nak) and nak.code is ErrorCode.STORAGE_FULL and "does not fit" in nak.text
+    assert (
+        isinstance(nak, Nak) and nak.code is ErrorCode.STORAGE_FULL and "does not fit" in nak.text
+    )
     nak = d.reply(Data(0, b"x"))
     assert isinstance(nak, Nak) and nak.code is ErrorCode.BAD_STATE
     nak = d.reply(Commit(), seq=d.seq + 5)
-    assert isinstance(nak, Nak) and nak.code is ErrorCode.BAD_SEQUENCE and "expected seq" in nak.text
+    assert (
+        isinstance(nak, Nak) and nak.code is ErrorCode.BAD_SEQUENCE and "expected seq" in nak.text
+    )
     nak = d.reply(Commit())
     assert isinstance(nak, Nak) and nak.code is ErrorCode.INCOMPLETE and "certificate" in nak.text
 
@@ -305,8 +319,10 @@ def test_host_reports_another_protocol_version() -> None:
     host = HostMachine()
     host.request(Hello())
     reply = encode_message(HelloReply(1, 1, "b"), host.current_seq, version=3)
-    with pytest.raises(ProtocolVersionError,
-                       match=r"version 3; this host speaks version 2 \(it knows versions 1, 2\)") as exc:
+    with pytest.raises(
+        ProtocolVersionError,
+        match=r"version 3; this host speaks version 2 \(it knows versions 1, 2\)",
+    ) as exc:
         host.receive_data(reply)
     assert exc.value.remote_version == 3
 

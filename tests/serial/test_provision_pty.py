@@ -34,7 +34,9 @@ def _provision(sim: SimBoard, pair: PairFiles) -> None:
         link.close()
 
 
-def test_provision_writes_the_store_layout(tmp_path: Path, pairs: tuple[PairFiles, PairFiles]) -> None:
+def test_provision_writes_the_store_layout(
+    tmp_path: Path, pairs: tuple[PairFiles, PairFiles]
+) -> None:
     a, _ = pairs
     store = tmp_path / "store"
     progress: list[tuple[str, int, int]] = []
@@ -71,7 +73,9 @@ def test_store_is_what_the_sdk_reads(tmp_path: Path, pairs: tuple[PairFiles, Pai
     assert creds.server_ca == tmp_path / "store" / store_layout.SERVER_CA_FILE
 
 
-def test_second_provisioning_replaces_the_set(tmp_path: Path, pairs: tuple[PairFiles, PairFiles]) -> None:
+def test_second_provisioning_replaces_the_set(
+    tmp_path: Path, pairs: tuple[PairFiles, PairFiles]
+) -> None:
     a, b = pairs
     with SimBoard(tmp_path / "store") as sim:
         _provision(sim, a)
@@ -84,9 +88,23 @@ def test_cli_provision_success(tmp_path: Path, pairs: tuple[PairFiles, PairFiles
     a, _ = pairs
     with SimBoard(tmp_path / "store") as sim:
         proc = subprocess.run(
-            [*CLI, "provision", "--port", sim.port, "--cert", str(a.cert), "--key", str(a.key),
-             "--server-ca", str(a.server_ca), "--report", str(tmp_path / "report.csv")],
-            capture_output=True, text=True, timeout=60,
+            [
+                *CLI,
+                "provision",
+                "--port",
+                sim.port,
+                "--cert",
+                str(a.cert),
+                "--key",
+                str(a.key),
+                "--server-ca",
+                str(a.server_ca),
+                "--report",
+                str(tmp_path / "report.csv"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert proc.returncode == 0, proc.stderr
     assert f"provisioned board {sim.base_id}" in proc.stdout
@@ -101,7 +119,9 @@ def test_cli_refuses_mismatched_files_before_touching_the_board(
     with SimBoard(tmp_path / "store") as sim:
         proc = subprocess.run(
             [*CLI, "provision", "--port", sim.port, "--cert", str(a.cert), "--key", str(b.key)],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert sim.stats.frames_in == 0
     assert proc.returncode == 2
@@ -112,8 +132,9 @@ def test_cli_refuses_mismatched_files_before_touching_the_board(
     ("which", "message"),
     [("missing", "cannot read certificate file"), ("key-as-cert", "no CERTIFICATE block")],
 )
-def test_bad_input_files(tmp_path: Path, pairs: tuple[PairFiles, PairFiles], which: str,
-                         message: str) -> None:
+def test_bad_input_files(
+    tmp_path: Path, pairs: tuple[PairFiles, PairFiles], which: str, message: str
+) -> None:
     a, _ = pairs
     cert = tmp_path / "nope.cer" if which == "missing" else a.key
     with pytest.raises(ProvisioningInputError, match=message):
@@ -123,14 +144,26 @@ def test_bad_input_files(tmp_path: Path, pairs: tuple[PairFiles, PairFiles], whi
 def test_cli_reports_an_unopenable_port(tmp_path: Path, pairs: tuple[PairFiles, PairFiles]) -> None:
     a, _ = pairs
     proc = subprocess.run(
-        [*CLI, "provision", "--port", str(tmp_path / "ttyNOPE"), "--cert", str(a.cert),
-         "--key", str(a.key)],
-        capture_output=True, text=True, timeout=60,
+        [
+            *CLI,
+            "provision",
+            "--port",
+            str(tmp_path / "ttyNOPE"),
+            "--cert",
+            str(a.cert),
+            "--key",
+            str(a.key),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 4 and "cannot open serial port" in proc.stderr
 
 
-def test_device_agent_command_over_a_pty(tmp_path: Path, pairs: tuple[PairFiles, PairFiles]) -> None:
+def test_device_agent_command_over_a_pty(
+    tmp_path: Path, pairs: tuple[PairFiles, PairFiles]
+) -> None:
     """``iotx509 device agent`` on the slave side; the host drives the master side."""
     a, _ = pairs
     master, slave = os.openpty()
@@ -138,9 +171,19 @@ def test_device_agent_command_over_a_pty(tmp_path: Path, pairs: tuple[PairFiles,
     tty.setraw(slave)
     store = tmp_path / "agent-store"
     agent = subprocess.Popen(
-        [*CLI, "device", "agent", "--port", os.ttyname(slave), "--store", str(store),
-         "--board-id", "pi-0001"],
-        stderr=subprocess.PIPE, text=True,
+        [
+            *CLI,
+            "device",
+            "agent",
+            "--port",
+            os.ttyname(slave),
+            "--store",
+            str(store),
+            "--board-id",
+            "pi-0001",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert agent.stderr is not None
@@ -228,12 +271,31 @@ def test_socket_url(tmp_path: Path, pairs: tuple[PairFiles, PairFiles]) -> None:
 # --- what the host accepts, and what the board gets -------------------------------------------
 
 
-def _run_provision(sim: SimBoard, cert: Path, key: Path, tmp_path: Path, *extra: str,
-                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run_provision(
+    sim: SimBoard,
+    cert: Path,
+    key: Path,
+    tmp_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, "provision", "--port", sim.port, "--cert", str(cert), "--key", str(key),
-         "--report", str(tmp_path / "report.csv"), *extra],
-        capture_output=True, text=True, timeout=60,
+        [
+            *CLI,
+            "provision",
+            "--port",
+            sim.port,
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+            "--report",
+            str(tmp_path / "report.csv"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **(env or {})} if env is not None else _env_without_password(),
     )
 
@@ -251,10 +313,13 @@ def encrypted_key(tmp_path: Path, pairs: tuple[PairFiles, PairFiles]) -> Path:
 
     key = read_private_key(pairs[0].key)
     path = tmp_path / "encrypted.key"
-    path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"s3cret pass"),
-    ))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret pass"),
+        )
+    )
     return path
 
 
@@ -265,8 +330,9 @@ def test_cli_decrypts_a_key_with_the_password_file(
     password = tmp_path / "password.txt"
     password.write_text("s3cret pass\n")  # the trailing newline is not part of it
     with SimBoard(tmp_path / "store") as sim:
-        proc = _run_provision(sim, a.cert, encrypted_key, tmp_path,
-                              "--key-password-file", str(password))
+        proc = _run_provision(
+            sim, a.cert, encrypted_key, tmp_path, "--key-password-file", str(password)
+        )
     assert proc.returncode == 0, proc.stderr
     # the board gets the platform's form: unencrypted PKCS#1, the same key as pair A's
     assert (tmp_path / "store" / "device.key").read_bytes() == a.key.read_bytes()
@@ -277,8 +343,9 @@ def test_cli_decrypts_a_key_with_the_environment_variable(
 ) -> None:
     a, _ = pairs
     with SimBoard(tmp_path / "store") as sim:
-        proc = _run_provision(sim, a.cert, encrypted_key, tmp_path,
-                              env={"IOTX509_KEY_PASSWORD": "s3cret pass"})
+        proc = _run_provision(
+            sim, a.cert, encrypted_key, tmp_path, env={"IOTX509_KEY_PASSWORD": "s3cret pass"}
+        )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "store" / "device.key").read_bytes() == a.key.read_bytes()
 
@@ -286,8 +353,11 @@ def test_cli_decrypts_a_key_with_the_environment_variable(
 @pytest.mark.parametrize(
     ("how", "message"),
     [
-        ("none", "the key is encrypted; give its password; give --key-password-file FILE or set "
-                 "IOTX509_KEY_PASSWORD"),
+        (
+            "none",
+            "the key is encrypted; give its password; give --key-password-file FILE or set "
+            "IOTX509_KEY_PASSWORD",
+        ),
         ("wrong-file", "wrong password for the encrypted key"),
         ("wrong-env", "wrong password for the encrypted key"),
         ("empty-file", "is empty"),
@@ -295,7 +365,10 @@ def test_cli_decrypts_a_key_with_the_environment_variable(
     ],
 )
 def test_cli_password_errors_touch_nothing(
-    tmp_path: Path, pairs: tuple[PairFiles, PairFiles], encrypted_key: Path, how: str,
+    tmp_path: Path,
+    pairs: tuple[PairFiles, PairFiles],
+    encrypted_key: Path,
+    how: str,
     message: str,
 ) -> None:
     a, _ = pairs

@@ -40,10 +40,23 @@ def openssl_ca(directory: Path, cn: str = "My Private CA", name: str = "yourCA")
     directory.mkdir(parents=True, exist_ok=True)
     openssl("genrsa", "-out", f"{name}.key", "2048", cwd=directory)
     openssl(
-        "req", "-x509", "-new", "-key", f"{name}.key", "-out", f"{name}.cer", "-days", "365",
-        "-sha256", "-subj", f"/CN={cn}",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory,
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        f"{name}.key",
+        "-out",
+        f"{name}.cer",
+        "-days",
+        "365",
+        "-sha256",
+        "-subj",
+        f"/CN={cn}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
     )
     return OpensslCa(directory / f"{name}.cer", directory / f"{name}.key")
 
@@ -52,11 +65,34 @@ def openssl_verification_cert(directory: Path, ca: OpensslCa, code: str) -> Path
     """The platform's documented three commands, verbatim (CN = registration code)."""
     directory.mkdir(parents=True, exist_ok=True)
     openssl("genrsa", "-out", "verificationCert.key", "2048", cwd=directory)
-    openssl("req", "-new", "-key", "verificationCert.key", "-out", "verificationCert.csr",
-            "-subj", f"/CN={code}", cwd=directory)
-    openssl("x509", "-req", "-in", "verificationCert.csr", "-CA", str(ca.cert), "-CAkey",
-            str(ca.key), "-CAcreateserial", "-out", "verificationCert.crt", "-days", "300",
-            "-sha512", cwd=directory)
+    openssl(
+        "req",
+        "-new",
+        "-key",
+        "verificationCert.key",
+        "-out",
+        "verificationCert.csr",
+        "-subj",
+        f"/CN={code}",
+        cwd=directory,
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "verificationCert.csr",
+        "-CA",
+        str(ca.cert),
+        "-CAkey",
+        str(ca.key),
+        "-CAcreateserial",
+        "-out",
+        "verificationCert.crt",
+        "-days",
+        "300",
+        "-sha512",
+        cwd=directory,
+    )
     return directory / "verificationCert.crt"
 
 
@@ -64,11 +100,27 @@ def openssl_device_cert(directory: Path, ca: OpensslCa, cn: str, serial_hex: str
     """A device certificate as a customer's openssl script makes it (version 1, given SN)."""
     directory.mkdir(parents=True, exist_ok=True)
     openssl("genrsa", "-out", f"{cn}.key", "2048", cwd=directory)
-    openssl("req", "-new", "-key", f"{cn}.key", "-out", f"{cn}.csr", "-subj", f"/CN={cn}",
-            cwd=directory)
-    openssl("x509", "-req", "-in", f"{cn}.csr", "-CA", str(ca.cert), "-CAkey", str(ca.key),
-            "-set_serial", f"0x{serial_hex}", "-out", f"{cn}.cer", "-days", "30", "-sha256",
-            cwd=directory)
+    openssl(
+        "req", "-new", "-key", f"{cn}.key", "-out", f"{cn}.csr", "-subj", f"/CN={cn}", cwd=directory
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{cn}.csr",
+        "-CA",
+        str(ca.cert),
+        "-CAkey",
+        str(ca.key),
+        "-set_serial",
+        f"0x{serial_hex}",
+        "-out",
+        f"{cn}.cer",
+        "-days",
+        "30",
+        "-sha256",
+        cwd=directory,
+    )
     return directory / f"{cn}.cer"
 
 
@@ -99,14 +151,19 @@ def test_ca() -> CertifiedKey:
     return create_ca("Registry Test CA")
 
 
-def register(registry: Registry, account: AccountRecord, ca: CertifiedKey,
-             name: str = "my_ca") -> CaRecord:
+def register(
+    registry: Registry, account: AccountRecord, ca: CertifiedKey, name: str = "my_ca"
+) -> CaRecord:
     """Register ``ca`` the honest way: with a verification certificate for the account."""
     code = registry.registration_code(account)
     verification = issue_verification_certificate(ca, code)
     return registry.register_ca(
-        account, name=name, ca_data=ca.cert_pem(), verification_data=verification.cert_pem(),
-        ca_filename="ca.pem", verification_filename="verification.crt",
+        account,
+        name=name,
+        ca_data=ca.cert_pem(),
+        verification_data=verification.cert_pem(),
+        ca_filename="ca.pem",
+        verification_filename="verification.crt",
     )
 
 
@@ -115,8 +172,13 @@ def registered_ca(registry: Registry, account: AccountRecord, test_ca: Certified
     return register(registry, account, test_ca)
 
 
-def csv_bytes(rows: list[tuple[str, str, str]], *, header: str = "ProductKey,DeviceName,CertSN",
-              newline: str = "\n", bom: bool = False) -> bytes:
+def csv_bytes(
+    rows: list[tuple[str, str, str]],
+    *,
+    header: str = "ProductKey,DeviceName,CertSN",
+    newline: str = "\n",
+    bom: bool = False,
+) -> bytes:
     text = newline.join([header, *(",".join(r) for r in rows)]) + newline
     return (b"\xef\xbb\xbf" if bom else b"") + text.encode()
 

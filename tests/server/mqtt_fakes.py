@@ -62,7 +62,8 @@ class _FakeTrustIndex:
 
     def attribute(self, leaf: x509.Certificate) -> Attribution:
         verifying = [
-            (i, sn, active) for i, sn, subject, key, active in self.cas
+            (i, sn, active)
+            for i, sn, subject, key, active in self.cas
             if subject == leaf.issuer and signed_by(leaf, key)
         ]
         if len(verifying) > 1:
@@ -102,8 +103,9 @@ class FakeDirectory:
         del self._cas[certificate_sn(cert)]
         self._bump()
 
-    def associate(self, ca: x509.Certificate, leaf: x509.Certificate, product_key: str,
-                  device_name: str) -> None:
+    def associate(
+        self, ca: x509.Certificate, leaf: x509.Certificate, product_key: str, device_name: str
+    ) -> None:
         self._cas[certificate_sn(ca)].devices[certificate_sn(leaf)] = (product_key, device_name)
         self._bump()
 
@@ -131,10 +133,12 @@ class FakeDirectory:
         return [ca.cert for ca in self._cas.values() if ca.active]
 
     def trust_index(self) -> _FakeTrustIndex:
-        return _FakeTrustIndex(tuple(
-            (i, sn, ca.cert.subject, ca.cert.public_key(), ca.active)
-            for i, (sn, ca) in enumerate(self._cas.items())
-        ))
+        return _FakeTrustIndex(
+            tuple(
+                (i, sn, ca.cert.subject, ca.cert.public_key(), ca.active)
+                for i, (sn, ca) in enumerate(self._cas.items())
+            )
+        )
 
     def authenticate(self, leaf: x509.Certificate, issuer: IssuingCa | None = None) -> AuthDecision:
         self.authenticate_calls += 1
@@ -152,8 +156,9 @@ class FakeDirectory:
             return AuthRefused(f"CA {issuer.ca_sn} is not active", sn, name)
         device = ca.devices.get(sn)
         if device is None:
-            return AuthRefused(f"SN {sn} is not associated with a device of CA {issuer.ca_sn}",
-                               sn, name)
+            return AuthRefused(
+                f"SN {sn} is not associated with a device of CA {issuer.ca_sn}", sn, name
+            )
         if device in self._disabled:
             return AuthRefused(f"device {device[1]}&{device[0]} is disabled", sn, name)
         return AuthenticatedDevice(1, device[0], device[1], issuer.ca_sn, sn)
@@ -173,8 +178,9 @@ class FakeDirectory:
 class ServerThread:
     """An :class:`MqttService` on its own event loop thread (uvloop when installed)."""
 
-    def __init__(self, directory: FakeDirectory, server: CertifiedKey,
-                 limits: MqttLimits | None = None) -> None:
+    def __init__(
+        self, directory: FakeDirectory, server: CertifiedKey, limits: MqttLimits | None = None
+    ) -> None:
         self.directory = directory
         self._server_pair = server
         self.limits = limits or MqttLimits()
@@ -185,8 +191,12 @@ class ServerThread:
     def __enter__(self) -> ServerThread:
         self._thread.start()
         self.service = MqttService(
-            self.directory, self._server_pair.cert_pem(), self._server_pair.key_pem(),
-            "127.0.0.1", 0, self.limits,
+            self.directory,
+            self._server_pair.cert_pem(),
+            self._server_pair.key_pem(),
+            "127.0.0.1",
+            0,
+            self.limits,
         )
         self.run(self.service.start())
         return self
@@ -208,8 +218,10 @@ class ServerThread:
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the loop thread (DeviceMessaging is called there)."""
+
         async def _call() -> T:
             return fn(*args)
+
         return self.run(_call())
 
     def refresh(self) -> None:
@@ -233,8 +245,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class RawClient:
     """A blocking TLS socket speaking MQTT through the codec: sends anything, reads packets."""
 
-    def __init__(self, port: int, server_ca: Path, cert: Path | None, key: Path | None,
-                 timeout: float = 5.0) -> None:
+    def __init__(
+        self, port: int, server_ca: Path, cert: Path | None, key: Path | None, timeout: float = 5.0
+    ) -> None:
         ctx = ssl.create_default_context(cafile=str(server_ca))
         if cert is not None:
             ctx.load_cert_chain(str(cert), str(key) if key else None)
@@ -249,8 +262,12 @@ class RawClient:
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def connect(self, client_id: str = "raw|securemode=2|", keep_alive: int = 300,
-                username: str | None = None) -> codec.Connack:
+    def connect(
+        self,
+        client_id: str = "raw|securemode=2|",
+        keep_alive: int = 300,
+        username: str | None = None,
+    ) -> codec.Connack:
         self.send(codec.Connect(client_id, keep_alive, username=username))
         packet = self.read()
         assert isinstance(packet, codec.Connack), packet
@@ -319,8 +336,9 @@ class World:
         return Device(name, pair, cert, key)
 
 
-def registered(world: World, directory: FakeDirectory, name: str,
-               ca: CertifiedKey | None = None) -> Device:
+def registered(
+    world: World, directory: FakeDirectory, name: str, ca: CertifiedKey | None = None
+) -> Device:
     dev = world.device(name, ca)
     directory.associate((ca or world.ca).certificate, dev.pair.certificate, PK, name)
     return dev
@@ -329,8 +347,15 @@ def registered(world: World, directory: FakeDirectory, name: str,
 class Paho:
     """paho-mqtt 2.x client that records what happens, for assertions."""
 
-    def __init__(self, port: int, world: World, dev: Device | None, client_id: str = "",
-                 username: str | None = None, keepalive: int = 300) -> None:
+    def __init__(
+        self,
+        port: int,
+        world: World,
+        dev: Device | None,
+        client_id: str = "",
+        username: str | None = None,
+        keepalive: int = 300,
+    ) -> None:
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         self.messages: list[mqtt.MQTTMessage] = []
@@ -356,21 +381,39 @@ class Paho:
         self.client.on_subscribe = self._on_subscribe
         self.port, self.keepalive = port, keepalive
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                    reason: ReasonCode, props: object) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason: ReasonCode,
+        props: object,
+    ) -> None:
         self.reason = reason
         self.connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason: ReasonCode, props: object) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason: ReasonCode,
+        props: object,
+    ) -> None:
         self.disconnected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         self.messages.append(msg)
         self.message_event.set()
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
-                      codes: list[ReasonCode], props: object) -> None:
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        codes: list[ReasonCode],
+        props: object,
+    ) -> None:
         self.granted = [c.value for c in codes]
         self.subscribed.set()
 
@@ -407,5 +450,3 @@ def wait_for(predicate: object, timeout: float = 5) -> bool:
             return True
         time.sleep(0.02)
     return False
-
-

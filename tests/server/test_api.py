@@ -19,7 +19,9 @@ from tests.server.conftest import csv_bytes
 
 
 class Api:
-    def __init__(self, client: TestClient, registry: Registry, messaging: InMemoryMessaging) -> None:
+    def __init__(
+        self, client: TestClient, registry: Registry, messaging: InMemoryMessaging
+    ) -> None:
         self.client = client
         self.registry = registry
         self.messaging = messaging
@@ -30,24 +32,33 @@ class Api:
         _acct, token = self.registry.create_account(name)
         return {"Authorization": f"Bearer {token}"}
 
-    def call(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-             **kwargs: Any) -> Any:
-        return self.client.request(method, "/api/v1" + path, headers=headers or self.headers,
-                                   **kwargs)
+    def call(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> Any:
+        return self.client.request(
+            method, "/api/v1" + path, headers=headers or self.headers, **kwargs
+        )
 
     def product(self, **body: Any) -> str:
         r = self.call("POST", "/products", json={"name": "p", **body})
         assert r.status_code == 201, r.text
         return str(r.json()["productKey"])
 
-    def register_ca(self, ca: CertifiedKey, name: str = "my_ca",
-                    headers: dict[str, str] | None = None) -> Any:
+    def register_ca(
+        self, ca: CertifiedKey, name: str = "my_ca", headers: dict[str, str] | None = None
+    ) -> Any:
         code = self.call("GET", "/registration-code", headers=headers).json()["registrationCode"]
         ver = issue_verification_certificate(ca, code)
-        return self.call("POST", "/ca-certificates", headers=headers, data={"name": name}, files={
-            "caCertificate": ("ca.pem", ca.cert_pem()),
-            "verificationCertificate": ("verificationCert.crt", ver.cert_pem()),
-        })
+        return self.call(
+            "POST",
+            "/ca-certificates",
+            headers=headers,
+            data={"name": name},
+            files={
+                "caCertificate": ("ca.pem", ca.cert_pem()),
+                "verificationCertificate": ("verificationCert.crt", ver.cert_pem()),
+            },
+        )
 
 
 @pytest.fixture
@@ -72,8 +83,11 @@ def test_openapi_lists_every_endpoint(api: Api) -> None:
     spec = api.client.get("/openapi.json").json()
     paths = set(spec["paths"])
     assert {
-        "/api/v1/registration-code", "/api/v1/products", "/api/v1/products/{productKey}",
-        "/api/v1/ca-certificates", "/api/v1/ca-certificates/{caSn}",
+        "/api/v1/registration-code",
+        "/api/v1/products",
+        "/api/v1/products/{productKey}",
+        "/api/v1/ca-certificates",
+        "/api/v1/ca-certificates/{caSn}",
         "/api/v1/ca-certificates/{caSn}/association-template",
         "/api/v1/ca-certificates/{caSn}/associations",
         "/api/v1/ca-certificates/{caSn}/associations/{certSn}",
@@ -83,8 +97,9 @@ def test_openapi_lists_every_endpoint(api: Api) -> None:
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"},
-                                     {"Authorization": "Basic dXNlcjpwYXNz"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic dXNlcjpwYXNz"}]
+)
 def test_requests_without_a_valid_token_get_401(api: Api, headers: dict[str, str]) -> None:
     r = api.client.get("/api/v1/registration-code", headers=headers)
     message = _error(r, 401, "unauthorized")
@@ -97,14 +112,24 @@ def test_framework_errors_use_the_error_shape(api: Api) -> None:
     r = api.call("PUT", "/registration-code")
     assert _error(r, 405, "method_not_allowed") == "Method Not Allowed"
     assert "GET" in r.headers["allow"]
-    message = _error(api.call("POST", "/products", json={"authType": "x509"}), 422, "invalid_request")
+    message = _error(
+        api.call("POST", "/products", json={"authType": "x509"}), 422, "invalid_request"
+    )
     assert message == "name: Field required"
-    message = _error(api.call("POST", "/products", content=b"{not json",
-                              headers={**api.headers, "Content-Type": "application/json"}),
-                     422, "invalid_request")
+    message = _error(
+        api.call(
+            "POST",
+            "/products",
+            content=b"{not json",
+            headers={**api.headers, "Content-Type": "application/json"},
+        ),
+        422,
+        "invalid_request",
+    )
     assert "JSON decode error" in message
-    message = _error(api.call("POST", "/ca-certificates", data={"name": "abcd"}), 422,
-                     "invalid_request")
+    message = _error(
+        api.call("POST", "/ca-certificates", data={"name": "abcd"}), 422, "invalid_request"
+    )
     assert "caCertificate: Field required" in message
 
 
@@ -116,11 +141,13 @@ def test_registration_code_and_products(api: Api) -> None:
     assert got["productKey"] == pk and got["name"] == "Thermostat"
     assert (got["authType"], got["privateCa"], got["network"]) == ("x509", True, "mqtt")
     assert [p["productKey"] for p in api.call("GET", "/products").json()] == [pk]
-    message = _error(api.call("POST", "/products", json={"name": "x", "network": "zigbee"}), 400,
-                     "invalid_input")
+    message = _error(
+        api.call("POST", "/products", json={"name": "x", "network": "zigbee"}), 400, "invalid_input"
+    )
     assert message == "network 'zigbee' is not one of mqtt, lorawan"
     assert "no product with ProductKey 'Nope1'" in _error(
-        api.call("GET", "/products/Nope1"), 404, "not_found")
+        api.call("GET", "/products/Nope1"), 404, "not_found"
+    )
 
 
 def test_whole_console_flow(api: Api, test_ca: CertifiedKey) -> None:
@@ -129,24 +156,40 @@ def test_whole_console_flow(api: Api, test_ca: CertifiedKey) -> None:
     assert r.status_code == 201, r.text
     ca = r.json()
     assert {"caSn", "name", "subject", "status", "notBefore", "notAfter"} <= set(ca)
-    assert (ca["caSn"], ca["status"], ca["subject"]) == (test_ca.sn, "active", "CN=Registry Test CA")
+    assert (ca["caSn"], ca["status"], ca["subject"]) == (
+        test_ca.sn,
+        "active",
+        "CN=Registry Test CA",
+    )
     sn = ca["caSn"]
     assert [c["caSn"] for c in api.call("GET", "/ca-certificates").json()] == [sn]
     t = api.call("GET", f"/ca-certificates/{sn}/association-template")
     assert t.headers["content-type"].startswith("text/csv")
     assert t.text == "ProductKey,DeviceName,CertSN\r\n"
     rows = [(pk, f"dev-{i:04d}", format(0xA00 + i, "X")) for i in range(5)]
-    r = api.call("POST", f"/ca-certificates/{sn}/associations",
-                 files={"file": ("a.csv", csv_bytes(rows, bom=True, newline="\r\n"), "text/csv")})
+    r = api.call(
+        "POST",
+        f"/ca-certificates/{sn}/associations",
+        files={"file": ("a.csv", csv_bytes(rows, bom=True, newline="\r\n"), "text/csv")},
+    )
     assert r.status_code == 200 and r.json() == {"associated": 5}
     listed = api.call("GET", f"/ca-certificates/{sn}/associations").json()
-    assert [(a["deviceName"], a["certSn"]) for a in listed][:2] == [("dev-0000", "a00"), ("dev-0001", "a01")]
+    assert [(a["deviceName"], a["certSn"]) for a in listed][:2] == [
+        ("dev-0000", "a00"),
+        ("dev-0001", "a01"),
+    ]
     device = api.call("GET", f"/devices/{pk}/dev-0001").json()
     assert device == {**device, "status": "enabled", "online": False, "caSn": sn, "certSn": "a01"}
-    assert api.call("PATCH", f"/devices/{pk}/dev-0001", json={"status": "disabled"}).json()["status"] == "disabled"
+    assert (
+        api.call("PATCH", f"/devices/{pk}/dev-0001", json={"status": "disabled"}).json()["status"]
+        == "disabled"
+    )
     assert api.call("DELETE", f"/ca-certificates/{sn}/associations/0A01").status_code == 204
     assert api.call("GET", f"/devices/{pk}/dev-0001").json()["certSn"] is None
-    assert api.call("PATCH", f"/ca-certificates/{sn}", json={"status": "inactive"}).json()["status"] == "inactive"
+    assert (
+        api.call("PATCH", f"/ca-certificates/{sn}", json={"status": "inactive"}).json()["status"]
+        == "inactive"
+    )
     assert api.call("DELETE", f"/ca-certificates/{sn}").status_code == 204
     assert api.call("GET", "/ca-certificates").json() == []
 
@@ -157,11 +200,18 @@ def test_ca_rules_reach_the_client(api: Api, test_ca: CertifiedKey) -> None:
     assert "already registered in this account as 'my_ca'" in message
     message = _error(api.register_ca(create_ca("X"), name="bad-name"), 400, "invalid_input")
     assert "4-30 characters" in message
-    r = api.call("POST", "/ca-certificates", data={"name": "some_ca"}, files={
-        "caCertificate": ("ca.pem", b"junk"), "verificationCertificate": ("v.crt", b"junk")})
+    r = api.call(
+        "POST",
+        "/ca-certificates",
+        data={"name": "some_ca"},
+        files={"caCertificate": ("ca.pem", b"junk"), "verificationCertificate": ("v.crt", b"junk")},
+    )
     assert "neither a PEM nor a DER" in _error(r, 400, "invalid_certificate")
-    assert "paused" in _error(api.call("PATCH", f"/ca-certificates/{test_ca.sn}",
-                                       json={"status": "paused"}), 400, "invalid_input")
+    assert "paused" in _error(
+        api.call("PATCH", f"/ca-certificates/{test_ca.sn}", json={"status": "paused"}),
+        400,
+        "invalid_input",
+    )
 
 
 def test_rejected_csv_lists_rows_and_saves_nothing(api: Api, test_ca: CertifiedKey) -> None:
@@ -179,11 +229,17 @@ def test_rejected_csv_lists_rows_and_saves_nothing(api: Api, test_ca: CertifiedK
     assert "CertSN 1 already appears in row 1" in err["rows"][1]["message"]
     assert store.row_counts() == before
     wrong = api.product(privateCa=False)
-    r = api.call("POST", f"/ca-certificates/{sn}/associations",
-                 files={"file": ("a.csv", csv_bytes([(wrong, "dev-0001", "1")]))})
+    r = api.call(
+        "POST",
+        f"/ca-certificates/{sn}/associations",
+        files={"file": ("a.csv", csv_bytes([(wrong, "dev-0001", "1")]))},
+    )
     assert "privateCa is false (needs true)" in _error(r, 422, "product_not_eligible")
-    r = api.call("POST", f"/ca-certificates/{sn}/associations",
-                 files={"file": ("a.csv", b"Product,Device\n")})
+    r = api.call(
+        "POST",
+        f"/ca-certificates/{sn}/associations",
+        files={"file": ("a.csv", b"Product,Device\n")},
+    )
     assert "header must be exactly" in _error(r, 422, "invalid_csv")
 
 
@@ -195,21 +251,30 @@ def test_uploads_over_the_limit_get_413(api: Api, test_ca: CertifiedKey) -> None
 
     def chunks() -> Iterator[bytes]:
         boundary = b"--b0undary"
-        yield boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'
+        yield (
+            boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'
+        )
         for _ in range(80):
             yield b"y" * 1024
         yield b"\r\n" + boundary + b"--\r\n"
 
-    r = api.call("POST", f"/ca-certificates/{sn}/associations", content=chunks(),
-                 headers={**api.headers, "Content-Type": "multipart/form-data; boundary=b0undary"})
+    r = api.call(
+        "POST",
+        f"/ca-certificates/{sn}/associations",
+        content=chunks(),
+        headers={**api.headers, "Content-Type": "multipart/form-data; boundary=b0undary"},
+    )
     assert "more than 65,536 bytes is over the upload limit" in _error(r, 413, "payload_too_large")
 
 
 def test_accounts_are_isolated(api: Api, test_ca: CertifiedKey) -> None:
     pk = api.product()
     sn = api.register_ca(test_ca).json()["caSn"]
-    api.call("POST", f"/ca-certificates/{sn}/associations",
-             files={"file": ("a.csv", csv_bytes([(pk, "dev-0001", "1")]))})
+    api.call(
+        "POST",
+        f"/ca-certificates/{sn}/associations",
+        files={"file": ("a.csv", csv_bytes([(pk, "dev-0001", "1")]))},
+    )
     other = api.other_headers()
     assert api.call("GET", "/ca-certificates", headers=other).json() == []
     for method, path, kwargs in [
@@ -233,12 +298,16 @@ def test_accounts_are_isolated(api: Api, test_ca: CertifiedKey) -> None:
 def test_cloud_to_device_messages_and_presence(api: Api, test_ca: CertifiedKey) -> None:
     pk = api.product()
     sn = api.register_ca(test_ca).json()["caSn"]
-    api.call("POST", f"/ca-certificates/{sn}/associations",
-             files={"file": ("a.csv", csv_bytes([(pk, "dev-0001", "1")]))})
+    api.call(
+        "POST",
+        f"/ca-certificates/{sn}/associations",
+        files={"file": ("a.csv", csv_bytes([(pk, "dev-0001", "1")]))},
+    )
     path = f"/devices/{pk}/dev-0001/messages"
     topic = f"/{pk}/dev-0001/user/get"
-    message = _error(api.call("POST", path, json={"topic": topic, "payload": "hi"}), 409,
-                     "device_offline")
+    message = _error(
+        api.call("POST", path, json={"topic": topic, "payload": "hi"}), 409, "device_offline"
+    )
     assert message == f"device {pk}/dev-0001 is not connected"
     api.messaging.online.add((pk, "dev-0001"))
     assert api.call("GET", f"/devices/{pk}/dev-0001").json()["online"] is True
@@ -246,8 +315,10 @@ def test_cloud_to_device_messages_and_presence(api: Api, test_ca: CertifiedKey) 
     assert r.json() == {"delivered": True}
     raw = base64.b64encode(b"\x00\xff").decode()
     api.call("POST", path, json={"topic": topic, "payload": raw, "payloadEncoding": "base64"})
-    assert api.messaging.delivered == [(pk, "dev-0001", topic, b"hi", 1),
-                                       (pk, "dev-0001", topic, b"\x00\xff", 0)]
+    assert api.messaging.delivered == [
+        (pk, "dev-0001", topic, b"hi", 1),
+        (pk, "dev-0001", topic, b"\x00\xff", 0),
+    ]
     for body, text in [
         ({"topic": "/a/#", "payload": "x"}, "without wildcards"),
         ({"topic": "", "payload": "x"}, "non-empty topic"),
@@ -260,7 +331,9 @@ def test_cloud_to_device_messages_and_presence(api: Api, test_ca: CertifiedKey) 
     api.messaging.device_published(pk, "dev-0001", f"/{pk}/dev-0001/user/bin", b"\x80", 1)
     got = api.call("GET", path).json()
     assert [(m["payload"], m["payloadEncoding"], m["qos"]) for m in got] == [
-        ("{}", "utf-8", 0), ("gA==", "base64", 1)]
+        ("{}", "utf-8", 0),
+        ("gA==", "base64", 1),
+    ]
     assert len(api.call("GET", path, params={"limit": 1}).json()) == 1
     assert "limit 0" in _error(api.call("GET", path, params={"limit": 0}), 400, "invalid_input")
     assert "DeviceName 'x'" in _error(api.call("GET", f"/devices/{pk}/x"), 400, "invalid_input")

@@ -31,8 +31,9 @@ LONG_SERIAL = "0x" + "01" + "23" * 20  # 21 bytes
 def test_public_exponent_other_than_65537_is_refused(
     registry: Registry, account: AccountRecord
 ) -> None:
-    ca = create_ca("Exponent Three CA", key=rsa.generate_private_key(public_exponent=3,
-                                                                      key_size=2048))
+    ca = create_ca(
+        "Exponent Three CA", key=rsa.generate_private_key(public_exponent=3, key_size=2048)
+    )
     with pytest.raises(CaCertificateRejectedError) as refused:
         register(registry, account, ca)
     message = str(refused.value)
@@ -43,8 +44,10 @@ def test_public_exponent_other_than_65537_is_refused(
 
 def test_modulus_under_2048_bits_is_refused(registry: Registry, account: AccountRecord) -> None:
     ca = create_ca("Small Key CA", key=generate_rsa_key(1024))
-    with pytest.raises(CaCertificateRejectedError,
-                       match="RSA key has 1024 bits; the platform requires at least 2048 bits"):
+    with pytest.raises(
+        CaCertificateRejectedError,
+        match="RSA key has 1024 bits; the platform requires at least 2048 bits",
+    ):
         register(registry, account, ca)
     assert registry.list_cas(account) == []
 
@@ -63,7 +66,9 @@ def test_key_registered_by_another_account_is_refused_without_naming_it(
     assert account.name not in message and "original_ca" not in message
     assert registry.list_cas(other) == []
     # In the account's own list, the message says where.
-    with pytest.raises(DuplicateCaError, match="already registered in this account as 'original_ca'"):
+    with pytest.raises(
+        DuplicateCaError, match="already registered in this account as 'original_ca'"
+    ):
         register(registry, account, create_ca("Renamed", key=original.key), name="again_ca")
 
 
@@ -71,15 +76,46 @@ def _openssl_ca(directory: Path, serial: str, code: str) -> tuple[bytes, bytes]:
     """A CA with the given serial and its verification certificate, made with openssl."""
     directory.mkdir(parents=True, exist_ok=True)
     openssl("genrsa", "-out", "ca.key", "2048", cwd=directory)
-    openssl("req", "-x509", "-new", "-key", "ca.key", "-out", "ca.cer", "-days", "30",
-            "-sha256", "-subj", "/CN=Odd Serial CA", "-set_serial", serial,
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-out",
+        "ca.cer",
+        "-days",
+        "30",
+        "-sha256",
+        "-subj",
+        "/CN=Odd Serial CA",
+        "-set_serial",
+        serial,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )
     openssl("genrsa", "-out", "v.key", "2048", cwd=directory)
-    openssl("req", "-new", "-key", "v.key", "-out", "v.csr", "-subj", f"/CN={code}",
-            cwd=directory)
-    openssl("x509", "-req", "-in", "v.csr", "-CA", "ca.cer", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "v.crt", "-days", "30", "-sha512", cwd=directory)
+    openssl("req", "-new", "-key", "v.key", "-out", "v.csr", "-subj", f"/CN={code}", cwd=directory)
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "v.csr",
+        "-CA",
+        "ca.cer",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "v.crt",
+        "-days",
+        "30",
+        "-sha512",
+        cwd=directory,
+    )
     return (directory / "ca.cer").read_bytes(), (directory / "v.crt").read_bytes()
 
 

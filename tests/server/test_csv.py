@@ -37,7 +37,10 @@ def test_bom_and_line_ends_do_not_matter(newline: str, bom: bool) -> None:
         csv_bytes([(PK, "dev-0001", "0A1B"), (PK, "dev_0002", "ff")], newline=newline, bom=bom)
     )
     assert parsed.product_key == PK
-    assert parsed.rows == [AssociationRow(1, "dev-0001", "a1b"), AssociationRow(2, "dev_0002", "ff")]
+    assert parsed.rows == [
+        AssociationRow(1, "dev-0001", "a1b"),
+        AssociationRow(2, "dev_0002", "ff"),
+    ]
 
 
 def test_cert_sn_is_normalised_as_a_number() -> None:
@@ -47,20 +50,25 @@ def test_cert_sn_is_normalised_as_a_number() -> None:
 
 def test_blank_lines_are_skipped_but_keep_their_row_number() -> None:
     data = f"ProductKey,DeviceName,CertSN\n{PK},dev1,1\n\n{PK},d,2\n".encode()
-    assert _errors(data) == {3: "DeviceName 'd' must be 4-32 characters of letters, digits and -_@.:"}
+    assert _errors(data) == {
+        3: "DeviceName 'd' must be 4-32 characters of letters, digits and -_@.:"
+    }
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (b"", "the file is empty; it needs the header ProductKey,DeviceName,CertSN"),
-    (b"ProductKey,DeviceName\n", "the header must be exactly ProductKey,DeviceName,CertSN"),
-    (b"productkey,devicename,certsn\nx,y,z\n", "the header must be exactly"),
-    (b"DeviceName,ProductKey,CertSN\n", "the header must be exactly"),
-    (b"ProductKey,DeviceName,CertSN\n", "the file has no data rows (1 to 10,000 are needed)"),
-    (b"ProductKey,DeviceName,CertSN\n\n\n", "the file has no data rows"),
-    (b"\xff\xfeP\x00K\x00", "the file is not UTF-8 text"),
-    (b"ProductKey,DeviceName,CertSN\nA\x00,b,c\n", "NUL characters"),
-    (b'ProductKey,DeviceName,CertSN\n"a"b,c,d\n', "not valid CSV"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "the file is empty; it needs the header ProductKey,DeviceName,CertSN"),
+        (b"ProductKey,DeviceName\n", "the header must be exactly ProductKey,DeviceName,CertSN"),
+        (b"productkey,devicename,certsn\nx,y,z\n", "the header must be exactly"),
+        (b"DeviceName,ProductKey,CertSN\n", "the header must be exactly"),
+        (b"ProductKey,DeviceName,CertSN\n", "the file has no data rows (1 to 10,000 are needed)"),
+        (b"ProductKey,DeviceName,CertSN\n\n\n", "the file has no data rows"),
+        (b"\xff\xfeP\x00K\x00", "the file is not UTF-8 text"),
+        (b"ProductKey,DeviceName,CertSN\nA\x00,b,c\n", "NUL characters"),
+        (b'ProductKey,DeviceName,CertSN\n"a"b,c,d\n', "not valid CSV"),
+    ],
+)
 def test_file_level_errors(data: bytes, message: str) -> None:
     with pytest.raises(CsvRejectedError, match=re.escape(message)) as exc:
         parse_associations(data)
@@ -75,22 +83,24 @@ def test_more_than_10000_rows_are_refused() -> None:
 
 
 def test_every_bad_row_is_listed_with_its_number() -> None:
-    data = csv_bytes([
-        (PK, "good-0001", "1"),
-        ("OtherProd1", "good-0002", "2"),
-        (PK, "bad name!", "3"),
-        (PK, "good-0004", "xyz"),
-        (PK, "good-0001", "5"),
-        (PK, "good-0006", "01"),
-        (PK, "good-0007", ""),
-        (PK, "good-0008", "8,extra"),
-        (PK, "ok", "9"),
-        (PK, "x" * 33, "a" * 41),
-    ])
+    data = csv_bytes(
+        [
+            (PK, "good-0001", "1"),
+            ("OtherProd1", "good-0002", "2"),
+            (PK, "bad name!", "3"),
+            (PK, "good-0004", "xyz"),
+            (PK, "good-0001", "5"),
+            (PK, "good-0006", "01"),
+            (PK, "good-0007", ""),
+            (PK, "good-0008", "8,extra"),
+            (PK, "ok", "9"),
+            (PK, "x" * 33, "a" * 41),
+        ]
+    )
     errors = _errors(data)
     assert errors == {
         2: "ProductKey 'OtherProd1' differs from 'a1B2c3D4e5F' (row 1); all devices in one "
-           "file must belong to one product",
+        "file must belong to one product",
         3: "DeviceName 'bad name!' must be 4-32 characters of letters, digits and -_@.:",
         4: "CertSN: SN 'xyz' is not a hexadecimal number",
         5: "DeviceName 'good-0001' already appears in row 1",
@@ -99,12 +109,14 @@ def test_every_bad_row_is_listed_with_its_number() -> None:
         8: "expected 3 fields (ProductKey,DeviceName,CertSN), found 4",
         9: "DeviceName 'ok' must be 4-32 characters of letters, digits and -_@.:",
         10: f"DeviceName '{'x' * 33}' must be 4-32 characters of letters, digits and -_@.:; "
-            f"CertSN: SN '{'a' * 41}' is longer than 20 bytes",
+        f"CertSN: SN '{'a' * 41}' is longer than 20 bytes",
     }
 
 
 def test_rejection_message_counts_rows() -> None:
-    with pytest.raises(AssociationRejectedError, match=r"^2 of 3 rows are invalid; nothing was saved$"):
+    with pytest.raises(
+        AssociationRejectedError, match=r"^2 of 3 rows are invalid; nothing was saved$"
+    ):
         parse_associations(csv_bytes([(PK, "dev1", "1"), (PK, "d", "2"), (PK, "dev3", "zz")]))
 
 
@@ -113,12 +125,21 @@ def test_bad_product_key_in_the_first_row() -> None:
     assert errors[1] == "ProductKey 'bad-pk' must be letters and digits only"
 
 
-@given(st.lists(st.tuples(
-    # the kit's rule: the platform's alphabet, but no formula character (- @) first
-    st.from_regex(r"[A-Za-z0-9_.:][A-Za-z0-9\-_@.:]{3,31}", fullmatch=True),
-    st.integers(min_value=1, max_value=2**159),
-), min_size=1, max_size=30, unique_by=(lambda t: t[0], lambda t: t[1])),
-    st.sampled_from(["\n", "\r\n"]), st.booleans(), st.booleans())
+@given(
+    st.lists(
+        st.tuples(
+            # the kit's rule: the platform's alphabet, but no formula character (- @) first
+            st.from_regex(r"[A-Za-z0-9_.:][A-Za-z0-9\-_@.:]{3,31}", fullmatch=True),
+            st.integers(min_value=1, max_value=2**159),
+        ),
+        min_size=1,
+        max_size=30,
+        unique_by=(lambda t: t[0], lambda t: t[1]),
+    ),
+    st.sampled_from(["\n", "\r\n"]),
+    st.booleans(),
+    st.booleans(),
+)
 def test_any_valid_file_round_trips(
     rows: list[tuple[str, int]], newline: str, bom: bool, upper: bool
 ) -> None:

@@ -31,9 +31,16 @@ from tests.server.mqtt_fakes import (
 )
 
 LIMITS = MqttLimits(
-    handshake_timeout=60, connect_timeout=60, max_connections=40, max_pending_connections=8,
-    max_pending_per_source=4, max_filters_per_session=50, max_filter_levels=16,
-    max_filter_bytes=512, recent_messages_per_device=100, recent_bytes_per_device=300_000,
+    handshake_timeout=60,
+    connect_timeout=60,
+    max_connections=40,
+    max_pending_connections=8,
+    max_pending_per_source=4,
+    max_filters_per_session=50,
+    max_filter_levels=16,
+    max_filter_bytes=512,
+    recent_messages_per_device=100,
+    recent_bytes_per_device=300_000,
     recent_bytes_total=1_000_000,
 )
 
@@ -193,8 +200,9 @@ def test_recent_messages_keep_within_the_byte_budgets_and_expire(env: Env) -> No
 
 
 def _idle_from(env: Env, source: str) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", env.server.port), timeout=10,
-                                    source_address=(source, 0))
+    return socket.create_connection(
+        ("127.0.0.1", env.server.port), timeout=10, source_address=(source, 0)
+    )
 
 
 def _closed(sock: socket.socket) -> bool:
@@ -293,10 +301,13 @@ def test_full_endpoint_refuses_newcomers_when_all_are_authenticated(
 # --- client ids --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("client_id", "why"), [
-    ("d" * 60_000 + "|securemode=2|", "max_client_id_length"),
-    ("d" * 65 + "|securemode=2|", "1-64 characters"),
-])
+@pytest.mark.parametrize(
+    ("client_id", "why"),
+    [
+        ("d" * 60_000 + "|securemode=2|", "max_client_id_length"),
+        ("d" * 65 + "|securemode=2|", "1-64 characters"),
+    ],
+)
 def test_long_client_ids_are_refused_and_logged_short(
     env: Env, caplog: pytest.LogCaptureFixture, client_id: str, why: str
 ) -> None:

@@ -33,14 +33,18 @@ from server_stub.mqtt.errors import (
 SAMPLES: list[codec.Packet] = [
     Connect("dev|securemode=2,signmethod=sha256|", 300),
     Connect("x", 60, False, "dev01&pk1", b"ignored", Will("/pk1/dev01/will", b"bye", 1, True)),
-    Connack(0), Connack(5, True),
+    Connack(0),
+    Connack(5, True),
     Publish("/pk/dev/user/a", b"hello"),
     Publish("/pk/dev/user/a", b"\x00" * 300, 1, retain=True, dup=True, packet_id=65535),
     Puback(7),
     Subscribe(1, (("/pk/dev/#", 1), ("/pk/+/x", 0), ("a", 2))),
     Suback(1, (0, 1, 0x80)),
     Unsubscribe(2, ("/pk/dev/#", "b")),
-    Unsuback(2), Pingreq(), Pingresp(), Disconnect(),
+    Unsuback(2),
+    Pingreq(),
+    Pingresp(),
+    Disconnect(),
 ]
 
 
@@ -63,7 +67,7 @@ def test_byte_at_a_time_gives_the_same_packets() -> None:
 def test_incomplete_tail_is_kept_for_the_next_feed() -> None:
     data = encode(SAMPLES[5])
     decoder = Decoder()
-    assert decoder.feed(data[:-1] ) == []
+    assert decoder.feed(data[:-1]) == []
     assert decoder.buffered == len(data) - 1
     assert decoder.feed(data[-1:] + encode(Pingreq())) == [SAMPLES[5], Pingreq()]
 
@@ -97,8 +101,9 @@ topic_filters = st.builds(
     st.lists(st.one_of(_level, st.just("+")), min_size=1, max_size=5),
     st.sampled_from([[], ["#"]]),
 ).filter(bool)
-texts = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]),
-                max_size=30)
+texts = st.text(
+    alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]), max_size=30
+)
 packet_ids = st.integers(1, 0xFFFF)
 payloads = st.binary(max_size=300)
 
@@ -107,8 +112,12 @@ payloads = st.binary(max_size=300)
 def publishes(draw: st.DrawFn) -> Publish:
     qos = draw(st.integers(0, 2))
     return Publish(
-        draw(topic_names), draw(payloads), qos, draw(st.booleans()),
-        draw(st.booleans()) if qos else False, draw(packet_ids) if qos else None,
+        draw(topic_names),
+        draw(payloads),
+        qos,
+        draw(st.booleans()),
+        draw(st.booleans()) if qos else False,
+        draw(packet_ids) if qos else None,
     )
 
 
@@ -116,10 +125,14 @@ def publishes(draw: st.DrawFn) -> Publish:
 def connects(draw: st.DrawFn) -> Connect:
     username = draw(st.one_of(st.none(), texts))
     password = draw(st.one_of(st.none(), st.binary(max_size=20))) if username is not None else None
-    will = draw(st.one_of(st.none(), st.builds(Will, topic_names, payloads, st.integers(0, 2),
-                                               st.booleans())))
-    return Connect(draw(texts), draw(st.integers(0, 0xFFFF)), draw(st.booleans()), username,
-                   password, will)
+    will = draw(
+        st.one_of(
+            st.none(), st.builds(Will, topic_names, payloads, st.integers(0, 2), st.booleans())
+        )
+    )
+    return Connect(
+        draw(texts), draw(st.integers(0, 0xFFFF)), draw(st.booleans()), username, password, will
+    )
 
 
 packets = st.one_of(
@@ -127,14 +140,21 @@ packets = st.one_of(
     st.builds(Connack, st.integers(0, 5), st.booleans()),
     publishes(),
     st.builds(Puback, packet_ids),
-    st.builds(Subscribe, packet_ids,
-              st.lists(st.tuples(topic_filters, st.integers(0, 2)), min_size=1, max_size=4)
-              .map(tuple)),
-    st.builds(Suback, packet_ids,
-              st.lists(st.sampled_from([0, 1, 2, 0x80]), min_size=1, max_size=4).map(tuple)),
+    st.builds(
+        Subscribe,
+        packet_ids,
+        st.lists(st.tuples(topic_filters, st.integers(0, 2)), min_size=1, max_size=4).map(tuple),
+    ),
+    st.builds(
+        Suback,
+        packet_ids,
+        st.lists(st.sampled_from([0, 1, 2, 0x80]), min_size=1, max_size=4).map(tuple),
+    ),
     st.builds(Unsubscribe, packet_ids, st.lists(topic_filters, min_size=1, max_size=4).map(tuple)),
     st.builds(Unsuback, packet_ids),
-    st.just(Pingreq()), st.just(Pingresp()), st.just(Disconnect()),
+    st.just(Pingreq()),
+    st.just(Pingresp()),
+    st.just(Disconnect()),
 )
 
 
@@ -162,8 +182,13 @@ def test_remaining_length_round_trip(n: int) -> None:
 # --- malformed input: each raises the one protocol error type ---------------------------------
 
 
-def _connect_body(name: bytes = b"\x00\x04MQTT", level: int = 4, flags: int = 0x02,
-                  keep_alive: bytes = b"\x01\x2c", rest: bytes = b"\x00\x01a") -> bytes:
+def _connect_body(
+    name: bytes = b"\x00\x04MQTT",
+    level: int = 4,
+    flags: int = 0x02,
+    keep_alive: bytes = b"\x01\x2c",
+    rest: bytes = b"\x00\x01a",
+) -> bytes:
     body = name + bytes((level, flags)) + keep_alive + rest
     return bytes((0x10, len(body))) + body
 
@@ -201,8 +226,10 @@ MALFORMED = {
     "CONNECT reserved flag": (_connect_body(flags=0x03), "reserved connect flag"),
     "CONNECT will QoS without will": (_connect_body(flags=0x0A), "without the will flag"),
     "CONNECT will QoS 3": (_connect_body(flags=0x1E), "will QoS 3"),
-    "CONNECT password without username": (_connect_body(flags=0x42, rest=b"\x00\x01a\x00\x01p"),
-                                          "password flag"),
+    "CONNECT password without username": (
+        _connect_body(flags=0x42, rest=b"\x00\x01a\x00\x01p"),
+        "password flag",
+    ),
     "CONNECT trailing bytes": (_connect_body(rest=b"\x00\x01ab"), "unexpected bytes"),
     "CONNECT client id truncated": (_connect_body(rest=b"\x00\x05a"), "announces 5 bytes"),
     "CONNECT client id with U+0000": (_connect_body(rest=b"\x00\x01\x00"), "U\\+0000"),

@@ -41,18 +41,35 @@ class Platform:
 
     def register_ca(self, ca: CertifiedKey, name: str) -> str:
         proof = issue_verification_certificate(ca, self.api.registration_code())
-        return str(self.api.register_ca(name, UploadFile("ca.pem", ca.cert_pem()),
-                                        UploadFile("verification.pem", proof.cert_pem()))["caSn"])
+        return str(
+            self.api.register_ca(
+                name,
+                UploadFile("ca.pem", ca.cert_pem()),
+                UploadFile("verification.pem", proof.cert_pem()),
+            )["caSn"]
+        )
 
-    def device(self, name: str, ca: CertifiedKey | None = None, *, associate_with: str | None = None,
-               associate: bool = True) -> tuple[Path, Path, CertifiedKey]:
-        pair = issue_device_certificate(ca or self.ca, name, product_key=self.product_key,
-                                        key=self.key)  # type: ignore[arg-type]
+    def device(
+        self,
+        name: str,
+        ca: CertifiedKey | None = None,
+        *,
+        associate_with: str | None = None,
+        associate: bool = True,
+    ) -> tuple[Path, Path, CertifiedKey]:
+        pair = issue_device_certificate(
+            ca or self.ca,
+            name,
+            product_key=self.product_key,
+            key=self.key,  # type: ignore[arg-type]
+        )
         cert, key = self.root / f"{name}.cer", self.root / f"{name}.key"
         pair.write(cert, key)
         if associate:
             csv = f"ProductKey,DeviceName,CertSN\n{self.product_key},{name},{pair.sn}\n"
-            self.api.associate(associate_with or self.ca_sn, UploadFile(f"{name}.csv", csv.encode()))
+            self.api.associate(
+                associate_with or self.ca_sn, UploadFile(f"{name}.csv", csv.encode())
+            )
             time.sleep(0.4)  # the endpoint polls the registry every 0.25 s
         return cert, key, pair
 
@@ -91,8 +108,11 @@ class _Dev:
 def test_paho_connects_gets_identity_and_talks_to_the_cloud(platform: Platform) -> None:
     cert, key, _ = platform.device("e2e-paho")
     assert platform.server.mqtt_port is not None
-    client = Paho(platform.server.mqtt_port, _World(platform.server.server_ca),  # type: ignore[arg-type]
-                  _Dev("e2e-paho", cert, key)).start()  # type: ignore[arg-type]
+    client = Paho(
+        platform.server.mqtt_port,
+        _World(platform.server.server_ca),  # type: ignore[arg-type]
+        _Dev("e2e-paho", cert, key),  # type: ignore[arg-type]
+    ).start()
     pk = platform.product_key
     try:
         assert client.connected.wait(10) and client.reason is not None and client.reason.value == 0
@@ -107,8 +127,9 @@ def test_paho_connects_gets_identity_and_talks_to_the_cloud(platform: Platform) 
         assert recent[-1]["topic"] == f"/{pk}/e2e-paho/user/update"
         # A message the endpoint cannot send is the caller's error (400), not a server error.
         with pytest.raises(PlatformAPIError, match="max") as too_big:
-            platform.api.send_message(pk, "e2e-paho", f"/{pk}/e2e-paho/user/get",
-                                      "x" * (300 * 1024), 1)
+            platform.api.send_message(
+                pk, "e2e-paho", f"/{pk}/e2e-paho/user/get", "x" * (300 * 1024), 1
+            )
         assert too_big.value.status == 400
     finally:
         client.stop()
@@ -118,11 +139,32 @@ def test_paho_connects_gets_identity_and_talks_to_the_cloud(platform: Platform) 
 def test_mosquitto_sub_receives_its_identity(platform: Platform) -> None:
     cert, key, _ = platform.device("e2e-mosq")
     result = subprocess.run(
-        [MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(platform.server.mqtt_port), "--cafile",
-         str(platform.server.server_ca), "--cert", str(cert), "--key", str(key), "-V", "mqttv311",
-         "-i", "AA:BB|securemode=2|", "-t", f"/{platform.product_key}/e2e-mosq/user/#",
-         "-C", "1", "-W", "15"],
-        capture_output=True, text=True, timeout=30,
+        [
+            MOSQUITTO_SUB,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(platform.server.mqtt_port),
+            "--cafile",
+            str(platform.server.server_ca),
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+            "-V",
+            "mqttv311",
+            "-i",
+            "AA:BB|securemode=2|",
+            "-t",
+            f"/{platform.product_key}/e2e-mosq/user/#",
+            "-C",
+            "1",
+            "-W",
+            "15",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (

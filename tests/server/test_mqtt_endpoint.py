@@ -106,23 +106,60 @@ def test_mosquitto_sub_and_pub_clients(
 ) -> None:
     dev = registered(world, directory, "mosq-dev")
     common = [
-        "-h", "127.0.0.1", "-p", str(server.port), "--cafile", str(world.server_ca_file),
-        "--cert", str(dev.cert), "--key", str(dev.key), "-V", "mqttv311",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(server.port),
+        "--cafile",
+        str(world.server_ca_file),
+        "--cert",
+        str(dev.cert),
+        "--key",
+        str(dev.key),
+        "-V",
+        "mqttv311",
     ]
     # mosquitto_sub prints every message it receives, subscribed or not: the identity comes first
     sub = subprocess.run(
-        [MOSQUITTO_SUB, *common, "-i", "mosq-sub|securemode=2|", "-t", f"/{PK}/mosq-dev/user/#",
-         "-C", "1", "-v", "-W", "10"],
-        capture_output=True, text=True, timeout=20,
+        [
+            MOSQUITTO_SUB,
+            *common,
+            "-i",
+            "mosq-sub|securemode=2|",
+            "-t",
+            f"/{PK}/mosq-dev/user/#",
+            "-C",
+            "1",
+            "-v",
+            "-W",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert sub.returncode == 0, sub.stderr
     assert sub.stdout.strip() == (
         f'{IDENTITY_TOPIC} {{"productKey":"{PK}","deviceName":"mosq-dev"}}'
     )
     pub = subprocess.run(
-        [MOSQUITTO_PUB, *common, "-i", "mosq-pub|securemode=2|", "-u", f"mosq-dev&{PK}",
-         "-t", f"/{PK}/mosq-dev/user/up", "-m", "from mosquitto_pub", "-q", "1"],
-        capture_output=True, text=True, timeout=20,
+        [
+            MOSQUITTO_PUB,
+            *common,
+            "-i",
+            "mosq-pub|securemode=2|",
+            "-u",
+            f"mosq-dev&{PK}",
+            "-t",
+            f"/{PK}/mosq-dev/user/up",
+            "-m",
+            "from mosquitto_pub",
+            "-q",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert pub.returncode == 0, pub.stderr
     svc = server.service
@@ -136,10 +173,26 @@ def test_mosquitto_pub_without_certificate_is_refused_by_tls(
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
     pub = subprocess.run(
-        [MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(server.port), "--cafile",
-         str(world.server_ca_file), "-V", "mqttv311", "-i", "nocert|securemode=2|", "-t", "/a/b",
-         "-m", "x"],
-        capture_output=True, text=True, timeout=20,
+        [
+            MOSQUITTO_PUB,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(server.port),
+            "--cafile",
+            str(world.server_ca_file),
+            "-V",
+            "mqttv311",
+            "-i",
+            "nocert|securemode=2|",
+            "-t",
+            "/a/b",
+            "-m",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert pub.returncode != 0
     assert wait_for(lambda: "TLS handshake refused" in caplog.text)
@@ -192,7 +245,9 @@ def test_paho_sees_not_authorised(world: World, server: ServerThread) -> None:
 
 
 def test_disabled_device_is_refused_and_its_session_closed(
-    world: World, directory: FakeDirectory, server: ServerThread,
+    world: World,
+    directory: FakeDirectory,
+    server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
@@ -208,7 +263,9 @@ def test_disabled_device_is_refused_and_its_session_closed(
 
 
 def test_non_rsa_device_certificate_is_refused(
-    world: World, directory: FakeDirectory, server: ServerThread,
+    world: World,
+    directory: FakeDirectory,
+    server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
@@ -227,9 +284,13 @@ def test_non_rsa_device_certificate_is_refused(
     directory.associate(world.ca.certificate, cert, PK, "ec-dev")
     cert_path, key_path = world.root / "ec.cer", world.root / "ec.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(ec_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    key_path.write_bytes(
+        ec_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     client = RawClient(server.port, world.server_ca_file, cert_path, key_path)
     try:
         assert client.connect().return_code == codec.CONNACK_NOT_AUTHORIZED
@@ -291,8 +352,13 @@ def test_ca_registered_after_start_is_trusted_without_restart(
         RawClient(server.port, world.server_ca_file, dev.cert, dev.key).connect()
     directory.add_ca(ca.certificate)
     directory.associate(ca.certificate, dev.pair.certificate, PK, "late-dev")
-    assert wait_for(lambda: server.call(lambda: server.service.broker.context)  # type: ignore[union-attr]
-                    is not None, 1)
+    assert wait_for(
+        lambda: (
+            server.call(lambda: server.service.broker.context)  # type: ignore[union-attr]
+            is not None
+        ),
+        1,
+    )
     time.sleep(0.6)
     assert _connack_code(server, world, dev) == 0
 
@@ -309,7 +375,9 @@ def test_no_active_ca_fails_every_handshake_cleanly(world: World) -> None:
 
 
 def test_wrong_username_is_refused(
-    world: World, directory: FakeDirectory, server: ServerThread,
+    world: World,
+    directory: FakeDirectory,
+    server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
@@ -345,7 +413,9 @@ def test_plain_client_id_without_parameters_is_accepted(
 
 
 def test_second_connection_of_a_device_replaces_the_first(
-    world: World, directory: FakeDirectory, server: ServerThread,
+    world: World,
+    directory: FakeDirectory,
+    server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
@@ -367,7 +437,9 @@ def test_second_connection_of_a_device_replaces_the_first(
 
 
 def test_forbidden_topics(
-    world: World, directory: FakeDirectory, server: ServerThread,
+    world: World,
+    directory: FakeDirectory,
+    server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
@@ -377,10 +449,18 @@ def test_forbidden_topics(
     try:
         assert client.connect().return_code == 0
         assert isinstance(client.read(), codec.Publish)  # identity
-        client.send(codec.Subscribe(1, (
-            (f"/{PK}/topic-dev/user/#", 1), (f"/{PK}/victim/user/#", 1), ("#", 0),
-            (f"/sys/{PK}/topic-dev/thing/#", 2), (f"/{PK}/+/user/x", 0),
-        )))
+        client.send(
+            codec.Subscribe(
+                1,
+                (
+                    (f"/{PK}/topic-dev/user/#", 1),
+                    (f"/{PK}/victim/user/#", 1),
+                    ("#", 0),
+                    (f"/sys/{PK}/topic-dev/thing/#", 2),
+                    (f"/{PK}/+/user/x", 0),
+                ),
+            )
+        )
         assert client.read() == codec.Suback(1, (1, 0x80, 0x80, 1, 0x80))
         client.send(codec.Publish(f"/{PK}/victim/user/in", b"spoof", 1, packet_id=5))
         assert client.read() == codec.Puback(5)  # acknowledged, but dropped
@@ -400,7 +480,9 @@ def test_forbidden_topics(
 
 
 def test_look_alike_ca_device_registered_only_with_the_other_is_refused(
-    world: World, server: ServerThread, directory: FakeDirectory,
+    world: World,
+    server: ServerThread,
+    directory: FakeDirectory,
 ) -> None:
     """A device of `twin` claims an association under `ca` (same subject): never accepted."""
     dev = world.device("twin-dev", world.twin)
@@ -410,7 +492,9 @@ def test_look_alike_ca_device_registered_only_with_the_other_is_refused(
 
 
 def test_look_alike_registered_too_refuses_by_key_not_name(
-    world: World, directory: FakeDirectory, server: ServerThread,
+    world: World,
+    directory: FakeDirectory,
+    server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Both same-subject CAs registered; the device's SN is associated only under the other."""
@@ -431,7 +515,7 @@ def test_device_of_a_ca_whose_look_alike_is_registered_still_works(
     """OpenSSL picks the issuer by subject + authority key identifier (our certificates carry
     one), so the right CA verifies whichever order the trust store holds them in."""
     directory = FakeDirectory()
-    for ca in ([world.ca, world.twin] if order == "registered-first" else [world.twin, world.ca]):
+    for ca in [world.ca, world.twin] if order == "registered-first" else [world.twin, world.ca]:
         directory.add_ca(ca.certificate)
     mine = registered(world, directory, f"mine-{order}", world.ca)
     theirs = registered(world, directory, f"theirs-{order}", world.twin)

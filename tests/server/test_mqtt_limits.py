@@ -33,8 +33,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return World(tmp_path_factory.mktemp("mqtt-limits"))
 
 
-LIMITS = MqttLimits(handshake_timeout=1.0, connect_timeout=1.0, max_packet_size=1024,
-                    max_connections=6)
+LIMITS = MqttLimits(
+    handshake_timeout=1.0, connect_timeout=1.0, max_packet_size=1024, max_connections=6
+)
 
 
 @pytest.fixture
@@ -73,7 +74,9 @@ MALFORMED_AFTER_CONNECT = {
 
 @pytest.mark.parametrize("case", sorted(MALFORMED_AFTER_CONNECT))
 def test_malformed_packet_closes_only_that_connection(
-    world: World, env: tuple[ServerThread, Device, Device], case: str,
+    world: World,
+    env: tuple[ServerThread, Device, Device],
+    case: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
@@ -114,8 +117,9 @@ def test_other_protocol_level_gets_connack_1(
     assert client.closed_by_server()
 
 
-def test_handshake_timeout(world: World, env: tuple[ServerThread, Device, Device],
-                           caplog: pytest.LogCaptureFixture) -> None:
+def test_handshake_timeout(
+    world: World, env: tuple[ServerThread, Device, Device], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
     server, _b, _a = env
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
@@ -127,8 +131,9 @@ def test_handshake_timeout(world: World, env: tuple[ServerThread, Device, Device
     assert "no TLS handshake within 1 s" in caplog.text
 
 
-def test_connect_timeout(world: World, env: tuple[ServerThread, Device, Device],
-                         caplog: pytest.LogCaptureFixture) -> None:
+def test_connect_timeout(
+    world: World, env: tuple[ServerThread, Device, Device], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
     server, _b, attacker = env
     client = RawClient(server.port, world.server_ca_file, attacker.cert, attacker.key)
@@ -189,8 +194,9 @@ def test_will_is_published_when_a_session_dies_without_disconnect(
     dev = registered(world, server.directory, "mortal")
     for polite in (True, False):
         client = RawClient(server.port, world.server_ca_file, dev.cert, dev.key)
-        client.send(codec.Connect("mortal", 60, will=codec.Will(f"/{PK}/mortal/user/will",
-                                                                 b"gone", 1)))
+        client.send(
+            codec.Connect("mortal", 60, will=codec.Will(f"/{PK}/mortal/user/will", b"gone", 1))
+        )
         assert client.read() == codec.Connack(0)
         if polite:
             client.send(codec.Disconnect())
@@ -198,11 +204,14 @@ def test_will_is_published_when_a_session_dies_without_disconnect(
         assert wait_for(lambda: not server.call(svc.is_online, PK, "mortal"))
     # only the abrupt end published the will, recorded as the device's message
     recent = server.call(svc.recent_messages, PK, "mortal")
-    assert [(m.topic, m.payload, m.qos) for m in recent] == [(f"/{PK}/mortal/user/will", b"gone", 1)]
+    assert [(m.topic, m.payload, m.qos) for m in recent] == [
+        (f"/{PK}/mortal/user/will", b"gone", 1)
+    ]
 
 
-def test_tls_garbage_instead_of_a_handshake(world: World,
-                                            env: tuple[ServerThread, Device, Device]) -> None:
+def test_tls_garbage_instead_of_a_handshake(
+    world: World, env: tuple[ServerThread, Device, Device]
+) -> None:
     server, bystander, _a = env
     good = _online(world, server, bystander)
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
@@ -214,8 +223,9 @@ def test_tls_garbage_instead_of_a_handshake(world: World,
     good.close()
 
 
-def test_deliver_rejects_what_cannot_be_sent(world: World,
-                                             env: tuple[ServerThread, Device, Device]) -> None:
+def test_deliver_rejects_what_cannot_be_sent(
+    world: World, env: tuple[ServerThread, Device, Device]
+) -> None:
     from server_stub.mqtt.errors import InvalidMessageError, InvalidTopicError
 
     server, bystander, _a = env
@@ -242,8 +252,10 @@ def test_tls_1_2_client_is_accepted(world: World, env: tuple[ServerThread, Devic
     ctx.load_cert_chain(str(attacker.cert), str(attacker.key))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         assert tls.version() == "TLSv1.2"
         tls.sendall(codec.encode(codec.Connect("tls12|securemode=2|", 60)))
         assert tls.recv(4) == codec.encode(codec.Connack(0))

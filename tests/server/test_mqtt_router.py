@@ -71,9 +71,13 @@ _lvl = st.sampled_from(["a", "b", "", "$x"])
 
 
 @given(
-    st.lists(st.lists(st.one_of(_lvl, st.just("+")), min_size=1, max_size=3)
-             .flatmap(lambda ls: st.sampled_from([ls, [*ls, "#"]])).map("/".join),
-             min_size=1, max_size=6),
+    st.lists(
+        st.lists(st.one_of(_lvl, st.just("+")), min_size=1, max_size=3)
+        .flatmap(lambda ls: st.sampled_from([ls, [*ls, "#"]]))
+        .map("/".join),
+        min_size=1,
+        max_size=6,
+    ),
     st.lists(_lvl, min_size=1, max_size=4).map("/".join),
 )
 def test_trie_agrees_with_a_naive_matcher(filters: list[str], topic: str) -> None:

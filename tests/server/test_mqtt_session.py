@@ -24,8 +24,13 @@ from server_stub.mqtt.session import (
 from server_stub.mqtt.topics import device_prefixes
 from server_stub.ports import AuthenticatedDevice, DeviceMessage
 
-LIMITS = MqttLimits(handshake_timeout=10, connect_timeout=5, max_filters_per_session=3,
-                    max_filter_levels=6, max_filter_bytes=40)
+LIMITS = MqttLimits(
+    handshake_timeout=10,
+    connect_timeout=5,
+    max_filters_per_session=3,
+    max_filter_levels=6,
+    max_filter_bytes=40,
+)
 DEVICE = AuthenticatedDevice(1, "pk", "dev", "CA1", "01")
 WILL = codec.Will("/pk/dev/user/will", b"gone", 1)
 
@@ -52,16 +57,22 @@ def test_states_and_deadlines_in_order() -> None:
     assert s.state is State.AUTHENTICATING and not s.authenticated
     assert s.handle(Tick(1e9)) is None  # the registry lookup is not timed out by the sweep
     s.handle(ConnectAccepted(102.0, DEVICE, device_prefixes("pk", "dev"), 60, None))
-    assert (s.state, s.deadline, s.authenticated, s.device) == (State.CONNECTED, 192.0, True,
-                                                                DEVICE)
+    assert (s.state, s.deadline, s.authenticated, s.device) == (
+        State.CONNECTED,
+        192.0,
+        True,
+        DEVICE,
+    )
     s.handle(PacketReceived(150.0, codec.Pingreq()))
     assert s.deadline == 240.0
     assert s.handle(Tick(239.0)) is None
     assert s.handle(Tick(240.0)) == Expired("keep-alive: nothing received for 1.5 x 60 s", True)
 
 
-@pytest.mark.parametrize("packet", [codec.Pingreq(), codec.Subscribe(1, (("/pk/dev/a", 0),)),
-                                    codec.Publish("/pk/dev/a", b"")])
+@pytest.mark.parametrize(
+    "packet",
+    [codec.Pingreq(), codec.Subscribe(1, (("/pk/dev/a", 0),)), codec.Publish("/pk/dev/a", b"")],
+)
 def test_packets_before_connect_are_protocol_errors(packet: codec.Packet) -> None:
     s = Session(LIMITS, now=0.0)
     s.handle(HandshakeDone(0.0))
@@ -94,10 +105,17 @@ def test_will_is_due_only_when_a_connected_session_ends_without_disconnect() -> 
 
 def test_subscribe_limits_filters_levels_bytes_and_topic_space() -> None:
     s = connected()
-    result = s.subscribe((
-        ("/pk/dev/a", 1), ("/pk/dev/b", 2), ("/pk/other/x", 0),
-        ("/pk/dev/" + "x" * 40, 0), ("/pk/dev/1/2/3/4", 0), ("/pk/dev/c", 0), ("/pk/dev/d", 0),
-    ))
+    result = s.subscribe(
+        (
+            ("/pk/dev/a", 1),
+            ("/pk/dev/b", 2),
+            ("/pk/other/x", 0),
+            ("/pk/dev/" + "x" * 40, 0),
+            ("/pk/dev/1/2/3/4", 0),
+            ("/pk/dev/c", 0),
+            ("/pk/dev/d", 0),
+        )
+    )
     assert result.codes == (1, 1, 0x80, 0x80, 0x80, 0, 0x80)
     assert result.granted == (("/pk/dev/a", 1), ("/pk/dev/b", 1), ("/pk/dev/c", 0))
     assert len(result.refused) == 4
@@ -140,8 +158,11 @@ def msg(topic: str, size: int) -> DeviceMessage:
 
 
 def test_store_keeps_per_device_count_and_bytes() -> None:
-    store = RecentMessages(MqttLimits(recent_messages_per_device=3,
-                                      recent_bytes_per_device=1000, recent_bytes_total=10_000))
+    store = RecentMessages(
+        MqttLimits(
+            recent_messages_per_device=3, recent_bytes_per_device=1000, recent_bytes_total=10_000
+        )
+    )
     for i in range(5):
         store.add(("pk", "a"), msg(f"/t{i}", 100))
     assert [m.topic for m in store.get(("pk", "a"), 100)] == ["/t2", "/t3", "/t4"]
@@ -153,8 +174,11 @@ def test_store_keeps_per_device_count_and_bytes() -> None:
 
 
 def test_store_global_budget_drops_the_oldest_of_all() -> None:
-    store = RecentMessages(MqttLimits(recent_messages_per_device=100,
-                                      recent_bytes_per_device=10_000, recent_bytes_total=1_000))
+    store = RecentMessages(
+        MqttLimits(
+            recent_messages_per_device=100, recent_bytes_per_device=10_000, recent_bytes_total=1_000
+        )
+    )
     for i in range(8):
         for dev in ("a", "b"):
             store.add(("pk", dev), msg(f"/{dev}{i}", 97))  # 100 bytes each

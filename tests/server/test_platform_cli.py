@@ -18,8 +18,9 @@ Cli = Callable[..., tuple[str, str]]
 
 
 @pytest.fixture
-def cli(live_server: RunningServer, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> Cli:
+def cli(
+    live_server: RunningServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Cli:
     monkeypatch.setenv("IOTX509_SERVER", live_server.http_url)
     monkeypatch.setenv("IOTX509_TOKEN", live_server.token)
 
@@ -41,8 +42,16 @@ def test_console_steps_with_openssl_certificates(cli: Cli, tmp_path: Path) -> No
 
     ca = openssl_ca(tmp_path / "ca", cn="Meter Factory CA")
     ver = openssl_verification_cert(tmp_path / "ver", ca, code)
-    out, _ = cli("platform", "register-ca", "--name", "Meter_Factory", "--ca", str(ca.cert),
-                 "--verification-cert", str(ver))
+    out, _ = cli(
+        "platform",
+        "register-ca",
+        "--name",
+        "Meter_Factory",
+        "--ca",
+        str(ca.cert),
+        "--verification-cert",
+        str(ver),
+    )
     ca_sn = out.split()[-1]
     assert "registered CA Meter_Factory (CN=Meter Factory CA)" in out
     listed = json.loads(cli("platform", "ca", "list", "--json")[0])
@@ -73,8 +82,17 @@ def test_console_steps_with_openssl_certificates(cli: Cli, tmp_path: Path) -> No
     assert "  row 1: CertSN abc01 is already bound to device" in err
     assert "  row 2: DeviceName 'm3' must be 4-32 characters" in err
 
-    _out, err = cli("platform", "register-ca", "--name", "Meter_Again", "--ca", str(ca.cert),
-                    "--verification-cert", str(ver), ok=False)
+    _out, err = cli(
+        "platform",
+        "register-ca",
+        "--name",
+        "Meter_Again",
+        "--ca",
+        str(ca.cert),
+        "--verification-cert",
+        str(ver),
+        ok=False,
+    )
     assert "is already registered in this account as 'Meter_Factory'" in err
 
 
@@ -91,8 +109,9 @@ def test_client_errors_are_messages_not_tracebacks(cli: Cli, tmp_path: Path) -> 
     assert "network 'nbiot' is not one of mqtt, lorawan" in err
 
 
-def test_missing_token_is_explained(monkeypatch: pytest.MonkeyPatch,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_token_is_explained(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("IOTX509_TOKEN", raising=False)
     assert main(["platform", "registration-code", "--server", "http://127.0.0.1:9"]) == 1
     assert "no API token: pass --token or set IOTX509_TOKEN" in capsys.readouterr().err
@@ -100,9 +119,22 @@ def test_missing_token_is_explained(monkeypatch: pytest.MonkeyPatch,
 
 def test_the_installed_command_prints_the_servers_message(live_server: RunningServer) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "iotx509", "platform", "ca", "disable", "123",
-         "--server", live_server.http_url, "--token", live_server.token],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "platform",
+            "ca",
+            "disable",
+            "123",
+            "--server",
+            live_server.http_url,
+            "--token",
+            live_server.token,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: no CA certificate with caSn 123 in this account"
@@ -119,9 +151,20 @@ def test_platform_client_works_without_the_server_extra(live_server: RunningServ
         "sys.exit(main(sys.argv[1:]))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, "platform", "registration-code",
-         "--server", live_server.http_url, "--token", live_server.token],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            script,
+            "platform",
+            "registration-code",
+            "--server",
+            live_server.http_url,
+            "--token",
+            live_server.token,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip()) == 64

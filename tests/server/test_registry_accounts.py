@@ -68,7 +68,10 @@ def test_product_key_is_11_letters_and_digits(registry: Registry, account: Accou
         ({"name": "a\x01b"}, "control characters"),
         ({"name": "p", "auth_type": "psk"}, "authType 'psk' is not one of x509, secret"),
         ({"name": "p", "network": "nbiot"}, "network 'nbiot' is not one of mqtt, lorawan"),
-        ({"name": "p", "auth_type": "secret", "private_ca": True}, "privateCa=true needs authType=x509"),
+        (
+            {"name": "p", "auth_type": "secret", "private_ca": True},
+            "privateCa=true needs authType=x509",
+        ),
     ],
 )
 def test_bad_product_settings_are_refused(
@@ -83,7 +86,8 @@ def test_eligibility_names_every_wrong_setting(registry: Registry, account: Acco
     assert eligibility_problems(ok) == []
     secret = registry.create_product(account, name="s", auth_type="secret", private_ca=False)
     assert eligibility_problems(secret) == [
-        "authType is secret (needs x509)", "privateCa is false (needs true)"
+        "authType is secret (needs x509)",
+        "privateCa is false (needs true)",
     ]
     lora = registry.create_product(account, name="l", network="lorawan")
     assert eligibility_problems(lora) == ["network is lorawan (needs mqtt)"]
@@ -91,7 +95,9 @@ def test_eligibility_names_every_wrong_setting(registry: Registry, account: Acco
     assert eligibility_problems(public) == ["privateCa is false (needs true)"]
 
 
-def test_products_are_invisible_to_other_accounts(registry: Registry, account: AccountRecord) -> None:
+def test_products_are_invisible_to_other_accounts(
+    registry: Registry, account: AccountRecord
+) -> None:
     p = registry.create_product(account, name="mine")
     other, _ = registry.create_account("other")
     assert registry.product(account, p.product_key) == p

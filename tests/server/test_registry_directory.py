@@ -37,12 +37,17 @@ def _refused(decision: object) -> str:
 
 @pytest.fixture
 def device(
-    registry: Registry, account: AccountRecord, product: ProductRecord, registered_ca: CaRecord,
+    registry: Registry,
+    account: AccountRecord,
+    product: ProductRecord,
+    registered_ca: CaRecord,
     test_ca: CertifiedKey,
 ) -> CertifiedKey:
     pair = issue_device_certificate(test_ca, "dev-0001", product_key=product.product_key)
     registry.associate(
-        account, registered_ca.ca_sn, csv_bytes([(product.product_key, "dev-0001", pair.sn.upper())])
+        account,
+        registered_ca.ca_sn,
+        csv_bytes([(product.product_key, "dev-0001", pair.sn.upper())]),
     )
     return pair
 
@@ -52,14 +57,19 @@ def test_openssl_made_ca_and_version1_device_certificate_authenticate(
 ) -> None:
     ca = openssl_ca(tmp_path / "ca")
     ver = openssl_verification_cert(tmp_path / "v", ca, registry.registration_code(account))
-    record = registry.register_ca(account, name="openssl_ca", ca_data=ca.cert.read_bytes(),
-                                  verification_data=ver.read_bytes())
+    record = registry.register_ca(
+        account, name="openssl_ca", ca_data=ca.cert.read_bytes(), verification_data=ver.read_bytes()
+    )
     cert_path = openssl_device_cert(tmp_path / "d", ca, "sensor-01", "00C0FFEE")
     leaf = x509.load_pem_x509_certificate(cert_path.read_bytes())
     assert leaf.version == x509.Version.v1
-    registry.associate(account, record.ca_sn, csv_bytes([(product.product_key, "sensor-01", "c0ffee")]))
+    registry.associate(
+        account, record.ca_sn, csv_bytes([(product.product_key, "sensor-01", "c0ffee")])
+    )
     got = _accepted(registry.authenticate(leaf))
-    assert got == AuthenticatedDevice(account.id, product.product_key, "sensor-01", record.ca_sn, "c0ffee")
+    assert got == AuthenticatedDevice(
+        account.id, product.product_key, "sensor-01", record.ca_sn, "c0ffee"
+    )
     assert registry.is_current(got)
 
 
@@ -77,7 +87,11 @@ def test_two_cas_with_the_same_subject_are_told_apart_by_key(registry: Registry)
     assert results[0][3].issuer == results[1][3].issuer
     for acct, prod, rec, leaf in results:
         got = _accepted(registry.authenticate(leaf))
-        assert (got.account_id, got.product_key, got.ca_sn) == (acct.id, prod.product_key, rec.ca_sn)
+        assert (got.account_id, got.product_key, got.ca_sn) == (
+            acct.id,
+            prod.product_key,
+            rec.ca_sn,
+        )
 
 
 def test_unknown_issuer_and_impostor_key_are_refused(
@@ -85,7 +99,8 @@ def test_unknown_issuer_and_impostor_key_are_refused(
 ) -> None:
     stranger = issue_device_certificate(create_ca("Stranger CA"), "dev-0001").certificate
     assert "no registered CA has the subject 'CN=Stranger CA'" in _refused(
-        registry.authenticate(stranger))
+        registry.authenticate(stranger)
+    )
     impostor_ca = create_ca("Registry Test CA")
     forged = issue_device_certificate(impostor_ca, "dev-0001", serial=int(device.sn, 16))
     decision = registry.authenticate(forged.certificate)
@@ -96,8 +111,9 @@ def test_unknown_issuer_and_impostor_key_are_refused(
     assert isinstance(decision, AuthRefused) and decision.cert_sn == device.sn
 
 
-def test_unassociated_sn_is_refused(registry: Registry, device: CertifiedKey,
-                                    test_ca: CertifiedKey, registered_ca: CaRecord) -> None:
+def test_unassociated_sn_is_refused(
+    registry: Registry, device: CertifiedKey, test_ca: CertifiedKey, registered_ca: CaRecord
+) -> None:
     other = issue_device_certificate(test_ca, "dev-0002")
     assert _refused(registry.authenticate(other.certificate)) == (
         f"certificate SN {other.sn} is not associated with CA {registered_ca.ca_sn}"
@@ -126,7 +142,8 @@ def test_inactive_or_deleted_ca_stops_its_devices(
     registry.set_ca_status(account, registered_ca.ca_sn, "inactive")
     assert not registry.is_current(session)
     assert f"CA {registered_ca.ca_sn} is disabled" in _refused(
-        registry.authenticate(device.certificate))
+        registry.authenticate(device.certificate)
+    )
     registry.set_ca_status(account, registered_ca.ca_sn, "active")
     assert registry.is_current(session)
     registry.delete_association(account, registered_ca.ca_sn, device.sn)
@@ -136,7 +153,10 @@ def test_inactive_or_deleted_ca_stops_its_devices(
 
 
 def test_non_rsa_device_certificate_is_refused(
-    registry: Registry, account: AccountRecord, product: ProductRecord, registered_ca: CaRecord,
+    registry: Registry,
+    account: AccountRecord,
+    product: ProductRecord,
+    registered_ca: CaRecord,
     test_ca: CertifiedKey,
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
@@ -144,23 +164,35 @@ def test_non_rsa_device_certificate_is_refused(
     leaf = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ec-dev")]))
-        .issuer_name(test_ca.certificate.subject).public_key(key.public_key()).serial_number(0xEC)
-        .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=1))
+        .issuer_name(test_ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(0xEC)
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
         .sign(test_ca.key, hashes.SHA256())
     )
-    registry.associate(account, registered_ca.ca_sn, csv_bytes([(product.product_key, "ec-dev", "ec")]))
+    registry.associate(
+        account, registered_ca.ca_sn, csv_bytes([(product.product_key, "ec-dev", "ec")])
+    )
     assert _refused(registry.authenticate(leaf)) == (
         "the device certificate's key is not RSA; only RSA is supported"
     )
 
 
 def test_expired_device_certificate_is_refused(
-    registry: Registry, account: AccountRecord, product: ProductRecord, registered_ca: CaRecord,
+    registry: Registry,
+    account: AccountRecord,
+    product: ProductRecord,
+    registered_ca: CaRecord,
     test_ca: CertifiedKey,
 ) -> None:
     old = issue_device_certificate(test_ca, "old-dev", days=1, now=datetime(2021, 1, 1, tzinfo=UTC))
-    registry.associate(account, registered_ca.ca_sn, csv_bytes([(product.product_key, "old-dev", old.sn)]))
-    assert _refused(registry.authenticate(old.certificate)).startswith("device certificate has expired")
+    registry.associate(
+        account, registered_ca.ca_sn, csv_bytes([(product.product_key, "old-dev", old.sn)])
+    )
+    assert _refused(registry.authenticate(old.certificate)).startswith(
+        "device certificate has expired"
+    )
 
 
 def test_product_no_longer_eligible_is_refused(
@@ -186,7 +218,10 @@ def test_active_ca_certificates_follow_the_generation(
 
 
 def test_authenticate_on_one_thread_while_another_writes(
-    registry: Registry, account: AccountRecord, product: ProductRecord, registered_ca: CaRecord,
+    registry: Registry,
+    account: AccountRecord,
+    product: ProductRecord,
+    registered_ca: CaRecord,
     device: CertifiedKey,
 ) -> None:
     """The MQTT loop thread authenticates while HTTP worker threads import associations."""
@@ -197,8 +232,14 @@ def test_authenticate_on_one_thread_while_another_writes(
     def writer() -> None:
         try:
             for batch in range(5):
-                rows = [(product.product_key, f"bulk-{batch}-{i:04d}", format(0xB0000 + batch * 1000 + i, "x"))
-                        for i in range(200)]
+                rows = [
+                    (
+                        product.product_key,
+                        f"bulk-{batch}-{i:04d}",
+                        format(0xB0000 + batch * 1000 + i, "x"),
+                    )
+                    for i in range(200)
+                ]
                 registry.associate(account, registered_ca.ca_sn, csv_bytes(rows))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)

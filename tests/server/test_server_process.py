@@ -26,8 +26,10 @@ def _mode(path: Path) -> int:
 def _sans(path: Path) -> set[str]:
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return {*san.get_values_for_type(x509.DNSName),
-            *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))}
+    return {
+        *san.get_values_for_type(x509.DNSName),
+        *(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
+    }
 
 
 def test_first_start_restart_and_clean_stop(tmp_path: Path) -> None:
@@ -35,11 +37,18 @@ def test_first_start_restart_and_clean_stop(tmp_path: Path) -> None:
     with running_server(data, extra_args=["--hostname", "broker.example"]) as server:
         assert _mode(data) == 0o700
         assert _mode(data / "admin-token") == 0o600
-        assert _mode(data / "tls" / "ca.key") == 0o600 and _mode(data / "tls" / "server.key") == 0o600
+        assert (
+            _mode(data / "tls" / "ca.key") == 0o600 and _mode(data / "tls" / "server.key") == 0o600
+        )
         ca = x509.load_pem_x509_certificate(server.server_ca.read_bytes())
         leaf = x509.load_pem_x509_certificate((data / "tls" / "server.pem").read_bytes())
         assert is_ca(ca) and issued_by(leaf, ca)
-        assert _sans(data / "tls" / "server.pem") == {"localhost", "127.0.0.1", "::1", "broker.example"}
+        assert _sans(data / "tls" / "server.pem") == {
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "broker.example",
+        }
         ports = json.loads((data / "ports.json").read_text())
         assert ports["httpUrl"] == server.http_url and ports["mqtt"] == server.mqtt_port
         client = PlatformClient(server.http_url, server.token)
@@ -61,16 +70,41 @@ def test_account_create_prints_a_working_token(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with running_server(data) as server:
         result = subprocess.run(
-            [sys.executable, "-m", "iotx509", "server", "account", "create", "bob",
-             "--data-dir", str(data)], capture_output=True, text=True, timeout=60, check=True,
+            [
+                sys.executable,
+                "-m",
+                "iotx509",
+                "server",
+                "account",
+                "create",
+                "bob",
+                "--data-dir",
+                str(data),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         token = result.stdout.split()[-1]
         bob = PlatformClient(server.http_url, token)
         admin = PlatformClient(server.http_url, server.token)
         assert bob.registration_code() != admin.registration_code()
         again = subprocess.run(
-            [sys.executable, "-m", "iotx509", "server", "account", "create", "bob",
-             "--data-dir", str(data)], capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "iotx509",
+                "server",
+                "account",
+                "create",
+                "bob",
+                "--data-dir",
+                str(data),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert again.returncode == 1
         assert again.stderr.strip() == "error: an account named 'bob' already exists"
@@ -92,7 +126,10 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
         cmd[cmd.index("--http-port") + 1] = str(port)
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert f"error: cannot listen for HTTP on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert (
+        f"error: cannot listen for HTTP on 127.0.0.1:{port}: Address already in use"
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 

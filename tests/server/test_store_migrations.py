@@ -98,13 +98,21 @@ def _version_and_indexes(path: Path) -> tuple[int, set[str]]:
 def test_a_version_1_file_is_migrated_in_place_and_keeps_its_data(tmp_path: Path) -> None:
     path = tmp_path / "registry.sqlite3"
     _write_v1(path)
-    assert _version_and_indexes(path) == (1, {
-        "products_account", "associations_ca_sn",
-        "sqlite_autoindex_accounts_1", "sqlite_autoindex_accounts_2",
-        "sqlite_autoindex_products_1", "sqlite_autoindex_ca_certificates_1",
-        "sqlite_autoindex_ca_certificates_2", "sqlite_autoindex_devices_1",
-        "sqlite_autoindex_associations_1", "sqlite_autoindex_associations_2",
-    })
+    assert _version_and_indexes(path) == (
+        1,
+        {
+            "products_account",
+            "associations_ca_sn",
+            "sqlite_autoindex_accounts_1",
+            "sqlite_autoindex_accounts_2",
+            "sqlite_autoindex_products_1",
+            "sqlite_autoindex_ca_certificates_1",
+            "sqlite_autoindex_ca_certificates_2",
+            "sqlite_autoindex_devices_1",
+            "sqlite_autoindex_associations_1",
+            "sqlite_autoindex_associations_2",
+        },
+    )
     store = SqliteStore(path)
     try:
         account, _ = store.account_by_token_hash("hash-a") or (None, None)
@@ -170,7 +178,10 @@ def test_a_failing_step_rolls_every_step_back(tmp_path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     steps = {
         1: MIGRATIONS[1],
-        2: ("ALTER TABLE devices ADD COLUMN note TEXT", "CREATE TABLE broken (",),
+        2: (
+            "ALTER TABLE devices ADD COLUMN note TEXT",
+            "CREATE TABLE broken (",
+        ),
     }
     with pytest.raises(sqlite3.Error):
         prepare(conn, path, schema=SCHEMA, version=3, steps=steps)

@@ -135,12 +135,18 @@ def ca_without_ski(common_name: str, key: rsa.RSAPrivateKey | None = None) -> Ce
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.now(UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(random_serial())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=30))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(random_serial())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                       critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
         .sign(key, hashes.SHA256())
     )
     return CertifiedKey(cert, key)
@@ -151,8 +157,11 @@ def _refused(caplog: pytest.LogCaptureFixture, needle: str) -> list[str]:
     alert reaches the client before the server writes its log line)."""
 
     def lines() -> list[str]:
-        return [r.getMessage() for r in caplog.records
-                if "TLS handshake refused" in r.getMessage() and needle in r.getMessage()]
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if "TLS handshake refused" in r.getMessage() and needle in r.getMessage()
+        ]
 
     wait_for(lambda: bool(lines()))
     return lines()
@@ -174,12 +183,16 @@ def test_look_alike_ca_of_another_account_changes_nothing(env: Env, order: str) 
     else:
         a_sn = a.register(a_ca, "a_ca")
         b_sn = b.register(b_ca, "b_ca")
-    victim = env.device(f"victim-{order}", issue_device_certificate(
-        a_ca, f"victim-{order}", product_key=a.pk, key=env.key))
+    victim = env.device(
+        f"victim-{order}",
+        issue_device_certificate(a_ca, f"victim-{order}", product_key=a.pk, key=env.key),
+    )
     a.associate(a_sn, victim.name, victim.pair.sn)
     b.associate(b_sn, f"thief-{order}", victim.pair.sn)  # B claims the victim's SN
-    own = env.device(f"b-own-{order}", issue_device_certificate(
-        b_ca, f"b-own-{order}", product_key=b.pk, key=env.key))
+    own = env.device(
+        f"b-own-{order}",
+        issue_device_certificate(b_ca, f"b-own-{order}", product_key=b.pk, key=env.key),
+    )
     b.associate(b_sn, own.name, own.pair.sn)
 
     expected = {"productKey": a.pk, "deviceName": victim.name}
@@ -198,8 +211,10 @@ def test_device_of_an_unrelated_ca_is_refused_with_unknown_ca(
 ) -> None:
     """The alert stays *unknown CA*, which the SDK turns into "is the CA registered?"."""
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
-    stranger = env.device("stranger", issue_device_certificate(
-        ca_without_ski("Nobody Else CA"), "stranger", key=env.key))
+    stranger = env.device(
+        "stranger",
+        issue_device_certificate(ca_without_ski("Nobody Else CA"), "stranger", key=env.key),
+    )
     client_error: Exception | None = None
     try:
         RawClient(env.server.port, env.server_ca_file, stranger.cert, stranger.key).connect()
@@ -216,10 +231,15 @@ def _insert_ca_bypassing_rules(env: Env, tenant: Tenant, ca: CertifiedKey, name:
     """A CA row written straight into the store, as legacy data or a bug might leave it."""
     cert = ca.certificate
     env.store.insert_ca(
-        tenant.account.id, format(cert.serial_number, "x"), name, cert.subject.rfc4514_string(),
+        tenant.account.id,
+        format(cert.serial_number, "x"),
+        name,
+        cert.subject.rfc4514_string(),
         fingerprint_sha256(cert),
-        cert.public_bytes(Encoding.DER), cert.not_valid_before_utc.timestamp(),
-        cert.not_valid_after_utc.timestamp(), 0.0,
+        cert.public_bytes(Encoding.DER),
+        cert.not_valid_before_utc.timestamp(),
+        cert.not_valid_after_utc.timestamp(),
+        0.0,
     )
     ca_sn = format(cert.serial_number, "x")
     env.registry.set_ca_status(tenant.account, ca_sn, "active")  # moves the trust generation
@@ -233,8 +253,9 @@ def test_certificate_verifying_under_two_registered_keys_is_refused_and_logged(
     a, b = env.tenant("a"), env.tenant("b")
     a_ca = create_ca("Shared Key CA")
     a_sn = a.register(a_ca, "a_ca")
-    dev = env.device("ambiguous", issue_device_certificate(
-        a_ca, "ambiguous", product_key=a.pk, key=env.key))
+    dev = env.device(
+        "ambiguous", issue_device_certificate(a_ca, "ambiguous", product_key=a.pk, key=env.key)
+    )
     a.associate(a_sn, dev.name, dev.pair.sn)
     assert env.identity(dev) == {"productKey": a.pk, "deviceName": dev.name}
 
@@ -249,8 +270,9 @@ def test_certificate_verifying_under_two_registered_keys_is_refused_and_logged(
     assert env.connack(dev) is None
     lines = _refused(caplog, "verifies under 2 registered CA keys: refused")
     assert lines and f"cert SN {dev.pair.sn}" in lines[-1]
-    assert "connected" not in " ".join(r.getMessage() for r in caplog.records
-                                       if "ambiguous&" in r.getMessage())
+    assert "connected" not in " ".join(
+        r.getMessage() for r in caplog.records if "ambiguous&" in r.getMessage()
+    )
     # Disabling the other row does not change the outcome (inactive CAs count as candidates).
     env.registry.set_ca_status(b.account, b_sn, "inactive")
     assert env.connack(dev) is None
@@ -272,9 +294,11 @@ def test_device_certificate_that_is_a_ca_is_refused(
     leaf = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca-leaf")]))
-        .issuer_name(a_ca.certificate.subject).public_key(env.key.public_key())
+        .issuer_name(a_ca.certificate.subject)
+        .public_key(env.key.public_key())
         .serial_number(random_serial())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(a_ca.key, hashes.SHA256())
     )
@@ -294,19 +318,58 @@ def test_version_1_device_certificate_from_openssl_x509_req_is_accepted(
     a_sn = a.register(a_ca, "a_ca")
     a_ca.write(tmp_path / "ca.cer", tmp_path / "ca.key")
     openssl("genrsa", "-out", "v1.key", "2048", cwd=tmp_path)
-    openssl("req", "-new", "-key", "v1.key", "-out", "v1.csr", "-subj", "/CN=v1-device",
-            cwd=tmp_path)
-    openssl("x509", "-req", "-in", "v1.csr", "-CA", "ca.cer", "-CAkey", "ca.key",
-            "-set_serial", "0x5eed01", "-out", "v1.cer", "-days", "30", "-sha256", cwd=tmp_path)
+    openssl(
+        "req", "-new", "-key", "v1.key", "-out", "v1.csr", "-subj", "/CN=v1-device", cwd=tmp_path
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "v1.csr",
+        "-CA",
+        "ca.cer",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "0x5eed01",
+        "-out",
+        "v1.cer",
+        "-days",
+        "30",
+        "-sha256",
+        cwd=tmp_path,
+    )
     cert = x509.load_pem_x509_certificate((tmp_path / "v1.cer").read_bytes())
     assert cert.version is x509.Version.v1 and len(cert.extensions) == 0
     a.associate(a_sn, "v1-device", "5eed01")
     result = subprocess.run(
-        [MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(env.server.port), "--cafile",
-         str(env.server_ca_file), "--cert", str(tmp_path / "v1.cer"), "--key",
-         str(tmp_path / "v1.key"), "-i", "v1|securemode=2|", "-V", "mqttv311", "-t",
-         "/ignored/filter", "-C", "1", "-W", "10", "-v"],
-        capture_output=True, text=True, timeout=30,
+        [
+            MOSQUITTO_SUB,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(env.server.port),
+            "--cafile",
+            str(env.server_ca_file),
+            "--cert",
+            str(tmp_path / "v1.cer"),
+            "--key",
+            str(tmp_path / "v1.key"),
+            "-i",
+            "v1|securemode=2|",
+            "-V",
+            "mqttv311",
+            "-t",
+            "/ignored/filter",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-v",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
@@ -324,10 +387,26 @@ def test_device_certificate_with_a_negative_serial_is_refused_cleanly(
     a_ca.write(tmp_path / "ca.cer", tmp_path / "ca.key")
     openssl("genrsa", "-out", "neg.key", "2048", cwd=tmp_path)
     openssl("req", "-new", "-key", "neg.key", "-out", "neg.csr", "-subj", "/CN=neg", cwd=tmp_path)
-    openssl("x509", "-req", "-in", "neg.csr", "-CA", "ca.cer", "-CAkey", "ca.key",
-            "-set_serial", "-5", "-out", "neg.cer", "-days", "30", cwd=tmp_path)
-    dev = Device("neg", CertifiedKey(a_ca.certificate, a_ca.key), tmp_path / "neg.cer",
-                 tmp_path / "neg.key")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "neg.csr",
+        "-CA",
+        "ca.cer",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "-5",
+        "-out",
+        "neg.cer",
+        "-days",
+        "30",
+        cwd=tmp_path,
+    )
+    dev = Device(
+        "neg", CertifiedKey(a_ca.certificate, a_ca.key), tmp_path / "neg.cer", tmp_path / "neg.key"
+    )
     assert env.connack(dev) is None
     lines = _refused(caplog, "serial number is unusable")
     assert lines and "SN -5 is negative" in lines[-1]
@@ -339,8 +418,9 @@ def test_device_of_a_disabled_ca_is_refused_at_the_handshake(env: Env) -> None:
     a = env.tenant("a")
     a_ca = create_ca("Never Connack CA")
     a_sn = a.register(a_ca, "a_ca")
-    dev = env.device("never", issue_device_certificate(a_ca, "never", product_key=a.pk,
-                                                       key=env.key))
+    dev = env.device(
+        "never", issue_device_certificate(a_ca, "never", product_key=a.pk, key=env.key)
+    )
     a.associate(a_sn, dev.name, dev.pair.sn)
     assert env.connack(dev) == codec.CONNACK_ACCEPTED
     env.registry.set_ca_status(a.account, a_sn, "inactive")
@@ -365,8 +445,9 @@ def test_forged_duplicate_signature_key_cannot_hijack_a_device(
     at registration by the exponent rule; written into the store anyway, it makes the victim's
     device ambiguous (refused, logged), never B's."""
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
-    victim_ca, forged, device = (_fixture_pair(n) for n in ("victim-ca", "forged-ca",
-                                                             "victim-device"))
+    victim_ca, forged, device = (
+        _fixture_pair(n) for n in ("victim-ca", "forged-ca", "victim-device")
+    )
     # The fixture is what it claims: same subject, a huge exponent, and the same signature
     # verifies under both keys.
     assert forged.certificate.subject == victim_ca.certificate.subject
@@ -405,16 +486,20 @@ def test_sessions_are_never_resumed(env: Env, version: ssl.TLSVersion) -> None:
     a = env.tenant("a")
     a_ca = create_ca("Resumption Test CA")
     a_sn = a.register(a_ca, "a_ca")
-    dev = env.device(f"resume-{version.name}", issue_device_certificate(
-        a_ca, f"resume-{version.name}", product_key=a.pk, key=env.key))
+    dev = env.device(
+        f"resume-{version.name}",
+        issue_device_certificate(a_ca, f"resume-{version.name}", product_key=a.pk, key=env.key),
+    )
     a.associate(a_sn, dev.name, dev.pair.sn)
     ctx = ssl.create_default_context(cafile=str(env.server_ca_file))
     ctx.minimum_version = ctx.maximum_version = version
     ctx.load_cert_chain(str(dev.cert), str(dev.key))
     session = None
     for attempt in range(2):
-        with socket.create_connection(("127.0.0.1", env.server.port), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as sock:
+        with (
+            socket.create_connection(("127.0.0.1", env.server.port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as sock,
+        ):
             sock.sendall(codec.encode(codec.Connect("r|securemode=2|", 300)))
             decoder = codec.Decoder(max_packet_size=codec.MAX_REMAINING_LENGTH)
             packets: list[codec.Packet] = []

@@ -34,10 +34,16 @@ FAST_TEMPLATE = {
 
 def new_fleet(server: RunningServer, out: Path, count: int, **kwargs: object) -> Fleet:
     """A fleet on ``server``; its endpoint and server CA as the server itself tells them."""
-    return create_fleet(CreateOptions(
-        server=server.http_url, token=server.token, count=count, out=out, jobs=1,
-        **kwargs,  # type: ignore[arg-type]
-    ))
+    return create_fleet(
+        CreateOptions(
+            server=server.http_url,
+            token=server.token,
+            count=count,
+            out=out,
+            jobs=1,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    )
 
 
 def write_template(directory: Path, **changes: object) -> Path:
@@ -48,15 +54,33 @@ def write_template(directory: Path, **changes: object) -> Path:
 
 
 def locust_command(fleet_dir: Path, csv_prefix: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--fleet", str(fleet_dir),
-            "--csv", str(csv_prefix), "--only-summary", "--loglevel", "WARNING", *args]
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--fleet",
+        str(fleet_dir),
+        "--csv",
+        str(csv_prefix),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        *args,
+    ]
 
 
-def run_locust(fleet_dir: Path, csv_prefix: Path, *args: str,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_locust(
+    fleet_dir: Path, csv_prefix: Path, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        locust_command(fleet_dir, csv_prefix, "--headless", *args), capture_output=True,
-        text=True, timeout=timeout, cwd=csv_prefix.parent, env=locust_env(),
+        locust_command(fleet_dir, csv_prefix, "--headless", *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=csv_prefix.parent,
+        env=locust_env(),
     )
 
 
@@ -78,8 +102,11 @@ def read_stats(csv_prefix: Path) -> dict[str, StatRow]:
     rows: dict[str, StatRow] = {}
     with open(f"{csv_prefix}_stats.csv", newline="") as fh:
         for row in csv.DictReader(fh):
-            rows[row["Name"]] = StatRow(int(row["Request Count"]), int(row["Failure Count"]),
-                                        float(row["Average Response Time"] or 0))
+            rows[row["Name"]] = StatRow(
+                int(row["Request Count"]),
+                int(row["Failure Count"]),
+                float(row["Average Response Time"] or 0),
+            )
     return rows
 
 
@@ -105,8 +132,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
 
 
 @pytest.fixture(scope="module")
-def shared_fleet(shared_server: RunningServer,
-                 tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+def shared_fleet(shared_server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     return new_fleet(shared_server, tmp_path_factory.mktemp("sim-fleet") / "fleet", 30)
 
 

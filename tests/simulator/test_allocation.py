@@ -52,9 +52,16 @@ def test_indexes_outside_the_fleet_are_refused() -> None:
         DevicePool(3, indexes=[0, 3])
 
 
-@given(st.lists(st.tuples(st.sampled_from(["lease", "release", "drop"]),
-                          st.sampled_from(["w1", "w2", "w3"]), st.integers(0, 9)),
-                max_size=200))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["lease", "release", "drop"]),
+            st.sampled_from(["w1", "w2", "w3"]),
+            st.integers(0, 9),
+        ),
+        max_size=200,
+    )
+)
 def test_no_device_is_ever_held_twice(ops: list[tuple[str, str, int]]) -> None:
     pool = DevicePool(10)
     held: dict[int, str] = {}

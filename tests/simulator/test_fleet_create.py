@@ -21,8 +21,14 @@ from tests.simulator.conftest import locust_env
 
 
 def _options(server: RunningServer, out: Path, count: int, **kw: object) -> CreateOptions:
-    return CreateOptions(server=server.http_url, token=server.token, count=count, out=out,
-                         jobs=1, **kw)  # type: ignore[arg-type]
+    return CreateOptions(
+        server=server.http_url,
+        token=server.token,
+        count=count,
+        out=out,
+        jobs=1,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def test_create_then_grow_never_reissues_and_associates_in_chunks(
@@ -30,15 +36,19 @@ def test_create_then_grow_never_reissues_and_associates_in_chunks(
 ) -> None:
     out = tmp_path / "fleet"
     steps: list[tuple[str, int, int]] = []
-    fleet = create_fleet(_options(shared_server, out, 4, rows_per_file=3),
-                         lambda step, done, total: steps.append((step, done, total)))
+    fleet = create_fleet(
+        _options(shared_server, out, 4, rows_per_file=3),
+        lambda step, done, total: steps.append((step, done, total)),
+    )
     assert len(fleet) == 4 and all(d.associated for d in fleet.devices)
     assert ("associate", 3, 4) in steps and ("associate", 4, 4) in steps  # two files: 3 + 1
     assert ("issue", 4, 4) in steps
     client = PlatformClient(shared_server.http_url, shared_server.token)
     for device in fleet.devices:
-        assert client.device(device.product_key, device.device_name)["deviceName"] == \
-            device.device_name
+        assert (
+            client.device(device.product_key, device.device_name)["deviceName"]
+            == device.device_name
+        )
         cert = read_certificates(fleet.path(device.cert))[0]
         assert certificate_sn(cert) == device.cert_sn
         assert stat.S_IMODE(fleet.path(device.key).stat().st_mode) == 0o600
@@ -73,8 +83,14 @@ def test_an_interrupted_run_resumes_without_reissuing(
 
     assert fleet.ca is not None and fleet.product_key is not None
     ca = load_issuing_ca(fleet.path(fleet.ca.cert), fleet.path(fleet.ca.key))
-    report = issue_devices(ca, fleet.product_key, ["sim-000002", "sim-000003"], out / "devices",
-                           jobs=1, write_csv=False)
+    report = issue_devices(
+        ca,
+        fleet.product_key,
+        ["sim-000002", "sim-000003"],
+        out / "devices",
+        jobs=1,
+        write_csv=False,
+    )
     issued = {d.device_name: d.sn for d in report.issued}
     resumed = create_fleet(_options(shared_server, out, 4))
     assert {d.device_name: d.cert_sn for d in resumed.devices[2:]} == issued
@@ -86,16 +102,32 @@ def test_a_given_product_and_ca_are_used(shared_server: RunningServer, tmp_path:
     product_key = client.create_product("given_product")["productKey"]
     ca = create_ca("Given Test CA")
     ca.write(tmp_path / "ca.cer", tmp_path / "ca.key")
-    fleet = create_fleet(_options(shared_server, tmp_path / "fleet", 2, product_key=product_key,
-                                  ca_cert=tmp_path / "ca.cer", ca_key=tmp_path / "ca.key"))
+    fleet = create_fleet(
+        _options(
+            shared_server,
+            tmp_path / "fleet",
+            2,
+            product_key=product_key,
+            ca_cert=tmp_path / "ca.cer",
+            ca_key=tmp_path / "ca.key",
+        )
+    )
     assert fleet.product_key == product_key
     assert fleet.ca is not None and fleet.ca.ca_sn == ca.sn and fleet.ca.registered
     assert client.ca_certificate(ca.sn)["status"] == "active"
     other = create_ca("Other Test CA")
     other.write(tmp_path / "other.cer", tmp_path / "other.key")
     with pytest.raises(FleetCreateError, match="one fleet has one CA"):
-        create_fleet(_options(shared_server, tmp_path / "fleet", 3, product_key=product_key,
-                              ca_cert=tmp_path / "other.cer", ca_key=tmp_path / "other.key"))
+        create_fleet(
+            _options(
+                shared_server,
+                tmp_path / "fleet",
+                3,
+                product_key=product_key,
+                ca_cert=tmp_path / "other.cer",
+                ca_key=tmp_path / "other.key",
+            )
+        )
     with pytest.raises(FleetCreateError, match="is a fleet of product"):
         create_fleet(_options(shared_server, tmp_path / "fleet", 3, product_key="zzzz1111"))
 
@@ -121,8 +153,9 @@ def test_bad_options_are_refused_before_anything_happens(
 
 
 def test_platform_refusals_name_the_step(shared_server: RunningServer, tmp_path: Path) -> None:
-    options = CreateOptions(server=shared_server.http_url, token="wrong-token", count=1,
-                            out=tmp_path / "fleet")
+    options = CreateOptions(
+        server=shared_server.http_url, token="wrong-token", count=1, out=tmp_path / "fleet"
+    )
     with pytest.raises(FleetCreateError) as caught:
         create_fleet(options)
     assert caught.value.step == "endpoint"  # the first question to the platform
@@ -140,9 +173,27 @@ def test_the_cli_creates_a_fleet_and_shows_progress(
 ) -> None:
     out = tmp_path / "fleet"
     result = subprocess.run(
-        [sys.executable, "-m", "iotx509", "fleet", "create", "--server", shared_server.http_url,
-         "--token", shared_server.token, "--count", "3", "--out", str(out), "--jobs", "1"],
-        capture_output=True, text=True, timeout=120, env=locust_env(),
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "fleet",
+            "create",
+            "--server",
+            shared_server.http_url,
+            "--token",
+            shared_server.token,
+            "--count",
+            "3",
+            "--out",
+            str(out),
+            "--jobs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=locust_env(),
     )
     assert result.returncode == 0, result.stderr
     assert "issue: 3/3 (100%)" in result.stderr and "associate: 3/3" in result.stderr
@@ -156,20 +207,32 @@ def test_the_cli_creates_a_fleet_and_shows_progress(
     ("args", "message"),
     [
         (["--count", "2", "--out", "f", "--token", "t"], "--server URL"),
-        (["--count", "2", "--out", "f", "--no-platform"], "--no-platform: give the broker's "
-         "endpoint with --mqtt"),
-        (["--count", "2", "--out", "f", "--no-platform", "--mqtt", "http://h:1"],
-         "use mqtts://HOST:PORT"),
+        (
+            ["--count", "2", "--out", "f", "--no-platform"],
+            "--no-platform: give the broker's endpoint with --mqtt",
+        ),
+        (
+            ["--count", "2", "--out", "f", "--no-platform", "--mqtt", "http://h:1"],
+            "use mqtts://HOST:PORT",
+        ),
         (["--count", "2", "--out", "f", "--server", "http://127.0.0.1:1"], "--token T"),
-        (["--count", "2", "--out", "f", "--server", "http://127.0.0.1:1", "--token", "t"],
-         "cannot reach the server at http://127.0.0.1:1"),
+        (
+            ["--count", "2", "--out", "f", "--server", "http://127.0.0.1:1", "--token", "t"],
+            "cannot reach the server at http://127.0.0.1:1",
+        ),
     ],
 )
 def test_the_cli_prints_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
     env = locust_env()
     env.pop("IOTX509_SERVER", None)
-    result = subprocess.run([sys.executable, "-m", "iotx509", "fleet", "create", *args],
-                            capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "iotx509", "fleet", "create", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -177,10 +240,29 @@ def test_the_cli_prints_one_line_errors(tmp_path: Path, args: list[str], message
 
 def test_fleet_run_passes_its_arguments_to_locust(shared_fleet: Fleet, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "iotx509", "fleet", "run", str(shared_fleet.directory), "--",
-         "--headless", "-u", "2", "-r", "2", "-t", "3s", "--csv", str(tmp_path / "run"),
-         "--only-summary"],
-        capture_output=True, text=True, timeout=90, env=locust_env(),
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "fleet",
+            "run",
+            str(shared_fleet.directory),
+            "--",
+            "--headless",
+            "-u",
+            "2",
+            "-r",
+            "2",
+            "-t",
+            "3s",
+            "--csv",
+            str(tmp_path / "run"),
+            "--only-summary",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=locust_env(),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "connect" in (tmp_path / "run_stats.csv").read_text()

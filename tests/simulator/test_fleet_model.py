@@ -14,9 +14,16 @@ from simulator.fleet import Fleet, FleetCA, FleetDevice, MqttEndpoint
 
 
 def _device(i: int, **over: Any) -> dict[str, Any]:
-    data = {"index": i, "productKey": "a1B2c3D4e5F", "deviceName": f"sim-{i:06d}",
-            "certSn": format(0x8000 + i, "x"), "caSn": "abc", "cert": f"devices/{i}.cer",
-            "key": f"devices/{i}.key", "associated": True}
+    data = {
+        "index": i,
+        "productKey": "a1B2c3D4e5F",
+        "deviceName": f"sim-{i:06d}",
+        "certSn": format(0x8000 + i, "x"),
+        "caSn": "abc",
+        "cert": f"devices/{i}.cer",
+        "key": f"devices/{i}.key",
+        "associated": True,
+    }
     data.update(over)
     return data
 
@@ -25,9 +32,15 @@ def _fleet_json(devices: list[dict[str, Any]] | None = None, **over: Any) -> dic
     data: dict[str, Any] = {
         "version": 1,
         "endpoint": {"mqtt": "mqtts://127.0.0.1:8883", "http": "http://127.0.0.1:8080"},
-        "serverCa": "server-ca.pem", "productKey": "a1B2c3D4e5F",
-        "ca": {"caSn": "ABC", "name": "simfleet_abc", "cert": "ca/ca.cer", "key": "ca/ca.key",
-               "registered": True},
+        "serverCa": "server-ca.pem",
+        "productKey": "a1B2c3D4e5F",
+        "ca": {
+            "caSn": "ABC",
+            "name": "simfleet_abc",
+            "cert": "ca/ca.cer",
+            "key": "ca/ca.key",
+            "registered": True,
+        },
         "devices": devices if devices is not None else [_device(0), _device(1)],
     }
     data.update(over)
@@ -51,8 +64,9 @@ def test_round_trip_keeps_everything_and_resolves_paths(tmp_path: Path) -> None:
     assert again == fleet
 
 
-def test_the_token_file_is_private_and_the_environment_wins(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_token_file_is_private_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fleet = Fleet.load(_write(tmp_path, _fleet_json()))
     monkeypatch.delenv("IOTX509_TOKEN", raising=False)
     assert fleet.api_token() is None
@@ -105,10 +119,11 @@ def test_a_missing_fleet_says_how_to_create_one(tmp_path: Path) -> None:
         (json.dumps(_fleet_json(version=2)), "version 2 is not supported"),
         (json.dumps(_fleet_json(endpoint={"http": "x"})), "endpoint.mqtt"),
         (json.dumps(_fleet_json(endpoint={"mqtt": "mqtts://h:1"})), "endpoint.http"),
-        (json.dumps(_fleet_json(devices=[_device(0), _device(1, deviceName="sim-000000")])),
-         "appears twice"),
-        (json.dumps(_fleet_json(devices=[_device(0), _device(1, certSn="8000")])),
-         "appears twice"),
+        (
+            json.dumps(_fleet_json(devices=[_device(0), _device(1, deviceName="sim-000000")])),
+            "appears twice",
+        ),
+        (json.dumps(_fleet_json(devices=[_device(0), _device(1, certSn="8000")])), "appears twice"),
         (json.dumps(_fleet_json(devices=[_device(1)])), "indexes must be 0, 1, 2"),
         (json.dumps(_fleet_json(devices=[_device(0, deviceName="x")])), "DeviceName 'x'"),
         (json.dumps(_fleet_json(devices=[_device(0, certSn="zz")])), "not a hexadecimal"),
@@ -117,8 +132,9 @@ def test_a_missing_fleet_says_how_to_create_one(tmp_path: Path) -> None:
         (json.dumps({**_fleet_json(), "devices": {}}), "devices must be a list"),
     ],
 )
-def test_inconsistent_fleets_are_refused_with_the_reason(tmp_path: Path, data: str,
-                                                         message: str) -> None:
+def test_inconsistent_fleets_are_refused_with_the_reason(
+    tmp_path: Path, data: str, message: str
+) -> None:
     (tmp_path / "fleet.json").write_text(data)
     with pytest.raises(FleetError) as caught:
         Fleet.load(tmp_path)

@@ -18,16 +18,32 @@ from tests.simulator.conftest import ROOT, locust_env
 
 
 def iotx509(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "iotx509", *args], capture_output=True,
-                          text=True, timeout=60, env=locust_env())
+    return subprocess.run(
+        [sys.executable, "-m", "iotx509", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=locust_env(),
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     out = tmp_path_factory.mktemp("tiny-fleet") / "fleet"
     # Port 9 of loopback: nothing listens, so the device keeps retrying while Locust runs.
-    result = iotx509("fleet", "create", "--no-platform", "--count", "1", "--out", str(out),
-                     "--mqtt", "mqtts://127.0.0.1:9", "--jobs", "1")
+    result = iotx509(
+        "fleet",
+        "create",
+        "--no-platform",
+        "--count",
+        "1",
+        "--out",
+        str(out),
+        "--mqtt",
+        "mqtts://127.0.0.1:9",
+        "--jobs",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     return Fleet.load(out)
 
@@ -35,9 +51,21 @@ def tiny_fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
 def test_help_lists_the_simulator_options() -> None:
     result = iotx509("fleet", "run", "--help")
     assert result.returncode == 0
-    for flag in ("--scenario", "--fault-at", "--restore-at", "--fault-command", "--template",
-                 "--server-ca", "--no-identity", "--keepalive", "--reconnect-base",
-                 "--reconnect-cap", "--stable-period", "--summary-every", "--lease-log"):
+    for flag in (
+        "--scenario",
+        "--fault-at",
+        "--restore-at",
+        "--fault-command",
+        "--template",
+        "--server-ca",
+        "--no-identity",
+        "--keepalive",
+        "--reconnect-base",
+        "--reconnect-cap",
+        "--stable-period",
+        "--summary-every",
+        "--lease-log",
+    ):
         assert flag in result.stdout, flag
     assert "FLEET" in result.stdout and "steady" in result.stdout
 
@@ -51,18 +79,39 @@ def test_locustfile_prints_the_shipped_locustfile() -> None:
 
 
 def test_simulator_options_before_the_double_dash_are_checked(tiny_fleet: Fleet) -> None:
-    result = iotx509("fleet", "run", str(tiny_fleet.directory), "--scenario", "bogus", "--",
-                     "--headless")
+    result = iotx509(
+        "fleet", "run", str(tiny_fleet.directory), "--scenario", "bogus", "--", "--headless"
+    )
     assert result.returncode == 2
     assert "invalid choice: 'bogus'" in result.stderr
 
 
 def test_sigterm_to_fleet_run_stops_locust(tiny_fleet: Fleet, tmp_path: Path) -> None:
     parent = subprocess.Popen(
-        [sys.executable, "-m", "iotx509", "fleet", "run", str(tiny_fleet.directory),
-         "--no-identity", "--", "--headless", "-u", "1", "-r", "1", "-t", "300s",
-         "--loglevel", "INFO", "--only-summary"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=locust_env(),
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "fleet",
+            "run",
+            str(tiny_fleet.directory),
+            "--no-identity",
+            "--",
+            "--headless",
+            "-u",
+            "1",
+            "-r",
+            "1",
+            "-t",
+            "300s",
+            "--loglevel",
+            "INFO",
+            "--only-summary",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=locust_env(),
         cwd=tmp_path,
     )
     lines: queue.Queue[str] = queue.Queue()
@@ -106,10 +155,26 @@ def test_a_web_ui_swarm_larger_than_the_fleet_is_stopped_with_one_line(
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "iotx509", "fleet", "run", str(tiny_fleet.directory),
-         "--no-identity", "--", "--web-host", "127.0.0.1", "--web-port", str(port),
-         "--loglevel", "INFO"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=locust_env(),
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "fleet",
+            "run",
+            str(tiny_fleet.directory),
+            "--no-identity",
+            "--",
+            "--web-host",
+            "127.0.0.1",
+            "--web-port",
+            str(port),
+            "--loglevel",
+            "INFO",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=locust_env(),
         cwd=tmp_path,
     )
     lines: queue.Queue[str] = queue.Queue()

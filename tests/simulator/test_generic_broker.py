@@ -20,8 +20,13 @@ DEVICES = 6
 def iotx509(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = locust_env()
     env.pop("IOTX509_SERVER", None)
-    return subprocess.run([sys.executable, "-m", "iotx509", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "iotx509", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +34,19 @@ def broker_fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     """DEVICES + 1 devices: the last one is the watcher (mosquitto_sub) below."""
     out = tmp_path_factory.mktemp("broker-fleet") / "fleet"
     # The broker's port is not known yet: any endpoint will do, --host overrides it per run.
-    result = iotx509("fleet", "create", "--no-platform", "--count", str(DEVICES + 1), "--out",
-                     str(out), "--mqtt", "mqtts://127.0.0.1:1", "--jobs", "1")
+    result = iotx509(
+        "fleet",
+        "create",
+        "--no-platform",
+        "--count",
+        str(DEVICES + 1),
+        "--out",
+        str(out),
+        "--mqtt",
+        "mqtts://127.0.0.1:1",
+        "--jobs",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     assert "no platform: the broker must trust ca/ca.cer" in result.stdout
     return Fleet.load(out)
@@ -45,7 +61,8 @@ def test_no_platform_fleet_has_certificates_and_no_http(broker_fleet: Fleet) -> 
     assert len({d.cert_sn for d in broker_fleet.devices}) == DEVICES + 1
     for device in broker_fleet.devices:
         assert broker_fleet.path(device.cert).name.startswith(
-            f"{device.product_key}_{device.device_name}_")
+            f"{device.product_key}_{device.device_name}_"
+        )
         assert not device.associated
 
 
@@ -57,8 +74,17 @@ def test_a_platform_fleet_directory_is_not_reused_without_platform(
     other = tmp_path / "fleet"
     other.mkdir()
     (other / "fleet.json").write_text(json.dumps(data))
-    result = iotx509("fleet", "create", "--no-platform", "--count", "1", "--out", str(other),
-                     "--mqtt", "mqtts://127.0.0.1:1")
+    result = iotx509(
+        "fleet",
+        "create",
+        "--no-platform",
+        "--count",
+        "1",
+        "--out",
+        str(other),
+        "--mqtt",
+        "mqtts://127.0.0.1:1",
+    )
     assert result.returncode != 0
     assert "is a fleet on the platform http://127.0.0.1:1" in result.stderr
 
@@ -72,21 +98,62 @@ def test_locust_runs_the_fleet_against_mosquitto_one_certificate_per_device(
     with run_mosquitto(tmp_path / "mosquitto", ca_pem) as broker:
         # The watcher (a real mosquitto_sub with its own device certificate) counts who published.
         sub = subprocess.Popen(
-            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "--cafile",
-             str(broker.server_ca_path), "--cert", str(broker_fleet.path(watcher.cert)),
-             "--key", str(broker_fleet.path(watcher.key)), "-t", f"/{pk}/+/user/update", "-v",
-             "-C", str(DEVICES), "-W", "120", "-i", "watcher", "-q", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(broker.port),
+                "--cafile",
+                str(broker.server_ca_path),
+                "--cert",
+                str(broker_fleet.path(watcher.cert)),
+                "--key",
+                str(broker_fleet.path(watcher.key)),
+                "-t",
+                f"/{pk}/+/user/update",
+                "-v",
+                "-C",
+                str(DEVICES),
+                "-W",
+                "120",
+                "-i",
+                "watcher",
+                "-q",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             csv = tmp_path / "run"
             result = iotx509(
-                "fleet", "run", str(broker_fleet.directory), "--no-identity", "--server-ca",
-                str(broker.server_ca_path), "--template", str(write_template(tmp_path)),
-                "--summary-every", "0", "--",
-                "--headless", "-u", str(DEVICES), "-r", str(DEVICES), "-t", "6s", "--csv",
-                str(csv), "--only-summary", "--loglevel", "INFO",
-                "--host", f"mqtts://127.0.0.1:{broker.port}",
+                "fleet",
+                "run",
+                str(broker_fleet.directory),
+                "--no-identity",
+                "--server-ca",
+                str(broker.server_ca_path),
+                "--template",
+                str(write_template(tmp_path)),
+                "--summary-every",
+                "0",
+                "--",
+                "--headless",
+                "-u",
+                str(DEVICES),
+                "-r",
+                str(DEVICES),
+                "-t",
+                "6s",
+                "--csv",
+                str(csv),
+                "--only-summary",
+                "--loglevel",
+                "INFO",
+                "--host",
+                f"mqtts://127.0.0.1:{broker.port}",
             )
             out, err = sub.communicate(timeout=120)
         finally:
@@ -105,7 +172,7 @@ def test_locust_runs_the_fleet_against_mosquitto_one_certificate_per_device(
     assert publishers <= {d.device_name for d in broker_fleet.devices[:DEVICES]}
     # One summary line instead of one line per device connection.
     assert "accepted the connection" not in result.stderr, explain(result)
-    assert (f"devices, whole run: connect {DEVICES} ok/0 failed" in result.stderr), explain(result)
+    assert f"devices, whole run: connect {DEVICES} ok/0 failed" in result.stderr, explain(result)
 
 
 def test_failures_name_the_simulator_options(broker_fleet: Fleet, tmp_path: Path) -> None:
@@ -114,11 +181,32 @@ def test_failures_name_the_simulator_options(broker_fleet: Fleet, tmp_path: Path
     with run_mosquitto(tmp_path / "mosquitto", ca_pem) as broker:
         csv = tmp_path / "run"
         result = iotx509(
-            "fleet", "run", str(broker_fleet.directory), "--no-identity", "--server-ca",
-            str(broker_fleet.path("ca/ca.cer")), "--template", str(write_template(tmp_path)),
-            "--", "--headless", "-u", "1", "-r", "1", "-t", "3s", "--csv", str(csv),
-            "--only-summary", "--host", f"mqtts://127.0.0.1:{broker.port}",
+            "fleet",
+            "run",
+            str(broker_fleet.directory),
+            "--no-identity",
+            "--server-ca",
+            str(broker_fleet.path("ca/ca.cer")),
+            "--template",
+            str(write_template(tmp_path)),
+            "--",
+            "--headless",
+            "-u",
+            "1",
+            "-r",
+            "1",
+            "-t",
+            "3s",
+            "--csv",
+            str(csv),
+            "--only-summary",
+            "--host",
+            f"mqtts://127.0.0.1:{broker.port}",
         )
     failures = read_failures(csv)
-    assert any(f["Name"] == "connect" and "ServerUntrustedError" in f["Error"]
-               and "Is --server-ca the CA" in f["Error"] for f in failures), explain(result)
+    assert any(
+        f["Name"] == "connect"
+        and "ServerUntrustedError" in f["Error"]
+        and "Is --server-ca the CA" in f["Error"]
+        for f in failures
+    ), explain(result)

@@ -56,8 +56,12 @@ print(json.dumps(results))
 
 def test_devices_on_the_gevent_loop_work_above_fd_setsize(shared_fleet: Fleet) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(shared_fleet.directory)], capture_output=True,
-        text=True, timeout=120, env=locust_env(), cwd=Path(__file__).parent,
+        [sys.executable, "-c", CHILD, str(shared_fleet.directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=locust_env(),
+        cwd=Path(__file__).parent,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(result.stdout.strip().splitlines()[-1])

@@ -29,15 +29,17 @@ from tests.simulator.conftest import locust_env
         ({"name": "revocation", "fault_command": "true"}, "belongs to --scenario reconnect-storm"),
     ],
 )
-def test_scenario_options_that_do_not_fit_are_refused(kwargs: dict[str, object],
-                                                      message: str) -> None:
+def test_scenario_options_that_do_not_fit_are_refused(
+    kwargs: dict[str, object], message: str
+) -> None:
     with pytest.raises(ScenarioError, match=message):
         ScenarioPlan(**kwargs)  # type: ignore[arg-type]
 
 
 def _in_locust_process(code: str) -> None:
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60, env=locust_env())
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=locust_env()
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok"), result.stdout
 
@@ -59,10 +61,16 @@ print("ok")
 
 
 def _fleet(tmp_path: Path) -> Fleet:
-    (tmp_path / "fleet.json").write_text(json.dumps({
-        "version": 1, "endpoint": {"mqtt": "mqtts://fleet.example:8883", "http": "http://h"},
-        "serverCa": None, "devices": [],
-    }))
+    (tmp_path / "fleet.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "endpoint": {"mqtt": "mqtts://fleet.example:8883", "http": "http://h"},
+                "serverCa": None,
+                "devices": [],
+            }
+        )
+    )
     return Fleet.load(tmp_path)
 
 

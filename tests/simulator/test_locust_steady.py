@@ -21,8 +21,18 @@ def test_steady_telemetry_and_commands_run_without_failures(
     template = write_template(tmp_path)
     leases = tmp_path / "leases.txt"
     result = run_locust(
-        shared_fleet.directory, tmp_path / "run", "-u", "12", "-r", "12", "-t", "12s",
-        "--template", str(template), "--lease-log", str(leases),
+        shared_fleet.directory,
+        tmp_path / "run",
+        "-u",
+        "12",
+        "-r",
+        "12",
+        "-t",
+        "12s",
+        "--template",
+        str(template),
+        "--lease-log",
+        str(leases),
     )
     assert result.returncode == 0, explain(result)
     stats = read_stats(tmp_path / "run")
@@ -44,8 +54,16 @@ def test_more_users_than_devices_is_refused_up_front_with_one_line(
     shared_fleet: Fleet, tmp_path: Path
 ) -> None:
     result = run_locust(
-        shared_fleet.directory, tmp_path / "run", "-u", "32", "-r", "32", "-t", "4s",
-        "--template", str(write_template(tmp_path)),
+        shared_fleet.directory,
+        tmp_path / "run",
+        "-u",
+        "32",
+        "-r",
+        "32",
+        "-t",
+        "4s",
+        "--template",
+        str(write_template(tmp_path)),
     )
     assert result.returncode != 0, explain(result)
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
@@ -63,13 +81,29 @@ def test_more_users_than_devices_is_refused_up_front_with_one_line(
 def test_host_option_overrides_the_fleet_endpoint(shared_fleet: Fleet, tmp_path: Path) -> None:
     # Nothing listens on port 9 of loopback: every device must report the SDK's refusal.
     result = run_locust(
-        shared_fleet.directory, tmp_path / "run", "-u", "3", "-r", "3", "-t", "3s",
-        "--host", "mqtts://127.0.0.1:9", "--template", str(write_template(tmp_path)),
+        shared_fleet.directory,
+        tmp_path / "run",
+        "-u",
+        "3",
+        "-r",
+        "3",
+        "-t",
+        "3s",
+        "--host",
+        "mqtts://127.0.0.1:9",
+        "--template",
+        str(write_template(tmp_path)),
     )
-    assert result.returncode != 0 or read_stats(tmp_path / "run")["connect"].failures, explain(result)
+    assert result.returncode != 0 or read_stats(tmp_path / "run")["connect"].failures, explain(
+        result
+    )
     failures = read_failures(tmp_path / "run")
-    assert any(f["Name"] == "connect" and "127.0.0.1:9" in f["Error"] and
-               "connection refused" in f["Error"] for f in failures), failures
+    assert any(
+        f["Name"] == "connect"
+        and "127.0.0.1:9" in f["Error"]
+        and "connection refused" in f["Error"]
+        for f in failures
+    ), failures
 
 
 def test_without_a_fleet_locust_stops_with_a_clear_message(tmp_path: Path) -> None:
@@ -79,8 +113,23 @@ def test_without_a_fleet_locust_stops_with_a_clear_message(tmp_path: Path) -> No
     from tests.simulator.conftest import LOCUSTFILE, locust_env
 
     result = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "1", "-t",
-         "2s"], capture_output=True, text=True, timeout=60, env=locust_env(), cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "-u",
+            "1",
+            "-t",
+            "2s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=locust_env(),
+        cwd=tmp_path,
     )
     assert result.returncode != 0
     assert "--fleet FLEET is required" in result.stderr

@@ -26,13 +26,25 @@ def _get(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def test_a_swarm_started_from_the_web_ui_connects_devices(shared_fleet: Fleet,
-                                                          tmp_path: Path) -> None:
+def test_a_swarm_started_from_the_web_ui_connects_devices(
+    shared_fleet: Fleet, tmp_path: Path
+) -> None:
     port = _free_port()
     proc = subprocess.Popen(
-        locust_command(shared_fleet.directory, tmp_path / "run", "--web-host", "127.0.0.1",
-                       "--web-port", str(port), "--template", str(write_template(tmp_path))),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=locust_env(),
+        locust_command(
+            shared_fleet.directory,
+            tmp_path / "run",
+            "--web-host",
+            "127.0.0.1",
+            "--web-port",
+            str(port),
+            "--template",
+            str(write_template(tmp_path)),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=locust_env(),
         cwd=tmp_path,
     )
     base = f"http://127.0.0.1:{port}"

@@ -28,8 +28,13 @@ def iotx509(server: RunningServer, *args: str) -> subprocess.CompletedProcess[st
     env = locust_env()
     env["IOTX509_SERVER"] = server.http_url
     env["IOTX509_TOKEN"] = server.token
-    return subprocess.run([sys.executable, "-m", "iotx509", *args], capture_output=True,
-                          text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "iotx509", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +53,12 @@ def online_device(two_devices: Fleet) -> Iterator[tuple[DeviceClient, queue.Queu
             online.set()
 
     client = DeviceClient(
-        two_devices.mqtt.host, two_devices.mqtt.port,
+        two_devices.mqtt.host,
+        two_devices.mqtt.port,
         Credentials.from_files(two_devices.path(entry.cert), two_devices.path(entry.key)),
-        server_ca=two_devices.server_ca_path, reconnect_base=0.2, reconnect_cap=1.0,
+        server_ca=two_devices.server_ca_path,
+        reconnect_base=0.2,
+        reconnect_cap=1.0,
         on_connection_state=on_state,
     )
     received: queue.Queue[Message] = queue.Queue()
@@ -88,31 +96,48 @@ def test_endpoint_needs_the_account_token(shared_server: RunningServer) -> None:
 
 
 def test_send_reaches_the_device_and_list_shows_what_it_sent(
-    shared_server: RunningServer, two_devices: Fleet,
+    shared_server: RunningServer,
+    two_devices: Fleet,
     online_device: tuple[DeviceClient, queue.Queue[Message]],
 ) -> None:
     _client, received = online_device
     pk, dn = two_devices.devices[0].product_key, two_devices.devices[0].device_name
-    result = iotx509(shared_server, "platform", "message", "send", pk, dn, f"/{pk}/{dn}/user/get",
-                     '{"led": "on"}', "--qos", "1")
+    result = iotx509(
+        shared_server,
+        "platform",
+        "message",
+        "send",
+        pk,
+        dn,
+        f"/{pk}/{dn}/user/get",
+        '{"led": "on"}',
+        "--qos",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     assert f"delivered to {pk}/{dn}" in result.stdout
     message = received.get(timeout=30)
-    assert (message.topic, message.payload, message.qos) == (f"/{pk}/{dn}/user/get",
-                                                             b'{"led": "on"}', 1)
+    assert (message.topic, message.payload, message.qos) == (
+        f"/{pk}/{dn}/user/get",
+        b'{"led": "on"}',
+        1,
+    )
 
     listed = iotx509(shared_server, "platform", "message", "list", pk, dn)
     assert listed.returncode == 0, listed.stderr
-    assert f"/{pk}/{dn}/user/update  qos=1  {{\"t\": 21.5}}" in listed.stdout
-    as_json = json.loads(iotx509(shared_server, "platform", "message", "list", pk, dn,
-                                 "--json").stdout)
+    assert f'/{pk}/{dn}/user/update  qos=1  {{"t": 21.5}}' in listed.stdout
+    as_json = json.loads(
+        iotx509(shared_server, "platform", "message", "list", pk, dn, "--json").stdout
+    )
     assert as_json[-1]["topic"] == f"/{pk}/{dn}/user/update"
 
 
 @pytest.mark.parametrize("which", ["relative", "other device", "prefix trick", "sys of other"])
 def test_topics_outside_the_device_space_are_refused_with_the_rule(
-    shared_server: RunningServer, two_devices: Fleet,
-    online_device: tuple[DeviceClient, queue.Queue[Message]], which: str,
+    shared_server: RunningServer,
+    two_devices: Fleet,
+    online_device: tuple[DeviceClient, queue.Queue[Message]],
+    which: str,
 ) -> None:
     pk, dn = two_devices.devices[0].product_key, two_devices.devices[0].device_name
     other = two_devices.devices[1].device_name
@@ -130,20 +155,23 @@ def test_topics_outside_the_device_space_are_refused_with_the_rule(
     assert f"/{pk}/{dn}/" in result.stderr and f"/sys/{pk}/{dn}/" in result.stderr
     # The device got nothing: a message sent after the refusal is the next one it receives.
     _client, received = online_device
-    ok = iotx509(shared_server, "platform", "message", "send", pk, dn, f"/{pk}/{dn}/user/get",
-                 "after")
+    ok = iotx509(
+        shared_server, "platform", "message", "send", pk, dn, f"/{pk}/{dn}/user/get", "after"
+    )
     assert ok.returncode == 0, ok.stderr
     assert received.get(timeout=30).payload == b"after"
 
 
 def test_the_api_answers_400_for_a_relative_topic(
-    shared_server: RunningServer, two_devices: Fleet,
+    shared_server: RunningServer,
+    two_devices: Fleet,
 ) -> None:
     from firmware_helpers.platform_client import PlatformAPIError, PlatformClient
 
     pk, dn = two_devices.devices[0].product_key, two_devices.devices[0].device_name
     with pytest.raises(PlatformAPIError) as caught:
         PlatformClient(shared_server.http_url, shared_server.token).send_message(
-            pk, dn, "user/get", "x")
+            pk, dn, "user/get", "x"
+        )
     assert caught.value.status == 400
     assert "allowed: topics under" in str(caught.value)

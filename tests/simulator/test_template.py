@@ -77,10 +77,10 @@ def test_command_share_selects_about_that_fraction_repeatably() -> None:
     chosen = [template.behaviour(i).answers_commands for i in range(2000)]
     assert 0.25 < sum(chosen) / len(chosen) < 0.35
     assert chosen == [template.behaviour(i).answers_commands for i in range(2000)]
-    assert not any(_template(commands={"share": 0}).behaviour(i).answers_commands
-                   for i in range(100))
-    assert all(_template(commands={"share": 1}).behaviour(i).answers_commands
-               for i in range(100))
+    assert not any(
+        _template(commands={"share": 0}).behaviour(i).answers_commands for i in range(100)
+    )
+    assert all(_template(commands={"share": 1}).behaviour(i).answers_commands for i in range(100))
 
 
 @given(st.integers(min_value=0, max_value=10**6), st.integers(min_value=0, max_value=50))
@@ -106,12 +106,16 @@ def test_random_range_stays_inside_its_bounds(device: int, skip: int) -> None:
         ({"fields": {"x": {"type": "constant"}}}, "'value' is required"),
         ({"fields": {"x": {"type": "constant", "value": [1]}}}, "must be a string, number"),
         ({"fields": {"x": {"type": "choice", "values": []}}}, "non-empty list"),
-        ({"fields": {"x": {"type": "choice", "values": [1, 2], "weights": [1]}}},
-         "as long as values"),
+        (
+            {"fields": {"x": {"type": "choice", "values": [1, 2], "weights": [1]}}},
+            "as long as values",
+        ),
         ({"fields": {"x": {"type": "choice", "values": [1], "weights": [0]}}}, "all be zero"),
         ({"fields": {"x": {"type": "sinusoid", "mean": 1}}}, "'period' is required"),
-        ({"fields": {"x": {"type": "step", "start": 5, "step": 1, "wrapAt": 2}}},
-         "wrapAt must lie beyond start"),
+        (
+            {"fields": {"x": {"type": "step", "start": 5, "step": 1, "wrapAt": 2}}},
+            "wrapAt must lie beyond start",
+        ),
         ({"fields": {"x": {"type": "random", "min": "1", "max": 2}}}, "must be a number"),
         ({"fields": {"seq": {"type": "constant", "value": 1}}}, "reserved"),
         ({"commands": {"share": 1.5}}, "share must be at most 1"),
@@ -119,8 +123,9 @@ def test_random_range_stays_inside_its_bounds(device: int, skip: int) -> None:
         ({"extra": 1}, "unknown key(s) extra"),
     ],
 )
-def test_every_broken_rule_gets_a_message_naming_the_field(change: dict[str, object],
-                                                            message: str) -> None:
+def test_every_broken_rule_gets_a_message_naming_the_field(
+    change: dict[str, object], message: str
+) -> None:
     with pytest.raises(TemplateError) as caught:
         _template(**change)
     assert message in str(caught.value)
