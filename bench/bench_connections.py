@@ -12,11 +12,13 @@ and the ratios ours / Mosquitto. Targets: CPU <= 1.2x, memory <= 2x.
 
     python bench/bench_connections.py                       # 2,000 devices, real registry
     python bench/bench_connections.py --devices 10000       # hold 10,000 idle devices
-    python bench/bench_connections.py --registry fake       # in-memory directory instead
+    python bench/bench_connections.py --registry endpoint   # the endpoint alone, no HTTP server
 
 ``--registry real`` (default) runs ``iotx509 server run`` and registers the product, the CA
 (with its verification certificate) and the associations through the HTTP API, so the
-measured connect path includes the real registry's authentication.
+measured connect path includes the real registry's authentication. ``--registry endpoint`` runs
+only the MQTT endpoint in a child process, on the same real registry (a temporary SQLite file
+with the CA registered with its proof and the SNs associated, through ``testkit.registry``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import pwd
@@ -391,21 +392,18 @@ def ours_real(root: Path, n: int, keys: int) -> Iterator[tuple[Target, Fleet]]:
         yield Target("ours (real registry)", srv.process.pid, srv.mqtt_port, srv.server_ca), fleet
 
 
-def _serve_fake(data: Path) -> None:
-    """Entry point of the child process for ``--registry fake``."""
+def _serve_endpoint(data: Path) -> None:
+    """Entry point of the child process for ``--registry endpoint``: the endpoint alone, on the
+    real registry's SQLite file the parent filled (no HTTP server in the process)."""
     import uvloop
-    from cryptography import x509
 
     from server_stub.config import MqttLimits
     from server_stub.mqtt.service import MqttService
-    from tests.server.mqtt_fakes import FakeDirectory
+    from server_stub.registry import Registry
+    from server_stub.store import SqliteStore
 
     raise_nofile()
-    directory = FakeDirectory()
-    ca = x509.load_pem_x509_certificate((data / "device-ca.pem").read_bytes())
-    directory.add_ca(ca)
-    spec = json.loads((data / "devices.json").read_text())
-    directory.set_devices(ca, spec["productKey"], spec["devices"])
+    directory = Registry(SqliteStore(data / "registry" / "registry.sqlite3"))
 
     async def main() -> None:
         svc = MqttService(
@@ -427,31 +425,36 @@ def _serve_fake(data: Path) -> None:
 
 
 @contextlib.contextmanager
-def ours_fake(root: Path, n: int, keys: int) -> Iterator[tuple[Target, Fleet]]:
-    product_key = "benchpk"
-    log(f"making {n} device certificates ({keys} shared RSA keys)")
-    fleet = make_fleet(root, n, keys, product_key)
-    d = root / "ours-fake"
+def ours_endpoint(root: Path, n: int, keys: int) -> Iterator[tuple[Target, Fleet]]:
+    from testkit.registry import RealRegistry
+
+    d = root / "ours-endpoint"
     d.mkdir(mode=0o700)
+    with RealRegistry(d / "registry") as real:
+        tenant = real.tenant("bench")
+        log(f"making {n} device certificates ({keys} shared RSA keys)")
+        fleet = make_fleet(root, n, keys, tenant.product_key)
+        tenant.associate(
+            tenant.register_ca(fleet.ca), dict(zip(fleet.sns, fleet.names, strict=True))
+        )
     server_ca = create_ca("Bench server CA")
     server_ca_path = d / "server-ca.pem"
     server_ca_path.write_bytes(server_ca.cert_pem())
     issue_server_certificate(server_ca).write(d / "server.pem", d / "server.key")
-    (d / "device-ca.pem").write_bytes(fleet.ca.cert_pem())
-    (d / "devices.json").write_text(
-        json.dumps(
-            {"productKey": product_key, "devices": dict(zip(fleet.sns, fleet.names, strict=True))}
-        )
-    )
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-fake", str(d)], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--serve-endpoint", str(d)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("PORT "):
-            raise RuntimeError(f"fake-registry server did not start: {line!r}")
-        yield Target("ours (fake registry)", proc.pid, int(line.split()[1]), server_ca_path), fleet
+            raise RuntimeError(f"endpoint-only server did not start: {line!r}")
+        yield (
+            Target(
+                "ours (endpoint on registry file)", proc.pid, int(line.split()[1]), server_ca_path
+            ),
+            fleet,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -546,11 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", type=int, default=32, help="handshakes in flight per worker"
     )
     parser.add_argument("--keys", type=int, default=8, help="distinct RSA keys for the fleet")
-    parser.add_argument("--registry", choices=["real", "fake"], default="real")
-    parser.add_argument("--serve-fake", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--registry", choices=["real", "endpoint"], default="real")
+    parser.add_argument("--serve-endpoint", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_fake:
-        _serve_fake(args.serve_fake)
+    if args.serve_endpoint:
+        _serve_endpoint(args.serve_endpoint)
         return 0
     hard = raise_nofile()
     if hard < args.devices + 100:
@@ -561,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-conn-") as tmp:
         root = Path(tmp)
-        server = ours_real if args.registry == "real" else ours_fake
+        server = ours_real if args.registry == "real" else ours_endpoint
         with server(root, args.devices, args.keys) as (target, fleet):
             ours = measure(target, fleet, args.keys, args.workers, args.concurrency)
         with mosquitto(root, fleet) as target:

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from firmware_helpers.pki import create_ca, issue_device_certificate  # noqa: E402
-from tests.sdk.brokers import run_mosquitto  # noqa: E402
+from testkit.mosquitto import run_mosquitto  # noqa: E402
 
 TARGET_MB = 5.0
 TARGET_MS = 150.0
