@@ -36,6 +36,11 @@ named once (no two classes share a name).
   | + NotConnectedError
   | + OfflineQueueFullError
   | + IdentityStoreError
+  | + RenewalError
+  | | + RenewalMessageError  (also ValueError; device_sdk/renewal_protocol.py's checks)
+  | | + RenewalRefusedError
+  | | + RenewalFailedError
+  | | + RenewalStateError
   + CommandLineError  (device_sdk/errors.py; the shared CLI plumbing and iotx509)
   | + MissingExtraError  (device_sdk/cli_support.py)
   | + DemoError  (iotx509/demo.py)
@@ -291,6 +296,49 @@ class OfflineQueueFullError(DeviceSDKError):
 
 class IdentityStoreError(DeviceSDKError):
     """The identity file cannot be written (permissions, full disk, missing directory)."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# --- certificate renewal (docs/renewal.md) -----------------------------------------------------
+
+
+class RenewalError(DeviceSDKError):
+    """Root of the renewal branch: the device could not replace its certificate (it keeps the
+    pair it has, which still connects)."""
+
+
+class RenewalMessageError(RenewalError, ValueError):
+    """A renewal request or reply breaks the contract of docs/renewal.md (topic, id, CSR, PEM)."""
+
+
+class RenewalRefusedError(RenewalError):
+    """The server or the customer's signer refused the request; ``reason`` says why. Retrying
+    the same request does not help."""
+
+    exit_code = ExitCode.CREDENTIALS
+
+    def __init__(self, message: str, *, reason: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.request_id = request_id
+
+
+class RenewalFailedError(RenewalError):
+    """No certificate came back (no reply in time, signer down, ``failed``): worth a retry later."""
+
+    exit_code = ExitCode.NETWORK
+
+    def __init__(self, message: str, *, reason: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.request_id = request_id
+
+
+class RenewalStateError(RenewalError):
+    """The renewal files in the credential directory cannot be read or written."""
 
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
