@@ -280,5 +280,5 @@ def test_non_issued_replies_carry_no_certificate(cert_pem: str) -> None:
 
 
 def test_reply_payload_bound_is_checked_before_parsing() -> None:
-    with pytest.raises(RenewalMessageError, match="reply is .* bytes; at most"):
+    with pytest.raises(RenewalMessageError, match=r"reply is \d+ bytes; at most"):
         RenewalReply.from_json(b" " * (MAX_REPLY_PAYLOAD_BYTES + 1))
