@@ -69,6 +69,10 @@ class AssociationRecord:
     product_key: str
     device_name: str
     created_at: float
+    not_after: float | None = None
+    """The certificate's expiry as last seen (authentication or issuance); None: not seen yet."""
+    retire_at: float | None = None
+    """Set on an old SN after a renewal: accepted until then (or the new SN's first CONNECT)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,63 @@ class DeviceListRow:
     ca_sn: str | None
     ca_name: str | None
     ca_not_after: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationState:
+    """One association as the renewal flow sees it."""
+
+    id: int
+    device_id: int
+    cert_sn: str
+    not_after: float | None
+    retire_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalRecord:
+    """One renewal request (see :mod:`server_stub.registry.renewals`)."""
+
+    id: int
+    request_id: str
+    account_id: int
+    ca_id: int
+    ca_sn: str
+    device_id: int
+    product_key: str
+    device_name: str
+    device_request_id: str
+    old_cert_sn: str
+    csr_pem: str
+    status: str
+    reason: str
+    cert_pem: str | None
+    cert_sn: str | None
+    requested_at: float
+    answered_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewRenewal:
+    """What the MQTT side hands the store to queue (the store adds id and status)."""
+
+    request_id: str
+    account_id: int
+    ca_id: int
+    device_id: int
+    device_request_id: str
+    old_cert_sn: str
+    csr_pem: str
+    requested_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiringRow:
+    product_key: str
+    device_name: str
+    ca_sn: str
+    cert_sn: str
+    not_after: float
 
 
 class Store(Protocol):
@@ -217,6 +278,56 @@ class Store(Protocol):
 
     # the MQTT hot path
     def auth_row(self, ca_id: int, cert_sn: str) -> AuthRow | None: ...
+
+    # certificate renewal (schema 3)
+    def association_state(self, ca_id: int, cert_sn: str) -> AssociationState | None: ...
+    def record_not_after(self, association_id: int, not_after: float) -> None: ...
+    def open_renewals(self, account_id: int) -> int:
+        """Pending requests of the account (the per-account bound)."""
+        ...
+
+    def last_renewal_at(self, device_id: int) -> float | None: ...
+    def insert_renewal(self, new: NewRenewal) -> tuple[RenewalRecord, int]:
+        """Queue ``new``; an unanswered request of the same device is superseded (count)."""
+        ...
+
+    def renewal(self, account_id: int, request_id: str) -> RenewalRecord | None: ...
+    def pending_renewals(self, ca_id: int, limit: int) -> list[RenewalRecord]: ...
+    def refuse_renewal(self, renewal_id: int, reason: str, now: float) -> bool:
+        """Mark a pending request refused; False when it was no longer pending."""
+        ...
+
+    def issue_renewal(
+        self,
+        renewal: RenewalRecord,
+        cert_sn: str,
+        cert_pem: str,
+        not_after: float,
+        retire_at: float,
+        now: float,
+    ) -> None:
+        """In ONE transaction: the request becomes ``issued``, the new SN the device's current
+        association, its old SN retires at ``retire_at`` and an earlier issued SN the device
+        never used is dropped. Raises ConflictError when the request is no longer pending or the
+        SN is taken in the account."""
+        ...
+
+    def undelivered_renewals(self, device_id: int) -> list[RenewalRecord]:
+        """Issued requests whose certificate the device has not connected with yet."""
+        ...
+
+    def complete_change_over(self, device_id: int, association_id: int, now: float) -> int:
+        """The device connected with its current association: retire its other SNs now and
+        mark the request that issued it completed. Returns the SNs retired."""
+        ...
+
+    def retire_expired(self, now: float) -> int:
+        """Delete associations whose grace period ended; returns how many."""
+        ...
+
+    def expiring(self, account_id: int, before: float, limit: int) -> list[ExpiringRow]:
+        """Current associations whose known notAfter is before ``before``, soonest first."""
+        ...
 
     # diagnostics
     def row_counts(self) -> dict[str, int]: ...

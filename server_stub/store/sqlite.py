@@ -21,22 +21,83 @@ from server_stub.store import migrations
 from server_stub.store.base import (
     AccountRecord,
     AssociationRecord,
+    AssociationState,
     AuthRow,
     CaRecord,
     DeviceBinding,
     DeviceListRow,
     DeviceQuery,
     DeviceRecord,
+    ExpiringRow,
+    NewRenewal,
     ProductRecord,
+    RenewalRecord,
     SnBinding,
 )
 
 #: The schema's version, in the file's ``PRAGMA user_version``. To change the schema: change
 #: SCHEMA (what a new file gets), bump this, and add the step from the previous version to
 #: MIGRATIONS (what an existing file gets; see :mod:`server_stub.store.migrations`).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-SCHEMA = """
+#: Version 3 (certificate renewal, issue 14). A device may hold several SNs during a change-over:
+#: exactly one *current* association (``retire_at`` NULL) and the ones being retired (the old SN
+#: after a renewal, accepted until ``retire_at`` or the first CONNECT with the new SN).
+#: ``not_after`` is the certificate's expiry as last seen (at authentication or issuance).
+ASSOCIATIONS_V3 = """
+CREATE TABLE IF NOT EXISTS {name} (
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    ca_id INTEGER NOT NULL REFERENCES ca_certificates(id) ON DELETE CASCADE,
+    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    cert_sn TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    not_after REAL,
+    retire_at REAL,
+    UNIQUE (account_id, cert_sn)
+);
+"""
+
+#: Indexes of the version-3 associations table (created after the table got its final name).
+ASSOCIATION_INDEXES_V3 = """
+CREATE INDEX IF NOT EXISTS associations_ca_sn ON associations(ca_id, cert_sn);
+CREATE UNIQUE INDEX IF NOT EXISTS associations_device_current
+    ON associations(device_id) WHERE retire_at IS NULL;
+CREATE INDEX IF NOT EXISTS associations_device ON associations(device_id);
+CREATE INDEX IF NOT EXISTS associations_retiring
+    ON associations(retire_at) WHERE retire_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS associations_expiry ON associations(account_id, not_after);
+"""
+
+#: Renewal requests: queued by the MQTT endpoint, answered by the account's signer over HTTP.
+RENEWALS_V3 = (
+    ASSOCIATION_INDEXES_V3
+    + """
+CREATE TABLE IF NOT EXISTS renewals (
+    id INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    ca_id INTEGER NOT NULL REFERENCES ca_certificates(id) ON DELETE CASCADE,
+    device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    device_request_id TEXT NOT NULL,
+    old_cert_sn TEXT NOT NULL,
+    csr_pem TEXT NOT NULL,
+    status TEXT NOT NULL
+        CHECK (status IN ('pending', 'issued', 'refused', 'superseded', 'completed')),
+    reason TEXT NOT NULL DEFAULT '',
+    cert_pem TEXT,
+    cert_sn TEXT,
+    requested_at REAL NOT NULL,
+    answered_at REAL
+);
+CREATE INDEX IF NOT EXISTS renewals_ca_status ON renewals(ca_id, status, id);
+CREATE INDEX IF NOT EXISTS renewals_account_status ON renewals(account_id, status);
+CREATE INDEX IF NOT EXISTS renewals_device ON renewals(device_id, status);
+"""
+)
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS accounts (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -78,23 +139,26 @@ CREATE TABLE IF NOT EXISTS devices (
     created_at REAL NOT NULL,
     UNIQUE (product_id, device_name)
 );
-CREATE TABLE IF NOT EXISTS associations (
-    id INTEGER PRIMARY KEY,
-    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-    ca_id INTEGER NOT NULL REFERENCES ca_certificates(id) ON DELETE CASCADE,
-    device_id INTEGER NOT NULL UNIQUE REFERENCES devices(id) ON DELETE CASCADE,
-    cert_sn TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    UNIQUE (account_id, cert_sn)
-);
-CREATE INDEX IF NOT EXISTS associations_ca_sn ON associations(ca_id, cert_sn);
 CREATE INDEX IF NOT EXISTS devices_account ON devices(account_id, id);
 """
+    + ASSOCIATIONS_V3.format(name="associations")
+    + RENEWALS_V3
+)
 
 #: version N -> the statements that take a file from N to N + 1 (run in one transaction).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 2: the console's paged device list reads devices by account in id order.
     1: ("CREATE INDEX IF NOT EXISTS devices_account ON devices(account_id, id)",),
+    # 3: renewal. SQLite cannot drop the UNIQUE of associations.device_id in place, so the table
+    # is rebuilt (same ids and rows; nothing references it), then the renewals table is added.
+    2: (
+        ASSOCIATIONS_V3.format(name="associations_v3").strip(),
+        "INSERT INTO associations_v3 (id, account_id, ca_id, device_id, cert_sn, created_at)"
+        " SELECT id, account_id, ca_id, device_id, cert_sn, created_at FROM associations",
+        "DROP TABLE associations",
+        "ALTER TABLE associations_v3 RENAME TO associations",
+        *migrations.statements(RENEWALS_V3),
+    ),
 }
 
 #: Stay far below SQLite's bound-parameter limit when querying ``IN (...)`` lists.
@@ -392,7 +456,7 @@ class SqliteStore:
             marks = ",".join("?" * len(chunk))
             rows = self._all_rows(
                 "SELECT d.id, d.device_name, a.cert_sn, a.ca_id FROM devices d"
-                " LEFT JOIN associations a ON a.device_id = d.id"
+                " LEFT JOIN associations a ON a.device_id = d.id AND a.retire_at IS NULL"
                 f" WHERE d.product_id = ? AND d.device_name IN ({marks})",
                 (product_id, *chunk),
             )
@@ -431,7 +495,8 @@ class SqliteStore:
 
     def list_associations(self, ca_id: int) -> list[AssociationRecord]:
         rows = self._all_rows(
-            "SELECT c.ca_sn, a.cert_sn, p.product_key, d.device_name, a.created_at"
+            "SELECT c.ca_sn, a.cert_sn, p.product_key, d.device_name, a.created_at,"
+            " a.not_after, a.retire_at"
             " FROM associations a JOIN ca_certificates c ON c.id = a.ca_id"
             " JOIN devices d ON d.id = a.device_id JOIN products p ON p.id = d.product_id"
             " WHERE a.ca_id = ? ORDER BY a.id",
@@ -449,7 +514,7 @@ class SqliteStore:
         row = self._one(
             "SELECT d.id, d.account_id, p.product_key, d.device_name, d.status, d.created_at,"
             " c.ca_sn, a.cert_sn FROM devices d JOIN products p ON p.id = d.product_id"
-            " LEFT JOIN associations a ON a.device_id = d.id"
+            " LEFT JOIN associations a ON a.device_id = d.id AND a.retire_at IS NULL"
             " LEFT JOIN ca_certificates c ON c.id = a.ca_id"
             " WHERE d.account_id = ? AND p.product_key = ? AND d.device_name = ?",
             (account_id, product_key, device_name),
@@ -486,7 +551,7 @@ class SqliteStore:
             params.append(json.dumps(list(query.keys)))
         joins = (
             " FROM devices d JOIN products p ON p.id = d.product_id"
-            " LEFT JOIN associations a ON a.device_id = d.id"
+            " LEFT JOIN associations a ON a.device_id = d.id AND a.retire_at IS NULL"
             " LEFT JOIN ca_certificates c ON c.id = a.ca_id"
             " WHERE " + " AND ".join(where)
         )
@@ -510,6 +575,192 @@ class SqliteStore:
             return None
         return AuthRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
 
+    # --- certificate renewal ---------------------------------------------------------------------
+
+    def association_state(self, ca_id: int, cert_sn: str) -> AssociationState | None:
+        row = self._one(
+            "SELECT id, device_id, cert_sn, not_after, retire_at FROM associations"
+            " WHERE ca_id = ? AND cert_sn = ?",
+            (ca_id, cert_sn),
+        )
+        return AssociationState(*row) if row else None
+
+    def record_not_after(self, association_id: int, not_after: float) -> None:
+        self._write(
+            "UPDATE associations SET not_after = ? WHERE id = ?", (not_after, association_id)
+        )
+
+    def open_renewals(self, account_id: int) -> int:
+        row = self._one(
+            "SELECT COUNT(*) FROM renewals WHERE account_id = ? AND status = 'pending'",
+            (account_id,),
+        )
+        return int(row[0])
+
+    def last_renewal_at(self, device_id: int) -> float | None:
+        row = self._one("SELECT MAX(requested_at) FROM renewals WHERE device_id = ?", (device_id,))
+        return None if row is None or row[0] is None else float(row[0])
+
+    _RENEWAL_SELECT = (
+        "SELECT r.id, r.request_id, r.account_id, r.ca_id, c.ca_sn, r.device_id, p.product_key,"
+        " d.device_name, r.device_request_id, r.old_cert_sn, r.csr_pem, r.status, r.reason,"
+        " r.cert_pem, r.cert_sn, r.requested_at, r.answered_at FROM renewals r"
+        " JOIN ca_certificates c ON c.id = r.ca_id JOIN devices d ON d.id = r.device_id"
+        " JOIN products p ON p.id = d.product_id"
+    )
+
+    def insert_renewal(self, new: NewRenewal) -> tuple[RenewalRecord, int]:
+        with self.atomic():
+            conn = self._conn()
+            superseded = conn.execute(
+                "UPDATE renewals SET status = 'superseded', reason = ?, answered_at = ?"
+                " WHERE device_id = ? AND status = 'pending'",
+                ("replaced by a newer request of the device", new.requested_at, new.device_id),
+            ).rowcount
+            try:
+                cur = conn.execute(
+                    "INSERT INTO renewals (request_id, account_id, ca_id, device_id,"
+                    " device_request_id, old_cert_sn, csr_pem, status, requested_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                    (
+                        new.request_id,
+                        new.account_id,
+                        new.ca_id,
+                        new.device_id,
+                        new.device_request_id,
+                        new.old_cert_sn,
+                        new.csr_pem,
+                        new.requested_at,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(f"conflicting renewal request: {exc}") from exc
+            row = self._one(self._RENEWAL_SELECT + " WHERE r.id = ?", (cur.lastrowid,))
+        return RenewalRecord(*row), int(superseded)
+
+    def renewal(self, account_id: int, request_id: str) -> RenewalRecord | None:
+        row = self._one(
+            self._RENEWAL_SELECT + " WHERE r.account_id = ? AND r.request_id = ?",
+            (account_id, request_id),
+        )
+        return RenewalRecord(*row) if row else None
+
+    def pending_renewals(self, ca_id: int, limit: int) -> list[RenewalRecord]:
+        rows = self._all_rows(
+            self._RENEWAL_SELECT + " WHERE r.ca_id = ? AND r.status = 'pending' ORDER BY r.id"
+            " LIMIT ?",
+            (ca_id, limit),
+        )
+        return [RenewalRecord(*r) for r in rows]
+
+    def refuse_renewal(self, renewal_id: int, reason: str, now: float) -> bool:
+        cur = self._write(
+            "UPDATE renewals SET status = 'refused', reason = ?, answered_at = ?"
+            " WHERE id = ? AND status = 'pending'",
+            (reason, now, renewal_id),
+        )
+        return cur.rowcount > 0
+
+    def issue_renewal(
+        self,
+        renewal: RenewalRecord,
+        cert_sn: str,
+        cert_pem: str,
+        not_after: float,
+        retire_at: float,
+        now: float,
+    ) -> None:
+        with self.atomic():
+            conn = self._conn()
+            claimed = conn.execute(
+                "UPDATE renewals SET status = 'issued', cert_pem = ?, cert_sn = ?, answered_at = ?"
+                " WHERE id = ? AND status = 'pending'",
+                (cert_pem, cert_sn, now, renewal.id),
+            ).rowcount
+            if not claimed:
+                raise ConflictError(f"renewal request {renewal.request_id} was already answered")
+            old = conn.execute(
+                "SELECT id FROM associations WHERE device_id = ? AND ca_id = ? AND cert_sn = ?",
+                (renewal.device_id, renewal.ca_id, renewal.old_cert_sn),
+            ).fetchone()
+            if old is None:
+                raise ConflictError(
+                    f"the device's certificate SN {renewal.old_cert_sn}, from which it asked to "
+                    "renew, is no longer associated (removed or retired meanwhile)"
+                )
+            # Any other SN of the device (issued earlier and never used) goes: a device holds at
+            # most its old and its new SN during a change-over.
+            conn.execute(
+                "DELETE FROM associations WHERE device_id = ? AND id != ?",
+                (renewal.device_id, old[0]),
+            )
+            conn.execute(
+                "UPDATE renewals SET status = 'superseded', reason = ?, answered_at = ?"
+                " WHERE device_id = ? AND status = 'issued' AND id != ?",
+                ("a newer certificate was issued", now, renewal.device_id, renewal.id),
+            )
+            # an old SN already retiring keeps its earlier deadline
+            conn.execute(
+                "UPDATE associations SET retire_at = ? WHERE id = ?"
+                " AND (retire_at IS NULL OR retire_at > ?)",
+                (retire_at, old[0], retire_at),
+            )
+            try:
+                conn.execute(
+                    "INSERT INTO associations (account_id, ca_id, device_id, cert_sn, created_at,"
+                    " not_after) VALUES (?, ?, ?, ?, ?, ?)",
+                    (renewal.account_id, renewal.ca_id, renewal.device_id, cert_sn, now, not_after),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(
+                    f"certificate SN {cert_sn} is already associated in this account"
+                ) from exc
+
+    def undelivered_renewals(self, device_id: int) -> list[RenewalRecord]:
+        rows = self._all_rows(
+            self._RENEWAL_SELECT + " WHERE r.device_id = ? AND r.status = 'issued' ORDER BY r.id",
+            (device_id,),
+        )
+        return [RenewalRecord(*r) for r in rows]
+
+    def complete_change_over(self, device_id: int, association_id: int, now: float) -> int:
+        with self.atomic():
+            conn = self._conn()
+            current = conn.execute(
+                "SELECT cert_sn FROM associations WHERE id = ? AND device_id = ?"
+                " AND retire_at IS NULL",
+                (association_id, device_id),
+            ).fetchone()
+            if current is None:
+                return 0
+            retired = conn.execute(
+                "DELETE FROM associations WHERE device_id = ? AND retire_at IS NOT NULL",
+                (device_id,),
+            ).rowcount
+            conn.execute(
+                "UPDATE renewals SET status = 'completed', answered_at = COALESCE(answered_at, ?)"
+                " WHERE device_id = ? AND status = 'issued' AND cert_sn = ?",
+                (now, device_id, current[0]),
+            )
+        return int(retired)
+
+    def retire_expired(self, now: float) -> int:
+        cur = self._write(
+            "DELETE FROM associations WHERE retire_at IS NOT NULL AND retire_at <= ?", (now,)
+        )
+        return int(cur.rowcount)
+
+    def expiring(self, account_id: int, before: float, limit: int) -> list[ExpiringRow]:
+        rows = self._all_rows(
+            "SELECT p.product_key, d.device_name, c.ca_sn, a.cert_sn, a.not_after"
+            " FROM associations a JOIN devices d ON d.id = a.device_id"
+            " JOIN products p ON p.id = d.product_id JOIN ca_certificates c ON c.id = a.ca_id"
+            " WHERE a.account_id = ? AND a.retire_at IS NULL AND a.not_after IS NOT NULL"
+            " AND a.not_after < ? ORDER BY a.not_after, a.id LIMIT ?",
+            (account_id, before, limit),
+        )
+        return [ExpiringRow(*r) for r in rows]
+
     def row_counts(self) -> dict[str, int]:
-        tables = ("accounts", "products", "ca_certificates", "devices", "associations")
+        tables = ("accounts", "products", "ca_certificates", "devices", "associations", "renewals")
         return {t: int(self._one(f"SELECT COUNT(*) FROM {t}")[0]) for t in tables}

@@ -124,7 +124,8 @@ def test_a_version_1_file_is_migrated_in_place_and_keeps_its_data(tmp_path: Path
     finally:
         store.close()
     version, indexes = _version_and_indexes(path)
-    assert version == SCHEMA_VERSION == 2 and "devices_account" in indexes
+    assert version == SCHEMA_VERSION == 3 and "devices_account" in indexes
+    assert "associations_device_current" in indexes
 
 
 def test_a_new_file_gets_the_current_schema_and_a_current_one_is_left_alone(
@@ -198,11 +199,68 @@ def test_a_missing_step_is_named(tmp_path: Path) -> None:
     path = tmp_path / "registry.sqlite3"
     _write_v1(path)
     conn = sqlite3.connect(path, isolation_level=None)
-    with pytest.raises(DataStoreError, match="no migration from version 2 to 3"):
-        prepare(conn, path, schema=SCHEMA, version=3, steps=MIGRATIONS)
+    last = SCHEMA_VERSION
+    with pytest.raises(DataStoreError, match=f"no migration from version {last} to {last + 1}"):
+        prepare(conn, path, schema=SCHEMA, version=last + 1, steps=MIGRATIONS)
     conn.close()
     assert _version_and_indexes(path)[0] == 1
 
 
 def test_every_version_below_the_current_one_has_its_step() -> None:
     assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION))
+
+
+def _write_v2(path: Path) -> None:
+    """Version 2 as shipped: version 1 plus the devices_account index."""
+    _write_v1(path)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE INDEX IF NOT EXISTS devices_account ON devices(account_id, id)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+
+
+def _shape(path: Path) -> dict[str, object]:
+    """Tables with their columns, and index names: what a migrated file must share with a new one."""
+    conn = sqlite3.connect(path)
+    try:
+        shape: dict[str, object] = {}
+        for kind, name in conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        ):
+            if kind == "table":
+                shape[name] = [tuple(r[1:]) for r in conn.execute(f"PRAGMA table_info({name})")]
+            else:
+                shape[name] = kind
+        return shape
+    finally:
+        conn.close()
+
+
+def test_version_2_becomes_3_with_its_associations_kept_and_the_same_shape_as_a_new_file(
+    tmp_path: Path,
+) -> None:
+    """Step 2 -> 3 (renewal): associations rebuilt without the one-SN-per-device rule, same ids
+    and rows; notAfter unknown until the device next authenticates; a renewals table."""
+    old = tmp_path / "old.sqlite3"
+    _write_v2(old)
+    store = SqliteStore(old)
+    try:
+        [row] = store.list_associations(1)
+        assert (row.cert_sn, row.device_name, row.not_after, row.retire_at) == (
+            "0abc",
+            "meter-1",
+            None,
+            None,
+        )
+        state = store.association_state(1, "0abc")
+        assert state is not None and state.id == 1
+        device = store.device(1, "a1Product00", "meter-1")
+        assert device is not None and device.cert_sn == "0abc"
+        assert store.row_counts()["renewals"] == 0
+    finally:
+        store.close()
+    new = tmp_path / "new.sqlite3"
+    SqliteStore(new).close()
+    assert _shape(old) == _shape(new)
+    assert _version_and_indexes(old)[0] == 3
