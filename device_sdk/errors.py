@@ -22,6 +22,7 @@ named once (no two classes share a name).
   | | + KeyPasswordError
   | | + KeyMismatchError
   | | + UnsupportedKeyTypeError
+  | + CsrRejectedError  (a device's CSR: device_sdk/csr.py, provisioning and renewal)
   | + InvalidSerialNumberError  (also ValueError)
   | + InvalidNameError  (also ValueError)
   | + ClockError
@@ -76,7 +77,6 @@ named once (no two classes share a name).
   |   + CommitRefused  (firmware_helpers/serial/board.py)
   |   + BatchError
   |     + PairInUseError  (a pair the provisioning report gives to another board)
-  |   + CsrRejectedError  (a board's CSR, protocol version 2)
   + ServerStubError  (server_stub/errors.py)
   | + InvalidFieldError
   | | + CaCertificateRejectedError
@@ -162,6 +162,22 @@ class KeyMismatchError(CredentialError):
 
 class UnsupportedKeyTypeError(CredentialError):
     """The platform supports only RSA device certificates and keys."""
+
+
+class CsrRejectedError(DeviceSDKError):
+    """A device's certificate signing request proves nothing or asks for too much: nothing is
+    issued. Raised by :func:`device_sdk.csr.check_csr` (on-board provisioning, renewal on the
+    server and at the signer); ``reason`` is a stable code (``device_sdk.csr.REASON_*``) and
+    ``source`` names where the CSR came from, when the caller knows."""
+
+    #: ``iotx509 provision`` documents status 3 for a board's unacceptable answer (a NAK or a
+    #: bad CSR; docs/serial-protocol.md). No device program raises this error.
+    exit_code = 3
+
+    def __init__(self, message: str, *, reason: str, source: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.source = source
 
 
 class InvalidSerialNumberError(DeviceSDKError, ValueError):

@@ -176,9 +176,3 @@ class BatchError(SerialProvisioningError):
 
 class PairInUseError(BatchError):
     """The provisioning report gives this pair to another board already: refused, nothing sent."""
-
-
-class CsrRejectedError(SerialProvisioningError):
-    """The board's CSR proves nothing or asks for too much (protocol version 2): not issued."""
-
-    exit_code = 3

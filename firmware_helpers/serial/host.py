@@ -26,7 +26,7 @@ from device_sdk.certs import (
     rsa_key_pkcs1_pem,
     to_pem,
 )
-from device_sdk.errors import CredentialError, KeyPasswordError
+from device_sdk.errors import CredentialError, CsrRejectedError, KeyPasswordError
 from firmware_helpers.errors import (
     BoardRebootedError,
     LinkError,
@@ -387,7 +387,7 @@ class Host:
             if not self.commit_sent:
                 self.abort()
             raise
-        except SerialProvisioningError as exc:
+        except (SerialProvisioningError, CsrRejectedError) as exc:
             # Refused on our side (a bad CSR, a board already holding the pair) or by the board:
             # the line works, so tell the board to drop what it staged (a generated key too).
             if not self.commit_sent and not isinstance(exc, LinkError):

@@ -1,8 +1,9 @@
 """Keys that never leave the board: issue a device certificate for the CSR a board returns.
 
 ``iotx509 provision --generate-on-board`` (protocol version 2): the board generates the key and
-answers GENKEY with a PKCS#10 request; :func:`check_csr` decides what of it is trusted -- only
-the public key, once the signature proves the board holds its private key -- and
+answers GENKEY with a PKCS#10 request; :func:`device_sdk.csr.check_csr` (the one home of the CSR
+rules, shared with renewal) decides what of it is trusted -- only the public key, once the
+signature proves the board holds its private key, and the subject must be empty -- and
 :class:`OnBoardIssuer` issues the certificate by the platform's rules:
 
 - ``[PK]_[DN]_[CA_SN].cer`` in the output directory, and never a ``.key`` (there is none here);
@@ -23,10 +24,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from device_sdk.certs import certificate_sn, to_pem
+from device_sdk.csr import check_csr
 from device_sdk.fileio import PUBLIC_FILE_MODE, atomic_write
 from device_sdk.naming import DeviceFileName
 from firmware_helpers.association_csv import (
@@ -37,7 +36,6 @@ from firmware_helpers.association_csv import (
     write_associations,
 )
 from firmware_helpers.errors import (
-    CsrRejectedError,
     DuplicateSerialError,
     LinkError,
     ProvisioningInputError,
@@ -51,60 +49,8 @@ from firmware_helpers.serial.protocol import HelloReply, ObjectType
 
 log = logging.getLogger(__name__)
 
-#: The smallest RSA key a board may generate, and the only public exponent accepted.
-MIN_RSA_BITS = 2048
-RSA_EXPONENT = 65537
 SERIAL_BITS = 64
 MAX_SERIAL_DRAWS = 16
-
-
-def check_csr(der: bytes) -> rsa.RSAPublicKey:
-    """The CSR's public key, once it proves possession; every other field is refused.
-
-    The board names nothing: the host sets the subject, the validity and every extension. A
-    CSR that asks for a subject, attributes or extensions is a board (or firmware) that tries to
-    choose what its certificate says, and is refused rather than silently ignored.
-    """
-    try:
-        csr = x509.load_der_x509_csr(der)
-    except ValueError as exc:
-        raise CsrRejectedError(f"the board's answer is not a readable PKCS#10 CSR ({exc})") from exc
-    try:
-        valid = csr.is_signature_valid
-        public = csr.public_key()
-    except Exception as exc:  # cryptography raises several types for unsupported key encodings
-        raise CsrRejectedError(f"the CSR's key cannot be read ({exc})") from exc
-    if not isinstance(public, rsa.RSAPublicKey):
-        kind = type(public).__name__.removeprefix("_").replace("PublicKey", "")
-        raise CsrRejectedError(
-            f"the CSR's key is {kind}, not RSA; the platform accepts RSA device certificates only"
-        )
-    if not valid:
-        raise CsrRejectedError(
-            "the CSR's signature does not verify with its own public key: it does not prove "
-            "that the board holds the private key"
-        )
-    if public.key_size < MIN_RSA_BITS:
-        raise CsrRejectedError(
-            f"the CSR's RSA key has {public.key_size} bits; at least {MIN_RSA_BITS} are required"
-        )
-    if public.public_numbers().e != RSA_EXPONENT:
-        raise CsrRejectedError(
-            f"the CSR's RSA public exponent is {public.public_numbers().e}; only {RSA_EXPONENT} "
-            "is accepted"
-        )
-    if len(csr.subject):
-        raise CsrRejectedError(
-            f"the CSR asks for the subject {csr.subject.rfc4514_string()!r}; the board does not "
-            "choose its name (the host sets ProductKey and DeviceName), so the subject must be "
-            "empty"
-        )
-    if len(csr.extensions) or len(csr.attributes):
-        raise CsrRejectedError(
-            "the CSR carries extensions or attributes; the host decides every field of the "
-            "certificate, so the request must hold nothing but the public key"
-        )
-    return public
 
 
 @dataclass

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from device_sdk.errors import CsrRejectedError
 from device_sdk.naming import DeviceFileName, validate_new_device_name
 from firmware_helpers.errors import (
     InvalidInputError,
@@ -171,7 +172,7 @@ class ParallelBatch:
                 done = provision_generated(
                     host, issuer, self.report, bits=self.bits, lock=self.lock
                 )
-            except _SPE as exc:
+            except (_SPE, CsrRejectedError) as exc:
                 result.failed.append((board.board_id, name, str(exc)))
                 self.say(f"[{port}] board {board.board_id}: FAILED ({name}): {exc}")
                 continue

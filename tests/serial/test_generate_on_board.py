@@ -29,10 +29,8 @@ from device_sdk.certs import (
     read_private_key,
 )
 from firmware_helpers.association_csv import read_associations
-from firmware_helpers.errors import CsrRejectedError
 from firmware_helpers.ledger import SerialLedger
 from firmware_helpers.serial.framing import Frame, FrameDecoder
-from firmware_helpers.serial.onboard import check_csr
 from firmware_helpers.serial.protocol import Data, MessageType, encode_message
 from firmware_helpers.serial.simboard import FaultPlan, SimBoard
 from tests.conftest import TestPKI
@@ -268,7 +266,7 @@ def test_a_board_that_keeps_losing_power_keeps_its_credentials_and_burns_its_sns
     )
 
 
-# --- what of a CSR is trusted ------------------------------------------------------------------
+# --- CSRs (the rules themselves: tests/sdk/test_csr.py) ------------------------------------------
 
 
 def _csr(
@@ -287,60 +285,6 @@ def _csr(
 
 def _der(csr: x509.CertificateSigningRequest) -> bytes:
     return csr.public_bytes(serialization.Encoding.DER)
-
-
-@pytest.fixture(scope="module")
-def board_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def test_a_good_csr_gives_its_public_key(board_key: rsa.RSAPrivateKey) -> None:
-    public = check_csr(_der(_csr(board_key)))
-    assert public.public_numbers() == board_key.public_key().public_numbers()
-
-
-def test_csr_signed_by_another_key_is_refused(board_key: rsa.RSAPrivateKey) -> None:
-    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    mine, theirs = _der(_csr(board_key)), _der(_csr(other))
-    forged = mine[:-256] + theirs[-256:]  # board_key's request, another key's signature
-    with pytest.raises(CsrRejectedError, match="does not prove that the board holds"):
-        check_csr(forged)
-
-
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda k: _csr(ec.generate_private_key(ec.SECP256R1())), "key is EC, not RSA"),
-        (
-            lambda k: _csr(rsa.generate_private_key(public_exponent=65537, key_size=1024)),
-            "has 1024 bits; at least 2048",
-        ),
-        (
-            lambda k: _csr(rsa.generate_private_key(public_exponent=3, key_size=2048)),
-            "public exponent is 3",
-        ),
-        (
-            lambda k: _csr(
-                k,
-                subject=x509.Name(
-                    [x509.NameAttribute(x509.NameOID.COMMON_NAME, "i-choose-my-name")]
-                ),
-            ),
-            "asks for the subject 'CN=i-choose-my-name'",
-        ),
-        (lambda k: _csr(k, extension=True), "carries extensions or attributes"),
-    ],
-    ids=["ec-key", "rsa-1024", "exponent-3", "own-subject", "extensions"],
-)
-def test_bad_csrs_are_refused(board_key: rsa.RSAPrivateKey, make: object, message: str) -> None:
-    assert callable(make)
-    with pytest.raises(CsrRejectedError, match=message):
-        check_csr(_der(make(board_key)))
-
-
-def test_garbage_instead_of_a_csr_is_refused() -> None:
-    with pytest.raises(CsrRejectedError, match="not a readable PKCS#10 CSR"):
-        check_csr(b"\x30\x03garbage")
 
 
 def test_not_after_is_the_hosts_choice(
