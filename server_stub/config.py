@@ -45,6 +45,21 @@ class MqttLimits:
 
 
 @dataclass(frozen=True)
+class RenewalSettings:
+    """Bounds and timing of certificate renewal (docs/renewal.md); each a ``server run`` option."""
+
+    grace: float = 7 * 86400.0
+    """Seconds a device's old SN stays accepted after its new certificate was issued, unless the
+    device connects with the new one first (which retires the old SN at once)."""
+    min_interval: float = 60.0
+    """Seconds between two renewal requests of one device; sooner ones are answered 'failed'."""
+    max_open_per_account: int = 1_000
+    """Requests waiting for an account's signer; more are answered 'failed' (queue full)."""
+    max_csr_bytes: int = 8 * 1024
+    """Largest CSR accepted (PEM bytes)."""
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path
     host: str = "127.0.0.1"
@@ -56,3 +71,4 @@ class ServerConfig:
     """Extra names for the server certificate's SANs (beside localhost, 127.0.0.1, ::1)."""
     max_upload_bytes: int = 4 * 1024 * 1024
     mqtt: MqttLimits = field(default_factory=MqttLimits)
+    renewal: RenewalSettings = field(default_factory=RenewalSettings)

@@ -84,6 +84,11 @@ class AssociationRejectedError(CsvRejectedError):
         self.rows = rows
 
 
+class RenewalCertificateRejectedError(ServerStubError):
+    """A signer posted a certificate for a renewal request that fails a check (not signed by
+    that CA's key, another key than the CSR's, SN taken, ...): nothing was associated."""
+
+
 class DataStoreError(ServerStubError):
     """The data directory's database cannot be opened or written."""
 
