@@ -108,6 +108,19 @@ class DeviceDirectory(Protocol):
         ...
 
 
+class RenewalHandler(Protocol):
+    """What the MQTT endpoint tells the renewal desk (docs/renewal.md). Called on the event
+    loop; the handler does its registry work off the loop and answers through DeviceMessaging."""
+
+    def on_publish(self, device: AuthenticatedDevice, topic: str, payload: bytes) -> None:
+        """A PUBLISH the session may make (inside its own topic space); ignores non-renewal ones."""
+        ...
+
+    def on_connected(self, device: AuthenticatedDevice, not_after: float) -> None:
+        """A CONNECT was accepted with a certificate valid until ``not_after`` (POSIX time)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceMessage:
     topic: str

@@ -72,6 +72,7 @@ from server_stub.ports import (
     DeviceDirectory,
     DeviceMessage,
     IssuingCa,
+    RenewalHandler,
 )
 
 log = logging.getLogger("server_stub.mqtt")
@@ -177,6 +178,8 @@ class Broker:
         self.recent = RecentMessages(limits)
         self.activity = Activity()
         """The console's counters and live listeners (see :mod:`server_stub.mqtt.activity`)."""
+        self.renewals: RenewalHandler | None = None
+        """Certificate renewal (issue 14, docs/renewal.md): told of CONNECTs and PUBLISHes."""
 
     # --- connection lifecycle ------------------------------------------------------------------
 
@@ -477,6 +480,8 @@ class Broker:
                 identity_payload(Identity(decision.product_key, decision.device_name)),
                 0,
             )
+        if self.renewals is not None:
+            self.renewals.on_connected(decision, leaf.not_valid_after_utc.timestamp())
         conn.release()
 
     @staticmethod
@@ -499,6 +504,8 @@ class Broker:
                 (device.product_key, device.device_name), packet.topic, packet.payload, packet.qos
             )
             self._route(packet.topic, packet.payload, packet.qos)
+            if self.renewals is not None:
+                self.renewals.on_publish(device, packet.topic, packet.payload)
         else:
             self._refusal_log(
                 conn,

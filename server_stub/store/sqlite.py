@@ -723,6 +723,13 @@ class SqliteStore:
         )
         return [RenewalRecord(*r) for r in rows]
 
+    def has_retiring(self, device_id: int) -> bool:
+        row = self._one(
+            "SELECT 1 FROM associations WHERE device_id = ? AND retire_at IS NOT NULL LIMIT 1",
+            (device_id,),
+        )
+        return row is not None
+
     def complete_change_over(self, device_id: int, association_id: int, now: float) -> int:
         with self.atomic():
             conn = self._conn()
