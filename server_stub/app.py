@@ -31,9 +31,13 @@ from server_stub.errors import ServerStartupError
 from server_stub.mqtt.service import MqttService
 from server_stub.ports import DeviceMessaging
 from server_stub.registry import Registry
+from server_stub.registry.renewals import RenewalDesk, Renewals
 from server_stub.store import SqliteStore
 
 log = logging.getLogger("server_stub")
+
+#: Seconds between two sweeps for old SNs past their grace period (shorter when the grace is).
+RENEWAL_SWEEP_INTERVAL = 30.0
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -78,6 +82,7 @@ class ServerProcess:
         self._mqtt: MqttService | None = None
         self._http: _EmbeddedUvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.http_port = 0
         self.mqtt_port: int | None = None
 
@@ -127,7 +132,16 @@ class ServerProcess:
         self.admin_token = ensure_default_account(registry, self.data)
         identity = server_identity(self.data, self.config.hostnames)
         messaging = await self._start_mqtt(registry, identity.cert_pem(), identity.key_pem())
-        app = create_app(registry, messaging, max_upload_bytes=self.config.max_upload_bytes)
+        renewals = Renewals(registry, self.config.renewal)
+        if self._mqtt is not None:
+            self._mqtt.broker.renewals = RenewalDesk(renewals, messaging)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_renewals(renewals))
+        app = create_app(
+            registry,
+            messaging,
+            max_upload_bytes=self.config.max_upload_bytes,
+            renewals=renewals,
+        )
         if self.mqtt_port is not None:  # GET /api/v1/endpoint tells clients where devices connect
             app.state.endpoint = DeviceEndpoint(
                 self.mqtt_port, self.server_ca_path.read_text("ascii")
@@ -169,6 +183,16 @@ class ServerProcess:
         messaging: DeviceMessaging = service
         return messaging
 
+    async def _sweep_renewals(self, renewals: Renewals) -> None:
+        """Retire old SNs whose grace period ended (docs/renewal.md), every few seconds."""
+        interval = min(RENEWAL_SWEEP_INTERVAL, max(self.config.renewal.grace / 4, 0.25))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(renewals.sweep)
+            except Exception:
+                log.exception("renewal: retiring expired old SNs failed")
+
     def _write_ports(self) -> None:
         info = {
             "host": self.config.host,
@@ -186,6 +210,11 @@ class ServerProcess:
 
     async def stop(self) -> None:
         """Stop accepting, close sessions, close the database; safe to call more than once."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             with contextlib.suppress(Exception):

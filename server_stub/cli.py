@@ -92,6 +92,22 @@ def _register_server(tree: CommandTree) -> None:
             default=getattr(MqttLimits, dest),
             help="default %(default)s",
         )
+    renewal = run.add_argument_group("certificate renewal (docs/renewal.md)")
+    from server_stub.config import RenewalSettings
+
+    for flag, dest, kind, help in (
+        ("--renewal-grace", "grace", float, "seconds an old SN stays accepted after renewal"),
+        ("--renewal-min-interval", "min_interval", float, "seconds between a device's requests"),
+        ("--renewal-max-open", "max_open_per_account", int, "requests waiting per account"),
+        ("--renewal-max-csr-bytes", "max_csr_bytes", int, "largest CSR accepted"),
+    ):
+        renewal.add_argument(
+            flag,
+            dest=f"renewal_{dest}",
+            type=kind,
+            default=getattr(RenewalSettings, dest),
+            help=f"{help} (default %(default)s)",
+        )
     limits.add_argument(
         "--no-identity-publish",
         action="store_true",
@@ -116,7 +132,7 @@ def _server_run(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
     from server_stub.app import run
-    from server_stub.config import MqttLimits, ServerConfig
+    from server_stub.config import MqttLimits, RenewalSettings, ServerConfig
 
     config = ServerConfig(
         data_dir=args.data_dir,
@@ -132,6 +148,9 @@ def _server_run(args: argparse.Namespace) -> int:
                 for f in fields(MqttLimits)
                 if f.name != "deliver_identity"
             },
+        ),
+        renewal=RenewalSettings(
+            **{f.name: getattr(args, f"renewal_{f.name}") for f in fields(RenewalSettings)}
         ),
     )
     level = logging.getLogger().getEffectiveLevel()

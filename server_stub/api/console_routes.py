@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from device_sdk.naming import CA_FILE_SUFFIXES, CA_NAME_RE
 from server_stub.api.errors import error_body
+from server_stub.api.renewal_routes import ExpiringOut, expiring_devices
 from server_stub.api.routes import Account, Messaging, Reg
 from server_stub.api.schemas import iso
 from server_stub.errors import InvalidFieldError
@@ -123,8 +124,9 @@ class DevicePage(BaseModel):
     items: list[DeviceSummary]
 
 
-@console_api.get("/devices", response_model=DevicePage, tags=["devices"])
+@console_api.get("/devices", response_model=DevicePage | list[ExpiringOut], tags=["devices"])
 async def list_devices(
+    request: Request,
     registry: Reg,
     account: Account,
     messaging: Messaging,
@@ -135,8 +137,21 @@ async def list_devices(
     state: Annotated[str | None, Query(description="online, offline or disabled")] = None,
     page: int = 1,
     pageSize: int = 50,
-) -> DevicePage:
-    """Every device of the account, filtered and paged by the registry's query."""
+    expiringWithinDays: Annotated[
+        float | None,
+        Query(
+            description="instead of a page: the devices whose current certificate (as last "
+            "seen by the server) expires within this many days, soonest first"
+        ),
+    ] = None,
+    limit: Annotated[int, Query(description="with expiringWithinDays: at most this many")] = 1000,
+) -> DevicePage | list[ExpiringOut]:
+    """Every device of the account, filtered and paged by the registry's query; or, with
+    ``expiringWithinDays``, the devices whose certificate expires soon (issue 14)."""
+    if expiringWithinDays is not None:
+        return await expiring_devices(
+            request.app.state.renewals, account, expiringWithinDays, limit
+        )
     activity = _activity(messaging)
     status: str | None = None
     keys: tuple[str, ...] | None = None

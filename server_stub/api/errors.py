@@ -32,6 +32,7 @@ from server_stub.errors import (
     NotFoundError,
     PayloadTooLargeError,
     ProductNotEligibleError,
+    RenewalCertificateRejectedError,
     ServerStartupError,
     ServerStubError,
 )
@@ -53,6 +54,7 @@ HTTP_ERRORS: dict[type[ServerStubError], tuple[int, str]] = {
     CsvRejectedError: (422, "invalid_csv"),
     ProductNotEligibleError: (422, "product_not_eligible"),
     AssociationRejectedError: (422, "association_rejected"),
+    RenewalCertificateRejectedError: (422, "certificate_rejected"),
     DataStoreError: (500, "store_error"),
     ServerStartupError: (500, "startup_error"),
 }
