@@ -15,9 +15,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firmware_helpers.errors import FirmwareHelpersError
+
+if TYPE_CHECKING:
+    from firmware_helpers.pki import CertifiedKey
 
 API_PREFIX = "/api/v1"
 
@@ -55,6 +58,21 @@ class UploadFile:
     filename: str
     content: bytes
     content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class CaRegistration:
+    """A CA registered with proof of possession: what the platform answered, and the proof.
+
+    ``verification`` is the verification certificate (CN = ``registration_code``, signed by the
+    CA's key) and its own key, for a caller that keeps them (the demo writes them to disk).
+    """
+
+    ca_sn: str
+    subject: str
+    registration_code: str
+    verification: CertifiedKey
+    answer: dict[str, Any]
 
 
 @dataclass
@@ -152,6 +170,44 @@ class PlatformClient:
             )
         )
 
+    def register_ca_with_proof(
+        self, name: str, ca: CertifiedKey, *, ca_filename: str = "ca.cer"
+    ) -> CaRegistration:
+        """Register ``ca`` proving possession of its key: the one home of the console's flow.
+
+        Reads the account's registration code, makes the verification certificate (CN = the
+        code, signed by ``ca.key``) and uploads both. ``ca`` is checked first (a CA certificate,
+        RSA, ``ca.key`` its private key), so a wrong key is refused here with
+        :class:`~firmware_helpers.errors.InvalidCAError` naming the CA, and nothing is sent.
+        The platform's own refusals (name, limits, a CA already registered) stay
+        :class:`PlatformAPIError`.
+        """
+        # Imported here: the client itself needs only the standard library (see the top).
+        from firmware_helpers.issuing import check_issuing_ca
+        from firmware_helpers.pki import issue_verification_certificate
+
+        subject = ca.certificate.subject.rfc4514_string()
+        check_issuing_ca(
+            ca.certificate,
+            ca.key,
+            source=f"'{subject}'",
+            key_source=f"the key given for CA {name!r}",
+        )
+        code = self.registration_code()
+        verification = issue_verification_certificate(ca, code)
+        answer = self.register_ca(
+            name,
+            UploadFile(ca_filename, ca.cert_pem()),
+            UploadFile("verificationCert.crt", verification.cert_pem()),
+        )
+        return CaRegistration(
+            ca_sn=str(answer["caSn"]),
+            subject=str(answer.get("subject", subject)),
+            registration_code=code,
+            verification=verification,
+            answer=answer,
+        )
+
     def ca_certificates(self) -> list[dict[str, Any]]:
         return list(self.request("GET", "/ca-certificates"))
 
@@ -219,6 +275,43 @@ class PlatformClient:
                 "GET", f"/devices/{_q(product_key)}/{_q(device_name)}/messages?limit={limit}"
             )
         )
+
+    # --- certificate renewal (the signer's side, docs/renewal.md) --------------------------
+
+    def renewal_requests(self, ca_sn: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Renewal requests waiting for this CA's signer, oldest first."""
+        return list(
+            self.request(
+                "GET", f"/ca-certificates/{_q(ca_sn)}/renewals?status=pending&limit={int(limit)}"
+            )
+        )
+
+    def post_renewal_certificate(
+        self, ca_sn: str, request_id: str, certificate_pem: str
+    ) -> dict[str, Any]:
+        """Answer a renewal request with the issued certificate (PEM, the leaf)."""
+        return dict(
+            self.request(
+                "POST",
+                f"/ca-certificates/{_q(ca_sn)}/renewals/{_q(request_id)}/certificate",
+                json_body={"certificate": certificate_pem},
+            )
+        )
+
+    def refuse_renewal(self, ca_sn: str, request_id: str, reason: str) -> dict[str, Any]:
+        """Refuse a renewal request; the device is told ``reason``."""
+        return dict(
+            self.request(
+                "POST",
+                f"/ca-certificates/{_q(ca_sn)}/renewals/{_q(request_id)}/refusal",
+                json_body={"reason": reason},
+            )
+        )
+
+    def expiring_devices(self, days: float, limit: int = 1000) -> list[dict[str, Any]]:
+        """Devices whose current certificate expires within ``days`` days, soonest first."""
+        query = f"expiringWithinDays={days:g}&limit={int(limit)}"
+        return list(self.request("GET", f"/devices?{query}"))
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):

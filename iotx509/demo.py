@@ -118,12 +118,10 @@ def _customer_steps(
     http_url: str, token: str, work: Path, args: argparse.Namespace
 ) -> list[_Device]:
     from firmware_helpers.issuing import issue_devices
-    from firmware_helpers.pki import create_ca, issue_verification_certificate
+    from firmware_helpers.pki import create_ca
     from firmware_helpers.platform_client import PlatformClient, UploadFile
 
     api = PlatformClient(http_url, token)
-    code = api.registration_code()
-    _step(f"registration code: {code}")
     product = api.create_product("demo_sensors", auth_type="x509", private_ca=True, network="mqtt")
     pk = product["productKey"]
     _step(f"created product {pk} (X.509, private CA, MQTT)")
@@ -132,15 +130,13 @@ def _customer_steps(
     ca_dir.mkdir(exist_ok=True)
     ca = create_ca("iotx509 demo private CA")
     ca.write(ca_dir / "ca.cer", ca_dir / "ca.key")
-    verification = issue_verification_certificate(ca, code)
-    verification.write(ca_dir / "verificationCert.crt", ca_dir / "verificationCert.key")
-    registered = api.register_ca(
-        "demo_private_ca",
-        UploadFile("ca.cer", ca.cert_pem()),
-        UploadFile("verificationCert.crt", verification.cert_pem()),
+    registered = api.register_ca_with_proof("demo_private_ca", ca)
+    registered.verification.write(ca_dir / "verificationCert.crt", ca_dir / "verificationCert.key")
+    ca_sn = registered.ca_sn
+    _step(
+        f"registered CA {registered.subject} as caSn {ca_sn} (proof of possession checked: a "
+        f"verification certificate with CN = the registration code {registered.registration_code})"
     )
-    ca_sn = registered["caSn"]
-    _step(f"registered CA {registered['subject']} as caSn {ca_sn} (proof of possession checked)")
 
     names = [f"sensor-{i:04d}" for i in range(1, args.devices + 1)]
     report = issue_devices(ca, pk, names, work / "devices", jobs=args.jobs)

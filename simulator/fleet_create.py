@@ -34,7 +34,7 @@ from device_sdk.naming import validate_new_device_name, validate_product_key
 from firmware_helpers.association_csv import MAX_ROWS_PER_FILE, Association, render
 from firmware_helpers.errors import FirmwareHelpersError
 from firmware_helpers.issuing import issue_devices, load_issuing_ca
-from firmware_helpers.pki import CertifiedKey, create_ca, issue_verification_certificate
+from firmware_helpers.pki import CertifiedKey, create_ca
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient, UploadFile
 from simulator.errors import FleetCreateError, FleetError
 from simulator.fleet import FLEET_FILE, Fleet, FleetCA, FleetDevice, MqttEndpoint
@@ -322,15 +322,8 @@ def _ensure_ca(fleet: Fleet, options: CreateOptions, client: PlatformClient | No
     if ca_info.registered or client is None:
         return fleet
     ca = _load_ca(fleet.path(ca_info.cert), fleet.path(ca_info.key))
-    code = _api("reading the registration code", client.registration_code)
-    assert isinstance(code, str)
-    verification = issue_verification_certificate(ca, code)
     try:
-        client.register_ca(
-            ca_info.name,
-            UploadFile("ca.cer", ca.cert_pem()),
-            UploadFile("verificationCert.crt", verification.cert_pem()),
-        )
+        client.register_ca_with_proof(ca_info.name, ca)
     except PlatformAPIError as exc:
         if exc.status != 409 or not _ca_in_account(client, ca_info.ca_sn):
             raise FleetCreateError(f"registering the CA: {_refusal(exc)}", step="ca") from exc

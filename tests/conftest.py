@@ -1,4 +1,17 @@
-"""Shared fixtures: certificates are made at test time, never committed."""
+"""The one fixture set every part's tests share (helpers themselves: tests/common.py).
+
+- ``pki``: the test PKI (session): a CA and device pairs, made at test time, never committed.
+- ``reference_server``: the real server process (``iotx509 server run``: HTTP API and the MQTT
+  mutual-TLS listener) started once per test session on free loopback ports. Tests never use
+  its admin account: they take an account of their own through the two fixtures below, so they
+  stay isolated from each other and pass in any order.
+- ``server``: the shared server seen by a new account (``server.token`` is that account's).
+- ``platform``: a new account on the shared server with an eligible product and a registered CA.
+
+A test that needs a server with special settings (command-line limits, a restart on its data
+directory, a crash, another environment) starts its own with
+:func:`server_stub.launcher.running_server` and says why.
+"""
 
 from __future__ import annotations
 
@@ -7,50 +20,29 @@ from pathlib import Path
 
 import pytest
 
-from firmware_helpers.pki import CertifiedKey, create_ca, generate_rsa_key, issue_device_certificate
+from server_stub.launcher import RunningServer, running_server
+from tests.common import PkiFactory, Platform, account_view, setup_platform
 
-
-class TestPKI:
-    """A tiny trustme-like factory: a CA, and device pairs written as the platform names them."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._key_pool = [generate_rsa_key() for _ in range(2)]
-        self.ca = create_ca("Test Private CA", key=self._key_pool[0])
-
-    def new_ca(self, common_name: str = "Test Private CA") -> CertifiedKey:
-        return create_ca(common_name)
-
-    def device(
-        self, product_key: str, device_name: str, ca: CertifiedKey | None = None, **kwargs: object
-    ) -> CertifiedKey:
-        return issue_device_certificate(
-            ca or self.ca,
-            device_name,
-            product_key=product_key,
-            **kwargs,  # type: ignore[arg-type]
-        )
-
-    def write_device(
-        self,
-        product_key: str,
-        device_name: str,
-        ca: CertifiedKey | None = None,
-        directory: Path | None = None,
-        **kwargs: object,
-    ) -> tuple[Path, Path, CertifiedKey]:
-        from device_sdk.naming import DeviceFileName
-
-        ca = ca or self.ca
-        pair = self.device(product_key, device_name, ca, **kwargs)
-        names = DeviceFileName(product_key, device_name, ca.sn)
-        directory = directory or self.root
-        directory.mkdir(parents=True, exist_ok=True)
-        cert_path, key_path = directory / names.cert_name, directory / names.key_name
-        pair.write(cert_path, key_path)
-        return cert_path, key_path, pair
+#: The old name, for modules not moved to :class:`PkiFactory` yet.
+TestPKI = PkiFactory
 
 
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestPKI]:
-    yield TestPKI(tmp_path_factory.mktemp("pki"))
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiFactory:
+    return PkiFactory(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def reference_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("reference-server") / "data") as server:
+        yield server
+
+
+@pytest.fixture
+def server(reference_server: RunningServer) -> RunningServer:
+    return account_view(reference_server)
+
+
+@pytest.fixture
+def platform(server: RunningServer, tmp_path: Path) -> Platform:
+    return setup_platform(server, tmp_path / "platform")

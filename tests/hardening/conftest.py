@@ -70,14 +70,7 @@ def make_tenant(
     client = PlatformClient(http_url, token)
     product_key = str(client.create_product("hardening")["productKey"])
     ca = ca or pki.create_ca("Hardening CA")
-    verification = pki.issue_verification_certificate(ca, client.registration_code())
-    ca_sn = str(
-        client.register_ca(
-            ca_name,
-            UploadFile("ca.pem", ca.cert_pem()),
-            UploadFile("verification.crt", verification.cert_pem()),
-        )["caSn"]
-    )
+    ca_sn = client.register_ca_with_proof(ca_name, ca).ca_sn
     devices = devices if devices is not None else {"dev-0001": 0x1001, "dev-0002": 0x1002}
     if devices:
         client.associate(ca_sn, UploadFile("devices.csv", csv_for(product_key, devices)))

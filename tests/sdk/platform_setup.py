@@ -4,23 +4,14 @@ a running reference server: product, CA registration with proof of possession, a
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from device_sdk.naming import DeviceFileName
-from firmware_helpers.pki import (
-    CertifiedKey,
-    create_ca,
-    issue_device_certificate,
-    issue_verification_certificate,
-)
+from firmware_helpers.pki import CertifiedKey, create_ca, issue_device_certificate
 from firmware_helpers.platform_client import PlatformClient, UploadFile
 from server_stub.launcher import RunningServer, running_server
-
-#: How long the server may take to trust a newly registered CA (documented: within a second).
-TRUST_PROPAGATION = 1.2
 
 
 @dataclass
@@ -41,16 +32,9 @@ class Platform:
     devices: dict[str, Device] = field(default_factory=dict)
 
     def register_ca(self, ca: CertifiedKey, name: str) -> str:
-        code = self.api.registration_code()
-        verification = issue_verification_certificate(ca, code)
-        result = self.api.register_ca(
-            name,
-            UploadFile("ca.pem", ca.cert_pem()),
-            UploadFile("verification.crt", verification.cert_pem()),
-        )
-        # The MQTT endpoint follows the registry within a second (it polls twice a second).
-        time.sleep(TRUST_PROPAGATION)
-        return str(result["caSn"])
+        # New TLS handshakes take the registry's trust snapshot of the moment they start
+        # (server_stub/mqtt/tls.py), so a device may connect as soon as this call returns.
+        return self.api.register_ca_with_proof(name, ca).ca_sn
 
     def issue(
         self, device_name: str, ca: CertifiedKey | None = None, *, associate: bool = True
