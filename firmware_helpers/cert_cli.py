@@ -22,7 +22,8 @@ MAX_CN_LENGTH = 64
 
 
 def register(tree: CommandTree) -> None:
-    """Add ``ca create``, ``ca verification-cert``, ``certs issue`` and ``certs export``."""
+    """Add ``ca create``, ``ca verification-cert``, ``ca signer``, ``certs issue`` and
+    ``certs export``."""
     ca = tree.group("ca", help="make a private CA and its proof-of-possession certificate")
     certs = tree.group("certs", help="issue device certificates and export them for firmware")
 
@@ -53,6 +54,34 @@ def register(tree: CommandTree) -> None:
     p.add_argument("--days", type=_positive, default=300)
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.set_defaults(handler=cmd_verification_cert)
+
+    p = ca.add_parser(
+        "signer",
+        help="answer the platform's certificate renewal requests with this CA (docs/renewal.md)",
+        description="Run where the CA key lives: poll the platform's HTTP API for renewal "
+        "requests of this CA, check each CSR (possession, RSA >= 2048, exponent 65537, subject "
+        "empty or CN=DeviceName), issue the certificate (SN recorded in the ledger first) and "
+        "post it; refuse the others with the reason. Ctrl-C stops it.",
+    )
+    p.add_argument("--ca", required=True, type=Path, help="the CA certificate")
+    p.add_argument("--ca-key", required=True, type=Path, help="the CA's private key")
+    p.add_argument("--server", default=None, help="the platform's HTTP URL (env IOTX509_SERVER)")
+    p.add_argument("--token", default=None, help="the account's API token (env IOTX509_TOKEN)")
+    p.add_argument(
+        "--once", action="store_true", help="answer what waits now, then exit (scripts, tests)"
+    )
+    p.add_argument(
+        "--days", type=_positive, default=365, help="validity of renewed certificates (default 365)"
+    )
+    p.add_argument(
+        "--ledger",
+        type=Path,
+        default=None,
+        help="the CA's SN ledger (default: sn-ledger.jsonl beside --ca-key)",
+    )
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="also keep each .cer here")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default 5)")
+    p.set_defaults(handler=cmd_ca_signer)
 
     p = certs.add_parser(
         "issue",
@@ -163,6 +192,56 @@ def cmd_ca_create(args: argparse.Namespace) -> int:
     print(f"CA '{cn}' (SN {ca.sn}, RSA-{args.key_size}, {args.days} days)")
     print(f"  certificate: {cert_path}")
     print(f"  private key: {key_path} (0600)")
+    return 0
+
+
+def cmd_ca_signer(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from device_sdk.cli_support import env_default
+    from firmware_helpers.issuing import load_issuing_ca, prepare_output_dir
+    from firmware_helpers.platform_client import PlatformAPIError, PlatformClient
+    from firmware_helpers.signer import RoundReport, Signer, default_ledger
+
+    server = args.server or env_default("IOTX509_SERVER") or "http://127.0.0.1:8080"
+    token = args.token or env_default("IOTX509_TOKEN")
+    if not token:
+        raise PlatformAPIError("no API token: pass --token or set IOTX509_TOKEN")
+    ca = load_issuing_ca(args.ca, args.ca_key)
+    if args.out is not None:
+        prepare_output_dir(args.out)
+    signer = Signer(
+        PlatformClient(server, token),
+        ca,
+        ledger_path=args.ledger or default_ledger(args.ca_key),
+        days=args.days,
+        out_dir=args.out,
+    )
+    signer.check_registered()
+
+    def show(report: RoundReport) -> None:
+        for a in report.answers:
+            detail = f"SN {a.cert_sn}" if a.status == "issued" else a.reason
+            print(f"{a.status:<8} {a.product_key}/{a.device_name} {a.request_id}  {detail}")
+        sys.stdout.flush()
+
+    if args.once:
+        report = signer.run_once()
+        show(report)
+        print(
+            f"issued {report.count('issued')}, refused {report.count('refused')}, "
+            f"skipped {report.count('skipped')}",
+            file=sys.stderr,
+        )
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"signer for CA {ca.sn} polling {server} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        signer.serve(stop, interval=args.interval, on_round=show)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
