@@ -286,6 +286,19 @@ def _register_platform(tree: CommandTree) -> None:
         parser.add_argument("product_key")
         parser.add_argument("device_name")
 
+    certs = group.add_parser("certs", help="device certificates as the platform saw them")
+    certs.set_defaults(handler=lambda _a: (certs.print_help(), 2)[1])
+    certs_sub = certs.add_subparsers(dest="certs_command", metavar="COMMAND")
+    expiring = add(
+        certs_sub,
+        "expiring",
+        "list devices whose current certificate expires within --days days, soonest first "
+        "(notAfter as seen at the device's last connection or renewal)",
+        _certs_expiring,
+    )
+    expiring.add_argument("--days", type=float, required=True, help="within this many days")
+    expiring.add_argument("--limit", type=int, default=1000, help="at most this many (1000)")
+
     message = group.add_parser("message", help="cloud-to-device messages and what devices sent")
     message.set_defaults(handler=lambda _a: (message.print_help(), 2)[1])
     message_sub = message.add_subparsers(dest="message_command", metavar="COMMAND")
@@ -471,6 +484,16 @@ def _device_disable(args: argparse.Namespace) -> int:
 def _device_enable(args: argparse.Namespace) -> int:
     d = _client(args).set_device_status(args.product_key, args.device_name, "enabled")
     return _print(args, d, _device_text(d))
+
+
+def _certs_expiring(args: argparse.Namespace) -> int:
+    rows = _client(args).expiring_devices(args.days, args.limit)
+    text = "\n".join(
+        f"{r['notAfter']}  {r['daysLeft']:>8.1f} days  {r['productKey']}/{r['deviceName']}  "
+        f"cert SN {r['certSn']}  CA {r['caSn']}"
+        for r in rows
+    )
+    return _print(args, rows, text or f"no device certificate expires within {args.days:g} days")
 
 
 def _message_send(args: argparse.Namespace) -> int:
