@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from device_sdk.naming import validate_product_key
 from firmware_helpers.association_csv import MAX_ROWS_PER_FILE, Association, render
 from firmware_helpers.pki import CertifiedKey, issue_verification_certificate
 from server_stub.registry import Registry
+from server_stub.registry.products import validate_product_settings
 from server_stub.store import SqliteStore
 from server_stub.store.base import AccountRecord, ProductRecord
 
@@ -30,13 +32,35 @@ class Tenant:
     """One account of a :class:`RealRegistry`, with one product eligible for private-CA devices."""
 
     def __init__(
-        self, registry: Registry, name: str, proof_key: rsa.RSAPrivateKey | None = None
+        self,
+        registry: Registry,
+        name: str,
+        proof_key: rsa.RSAPrivateKey | None = None,
+        product_key: str | None = None,
     ) -> None:
         self.registry = registry
         self.account: AccountRecord
         self.account, self.token = registry.create_account(name)
-        self.product: ProductRecord = registry.create_product(self.account, name=f"{name} devices")
         self._proof_key = proof_key
+        self.product: ProductRecord = (
+            registry.create_product(self.account, name=f"{name} devices")
+            if product_key is None
+            else self._product_with_key(product_key, f"{name} devices")
+        )
+
+    def _product_with_key(self, product_key: str, name: str) -> ProductRecord:
+        """An eligible product with a chosen ProductKey (the registry draws one at random), so
+        tests can spell topics and identities as constants. Same settings check and row as
+        :meth:`Registry.create_product`; only the key is not drawn."""
+        clean = validate_product_settings(name, "x509", True, "mqtt")
+        validate_product_key(product_key)
+        store = self.registry.store
+        with store.atomic():
+            if store.product_key_exists(product_key):
+                raise ValueError(f"ProductKey {product_key} exists already in this registry")
+            return store.insert_product(
+                self.account.id, product_key, clean, "x509", True, "mqtt", time.time()
+            )
 
     @property
     def product_key(self) -> str:
@@ -116,8 +140,9 @@ class RealRegistry:
         self.registry = Registry(self.store, clock=clock)
         self._proof_key = proof_key
 
-    def tenant(self, name: str) -> Tenant:
-        return Tenant(self.registry, name, self._proof_key)
+    def tenant(self, name: str, product_key: str | None = None) -> Tenant:
+        """A new account with one eligible product (``product_key``: chosen, else drawn)."""
+        return Tenant(self.registry, name, self._proof_key, product_key)
 
     def close(self) -> None:
         self.store.close()
@@ -127,16 +152,3 @@ class RealRegistry:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def registered_fleet(
-    directory: Path, ca: CertifiedKey, devices: Mapping[str, str] | Iterable[tuple[str, str]]
-) -> tuple[Path, str]:
-    """A registry file with one account whose CA ``ca`` has ``devices`` ({SN: name}) associated.
-
-    For a process that serves it (``Registry(SqliteStore(path))``); returns (path, ProductKey).
-    """
-    with RealRegistry(directory) as real:
-        tenant = real.tenant("fleet")
-        tenant.associate(tenant.register_ca(ca), dict(devices))
-        return real.path, tenant.product_key

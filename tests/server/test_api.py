@@ -14,8 +14,8 @@ from firmware_helpers.pki import CertifiedKey, create_ca, issue_verification_cer
 from server_stub.api import create_app
 from server_stub.registry import Registry
 from server_stub.store import SqliteStore
-from server_stub.testing import InMemoryMessaging
 from tests.server.conftest import csv_bytes
+from tests.server.doubles import InMemoryMessaging
 
 
 class Api:

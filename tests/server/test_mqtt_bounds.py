@@ -19,14 +19,13 @@ from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
 from server_stub.mqtt.broker import Broker
 from server_stub.ports import AuthRefused
-from tests.server.mqtt_fakes import (
+from tests.server.mqtt_harness import (
     PK,
     Device,
-    FakeDirectory,
+    EndpointRegistry,
     RawClient,
     ServerThread,
     World,
-    registered,
     wait_for,
 )
 
@@ -51,16 +50,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 
 class Env:
-    def __init__(self, world: World, server: ServerThread) -> None:
+    def __init__(self, world: World, server: ServerThread, directory: EndpointRegistry) -> None:
         self.world = world
         self.server = server
-        self.directory: FakeDirectory = server.directory
+        self.directory = directory
         svc = server.service
         assert svc is not None
         self.broker: Broker = svc.broker
 
     def device(self, name: str) -> Device:
-        return registered(self.world, self.directory, name)
+        return self.directory.device(name)
 
     def online(self, dev: Device, client_id: str = "raw|securemode=2|") -> RawClient:
         client = RawClient(self.server.port, self.world.server_ca_file, dev.cert, dev.key)
@@ -73,10 +72,10 @@ class Env:
 
 
 def _env(world: World, limits: MqttLimits) -> Iterator[Env]:
-    directory = FakeDirectory()
-    directory.add_ca(world.ca.certificate)
-    with ServerThread(directory, world.server, limits) as server:
-        yield Env(world, server)
+    directory = EndpointRegistry(world, [world.ca])
+    with ServerThread(directory.registry, world.server, limits) as server:
+        yield Env(world, server, directory)
+    directory.close()
 
 
 @pytest.fixture
@@ -119,7 +118,8 @@ def test_many_short_filters_stop_at_the_session_limit(
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
     good = env.online(env.device("bystander"))
-    bad = env.online(env.device("attacker"))
+    attacker = env.device("attacker")
+    bad = env.online(attacker)
     batch = 10_000
     granted = 0
     for n in range(12):  # 120,000 filters, as in the review
@@ -132,8 +132,8 @@ def test_many_short_filters_stop_at_the_session_limit(
     assert env.server.call(len, env.broker.router) == LIMITS.max_filters_per_session
     assert len(_lines(caplog, "max_filters_per_session 50")) == 12
     _still_fine(good)
-    # the granted filters work
-    pub = env.online(env.device("attacker"), "second|securemode=2|")  # replaces the session
+    # the same device connecting again replaces the session
+    pub = env.online(attacker, "second|securemode=2|")
     assert bad.closed_by_server()
     assert env.server.call(len, env.broker.router) == 0  # freed with the session
     pub.close()
@@ -259,7 +259,7 @@ def test_device_gets_in_while_the_pending_budget_is_full_of_idle_sockets(
 def test_registry_change_during_the_lookup_is_not_missed(env: Env) -> None:
     """CONNECT's registry lookup runs off the loop; a change meanwhile must still count."""
     dev = env.device("racer")
-    directory = env.directory
+    directory = env.directory.registry
     real = directory.authenticate
     started, go = threading.Event(), threading.Event()
 
@@ -275,7 +275,7 @@ def test_registry_change_during_the_lookup_is_not_missed(env: Env) -> None:
         client.send(codec.Connect("racer|securemode=2|", 60))
         assert started.wait(10)
         assert not isinstance(real(dev.pair.certificate), AuthRefused)  # the answer: accepted
-        env.server.call(directory.set_device_enabled, PK, "racer", False)
+        env.server.call(env.directory.set_device_enabled, "racer", False)
         go.set()
         assert client.read() == codec.Connack(codec.CONNACK_NOT_AUTHORIZED)
     finally:

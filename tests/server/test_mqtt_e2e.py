@@ -24,7 +24,7 @@ from firmware_helpers.pki import (
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient, UploadFile
 from server_stub.launcher import RunningServer, running_server
 from server_stub.mqtt import codec
-from tests.server.mqtt_fakes import Paho, RawClient, wait_for
+from tests.server.mqtt_harness import Paho, RawClient, wait_for
 
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 

@@ -1,7 +1,8 @@
 """The MQTT endpoint with real clients on loopback: paho-mqtt 2.x, mosquitto_pub/_sub, raw TLS.
 
-The registry is the in-memory :class:`FakeDirectory` (it implements the DeviceDirectory
-contract); end-to-end tests through ``iotx509 server run`` live in test_mqtt_e2e.py.
+The registry is the real one on a temporary SQLite file (CAs registered with their proof of
+possession, devices associated by CSV: :class:`EndpointRegistry`); end-to-end tests through
+``iotx509 server run`` live in test_mqtt_e2e.py.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import logging
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -25,17 +25,16 @@ from firmware_helpers.pki import (
     random_serial,
 )
 from server_stub.mqtt import codec
-from tests.server.mqtt_fakes import (
+from tests.server.mqtt_harness import (
     MOSQUITTO_PUB,
     MOSQUITTO_SUB,
     PK,
     Device,
-    FakeDirectory,
+    EndpointRegistry,
     Paho,
     RawClient,
     ServerThread,
     World,
-    registered,
     wait_for,
 )
 
@@ -46,15 +45,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 
 @pytest.fixture
-def directory(world: World) -> FakeDirectory:
-    d = FakeDirectory()
-    d.add_ca(world.ca.certificate)
-    return d
+def directory(world: World) -> Iterator[EndpointRegistry]:
+    d = EndpointRegistry(world, [world.ca])
+    yield d
+    d.close()
 
 
 @pytest.fixture
-def server(world: World, directory: FakeDirectory) -> Iterator[ServerThread]:
-    with ServerThread(directory, world.server) as st:
+def server(world: World, directory: EndpointRegistry) -> Iterator[ServerThread]:
+    with ServerThread(directory.registry, world.server) as st:
         yield st
 
 
@@ -62,9 +61,9 @@ def server(world: World, directory: FakeDirectory) -> Iterator[ServerThread]:
 
 
 def test_paho_first_connection_receives_its_identity(
-    world: World, directory: FakeDirectory, server: ServerThread
+    world: World, directory: EndpointRegistry, server: ServerThread
 ) -> None:
-    dev = registered(world, directory, "paho-first")
+    dev = directory.device("paho-first")
     client = Paho(server.port, world, dev).start()
     try:
         assert client.connected.wait(5)
@@ -78,9 +77,9 @@ def test_paho_first_connection_receives_its_identity(
 
 
 def test_paho_with_username_routes_messages_both_ways(
-    world: World, directory: FakeDirectory, server: ServerThread
+    world: World, directory: EndpointRegistry, server: ServerThread
 ) -> None:
-    dev = registered(world, directory, "paho-user")
+    dev = directory.device("paho-user")
     client = Paho(server.port, world, dev, username=f"paho-user&{PK}").start()
     svc = server.service
     assert svc is not None
@@ -102,9 +101,9 @@ def test_paho_with_username_routes_messages_both_ways(
 
 
 def test_mosquitto_sub_and_pub_clients(
-    world: World, directory: FakeDirectory, server: ServerThread
+    world: World, directory: EndpointRegistry, server: ServerThread
 ) -> None:
-    dev = registered(world, directory, "mosq-dev")
+    dev = directory.device("mosq-dev")
     common = [
         "-h",
         "127.0.0.1",
@@ -246,15 +245,15 @@ def test_paho_sees_not_authorised(world: World, server: ServerThread) -> None:
 
 def test_disabled_device_is_refused_and_its_session_closed(
     world: World,
-    directory: FakeDirectory,
+    directory: EndpointRegistry,
     server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
-    dev = registered(world, directory, "to-disable")
+    dev = directory.device("to-disable")
     live = RawClient(server.port, world.server_ca_file, dev.cert, dev.key)
     assert live.connect().return_code == 0
-    directory.set_device_enabled(PK, "to-disable", False)
+    directory.set_device_enabled("to-disable", False)
     server.refresh()
     assert live.closed_by_server()
     assert "no longer accepts" in caplog.text
@@ -264,7 +263,7 @@ def test_disabled_device_is_refused_and_its_session_closed(
 
 def test_non_rsa_device_certificate_is_refused(
     world: World,
-    directory: FakeDirectory,
+    directory: EndpointRegistry,
     server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -281,7 +280,7 @@ def test_non_rsa_device_certificate_is_refused(
         .not_valid_after(now + timedelta(days=1))
         .sign(world.ca.key, hashes.SHA256())
     )
-    directory.associate(world.ca.certificate, cert, PK, "ec-dev")
+    directory.associate(world.ca, cert, "ec-dev")
     cert_path, key_path = world.root / "ec.cer", world.root / "ec.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -308,7 +307,8 @@ def test_unregistered_ca_fails_the_handshake(
         client = RawClient(server.port, world.server_ca_file, dev.cert, dev.key)
         client.connect()
     line = _refused_line(caplog, "TLS handshake refused")
-    assert "no registered CA key verifies" in line and "issuer CN=Stranger CA" in line
+    assert "no registered CA has the subject 'CN=Stranger CA'" in line
+    assert "issuer CN=Stranger CA" in line
 
 
 def test_client_without_certificate_fails_the_handshake(
@@ -322,50 +322,43 @@ def test_client_without_certificate_fails_the_handshake(
 
 
 def test_disabled_ca_is_refused_by_new_handshakes_and_its_sessions_closed(
-    world: World, directory: FakeDirectory, server: ServerThread
+    world: World, directory: EndpointRegistry, server: ServerThread
 ) -> None:
     ca = create_ca("Disable Me CA")
-    directory.add_ca(ca.certificate)
+    directory.add_ca(ca)
     server.refresh()
-    dev = registered(world, directory, "ca-off", ca)
+    dev = directory.device("ca-off", ca)
     live = Paho(server.port, world, dev).start()
     try:
         assert live.connected.wait(5) and live.reason is not None and live.reason.value == 0
-        directory.set_ca_active(ca.certificate, False)
+        directory.set_ca_active(ca, False)
         # the service's own 0.25 s poll notices: no explicit refresh here
         assert live.disconnected.wait(3)
     finally:
         live.client.loop_stop()
     with pytest.raises((ssl.SSLError, ConnectionError)):
         RawClient(server.port, world.server_ca_file, dev.cert, dev.key).connect()
-    directory.set_ca_active(ca.certificate, True)
-    time.sleep(0.6)  # re-enabled: accepted again within a second, without a restart
+    directory.set_ca_active(ca, True)
+    # re-enabled: the next handshake takes the registry's current trust index (no restart, no wait)
     assert _connack_code(server, world, dev) == 0
 
 
 def test_ca_registered_after_start_is_trusted_without_restart(
-    world: World, directory: FakeDirectory, server: ServerThread
+    world: World, directory: EndpointRegistry, server: ServerThread
 ) -> None:
     ca = create_ca("Late CA")
     dev = world.device("late-dev", ca)
     with pytest.raises((ssl.SSLError, ConnectionError)):
         RawClient(server.port, world.server_ca_file, dev.cert, dev.key).connect()
-    directory.add_ca(ca.certificate)
-    directory.associate(ca.certificate, dev.pair.certificate, PK, "late-dev")
-    assert wait_for(
-        lambda: (
-            server.call(lambda: server.service.broker.context)  # type: ignore[union-attr]
-            is not None
-        ),
-        1,
-    )
-    time.sleep(0.6)
+    directory.add_ca(ca)
+    directory.associate(ca, dev.pair.certificate, "late-dev")
+    # the next handshake takes the registry's current trust index: no restart, no wait
     assert _connack_code(server, world, dev) == 0
 
 
 def test_no_active_ca_fails_every_handshake_cleanly(world: World) -> None:
-    empty = FakeDirectory()
-    with ServerThread(empty, world.server) as st:
+    empty = EndpointRegistry(world)
+    with ServerThread(empty.registry, world.server) as st:
         dev = world.device("nobody")
         with pytest.raises((ssl.SSLError, ConnectionError)):
             RawClient(st.port, world.server_ca_file, dev.cert, dev.key).connect()
@@ -376,13 +369,13 @@ def test_no_active_ca_fails_every_handshake_cleanly(world: World) -> None:
 
 def test_wrong_username_is_refused(
     world: World,
-    directory: FakeDirectory,
+    directory: EndpointRegistry,
     server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
-    dev = registered(world, directory, "user-dev")
-    registered(world, directory, "other-dev")
+    dev = directory.device("user-dev")
+    directory.device("other-dev")
     assert _connack_code(server, world, dev, username=f"other-dev&{PK}") == 5
     assert "names another device" in _refused_line(caplog, "CONNACK 5")
     assert _connack_code(server, world, dev, username="no-ampersand") == 5
@@ -391,35 +384,35 @@ def test_wrong_username_is_refused(
 
 @pytest.mark.parametrize(("keep_alive", "code"), [(0, 2), (29, 2), (30, 0), (1200, 0), (1201, 2)])
 def test_keep_alive_range(
-    world: World, directory: FakeDirectory, server: ServerThread, keep_alive: int, code: int
+    world: World, directory: EndpointRegistry, server: ServerThread, keep_alive: int, code: int
 ) -> None:
-    dev = registered(world, directory, f"ka-{keep_alive}")
+    dev = directory.device(f"ka-{keep_alive}")
     assert _connack_code(server, world, dev, keep_alive=keep_alive) == code
 
 
 @pytest.mark.parametrize("client_id", ["id|securemode=3|", "id|securemode=2", "id|x|"])
 def test_client_id_parameters(
-    world: World, directory: FakeDirectory, server: ServerThread, client_id: str
+    world: World, directory: EndpointRegistry, server: ServerThread, client_id: str
 ) -> None:
-    dev = registered(world, directory, "cid-dev")
+    dev = directory.device("cid-dev")
     assert _connack_code(server, world, dev, client_id=client_id) == 2
 
 
 def test_plain_client_id_without_parameters_is_accepted(
-    world: World, directory: FakeDirectory, server: ServerThread
+    world: World, directory: EndpointRegistry, server: ServerThread
 ) -> None:
-    dev = registered(world, directory, "plain-id")
+    dev = directory.device("plain-id")
     assert _connack_code(server, world, dev, client_id="AA:BB:CC:DD") == 0
 
 
 def test_second_connection_of_a_device_replaces_the_first(
     world: World,
-    directory: FakeDirectory,
+    directory: EndpointRegistry,
     server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
-    dev = registered(world, directory, "dup-dev")
+    dev = directory.device("dup-dev")
     first = Paho(server.port, world, dev, client_id="one|securemode=2|").start()
     try:
         assert first.connected.wait(5)
@@ -438,13 +431,13 @@ def test_second_connection_of_a_device_replaces_the_first(
 
 def test_forbidden_topics(
     world: World,
-    directory: FakeDirectory,
+    directory: EndpointRegistry,
     server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
-    dev = registered(world, directory, "topic-dev")
-    registered(world, directory, "victim")
+    dev = directory.device("topic-dev")
+    directory.device("victim")
     client = RawClient(server.port, world.server_ca_file, dev.cert, dev.key)
     try:
         assert client.connect().return_code == 0
@@ -482,27 +475,27 @@ def test_forbidden_topics(
 def test_look_alike_ca_device_registered_only_with_the_other_is_refused(
     world: World,
     server: ServerThread,
-    directory: FakeDirectory,
+    directory: EndpointRegistry,
 ) -> None:
     """A device of `twin` claims an association under `ca` (same subject): never accepted."""
     dev = world.device("twin-dev", world.twin)
-    directory.associate(world.ca.certificate, dev.pair.certificate, PK, "twin-dev")
+    directory.associate(world.ca, dev.pair.certificate, "twin-dev")
     with pytest.raises((ssl.SSLError, ConnectionError)):
         RawClient(server.port, world.server_ca_file, dev.cert, dev.key).connect()
 
 
 def test_look_alike_registered_too_refuses_by_key_not_name(
     world: World,
-    directory: FakeDirectory,
+    directory: EndpointRegistry,
     server: ServerThread,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Both same-subject CAs registered; the device's SN is associated only under the other."""
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
-    directory.add_ca(world.twin.certificate)
+    directory.add_ca(world.twin)
     server.refresh()
     dev = world.device("twin-dev2", world.twin)
-    directory.associate(world.ca.certificate, dev.pair.certificate, PK, "twin-dev2")
+    directory.associate(world.ca, dev.pair.certificate, "twin-dev2")
     assert _connack_code(server, world, dev) == codec.CONNACK_NOT_AUTHORIZED
     line = _refused_line(caplog, "CONNACK 5")
     assert "not associated" in line
@@ -514,12 +507,11 @@ def test_device_of_a_ca_whose_look_alike_is_registered_still_works(
 ) -> None:
     """OpenSSL picks the issuer by subject + authority key identifier (our certificates carry
     one), so the right CA verifies whichever order the trust store holds them in."""
-    directory = FakeDirectory()
-    for ca in [world.ca, world.twin] if order == "registered-first" else [world.twin, world.ca]:
-        directory.add_ca(ca.certificate)
-    mine = registered(world, directory, f"mine-{order}", world.ca)
-    theirs = registered(world, directory, f"theirs-{order}", world.twin)
-    with ServerThread(directory, world.server) as server:
+    cas = [world.ca, world.twin] if order == "registered-first" else [world.twin, world.ca]
+    directory = EndpointRegistry(world, cas)
+    mine = directory.device(f"mine-{order}", world.ca)
+    theirs = directory.device(f"theirs-{order}", world.twin)
+    with ServerThread(directory.registry, world.server) as server:
         assert _connack_code(server, world, mine) == 0
         assert _connack_code(server, world, theirs) == 0
 
@@ -549,15 +541,13 @@ def test_look_alike_without_authority_key_id_locks_nobody_out(
     CA first switched the other's devices off. The issuer is now attributed by key in the verify
     callback: both CAs' devices connect, each as itself, whichever CA came first."""
     caplog.set_level(logging.INFO, "server_stub.mqtt")
-    directory = FakeDirectory()
     cas = [world.ca, world.twin] if order == "registered-first" else [world.twin, world.ca]
-    for ca in cas:
-        directory.add_ca(ca.certificate)
+    directory = EndpointRegistry(world, cas)
     first = _leaf_without_akid(world, world.ca, f"noakid-a-{order}")
     second = _leaf_without_akid(world, world.twin, f"noakid-b-{order}")
-    directory.associate(world.ca.certificate, first.pair.certificate, PK, f"noakid-a-{order}")
-    directory.associate(world.twin.certificate, second.pair.certificate, PK, f"noakid-b-{order}")
-    with ServerThread(directory, world.server) as server:
+    directory.associate(world.ca, first.pair.certificate, f"noakid-a-{order}")
+    directory.associate(world.twin, second.pair.certificate, f"noakid-b-{order}")
+    with ServerThread(directory.registry, world.server) as server:
         assert _connack_code(server, world, first) == 0
         assert _connack_code(server, world, second) == 0
     assert f"noakid-a-{order}&{PK} connected" in caplog.text

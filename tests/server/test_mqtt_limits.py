@@ -16,14 +16,13 @@ import pytest
 
 from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
-from tests.server.mqtt_fakes import (
+from tests.server.mqtt_harness import (
     PK,
     Device,
-    FakeDirectory,
+    EndpointRegistry,
     RawClient,
     ServerThread,
     World,
-    registered,
     wait_for,
 )
 
@@ -39,12 +38,17 @@ LIMITS = MqttLimits(
 
 
 @pytest.fixture
-def env(world: World) -> Iterator[tuple[ServerThread, Device, Device]]:
-    directory = FakeDirectory()
-    directory.add_ca(world.ca.certificate)
-    bystander = registered(world, directory, "bystander")
-    attacker = registered(world, directory, "attacker")
-    with ServerThread(directory, world.server, LIMITS) as server:
+def directory(world: World) -> Iterator[EndpointRegistry]:
+    d = EndpointRegistry(world, [world.ca])
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def env(world: World, directory: EndpointRegistry) -> Iterator[tuple[ServerThread, Device, Device]]:
+    bystander = directory.device("bystander")
+    attacker = directory.device("attacker")
+    with ServerThread(directory.registry, world.server, LIMITS) as server:
         yield server, bystander, attacker
 
 
@@ -186,12 +190,12 @@ def test_keep_alive_timeout_is_one_and_a_half_times_keep_alive(
 
 
 def test_will_is_published_when_a_session_dies_without_disconnect(
-    world: World, env: tuple[ServerThread, Device, Device]
+    world: World, directory: EndpointRegistry, env: tuple[ServerThread, Device, Device]
 ) -> None:
     server, _b, _a = env
     svc = server.service
     assert svc is not None
-    dev = registered(world, server.directory, "mortal")
+    dev = directory.device("mortal")
     for polite in (True, False):
         client = RawClient(server.port, world.server_ca_file, dev.cert, dev.key)
         client.send(

@@ -47,48 +47,32 @@ from firmware_helpers.pki import (
 )
 from server_stub.errors import CaCertificateRejectedError, DuplicateCaError
 from server_stub.mqtt import codec
-from server_stub.registry import Registry
-from server_stub.store import SqliteStore
-from server_stub.store.base import AccountRecord, ProductRecord
-from tests.server.conftest import csv_bytes, openssl, register
-from tests.server.mqtt_fakes import Device, Paho, RawClient, ServerThread, wait_for
+from testkit.registry import RealRegistry, Tenant
+from tests.server.conftest import openssl
+from tests.server.mqtt_harness import Device, Paho, RawClient, ServerThread, wait_for
 
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 README_CA_NAME = "My Device CA"
 
 
-class Tenant:
-    def __init__(self, registry: Registry, name: str) -> None:
-        self.registry = registry
-        self.account: AccountRecord = registry.create_account(name)[0]
-        self.product: ProductRecord = registry.create_product(self.account, name=f"{name}-prod")
-
-    @property
-    def pk(self) -> str:
-        return self.product.product_key
-
-    def register(self, ca: CertifiedKey, name: str) -> str:
-        return register(self.registry, self.account, ca, name=name).ca_sn
-
-    def associate(self, ca_sn: str, device_name: str, cert_sn: str) -> None:
-        self.registry.associate(self.account, ca_sn, csv_bytes([(self.pk, device_name, cert_sn)]))
-
-
 class Env:
+    """The real registry (testkit's :class:`RealRegistry`) and the endpoint serving it."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.store = SqliteStore(root / "registry.sqlite3")
-        self.registry = Registry(self.store)
+        self.real = RealRegistry(root / "registry")
+        self.store = self.real.store
+        self.registry = self.real.registry
         server_ca = create_ca("Isolation test server CA")
         self.server_ca_file = root / "server-ca.pem"
         self.server_ca_file.write_bytes(server_ca.cert_pem())
-        self.server = ServerThread(self.registry, issue_server_certificate(server_ca))  # type: ignore[arg-type]
+        self.server = ServerThread(self.registry, issue_server_certificate(server_ca))
         self.key = generate_rsa_key()  # device key shared by the test devices (auth is by SN)
         self._count = 0
 
     def tenant(self, label: str) -> Tenant:
         self._count += 1
-        return Tenant(self.registry, f"{label}{self._count}")
+        return self.real.tenant(f"{label}{self._count}")
 
     def device(self, name: str, pair: CertifiedKey) -> Device:
         cert, key = self.root / f"{name}.cer", self.root / f"{name}.key"
@@ -126,7 +110,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     e = Env(tmp_path_factory.mktemp("isolation"))
     with e.server:
         yield e
-    e.store.close()
+    e.real.close()
 
 
 def ca_without_ski(common_name: str, key: rsa.RSAPrivateKey | None = None) -> CertifiedKey:
@@ -178,26 +162,26 @@ def test_look_alike_ca_of_another_account_changes_nothing(env: Env, order: str) 
     a, b = env.tenant("a"), env.tenant("b")
     a_ca, b_ca = create_ca(README_CA_NAME), ca_without_ski(README_CA_NAME)
     if order == "lookalike-first":
-        b_sn = b.register(b_ca, "b_ca")
-        a_sn = a.register(a_ca, "a_ca")
+        b_sn = b.register_ca(b_ca, "b_ca")
+        a_sn = a.register_ca(a_ca, "a_ca")
     else:
-        a_sn = a.register(a_ca, "a_ca")
-        b_sn = b.register(b_ca, "b_ca")
+        a_sn = a.register_ca(a_ca, "a_ca")
+        b_sn = b.register_ca(b_ca, "b_ca")
     victim = env.device(
         f"victim-{order}",
-        issue_device_certificate(a_ca, f"victim-{order}", product_key=a.pk, key=env.key),
+        issue_device_certificate(a_ca, f"victim-{order}", product_key=a.product_key, key=env.key),
     )
-    a.associate(a_sn, victim.name, victim.pair.sn)
-    b.associate(b_sn, f"thief-{order}", victim.pair.sn)  # B claims the victim's SN
+    a.associate(a_sn, {victim.pair.sn: victim.name})
+    b.associate(b_sn, {victim.pair.sn: f"thief-{order}"})  # B claims the victim's SN
     own = env.device(
         f"b-own-{order}",
-        issue_device_certificate(b_ca, f"b-own-{order}", product_key=b.pk, key=env.key),
+        issue_device_certificate(b_ca, f"b-own-{order}", product_key=b.product_key, key=env.key),
     )
-    b.associate(b_sn, own.name, own.pair.sn)
+    b.associate(b_sn, {own.pair.sn: own.name})
 
-    expected = {"productKey": a.pk, "deviceName": victim.name}
+    expected = {"productKey": a.product_key, "deviceName": victim.name}
     assert env.identity(victim) == expected
-    assert env.identity(own) == {"productKey": b.pk, "deviceName": own.name}
+    assert env.identity(own) == {"productKey": b.product_key, "deviceName": own.name}
     env.registry.set_ca_status(b.account, b_sn, "inactive")
     assert env.identity(victim) == expected
     env.registry.set_ca_status(b.account, b_sn, "active")
@@ -252,21 +236,22 @@ def test_certificate_verifying_under_two_registered_keys_is_refused_and_logged(
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
     a, b = env.tenant("a"), env.tenant("b")
     a_ca = create_ca("Shared Key CA")
-    a_sn = a.register(a_ca, "a_ca")
+    a_sn = a.register_ca(a_ca, "a_ca")
     dev = env.device(
-        "ambiguous", issue_device_certificate(a_ca, "ambiguous", product_key=a.pk, key=env.key)
+        "ambiguous",
+        issue_device_certificate(a_ca, "ambiguous", product_key=a.product_key, key=env.key),
     )
-    a.associate(a_sn, dev.name, dev.pair.sn)
-    assert env.identity(dev) == {"productKey": a.pk, "deviceName": dev.name}
+    a.associate(a_sn, {dev.pair.sn: dev.name})
+    assert env.identity(dev) == {"productKey": a.product_key, "deviceName": dev.name}
 
     # The same key in another CA certificate: the registration rule refuses it ...
     twin = create_ca("Shared Key CA", key=a_ca.key)
     with pytest.raises(DuplicateCaError, match="public key is already registered;") as refused:
-        b.register(twin, "b_twin")
+        b.register_ca(twin, "b_twin")
     assert a.account.name not in str(refused.value) and "a_ca" not in str(refused.value)
     # ... so it is written into the store directly: the device is now ambiguous.
     b_sn = _insert_ca_bypassing_rules(env, b, twin, "b_twin")
-    b.associate(b_sn, "thief", dev.pair.sn)
+    b.associate(b_sn, {dev.pair.sn: "thief"})
     assert env.connack(dev) is None
     lines = _refused(caplog, "verifies under 2 registered CA keys: refused")
     assert lines and f"cert SN {dev.pair.sn}" in lines[-1]
@@ -277,7 +262,7 @@ def test_certificate_verifying_under_two_registered_keys_is_refused_and_logged(
     env.registry.set_ca_status(b.account, b_sn, "inactive")
     assert env.connack(dev) is None
     env.registry.delete_ca(b.account, b_sn)
-    assert env.identity(dev) == {"productKey": a.pk, "deviceName": dev.name}
+    assert env.identity(dev) == {"productKey": a.product_key, "deviceName": dev.name}
 
 
 # --- what a device certificate may be ---------------------------------------------------------
@@ -289,7 +274,7 @@ def test_device_certificate_that_is_a_ca_is_refused(
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
     a = env.tenant("a")
     a_ca = create_ca("Leaf CA Test CA")
-    a_sn = a.register(a_ca, "a_ca")
+    a_sn = a.register_ca(a_ca, "a_ca")
     now = datetime.now(UTC)
     leaf = (
         x509.CertificateBuilder()
@@ -303,7 +288,7 @@ def test_device_certificate_that_is_a_ca_is_refused(
         .sign(a_ca.key, hashes.SHA256())
     )
     dev = env.device("ca-leaf", CertifiedKey(leaf, env.key))
-    a.associate(a_sn, dev.name, dev.pair.sn)
+    a.associate(a_sn, {dev.pair.sn: dev.name})
     assert env.connack(dev) is None
     assert _refused(caplog, "is a CA certificate (basicConstraints CA:TRUE)")
 
@@ -315,7 +300,7 @@ def test_version_1_device_certificate_from_openssl_x509_req_is_accepted(
     version-1 certificate with no extensions; mosquitto_sub receives its identity."""
     a = env.tenant("a")
     a_ca = create_ca("V1 Test CA")
-    a_sn = a.register(a_ca, "a_ca")
+    a_sn = a.register_ca(a_ca, "a_ca")
     a_ca.write(tmp_path / "ca.cer", tmp_path / "ca.key")
     openssl("genrsa", "-out", "v1.key", "2048", cwd=tmp_path)
     openssl(
@@ -341,7 +326,7 @@ def test_version_1_device_certificate_from_openssl_x509_req_is_accepted(
     )
     cert = x509.load_pem_x509_certificate((tmp_path / "v1.cer").read_bytes())
     assert cert.version is x509.Version.v1 and len(cert.extensions) == 0
-    a.associate(a_sn, "v1-device", "5eed01")
+    a.associate(a_sn, {"5eed01": "v1-device"})
     result = subprocess.run(
         [
             MOSQUITTO_SUB,
@@ -373,7 +358,7 @@ def test_version_1_device_certificate_from_openssl_x509_req_is_accepted(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
-        f'{IDENTITY_TOPIC} {{"productKey":"{a.pk}","deviceName":"v1-device"}}'
+        f'{IDENTITY_TOPIC} {{"productKey":"{a.product_key}","deviceName":"v1-device"}}'
     )
 
 
@@ -383,7 +368,7 @@ def test_device_certificate_with_a_negative_serial_is_refused_cleanly(
     caplog.set_level(logging.INFO)
     a = env.tenant("a")
     a_ca = create_ca("Negative SN Test CA")
-    a.register(a_ca, "a_ca")
+    a.register_ca(a_ca, "a_ca")
     a_ca.write(tmp_path / "ca.cer", tmp_path / "ca.key")
     openssl("genrsa", "-out", "neg.key", "2048", cwd=tmp_path)
     openssl("req", "-new", "-key", "neg.key", "-out", "neg.csr", "-subj", "/CN=neg", cwd=tmp_path)
@@ -417,11 +402,11 @@ def test_device_of_a_disabled_ca_is_refused_at_the_handshake(env: Env) -> None:
     """Attributed (by key) to its own CA, which its account disabled: refused."""
     a = env.tenant("a")
     a_ca = create_ca("Never Connack CA")
-    a_sn = a.register(a_ca, "a_ca")
+    a_sn = a.register_ca(a_ca, "a_ca")
     dev = env.device(
-        "never", issue_device_certificate(a_ca, "never", product_key=a.pk, key=env.key)
+        "never", issue_device_certificate(a_ca, "never", product_key=a.product_key, key=env.key)
     )
-    a.associate(a_sn, dev.name, dev.pair.sn)
+    a.associate(a_sn, {dev.pair.sn: dev.name})
     assert env.connack(dev) == codec.CONNACK_ACCEPTED
     env.registry.set_ca_status(a.account, a_sn, "inactive")
     assert env.connack(dev) is None
@@ -456,21 +441,21 @@ def test_forged_duplicate_signature_key_cannot_hijack_a_device(
     assert signed_by(device.certificate, forged.certificate.public_key())
 
     a, b = env.tenant("a"), env.tenant("b")
-    a_sn = a.register(victim_ca, "victim_ca")
+    a_sn = a.register_ca(victim_ca, "victim_ca")
     dev = env.device("dsks-victim", device)
-    a.associate(a_sn, dev.name, device.sn)
-    expected = {"productKey": a.pk, "deviceName": dev.name}
+    a.associate(a_sn, {device.sn: dev.name})
+    expected = {"productKey": a.product_key, "deviceName": dev.name}
     assert env.identity(dev) == expected
 
     with pytest.raises(CaCertificateRejectedError) as refused:
-        b.register(forged, "forged_ca")
+        b.register_ca(forged, "forged_ca")
     bits = forged.key.public_key().public_numbers().e.bit_length()
     assert (
         f"RSA public exponent is a {bits}-bit number; the platform accepts only CA keys with "
         "the public exponent 65537 (exponent rule"
     ) in str(refused.value)
     b_sn = _insert_ca_bypassing_rules(env, b, forged, "forged_ca")
-    b.associate(b_sn, "thief", device.sn)
+    b.associate(b_sn, {device.sn: "thief"})
     assert env.connack(dev) is None
     lines = _refused(caplog, "verifies under 2 registered CA keys: refused")
     assert lines and f"cert SN {device.sn}" in lines[-1]
@@ -480,33 +465,53 @@ def test_forged_duplicate_signature_key_cannot_hijack_a_device(
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
-def test_sessions_are_never_resumed(env: Env, version: ssl.TLSVersion) -> None:
-    """A resumed session would skip the verify callback, hence the attribution: every
-    connection does a full handshake, and is attributed again."""
-    a = env.tenant("a")
-    a_ca = create_ca("Resumption Test CA")
-    a_sn = a.register(a_ca, "a_ca")
+def test_resumed_session_is_attributed_again_and_a_look_alike_ca_changes_nothing(
+    env: Env, version: ssl.TLSVersion
+) -> None:
+    """A resumed session skips the verify callback, so the certificate kept in the ticket is
+    attributed again, by key, against the registry as it is now (issue 16): B registering a
+    same-subject CA without SKI after A's device got its ticket, and claiming its SN, does not
+    change which identity the resumed device is told; A disabling its own CA refuses it."""
+    a, b = env.tenant("a"), env.tenant("b")
+    a_ca = create_ca(README_CA_NAME)
+    a_sn = a.register_ca(a_ca, "a_ca")
     dev = env.device(
         f"resume-{version.name}",
-        issue_device_certificate(a_ca, f"resume-{version.name}", product_key=a.pk, key=env.key),
+        issue_device_certificate(
+            a_ca, f"resume-{version.name}", product_key=a.product_key, key=env.key
+        ),
     )
-    a.associate(a_sn, dev.name, dev.pair.sn)
+    a.associate(a_sn, {dev.pair.sn: dev.name})
     ctx = ssl.create_default_context(cafile=str(env.server_ca_file))
     ctx.minimum_version = ctx.maximum_version = version
     ctx.load_cert_chain(str(dev.cert), str(dev.key))
-    session = None
-    for attempt in range(2):
+
+    def connect(session: ssl.SSLSession | None) -> tuple[bool, list[codec.Packet], ssl.SSLSession]:
+        """(resumed, CONNACK and identity message or what came before the close, session)."""
         with (
             socket.create_connection(("127.0.0.1", env.server.port), timeout=5) as raw,
             ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as sock,
         ):
-            sock.sendall(codec.encode(codec.Connect("r|securemode=2|", 300)))
             decoder = codec.Decoder(max_packet_size=codec.MAX_REMAINING_LENGTH)
             packets: list[codec.Packet] = []
-            while not packets:
-                data = sock.recv(65536)
-                assert data, f"attempt {attempt}: the server closed the connection"
-                packets.extend(decoder.feed(data))
-            assert packets[0] == codec.Connack(codec.CONNACK_ACCEPTED)
-            assert not sock.session_reused, f"attempt {attempt} resumed a session"
-            session = sock.session
+            try:
+                sock.sendall(codec.encode(codec.Connect("r|securemode=2|", 300)))
+                while len(packets) < 2 and (data := sock.recv(65536)):
+                    packets.extend(decoder.feed(data))
+            except (ConnectionError, ssl.SSLError):
+                pass
+            return sock.session_reused, packets, sock.session
+
+    expected = {"productKey": a.product_key, "deviceName": dev.name}
+    reused, packets, ticket = connect(None)
+    assert not reused and packets[0] == codec.Connack(codec.CONNACK_ACCEPTED)
+    b_sn = b.register_ca(ca_without_ski(README_CA_NAME), "b_ca")
+    b.associate(b_sn, {dev.pair.sn: f"thief-{version.name}"})
+    reused, packets, _ = connect(ticket)
+    assert reused
+    assert packets[0] == codec.Connack(codec.CONNACK_ACCEPTED)
+    assert isinstance(packets[1], codec.Publish) and json.loads(packets[1].payload) == expected
+    a.set_ca_active(a_sn, False)
+    reused, packets, _ = connect(ticket)
+    assert packets == [], "a resumed session of a disabled CA was accepted"
+    a.set_ca_active(a_sn, True)

@@ -1,8 +1,12 @@
-"""An in-memory :class:`server_stub.ports.DeviceDirectory` for MQTT endpoint tests and the bench.
+"""What the MQTT endpoint tests share: the endpoint on its own loop thread, on the REAL registry.
 
-It implements the contract the way the registry must: a CA is identified by the *key* that
-verifies the device certificate's signature (``device_sdk.certs.signed_by``), never by its
-subject name alone, and ``trust_generation`` changes on every change.
+The endpoint authenticates against :class:`server_stub.registry.Registry` on a temporary SQLite
+file (:class:`EndpointRegistry`, built on :mod:`testkit.registry`): CAs are registered with
+their proof of possession and devices associated through association CSVs, so every rule a
+device meets (attribution by key, CA status, validity, product eligibility, device status) is
+production's own code, never a re-implementation. Clients are real: paho-mqtt, mosquitto_pub/_sub
+and :class:`RawClient`, a TLS socket speaking MQTT through the server's codec (for what real
+clients refuse to send).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +27,7 @@ from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from device_sdk.certs import certificate_sn, is_rsa, signed_by
+from device_sdk.certs import certificate_sn
 from firmware_helpers.pki import (
     CertifiedKey,
     create_ca,
@@ -34,142 +38,11 @@ from firmware_helpers.pki import (
 from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
 from server_stub.mqtt.service import MqttService
-from server_stub.ports import (
-    Attribution,
-    AuthDecision,
-    AuthenticatedDevice,
-    AuthRefused,
-    IssuerRefused,
-    IssuingCa,
-)
+from server_stub.ports import DeviceDirectory
+from server_stub.registry import Registry
+from testkit.registry import RealRegistry, Tenant
 
 T = TypeVar("T")
-
-
-@dataclass
-class _Ca:
-    cert: x509.Certificate
-    active: bool = True
-    devices: dict[str, tuple[str, str]] = field(default_factory=dict)
-    """cert SN -> (product key, device name)"""
-
-
-@dataclass(frozen=True)
-class _FakeTrustIndex:
-    """Attribution by key, as the contract says: the name narrows, exactly one key verifies."""
-
-    cas: tuple[tuple[int, str, x509.Name, Any, bool], ...]
-
-    def attribute(self, leaf: x509.Certificate) -> Attribution:
-        verifying = [
-            (i, sn, active)
-            for i, sn, subject, key, active in self.cas
-            if subject == leaf.issuer and signed_by(leaf, key)
-        ]
-        if len(verifying) > 1:
-            return IssuerRefused(
-                f"the signature verifies under {len(verifying)} registered CA keys: refused",
-                ambiguous=True,
-            )
-        if not verifying:
-            return IssuerRefused("no registered CA key verifies the certificate's signature")
-        i, sn, active = verifying[0]
-        return IssuingCa(i, 1, sn, active)
-
-
-class FakeDirectory:
-    def __init__(self) -> None:
-        self._cas: dict[str, _Ca] = {}
-        self._disabled: set[tuple[str, str]] = set()
-        self._generation = 0
-        self.authenticate_calls = 0
-
-    # --- test controls -------------------------------------------------------------------------
-
-    def _bump(self) -> None:
-        self._generation += 1
-
-    def add_ca(self, cert: x509.Certificate, *, active: bool = True) -> str:
-        sn = certificate_sn(cert)
-        self._cas[sn] = _Ca(cert, active)
-        self._bump()
-        return sn
-
-    def set_ca_active(self, cert: x509.Certificate, active: bool) -> None:
-        self._cas[certificate_sn(cert)].active = active
-        self._bump()
-
-    def remove_ca(self, cert: x509.Certificate) -> None:
-        del self._cas[certificate_sn(cert)]
-        self._bump()
-
-    def associate(
-        self, ca: x509.Certificate, leaf: x509.Certificate, product_key: str, device_name: str
-    ) -> None:
-        self._cas[certificate_sn(ca)].devices[certificate_sn(leaf)] = (product_key, device_name)
-        self._bump()
-
-    def set_devices(self, ca: x509.Certificate, product_key: str, devices: dict[str, str]) -> None:
-        """Associate many SNs at once: {cert SN: device name}."""
-        self._cas[certificate_sn(ca)].devices.update(
-            {sn: (product_key, name) for sn, name in devices.items()}
-        )
-        self._bump()
-
-    def set_device_enabled(self, product_key: str, device_name: str, enabled: bool) -> None:
-        if enabled:
-            self._disabled.discard((product_key, device_name))
-        else:
-            self._disabled.add((product_key, device_name))
-        self._bump()
-
-    # --- DeviceDirectory -----------------------------------------------------------------------
-
-    @property
-    def trust_generation(self) -> int:
-        return self._generation
-
-    def active_ca_certificates(self) -> Sequence[x509.Certificate]:
-        return [ca.cert for ca in self._cas.values() if ca.active]
-
-    def trust_index(self) -> _FakeTrustIndex:
-        return _FakeTrustIndex(
-            tuple(
-                (i, sn, ca.cert.subject, ca.cert.public_key(), ca.active)
-                for i, (sn, ca) in enumerate(self._cas.items())
-            )
-        )
-
-    def authenticate(self, leaf: x509.Certificate, issuer: IssuingCa | None = None) -> AuthDecision:
-        self.authenticate_calls += 1
-        sn = certificate_sn(leaf)
-        name = leaf.issuer.rfc4514_string()
-        if not is_rsa(leaf):
-            return AuthRefused("the device certificate is not RSA", sn, name)
-        if issuer is None:
-            found = self.trust_index().attribute(leaf)
-            if isinstance(found, IssuerRefused):
-                return AuthRefused(found.reason, sn, name)
-            issuer = found
-        ca = self._cas.get(issuer.ca_sn)
-        if ca is None or not ca.active:
-            return AuthRefused(f"CA {issuer.ca_sn} is not active", sn, name)
-        device = ca.devices.get(sn)
-        if device is None:
-            return AuthRefused(
-                f"SN {sn} is not associated with a device of CA {issuer.ca_sn}", sn, name
-            )
-        if device in self._disabled:
-            return AuthRefused(f"device {device[1]}&{device[0]} is disabled", sn, name)
-        return AuthenticatedDevice(1, device[0], device[1], issuer.ca_sn, sn)
-
-    def is_current(self, device: AuthenticatedDevice) -> bool:
-        ca = self._cas.get(device.ca_sn)
-        if ca is None or not ca.active:
-            return False
-        if (device.product_key, device.device_name) in self._disabled:
-            return False
-        return ca.devices.get(device.cert_sn) == (device.product_key, device.device_name)
 
 
 # --- a running endpoint for blocking clients (paho, mosquitto_pub) -----------------------------
@@ -179,7 +52,7 @@ class ServerThread:
     """An :class:`MqttService` on its own event loop thread (uvloop when installed)."""
 
     def __init__(
-        self, directory: FakeDirectory, server: CertifiedKey, limits: MqttLimits | None = None
+        self, directory: DeviceDirectory, server: CertifiedKey, limits: MqttLimits | None = None
     ) -> None:
         self.directory = directory
         self._server_pair = server
@@ -225,7 +98,7 @@ class ServerThread:
         return self.run(_call())
 
     def refresh(self) -> None:
-        """Follow the directory now instead of waiting for the 0.25 s poll."""
+        """Follow the registry now instead of waiting for the service's 0.25 s poll."""
         assert self.service is not None
         self.call(self.service.refresh_trust)
 
@@ -323,7 +196,15 @@ class World:
         self.twin = create_ca("Device CA", key=keys[2])  # same subject, other key
         self.stranger = create_ca("Stranger CA", key=keys[3])
         self._device_key = keys[0]
+        self.proof_key = keys[0]  # verification certificates: any key does, reuse one for speed
         self._n = 0
+
+    def scratch(self, prefix: str) -> Path:
+        """A new empty directory under the module's root (a registry file per test)."""
+        self._n += 1
+        path = self.root / f"{prefix}-{self._n}"
+        path.mkdir()
+        return path
 
     def device(self, name: str, ca: CertifiedKey | None = None) -> Device:
         self._n += 1
@@ -336,12 +217,43 @@ class World:
         return Device(name, pair, cert, key)
 
 
-def registered(
-    world: World, directory: FakeDirectory, name: str, ca: CertifiedKey | None = None
-) -> Device:
-    dev = world.device(name, ca)
-    directory.associate((ca or world.ca).certificate, dev.pair.certificate, PK, name)
-    return dev
+class EndpointRegistry:
+    """The real registry on a new SQLite file under the world's root: one account, its product
+    ``PK``, and the given CAs registered with their proof of possession."""
+
+    def __init__(self, world: World, cas: Sequence[CertifiedKey] = ()) -> None:
+        self.world = world
+        self.real = RealRegistry(world.scratch("registry"), proof_key=world.proof_key)
+        self.tenant: Tenant = self.real.tenant("endpoint", PK)
+        for ca in cas:
+            self.add_ca(ca)
+
+    @property
+    def registry(self) -> Registry:
+        return self.real.registry
+
+    def add_ca(self, ca: CertifiedKey) -> str:
+        return self.tenant.register_ca(ca)
+
+    def associate(self, ca: CertifiedKey, leaf: x509.Certificate, device_name: str) -> None:
+        """Associate ``leaf``'s SN with ``device_name`` under ``ca`` (the caSn is the CA's SN)."""
+        self.tenant.associate(ca.sn, {certificate_sn(leaf): device_name})
+
+    def device(self, name: str, ca: CertifiedKey | None = None) -> Device:
+        """A new device certificate of ``ca`` (default: the world's CA), associated under it."""
+        ca = ca or self.world.ca
+        dev = self.world.device(name, ca)
+        self.associate(ca, dev.pair.certificate, name)
+        return dev
+
+    def set_ca_active(self, ca: CertifiedKey, active: bool) -> None:
+        self.tenant.set_ca_active(ca.sn, active)
+
+    def set_device_enabled(self, device_name: str, enabled: bool) -> None:
+        self.tenant.set_device_enabled(device_name, enabled)
+
+    def close(self) -> None:
+        self.real.close()
 
 
 class Paho:
@@ -443,10 +355,10 @@ class Paho:
         self.client.loop_stop()
 
 
-def wait_for(predicate: object, timeout: float = 5) -> bool:
+def wait_for(predicate: Callable[[], object], timeout: float = 5) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
         time.sleep(0.02)
     return False

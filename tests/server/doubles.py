@@ -1,5 +1,8 @@
-"""Test doubles for the reference server: :class:`InMemoryMessaging` is a
-:class:`~server_stub.ports.DeviceMessaging` for HTTP API tests without the MQTT endpoint."""
+"""Test doubles for the reference server's tests (never inside ``server_stub/``, which ships).
+
+:class:`InMemoryMessaging` is a :class:`~server_stub.ports.DeviceMessaging` for HTTP API tests
+that need devices "online" without running the MQTT endpoint.
+"""
 
 from __future__ import annotations
 
