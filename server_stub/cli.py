@@ -146,7 +146,7 @@ def _server_run(args: argparse.Namespace) -> int:
             **{
                 f.name: getattr(args, f.name)
                 for f in fields(MqttLimits)
-                if f.name != "deliver_identity"
+                if f.name != "deliver_identity" and hasattr(args, f.name)
             },
         ),
         renewal=RenewalSettings(
