@@ -82,6 +82,14 @@ class AssociationOut(BaseModel):
     productKey: str
     deviceName: str
     createdAt: str
+    notAfter: str | None = Field(
+        None, description="the certificate's expiry as the server last saw it (null: not seen)"
+    )
+    retireAt: str | None = Field(
+        None,
+        description="an old SN after a renewal: accepted until then, or until the device's "
+        "first connection with its new certificate (null: the device's current SN)",
+    )
 
     @classmethod
     def of(cls, a: AssociationRecord) -> AssociationOut:
@@ -91,6 +99,8 @@ class AssociationOut(BaseModel):
             productKey=a.product_key,
             deviceName=a.device_name,
             createdAt=iso(a.created_at),
+            notAfter=None if a.not_after is None else iso(a.not_after),
+            retireAt=None if a.retire_at is None else iso(a.retire_at),
         )
 
 
