@@ -40,6 +40,9 @@ class MqttLimits:
     """Bytes kept for all devices together; the oldest messages of all go first."""
     recent_retention: float = 600.0
     """Seconds a disconnected device's messages are kept."""
+    session_ticket_lifetime: float = 3600.0
+    """Seconds a TLS session ticket resumes a device's session; the ticket keys are replaced as
+    often (tickets from before then make a full handshake). 0 turns session tickets off."""
     deliver_identity: bool = True
     """Publish the identity to /ext/auth/identity/response after CONNACK 0."""
 

@@ -49,7 +49,12 @@ class MqttService:
         self._generation = directory.trust_generation
         self.broker = Broker(
             directory,
-            ServerTls(cert_pem, key_pem, directory.trust_index),
+            ServerTls(
+                cert_pem,
+                key_pem,
+                directory.trust_index,
+                ticket_lifetime=limits.session_ticket_lifetime,
+            ),
             limits,
         )
         self._server: asyncio.Server | None = None

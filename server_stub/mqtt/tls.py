@@ -8,15 +8,21 @@ established sessions keep their TLS state (the broker re-checks them when the re
 
 Choices, and why:
 - TLS 1.2 and 1.3 only; the client certificate is required (``VERIFY_FAIL_IF_NO_PEER_CERT``).
-- No session tickets, no session cache, no renegotiation: every connection presents its
-  certificate and is attributed against the registry as it is *now* (a resumed session would
-  skip the verify callback). Resumption can be added later by keeping the attribution with the
-  session; the engine refuses a completed handshake that has none.
+- Session tickets (TLS 1.2 and 1.3), no server-side session cache, no renegotiation. A device
+  that returns with a ticket skips the RSA signatures of a full handshake; its certificate,
+  kept inside the ticket, is attributed again against the registry as it is *now*
+  (:mod:`server_stub.mqtt.resumption`), and CONNECT still goes through the registry.
+- Ticket keys rotate: OpenSSL draws fresh random ticket keys for each context, and a new
+  context replaces the current one every ``session_ticket_lifetime`` seconds (also the tickets'
+  lifetime). A ticket from before the rotation no longer decrypts: that device simply makes a
+  full handshake. The keys never leave the process (a restart invalidates every ticket).
+  ``session_ticket_lifetime`` 0 turns tickets off.
 - ``MODE_RELEASE_BUFFERS``: an idle connection keeps no TLS record buffers.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -25,6 +31,7 @@ from OpenSSL import SSL, crypto
 from device_sdk.certs import load_certificates, load_private_key
 from device_sdk.errors import CredentialError
 from server_stub.mqtt.errors import MqttServiceError
+from server_stub.mqtt.resumption import AttributionCache
 from server_stub.mqtt.tls_engine import TlsEngine, verify_callback
 from server_stub.ports import TrustIndex
 
@@ -33,26 +40,57 @@ class ServerTls:
     """Server certificate + TLS policy; :meth:`accept` makes one connection's engine."""
 
     def __init__(
-        self, cert_pem: bytes, key_pem: bytes, trust_index: Callable[[], TrustIndex]
+        self,
+        cert_pem: bytes,
+        key_pem: bytes,
+        trust_index: Callable[[], TrustIndex],
+        *,
+        ticket_lifetime: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._cert_pem = cert_pem
+        self._key_pem = key_pem
         self._trust_index = trust_index
-        self.context = build_server_context(cert_pem, key_pem)
+        self._ticket_lifetime = ticket_lifetime
+        self._clock = clock
+        self.attributions = AttributionCache()
+        """Resumed sessions' attributions, for the current trust snapshot only."""
+        self.context = build_server_context(cert_pem, key_pem, ticket_lifetime)
+        self._rotate_at = clock() + ticket_lifetime
+        self.rotations = 0
 
     def accept(self) -> TlsEngine:
         """A new server-side engine bound to the trust snapshot current now."""
-        return TlsEngine(self.context, self._trust_index())
+        if self._ticket_lifetime > 0 and self._clock() >= self._rotate_at:
+            self.rotate_ticket_keys()
+        return TlsEngine(self.context, self._trust_index(), self.attributions)
+
+    def rotate_ticket_keys(self) -> None:
+        """New handshakes get a new context, hence new random ticket keys; tickets issued
+        before no longer resume (connections already open keep their own context)."""
+        self.context = build_server_context(self._cert_pem, self._key_pem, self._ticket_lifetime)
+        self._rotate_at = self._clock() + self._ticket_lifetime
+        self.rotations += 1
 
 
-def build_server_context(cert_pem: bytes, key_pem: bytes) -> SSL.Context:
+#: Names this endpoint's sessions: OpenSSL resumes a session that required a client
+#: certificate only within the same session id context.
+SESSION_ID_CONTEXT = b"iotx509-mqtt-device"
+
+
+def build_server_context(
+    cert_pem: bytes, key_pem: bytes, ticket_lifetime: float = 0.0
+) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_options(
-        SSL.OP_NO_TICKET
-        | SSL.OP_NO_RENEGOTIATION
-        | SSL.OP_NO_COMPRESSION
-        | SSL.OP_CIPHER_SERVER_PREFERENCE
-    )
+    options = SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
+    if ticket_lifetime > 0:
+        ctx.set_session_id(SESSION_ID_CONTEXT)
+        ctx.set_timeout(max(1, int(ticket_lifetime)))
+    else:
+        options |= SSL.OP_NO_TICKET
+    ctx.set_options(options)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify_callback)

@@ -18,20 +18,28 @@ Alerts stay the ones OpenSSL sends for a certificate it cannot chain: *unknown C
 certificate no registered CA key verifies (and for the other refusals), *certificate expired*
 for a device certificate out of its dates, *certificate required* without a certificate. The
 SDK maps them (``device_sdk.tls.map_connect_error``).
+
+A *resumed* handshake (session ticket) skips the verify callback: the engine then attributes
+the certificate kept in the session again, with the same snapshot and the same rule
+(:mod:`server_stub.mqtt.resumption`), and a completed handshake without an attribution is still
+refused.
 """
 
 from __future__ import annotations
 
 import logging
 import weakref
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _ssl_lib
 
 from device_sdk.certs import certificate_sn, device_certificate_problem
 from server_stub.mqtt.errors import MqttError
-from server_stub.ports import IssuerRefused, IssuingCa, TrustIndex
+from server_stub.mqtt.resumption import AttributionCache, attribute_certificate
+from server_stub.ports import Attribution, IssuerRefused, IssuingCa, TrustIndex
 
 log = logging.getLogger("server_stub.mqtt")
 
@@ -92,6 +100,12 @@ class TlsClosed(TlsError):
     """The client closed TLS cleanly (close_notify)."""
 
 
+def session_reused(conn: SSL.Connection) -> bool:
+    """Whether the handshake resumed a session (pyOpenSSL has no public call for it)."""
+    ssl_ptr: Any = conn._ssl  # the SSL* pyOpenSSL wraps
+    return bool(_ssl_lib.SSL_session_reused(ssl_ptr))
+
+
 def _reason(exc: SSL.Error) -> str:
     args = exc.args[0] if exc.args else None
     if isinstance(args, list) and args and isinstance(args[-1], tuple):
@@ -120,6 +134,7 @@ class TlsEngine:
 
     __slots__ = (
         "__weakref__",
+        "_cache",
         "_conn",
         "_decided",
         "_index",
@@ -129,8 +144,12 @@ class TlsEngine:
         "refusal",
     )
 
-    def __init__(self, context: SSL.Context, index: TrustIndex) -> None:
+    def __init__(
+        self, context: SSL.Context, index: TrustIndex, cache: AttributionCache | None = None
+    ) -> None:
         self._index: TrustIndex | None = index
+        self._cache = cache
+        """Where resumed sessions' attributions are kept; None: attribute each one afresh."""
         self._decided = False
         self.issuer: IssuingCa | None = None
         self.leaf: x509.Certificate | None = None
@@ -169,13 +188,39 @@ class TlsEngine:
         if index is None:
             self.refusal = "no trust index for this connection"
             return
-        found = index.attribute(leaf)
+        self._accept(index.attribute(leaf), "")
+
+    def _accept(self, found: Attribution, context: str) -> None:
         if isinstance(found, IssuerRefused):
-            self.refusal = found.reason
+            self.refusal = context + found.reason
         elif not found.active:
-            self.refusal = f"its issuing CA (caSn {found.ca_sn}) is disabled"
+            self.refusal = f"{context}its issuing CA (caSn {found.ca_sn}) is disabled"
         else:
             self.issuer = found
+
+    def _attribute_resumed(self) -> None:
+        """A resumed session: attribute the certificate kept in it, as a full handshake would.
+
+        Never the attribution of the original handshake: the registry may have changed since
+        the ticket was issued. The snapshot is the one taken when this connection was accepted.
+        """
+        self._decided = True
+        index, self._index = self._index, None
+        cert = self._conn.get_peer_certificate()
+        if index is None or cert is None:
+            self.refusal = "resumed session without a trust index or a device certificate"
+            return
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+        self.leaf_der = der
+        try:
+            if self._cache is not None:
+                found = self._cache.attribute(index, der)
+            else:
+                found = attribute_certificate(index, x509.load_der_x509_certificate(der))
+        except ValueError as exc:
+            self.refusal = f"resumed session: the device certificate cannot be read: {exc}"
+            return
+        self._accept(found, "resumed session: ")
 
     # --- bytes ---------------------------------------------------------------------------------
 
@@ -204,7 +249,9 @@ class TlsEngine:
             return False
         except SSL.Error as exc:
             raise self._handshake_error(_reason(exc)) from exc
-        if self.issuer is None:  # e.g. a resumed session: never without an attribution
+        if not self._decided and session_reused(self._conn):
+            self._attribute_resumed()
+        if self.issuer is None:  # never a completed handshake without an attribution
             self.refusal = self.refusal or "no device certificate was attributed in the handshake"
             raise self._handshake_error("no attributed certificate")
         leaf, self.leaf = self.leaf, None  # an idle connection keeps no parsed certificate
@@ -214,6 +261,11 @@ class TlsEngine:
 
     def _handshake_error(self, reason: str) -> TlsHandshakeError:
         leaf = self.leaf
+        if leaf is None and self.leaf_der is not None:
+            try:
+                leaf = x509.load_der_x509_certificate(self.leaf_der)
+            except ValueError:
+                leaf = None
         sn = issuer = None
         if leaf is not None:
             issuer = leaf.issuer.rfc4514_string()
