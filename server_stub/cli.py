@@ -84,6 +84,7 @@ def _register_server(tree: CommandTree) -> None:
         ("--recent-bytes-per-device", "recent_bytes_per_device", int),
         ("--recent-bytes-total", "recent_bytes_total", int),
         ("--recent-retention", "recent_retention", float),
+        ("--session-ticket-lifetime", "session_ticket_lifetime", float),
     ):
         limits.add_argument(
             flag,
