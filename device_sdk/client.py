@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -87,6 +87,7 @@ from device_sdk.paho_glue import new_paho_client
 from device_sdk.platform import IDENTITY_TOPIC, ClientId, format_username, validate_keepalive
 from device_sdk.reconnect import Reconnector
 from device_sdk.refusals import PERMANENT_ERRORS, SDK_HINTS, HintNames, Refusals, connack_code
+from device_sdk.renewal_expiry import ExpiryNotice, ExpiryWatch, Validity
 from device_sdk.subscriptions import Message, MessageCallback, Subscriptions, deliver
 from device_sdk.tls import build_ssl_context
 
@@ -107,6 +108,15 @@ class ConnectionState(enum.Enum):
 
 IdentityChangedCallback = Callable[[Identity | None, Identity], None]
 ConnectionStateCallback = Callable[[ConnectionState, DeviceSDKError | None], None]
+CertificateExpiringCallback = Callable[[Credentials, float], None]
+MessageHook = Callable[[str, bytes], bool]
+"""Sees every incoming message first (network thread); True: consumed (renewal replies)."""
+
+
+class RenewalHook(Protocol):
+    """What the client asks of an attached renewal (:mod:`device_sdk.renewal_manager`)."""
+
+    def renew_now(self) -> None: ...
 
 
 @dataclass
@@ -147,6 +157,10 @@ class DeviceClient:
     applications (gevent, ...) pass their own.
     ``hints``: how error messages name the settings to change (default: these keywords;
     the ``iotx509`` command passes its flags, :data:`~device_sdk.refusals.CLI_HINTS`).
+    ``on_certificate_expiring(credentials, days_left)``: the certificate has less than 20% of
+    its validity left and no renewal is attached (:mod:`device_sdk.renewal_manager`); also
+    logged as a warning, once per certificate. When the certificate expires the session is
+    ended and the client refuses to connect with it (``ClockError``).
     """
 
     def __init__(
@@ -173,6 +187,7 @@ class DeviceClient:
         rng: random.Random | None = None,
         network: NetworkDriver | None = None,
         hints: HintNames = SDK_HINTS,
+        on_certificate_expiring: CertificateExpiringCallback | None = None,
     ) -> None:
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is not a TCP port (1-65535)")
@@ -187,6 +202,14 @@ class DeviceClient:
         self.server_hostname = server_hostname
         self.on_identity_changed = on_identity_changed
         self.on_connection_state = on_connection_state
+        self.on_certificate_expiring = on_certificate_expiring
+        self._explicit_client_id = client_id
+        self._hints = hints
+        self._expiry = ExpiryWatch(Validity.of(credentials.certificate))
+        self._message_hooks: list[MessageHook] = []
+        self._state_hooks: list[ConnectionStateCallback] = []
+        self._renewal: RenewalHook | None = None
+        self._switch_to: Credentials | None = None
         self._server_ca = server_ca if server_ca is not None else credentials.server_ca
         self._refusals = Refusals(
             host, port, server_hostname, str(self.client_id), self.keepalive, credentials.sn, hints
@@ -370,6 +393,77 @@ class DeviceClient:
         with self._lock:
             return self._resolve(relative)
 
+    # --- renewal hooks (device_sdk.renewal_manager) -------------------------------------------
+
+    def renew_now(self) -> None:
+        """Renew the certificate now (the renewal attached to this client does the work and
+        reports through its ``on_renewal`` callback); raises when no renewal is attached."""
+        renewal = self._renewal
+        if renewal is None:
+            raise NotConnectedError(
+                "no renewal is attached to this client: create it with "
+                "device_sdk.renewal_manager.Renewal(...).attach(client)"
+            )
+        renewal.renew_now()
+
+    def attach_renewal(self, renewal: RenewalHook) -> None:
+        """Attach the renewal that :meth:`renew_now` drives; it renews instead of warning."""
+        with self._lock:
+            self._renewal = renewal
+            self._expiry.renewal_configured = True
+
+    def add_message_hook(self, hook: MessageHook) -> None:
+        """``hook(topic, payload)`` sees every incoming message before the subscriptions
+        (network thread; must not block); returning True consumes it."""
+        with self._lock:
+            self._message_hooks.append(hook)
+
+    def add_state_hook(self, hook: ConnectionStateCallback) -> None:
+        """``hook(state, error)`` is told every state change, like ``on_connection_state``."""
+        with self._lock:
+            self._state_hooks.append(hook)
+
+    def use_credentials(self, credentials: Credentials) -> None:
+        """Connect with ``credentials`` from now on: a running session is ended at once and
+        the client connects again with the new pair (no backoff); stopped, the next
+        :meth:`connect`/:meth:`start` uses them."""
+        with self._lock:
+            self._switch_to = credentials
+            attempt = self._attempt
+            running = self._thread is not None and self._thread.is_alive()
+            if not running:
+                self._apply_switch()
+                return
+        if attempt is not None:
+            self._feed(attempt, Stop(time.monotonic()))
+
+    def _apply_switch(self) -> bool:
+        """Between attempts (connection thread, or stopped): take the pending credentials."""
+        with self._lock:
+            credentials, self._switch_to = self._switch_to, None
+            if credentials is None:
+                return False
+            self.credentials = credentials
+            self.client_id = ClientId.for_x509(self._explicit_client_id or credentials.sn)
+            # (the server and its CA stay: a renewed pair talks to the same server)
+            self._refusals = Refusals(
+                self.host,
+                self.port,
+                self.server_hostname,
+                str(self.client_id),
+                self.keepalive,
+                credentials.sn,
+                self._hints,
+            )
+            self._reconnect.refusals = self._refusals
+            watch = ExpiryWatch(Validity.of(credentials.certificate))
+            watch.renewal_configured = self._expiry.renewal_configured
+            self._expiry = watch
+            # the identity file is bound to a certificate: store it again for the new one
+            self._stored_identity = None
+            self._mqtt = self._make_paho_client()
+        return True
+
     def __enter__(self) -> DeviceClient:
         return self
 
@@ -426,6 +520,8 @@ class DeviceClient:
                 attempt = self._session()
                 if self._stop.is_set():
                     break
+                if self._apply_switch():
+                    continue  # a new pair (renewal): connect again at once
                 with self._lock:
                     waiter = self._waiter
                     step = self._reconnect.after(attempt, fail_fast=waiter is not None)
@@ -485,7 +581,16 @@ class DeviceClient:
                 if deadline is not None and now >= deadline:
                     attempt.handle(Tick(now))
                     continue
-                self._changed.wait(None if deadline is None else deadline - now)
+                # The certificate's life: warn near its end, end the session when it expired.
+                expiry_in = self._expiry.deadline - time.time()
+                if expiry_in <= 0:
+                    if self._check_expiry(attempt):
+                        break
+                    expiry_in = max(1.0, self._expiry.deadline - time.time())
+                # (at most an hour ahead: the wall clock may be set meanwhile)
+                expiry = now + min(3600.0, expiry_in)
+                deadline = expiry if deadline is None else min(deadline, expiry)
+                self._changed.wait(deadline - now)
         if attempt.socket_open:
             self._goodbye(attempt)
         return attempt
@@ -561,6 +666,14 @@ class DeviceClient:
             self._on_identity(bytes(msg.payload))
             return
         with self._lock:
+            hooks = tuple(self._message_hooks)
+        for hook in hooks:
+            try:
+                if hook(msg.topic, bytes(msg.payload)):
+                    return
+            except Exception:
+                log.exception("message hook %r failed", hook)
+        with self._lock:
             targets = self._subscriptions.matching(msg.topic)
         deliver(targets, Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
 
@@ -630,6 +743,8 @@ class DeviceClient:
             if self._waiter is not None:
                 self._waiter.online = True
         self._set_state(ConnectionState.ONLINE, None)
+        with self._lock:
+            self._check_expiry(attempt)
         self._drain()
 
     def _resubscribe(self) -> None:
@@ -679,6 +794,31 @@ class DeviceClient:
             f"absolute topic"
         )
 
+    def _check_expiry(self, attempt: Attempt) -> bool:
+        """The certificate's life reached a deadline (lock held): warn once near the end
+        (no renewal attached), end the session once it expired -- the one validity check,
+        ``Credentials.check_validity``, says so and gives the error. True: ended."""
+        notice = self._expiry.check(time.time())
+        if notice is ExpiryNotice.NEAR_EXPIRY:
+            days = self._expiry.validity.days_left(time.time())
+            log.warning(
+                "%s: the device certificate (SN %s) expires in %.1f days and no renewal is "
+                "configured; attach one (device_sdk.renewal_manager) or issue a new certificate",
+                self._refusals.where,
+                self.credentials.sn,
+                days,
+            )
+            self._call_user(self.on_certificate_expiring, self.credentials, days)
+        elif notice is ExpiryNotice.EXPIRED:
+            try:
+                self.credentials.check_validity()
+            except DeviceSDKError as exc:
+                log.error("%s: %s; ending the session", self._refusals.where, exc)
+                attempt.handle(Failed(exc, time.monotonic()))
+                self._changed.notify_all()
+                return True
+        return False
+
     # --- state and callbacks -------------------------------------------------------------------
 
     def _set_state(self, state: ConnectionState, error: DeviceSDKError | None) -> None:
@@ -690,6 +830,10 @@ class DeviceClient:
                 self._last_error = error
             self._changed.notify_all()
         if changed:
+            with self._lock:
+                hooks = tuple(self._state_hooks)
+            for hook in hooks:
+                self._call_user(hook, state, error)
             self._call_user(self.on_connection_state, state, error)
 
     def _call_user(self, callback: Callable[..., None] | None, *args: Any) -> None:
