@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import secrets
 import string
+from typing import Protocol
 
 from server_stub.errors import InvalidFieldError
-from server_stub.store.base import ProductRecord
 
 AUTH_TYPES = ("x509", "secret")
 NETWORKS = ("mqtt", "lorawan")
@@ -39,8 +39,26 @@ def validate_product_settings(name: str, auth_type: str, private_ca: bool, netwo
     return clean
 
 
-def eligibility_problems(product: ProductRecord) -> list[str]:
-    """Every setting that keeps ``product`` from accepting private-CA devices (empty = fine)."""
+class ProductSettings(Protocol):
+    """The three settings the rule reads: a :class:`~server_stub.store.base.ProductRecord`, or
+    an :class:`~server_stub.store.base.AuthRow` (the product's settings joined at CONNECT)."""
+
+    @property
+    def auth_type(self) -> str: ...
+
+    @property
+    def private_ca(self) -> bool: ...
+
+    @property
+    def network(self) -> str: ...
+
+
+def eligibility_problems(product: ProductSettings) -> list[str]:
+    """Every setting that keeps ``product`` from accepting private-CA devices (empty = fine).
+
+    The one home of the rule: association (a whole CSV refused) and the MQTT endpoint
+    (:func:`takes_private_ca_devices` at CONNECT and on every re-check) both call it.
+    """
     problems = []
     if product.auth_type != "x509":
         problems.append(f"authType is {product.auth_type} (needs x509)")
@@ -49,3 +67,9 @@ def eligibility_problems(product: ProductRecord) -> list[str]:
     if product.network != "mqtt":
         problems.append(f"network is {product.network} (needs mqtt)")
     return problems
+
+
+def takes_private_ca_devices(product: ProductSettings) -> bool:
+    """Whether devices of ``product`` may authenticate with a private-CA X.509 certificate over
+    MQTT (:func:`eligibility_problems` finds nothing)."""
+    return not eligibility_problems(product)

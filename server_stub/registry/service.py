@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -54,6 +54,7 @@ from server_stub.registry.directory import CaIndex
 from server_stub.registry.products import (
     eligibility_problems,
     new_product_key,
+    takes_private_ca_devices,
     validate_product_settings,
 )
 from server_stub.store.base import (
@@ -449,19 +450,23 @@ class Registry:
             return refuse(f"CA {ca.ca_sn} is disabled")
         if not is_rsa(leaf):
             return refuse("the device certificate's key is not RSA; only RSA is supported")
+        # The handshake refuses a certificate out of its dates, but a resumed TLS session skips
+        # that check (its ticket may outlive the certificate), and CONNECT comes later than the
+        # handshake: the registry's clock decides here, for every connection.
         try:
-            check_validity(leaf, what="device certificate")
+            check_validity(leaf, now=datetime.fromtimestamp(self._clock(), UTC))
         except ClockError as exc:
-            return refuse(str(exc))
+            return refuse(_out_of_dates(exc))
         row = self.store.auth_row(ca.ca_id, cert_sn)
         if row is None:
             return refuse(f"certificate SN {cert_sn} is not associated with CA {ca.ca_sn}")
         who = f"{row.product_key}/{row.device_name}"
         if row.device_status != "enabled":
             return refuse(f"device {who} is {row.device_status}")
-        if row.auth_type != "x509" or not row.private_ca or row.network != "mqtt":
+        problems = eligibility_problems(row)
+        if problems:
             return refuse(
-                f"product {row.product_key} is not configured for private-CA X.509 over MQTT"
+                f"product {row.product_key} cannot take private-CA devices: {'; '.join(problems)}"
             )
         return AuthenticatedDevice(
             account_id=row.account_id,
@@ -481,10 +486,18 @@ class Registry:
             and row.product_key == device.product_key
             and row.device_name == device.device_name
             and row.device_status == "enabled"
-            and row.auth_type == "x509"
-            and row.private_ca
-            and row.network == "mqtt"
+            and takes_private_ca_devices(row)
         )
+
+
+def _out_of_dates(exc: ClockError) -> str:
+    """The log reason for a device certificate out of its validity window, in the server's
+    words (the SDK's message addresses a device owner and its board's clock)."""
+    state = "has expired" if exc.expired else "is not yet valid"
+    return (
+        f"device certificate {state}: valid from {exc.not_before:%Y-%m-%d %H:%M:%S}Z to "
+        f"{exc.not_after:%Y-%m-%d %H:%M:%S}Z, the server's clock says {exc.now:%Y-%m-%d %H:%M:%S}Z"
+    )
 
 
 def check_device_path(product_key: str, device_name: str) -> None:

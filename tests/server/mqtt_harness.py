@@ -221,9 +221,15 @@ class EndpointRegistry:
     """The real registry on a new SQLite file under the world's root: one account, its product
     ``PK``, and the given CAs registered with their proof of possession."""
 
-    def __init__(self, world: World, cas: Sequence[CertifiedKey] = ()) -> None:
+    def __init__(
+        self,
+        world: World,
+        cas: Sequence[CertifiedKey] = (),
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.world = world
-        self.real = RealRegistry(world.scratch("registry"), proof_key=world.proof_key)
+        self.real = RealRegistry(world.scratch("registry"), clock=clock, proof_key=world.proof_key)
         self.tenant: Tenant = self.real.tenant("endpoint", PK)
         for ca in cas:
             self.add_ca(ca)

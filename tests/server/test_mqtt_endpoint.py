@@ -8,8 +8,10 @@ possession, devices associated by CSV: :class:`EndpointRegistry`); end-to-end te
 from __future__ import annotations
 
 import logging
+import sqlite3
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +24,7 @@ from device_sdk.platform import IDENTITY_TOPIC
 from firmware_helpers.pki import (
     CertifiedKey,
     create_ca,
+    issue_device_certificate,
     random_serial,
 )
 from server_stub.mqtt import codec
@@ -296,6 +299,104 @@ def test_non_rsa_device_certificate_is_refused(
     finally:
         client.close()
     assert "not RSA" in _refused_line(caplog, "CONNACK 5")
+
+
+class ShiftedClock:
+    """The registry's clock, moved by hand (the TLS handshake keeps OpenSSL's real clock)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def set(self, when: datetime) -> None:
+        self.offset = when.timestamp() - time.time()
+
+
+@pytest.mark.parametrize("edge", ["expired", "not yet valid"])
+def test_certificate_out_of_its_dates_at_connect_is_refused_with_the_reason(
+    world: World, edge: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handshake checks the dates, but a resumed TLS session skips that check and CONNECT
+    comes after the handshake: the registry checks them again, with its own clock. Here that
+    clock is past the end (before the start) of a certificate that was in date at the handshake."""
+    caplog.set_level(logging.WARNING, "server_stub.mqtt")
+    clock = ShiftedClock()
+    directory = EndpointRegistry(world, [world.ca], clock=clock)
+    dev = directory.device(f"dates-{edge.replace(' ', '-')}")
+    cert = dev.pair.certificate
+    try:
+        with ServerThread(directory.registry, world.server) as server:
+            client = RawClient(server.port, world.server_ca_file, dev.cert, dev.key)  # handshake
+            try:
+                if edge == "expired":
+                    clock.set(cert.not_valid_after_utc + timedelta(minutes=1))
+                else:
+                    clock.set(cert.not_valid_before_utc - timedelta(minutes=1))
+                assert client.connect().return_code == codec.CONNACK_NOT_AUTHORIZED
+            finally:
+                client.close()
+            line = _refused_line(caplog, "CONNACK 5")
+            state = "has expired" if edge == "expired" else "is not yet valid"
+            assert f"device certificate {state}: valid from" in line
+            assert "the server's clock says" in line
+            assert f"cert SN {dev.pair.sn}" in line
+            clock.offset = 0.0  # back in its dates: the same certificate is accepted
+            assert _connack_code(server, world, dev) == 0
+    finally:
+        directory.close()
+
+
+def test_expired_certificate_fails_the_handshake(
+    world: World,
+    directory: EndpointRegistry,
+    server: ServerThread,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "server_stub.mqtt")
+    old = world._write(
+        "old-dev",
+        issue_device_certificate(
+            world.ca,
+            "old-dev",
+            product_key=PK,
+            key=world._device_key,
+            days=1,
+            now=datetime.now(UTC) - timedelta(days=30),
+        ),
+    )
+    directory.associate(world.ca, old.pair.certificate, "old-dev")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        RawClient(server.port, world.server_ca_file, old.cert, old.key).connect()
+    line = _refused_line(caplog, "TLS handshake refused")
+    assert "certificate has expired" in line and f"cert SN {old.pair.sn}" in line
+
+
+def test_product_that_cannot_take_private_ca_devices_is_refused_and_its_sessions_closed(
+    world: World,
+    directory: EndpointRegistry,
+    server: ServerThread,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rows that bypassed the association rules (legacy data, a manual edit of the database):
+    the endpoint applies the product rule itself, at CONNECT and on every re-check."""
+    caplog.set_level(logging.WARNING, "server_stub.mqtt")
+    dev = directory.device("lora-dev")
+    live = RawClient(server.port, world.server_ca_file, dev.cert, dev.key)
+    try:
+        assert live.connect().return_code == 0
+        with sqlite3.connect(directory.real.path) as db:
+            db.execute("UPDATE products SET network = 'lorawan' WHERE product_key = ?", (PK,))
+        directory.set_ca_active(world.ca, True)  # any registry change re-checks live sessions
+        server.refresh()
+        assert live.closed_by_server()
+    finally:
+        live.close()
+    assert "no longer accepts" in caplog.text
+    assert _connack_code(server, world, dev) == codec.CONNACK_NOT_AUTHORIZED
+    line = _refused_line(caplog, "CONNACK 5")
+    assert f"product {PK} cannot take private-CA devices: network is lorawan (needs mqtt)" in line
 
 
 def test_unregistered_ca_fails_the_handshake(

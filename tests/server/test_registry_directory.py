@@ -202,7 +202,7 @@ def test_product_no_longer_eligible_is_refused(
     with store.atomic():
         store._conn().execute("UPDATE products SET network = 'lorawan' WHERE id = ?", (product.id,))
     assert _refused(registry.authenticate(device.certificate)) == (
-        f"product {product.product_key} is not configured for private-CA X.509 over MQTT"
+        f"product {product.product_key} cannot take private-CA devices: network is lorawan (needs mqtt)"
     )
     assert not registry.is_current(session)
 
