@@ -2,6 +2,11 @@
 
 ``iotx509 device agent --port URL --store DIR`` runs it on a Linux board; the simulated board
 (:mod:`firmware_helpers.serial.simboard`) runs the same class on a pseudo-terminal.
+
+A deferred GENKEY (protocol version 2, FEATURE_KEYGEN_DEFERRED) is generated on a worker thread
+while the agent goes on answering the line (the host sends the server CA meanwhile); the CSR is
+written by that thread through :attr:`BoardAgent.emit` when a GET_CSR already waits for it. One
+lock keeps the machine's state consistent between the two threads.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from firmware_helpers.serial.link import Link
 from firmware_helpers.serial.protocol import (
     DEFAULT_MAX_CHUNK,
     FEATURE_KEYGEN,
+    FEATURE_KEYGEN_DEFERRED,
     BoardMachine,
     CommitRequested,
     ErrorCode,
@@ -57,16 +63,22 @@ class BoardAgent:
         capacity: int = 64 * 1024,
         version: int | None = None,
         keygen: Callable[[int], tuple[bytes, bytes]] | None = generate_key_and_csr,
+        background_keygen: bool = True,
     ) -> None:
         """``version``: speak only that protocol version (default: all); ``keygen(bits)`` makes
-        (key, CSR DER) for GENKEY (None: a board that cannot generate keys)."""
+        (key, CSR DER) for GENKEY (None: a board that cannot generate keys);
+        ``background_keygen``: announce FEATURE_KEYGEN_DEFERRED and generate on a thread."""
         self.store = store
         self.board_id = board_id
         self.max_chunk = max_chunk
         self.capacity = capacity
         self.version = version
         self.keygen = keygen
+        self.background_keygen = background_keygen
         self.keys_generated = 0
+        #: writes bytes to the line from the keygen thread (set by whoever runs the agent)
+        self.emit: Callable[[bytes], None] | None = None
+        self.lock = threading.RLock()
         self.machine = self._new_machine()
         self.commits = 0
         self.last_commit_seconds = 0.0
@@ -78,19 +90,29 @@ class BoardAgent:
             max_chunk=self.max_chunk,
             capacity=self.capacity,
             version=self.version,
-            features=FEATURE_KEYGEN if self.keygen is not None else 0,
+            features=self._features(),
         )
+
+    def _features(self) -> int:
+        if self.keygen is None:
+            return 0
+        return FEATURE_KEYGEN | (FEATURE_KEYGEN_DEFERRED if self.background_keygen else 0)
 
     def boot(self) -> bytes:
         """Start (or restart) as after power-on: RAM state lost, store recovered; announce."""
-        outcome = self.store.recover()
-        if outcome != "clean":
-            log.warning("credential store %s: %s", self.store.root, outcome)
-        self.machine = self._new_machine()
-        return self.machine.announce()
+        with self.lock:
+            outcome = self.store.recover()
+            if outcome != "clean":
+                log.warning("credential store %s: %s", self.store.root, outcome)
+            self.machine = self._new_machine()
+            return self.machine.announce()
 
     def handle(self, data: bytes) -> list[bytes]:
         """Feed received bytes; return what to write back, in order."""
+        with self.lock:
+            return self._handle(data)
+
+    def _handle(self, data: bytes) -> list[bytes]:
         out: list[bytes] = []
         for event in self.machine.receive_data(data):
             match event:
@@ -105,6 +127,8 @@ class BoardAgent:
                         log.error("%s", exc)
                         inventory = ()
                     out.append(self.machine.info_done(inventory))
+                case KeyRequested(_key_type, bits, True, ticket):
+                    self._start_background(bits, ticket)
                 case KeyRequested(_key_type, bits):
                     out.append(self._generate(bits))
                 case SessionStarted():
@@ -136,21 +160,53 @@ class BoardAgent:
 
     def _generate(self, bits: int) -> bytes:
         """The key stays here, staged in RAM until COMMIT stores it; the host gets the CSR."""
+        made = self._make_key(bits)
+        if isinstance(made, str):
+            return self.machine.keygen_failed(ErrorCode.STORAGE_ERROR, made)
+        return self.machine.keygen_done(*made)
+
+    def _make_key(self, bits: int) -> tuple[bytes, bytes] | str:
+        """(key, CSR DER), or the reason it failed."""
         assert self.keygen is not None  # the machine only asks when FEATURE_KEYGEN was announced
         start = time.perf_counter()
         try:
             key, csr = self.keygen(bits)
         except (ValueError, OSError) as exc:
             log.error("key generation failed: %s", exc)
-            return self.machine.keygen_failed(ErrorCode.STORAGE_ERROR, f"key generation: {exc}")
+            return f"key generation: {exc}"
         self.keys_generated += 1
         log.info(
-            "generated an RSA-%d key in %.1f ms; CSR of %d bytes",
+            "generated an RSA-%d key in %.1f ms; CSR of %d bytes%s",
             bits,
             (time.perf_counter() - start) * 1000,
             len(csr),
+            getattr(self.keygen, "log_note", ""),
         )
-        return self.machine.keygen_done(key, csr)
+        return key, csr
+
+    def _start_background(self, bits: int, ticket: int) -> None:
+        machine = self.machine
+        worker = threading.Thread(
+            target=self._generate_background,
+            args=(machine, bits, ticket),
+            name=f"keygen {self.board_id}",
+            daemon=True,
+        )
+        worker.start()
+
+    def _generate_background(self, machine: BoardMachine, bits: int, ticket: int) -> None:
+        """The worker: make the key, hand it to the machine of the session that asked (a
+        reboot meanwhile replaced the machine: the key is forgotten), write a waiting answer."""
+        made = self._make_key(bits)
+        with self.lock:
+            if machine is not self.machine:
+                return
+            if isinstance(made, str):
+                reply = machine.keygen_failed(ErrorCode.STORAGE_ERROR, made, ticket=ticket)
+            else:
+                reply = machine.keygen_done(*made, ticket=ticket)
+            if reply and self.emit is not None:
+                self.emit(reply)
 
     def after_replies(self) -> None:
         """Once the replies are on the line: make a commit durable and retire its journal."""
@@ -163,10 +219,13 @@ class BoardAgent:
     def serve(self, link: Link, stop: threading.Event | None = None) -> None:
         """Answer on ``link`` until ``stop`` is set (or the link goes away)."""
         stop = stop or threading.Event()
-        link.write(self.boot())
+        self.emit = link.write
+        with self.lock:
+            link.write(self.boot())
         while not stop.is_set():
             data = link.read(0.2)
             if data:
-                for reply in self.handle(data):
-                    link.write(reply)
+                with self.lock:  # the keygen thread writes under it too: frames never interleave
+                    for reply in self.handle(data):
+                        link.write(reply)
                 self.after_replies()

@@ -59,6 +59,13 @@ def register(tree: CommandTree) -> None:
         "(each with its own store under --store)",
     )
     board.add_argument("--max-chunk", type=int, default=4096)
+    board.add_argument(
+        "--key-pool",
+        metavar="FILE",
+        help="benchmarks' board-CPU model: take each key from FILE (made before the timed run "
+        "with firmware_helpers.serial.keygen.write_key_pool) and wait its measured generation "
+        "time, without using the host's CPU (default: generate every key for real)",
+    )
     faults = board.add_argument_group("fault injection")
     faults.add_argument(
         "--flip-bits",
@@ -514,6 +521,8 @@ def _sim_board(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from firmware_helpers.errors import SerialProvisioningError
+    from firmware_helpers.serial.keygen import BoardCpuModel, generate_key_and_csr
     from firmware_helpers.serial.simboard import FaultPlan, SimBoard
 
     try:
@@ -530,8 +539,6 @@ def _sim_board(args: argparse.Namespace) -> int:
             protocol_version=args.protocol_version,
         )
     except ValueError as exc:
-        from firmware_helpers.errors import SerialProvisioningError
-
         raise SerialProvisioningError(f"bad fault options: {exc}") from exc
     done = threading.Event()
 
@@ -539,17 +546,25 @@ def _sim_board(args: argparse.Namespace) -> int:
         done.set()
 
     signal.signal(signal.SIGTERM, stop)
+    keygen = generate_key_and_csr
+    if args.key_pool:
+        try:
+            keygen = BoardCpuModel(args.key_pool)
+        except ValueError as exc:
+            raise SerialProvisioningError(f"--key-pool: {exc}") from exc
     sim = SimBoard(
         args.store,
         board_id=args.board_id,
         faults=plan,
         boards=args.boards,
         max_chunk=args.max_chunk,
+        keygen=keygen,
     )
     with sim:
         print(sim.port, flush=True)
+        model = " (board-CPU model: pooled keys)" if args.key_pool else ""
         print(
-            f"simulated board {sim.base_id} on {sim.port}; store {args.store}; Ctrl-C stops",
+            f"simulated board {sim.base_id} on {sim.port}; store {args.store}{model}; Ctrl-C stops",
             file=sys.stderr,
             flush=True,
         )

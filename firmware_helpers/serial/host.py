@@ -50,6 +50,7 @@ from firmware_helpers.serial.protocol import (
     Csr,
     Data,
     GenKey,
+    GetCsr,
     Hello,
     HelloReply,
     HostMachine,
@@ -333,12 +334,17 @@ class Host:
         *,
         bits: int = 2048,
         on_board: Callable[[HelloReply], None] | None = None,
+        early: Mapping[ObjectType, bytes] | None = None,
     ) -> ProvisionResult:
         """Protocol version 2: the board generates the key and returns a CSR (DER); ``issue``
         turns it into the objects to send (certificate, server CA), then the board commits.
 
-        No private key crosses the line. A restart (the board lost its session, and with it
-        the staged key) asks for a new key and calls ``issue`` again.
+        ``early``: objects that do not depend on the key (the server CA). To a board that
+        generates in the background they are sent while it makes the key (GENKEY with DEFER,
+        then GET_CSR), so the line works while the board computes; to any other board they
+        are sent after the certificate, as ``issue``'s objects are. No private key crosses
+        the line. A restart (the board lost its session, and with it the staged key) asks for
+        a new key and calls ``issue`` again.
         """
 
         def plan(board: HelloReply) -> Mapping[ObjectType, bytes]:
@@ -353,12 +359,22 @@ class Host:
                     f"board {board.board_id} cannot generate its key: {why}. Provision it with "
                     "an issued pair instead (--cert and --key)."
                 )
-            answer = self.exchange(GenKey(KeyType.RSA, bits), timeout=self.genkey_timeout)
+            sent: Mapping[ObjectType, bytes] = {}
+            if early and board.can_generate_in_background:
+                self._expect_ack(GenKey(KeyType.RSA, bits, defer=True), "GENKEY")
+                self._send_objects(early, board)  # while the board makes its key
+                sent = early
+                answer = self.exchange(GetCsr(), timeout=self.genkey_timeout)
+                during = "GET_CSR"
+            else:
+                answer = self.exchange(GenKey(KeyType.RSA, bits), timeout=self.genkey_timeout)
+                during = "GENKEY"
             if isinstance(answer, Nak):
-                raise board_error(answer, during="GENKEY")
+                raise board_error(answer, during=during)
             if not isinstance(answer, Csr):
                 raise ProtocolError(f"expected CSR, got {type(answer).__name__}")
-            return issue(board, answer.der)
+            objects = {**(early or {}), **issue(board, answer.der)}
+            return {t: d for t, d in objects.items() if sent.get(t) != d}
 
         return self._run(plan, on_board)
 
@@ -408,13 +424,19 @@ class Host:
         on_board: Callable[[HelloReply], None] | None,
     ) -> HelloReply:
         board = self.hello()
+        self.sent_bytes = 0
         if on_board is not None:
             on_board(board)
         objects = plan(board) if callable(plan) else plan
-        self.sent_bytes = sum(len(d) for d in objects.values())
+        self._send_objects(objects, board)
+        self.commit_sent = True
+        self._expect_ack(Commit(), "COMMIT", timeout=self.commit_timeout)
+        return board
+
+    def _send_objects(self, objects: Mapping[ObjectType, bytes], board: HelloReply) -> None:
+        """BEGIN + DATA... for each object, in :data:`SEND_ORDER`; ``sent_bytes`` counts them."""
         chunk = max(1, min(self.max_chunk, board.max_chunk))
-        total = sum(len(d) for d in objects.values())
-        sent = 0
+        total = self.sent_bytes + sum(len(d) for d in objects.values())
         for obj in SEND_ORDER:
             if obj not in objects:
                 continue
@@ -423,9 +445,6 @@ class Host:
             for offset in range(0, len(data), chunk):
                 part = data[offset : offset + chunk]
                 self._expect_ack(Data(offset, part), f"DATA of the {obj.label} at {offset}")
-                sent += len(part)
+                self.sent_bytes += len(part)
                 if self.progress is not None:
-                    self.progress(obj.label, sent, total)
-        self.commit_sent = True
-        self._expect_ack(Commit(), "COMMIT", timeout=self.commit_timeout)
-        return board
+                    self.progress(obj.label, self.sent_bytes, total)

@@ -91,17 +91,24 @@ class OnBoardIssuer:
                 )
 
     def __call__(self, board: HelloReply, csr_der: bytes) -> dict[ObjectType, bytes]:
+        return self.issue(board, csr_der)
+
+    def issue(
+        self,
+        board: HelloReply,
+        csr_der: bytes,
+        *,
+        lock: AbstractContextManager[object] | None = None,
+    ) -> dict[ObjectType, bytes]:
+        """Check the CSR, reserve an SN, write the certificate; the objects to send.
+
+        ``lock`` is held only while the SN is reserved in the ledger (shared by the ports):
+        the CSR check, the signature and the certificate file (this device's own) run
+        outside it, so boards on several ports are issued for at the same time.
+        """
         public = check_csr(csr_der)
-        with SerialLedger(self.ledger_path) as ledger:
-            for _ in range(MAX_SERIAL_DRAWS):
-                serial = random_serial(SERIAL_BITS)
-                try:
-                    ledger.reserve(self.ca.sn, serial, self.product_key, self.device_name)
-                    break
-                except DuplicateSerialError:
-                    log.warning("SN %x is already in the ledger; drawing another", serial)
-            else:  # pragma: no cover - 16 collisions of random 64-bit SNs
-                raise ProvisioningInputError(f"{MAX_SERIAL_DRAWS} SNs in a row were taken")
+        with lock if lock is not None else contextlib.nullcontext():
+            serial = self._reserve()
         self.reserved.append(format(serial, "x"))
         cert = build_device_certificate(
             self.ca,
@@ -123,6 +130,20 @@ class OnBoardIssuer:
         if self.server_ca_pem is not None:
             objects[ObjectType.SERVER_CA] = self.server_ca_pem
         return objects
+
+    def _reserve(self) -> int:
+        """A fresh random SN, recorded (fsync'd) in the CA's ledger before any certificate."""
+        with SerialLedger(self.ledger_path) as ledger:
+            for _ in range(MAX_SERIAL_DRAWS):
+                serial = random_serial(SERIAL_BITS)
+                try:
+                    ledger.reserve(self.ca.sn, serial, self.product_key, self.device_name)
+                    return serial
+                except DuplicateSerialError:
+                    log.warning("SN %x is already in the ledger; drawing another", serial)
+        raise ProvisioningInputError(  # pragma: no cover - 16 collisions of random 64-bit SNs
+            f"{MAX_SERIAL_DRAWS} SNs in a row were taken"
+        )
 
     @property
     def sn(self) -> str:
@@ -161,11 +182,11 @@ def provision_generated(
             report.append(board_id, Pair(pair.name, pair.cert, pair.key, issuer.sn), status)
 
     def issue(board: HelloReply, csr: bytes) -> dict[ObjectType, bytes]:
-        with guard:
-            return issuer(board, csr)
+        return issuer.issue(board, csr, lock=guard)
 
     try:
-        result = host.provision_generated(issue, bits=bits)
+        early = {} if issuer.server_ca_pem is None else {ObjectType.SERVER_CA: issuer.server_ca_pem}
+        result = host.provision_generated(issue, bits=bits, early=early)
     except (SerialProvisioningError, KeyboardInterrupt) as exc:
         doubtful = host.commit_sent and isinstance(exc, LinkError | KeyboardInterrupt)
         if doubtful and host.board is not None:

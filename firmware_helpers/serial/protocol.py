@@ -40,6 +40,12 @@ SUPPORTED_VERSIONS = (1, 2)
 KEYGEN_VERSION = 2
 #: HELLO_REPLY ``features`` bit (version 2): the board generates key pairs and returns a CSR.
 FEATURE_KEYGEN = 0x01
+#: HELLO_REPLY ``features`` bit (version 2): the board generates in the background -- a GENKEY
+#: with the DEFER flag is acknowledged at once, the line stays open for other objects (the
+#: server CA) while the key is made, and GET_CSR fetches the request when it is ready.
+FEATURE_KEYGEN_DEFERRED = 0x02
+#: GENKEY ``flags`` bit: acknowledge now, answer GET_CSR later (needs FEATURE_KEYGEN_DEFERRED).
+GENKEY_DEFER = 0x01
 #: Sequence number of frames that answer nothing: NAKs of corrupt frames, boot announcements.
 NO_SEQ = 0xFFFF
 DATA_HEADER = struct.Struct(">I")
@@ -60,6 +66,7 @@ class MessageType(enum.IntEnum):
     INFO_REPLY = 0x21
     GENKEY = 0x30
     CSR = 0x31
+    GET_CSR = 0x32
     ACK = 0x40
     NAK = 0x41
 
@@ -144,6 +151,10 @@ class HelloReply:
     def can_generate_keys(self) -> bool:
         return bool(self.features & FEATURE_KEYGEN)
 
+    @property
+    def can_generate_in_background(self) -> bool:
+        return self.can_generate_keys and bool(self.features & FEATURE_KEYGEN_DEFERRED)
+
 
 class KeyType(enum.IntEnum):
     RSA = 1
@@ -151,10 +162,19 @@ class KeyType(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class GenKey:
-    """Version 2: generate a key pair, stage it, and answer with a CSR signed by it."""
+    """Version 2: generate a key pair, stage it, and answer with a CSR signed by it.
+
+    ``defer``: answer ACK at once and generate in the background; the CSR is fetched with
+    :class:`GetCsr` (only to a board announcing FEATURE_KEYGEN_DEFERRED)."""
 
     key_type: KeyType = KeyType.RSA
     bits: int = 2048
+    defer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GetCsr:
+    """Version 2: the CSR of the key a deferred GENKEY is making; answered when it is ready."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +239,22 @@ class Nak:
 
 
 Message = (
-    Hello | HelloReply | Begin | Data | Commit | Abort | Info | InfoReply | GenKey | Csr | Ack | Nak
+    Hello
+    | HelloReply
+    | Begin
+    | Data
+    | Commit
+    | Abort
+    | Info
+    | InfoReply
+    | GenKey
+    | GetCsr
+    | Csr
+    | Ack
+    | Nak
 )
+#: Message types that exist from version 2 on.
+_V2_TYPES = (MessageType.GENKEY, MessageType.CSR, MessageType.GET_CSR)
 
 _TYPE_OF: dict[type[object], MessageType] = {
     Hello: MessageType.HELLO,
@@ -232,6 +266,7 @@ _TYPE_OF: dict[type[object], MessageType] = {
     Info: MessageType.INFO,
     InfoReply: MessageType.INFO_REPLY,
     GenKey: MessageType.GENKEY,
+    GetCsr: MessageType.GET_CSR,
     Csr: MessageType.CSR,
     Ack: MessageType.ACK,
     Nak: MessageType.NAK,
@@ -250,8 +285,9 @@ def encode_payload(msg: Message, version: int = PROTOCOL_VERSION) -> bytes:
             ident = _short_text(board_id, 64)
             head = struct.pack(">HIB", max_chunk, capacity, len(ident)) + ident
             return head + struct.pack(">B", features) if version >= KEYGEN_VERSION else head
-        case GenKey(key_type, bits):
-            return struct.pack(">BH", int(key_type), bits)
+        case GenKey(key_type, bits, defer):
+            head = struct.pack(">BH", int(key_type), bits)
+            return head + struct.pack(">B", GENKEY_DEFER) if defer else head
         case Csr(der):
             return der
         case Begin(object_type, total, digest):
@@ -272,7 +308,7 @@ def encode_payload(msg: Message, version: int = PROTOCOL_VERSION) -> bytes:
 
 def encode_message(msg: Message, seq: int, *, version: int = PROTOCOL_VERSION) -> bytes:
     """The line bytes of ``msg`` with sequence number ``seq``."""
-    if isinstance(msg, GenKey | Csr) and version < KEYGEN_VERSION:
+    if isinstance(msg, GenKey | GetCsr | Csr) and version < KEYGEN_VERSION:
         raise ProtocolError(f"{type(msg).__name__} needs protocol version {KEYGEN_VERSION}")
     return encode_frame(Frame(version, _TYPE_OF[type(msg)], seq, encode_payload(msg, version)))
 
@@ -284,7 +320,7 @@ def decode_message(frame: Frame) -> Message:
     except ValueError as exc:
         raise ProtocolError(f"unknown message type {frame.type:#04x}") from exc
     p = frame.payload
-    if kind in (MessageType.GENKEY, MessageType.CSR) and frame.version < KEYGEN_VERSION:
+    if kind in _V2_TYPES and frame.version < KEYGEN_VERSION:
         raise ProtocolError(f"unknown message type {frame.type:#04x} in version {frame.version}")
     try:
         return _decode(kind, p, frame.version)
@@ -298,6 +334,7 @@ def _decode(kind: MessageType, p: bytes, version: int = PROTOCOL_VERSION) -> Mes
         MessageType.ABORT: Abort(),
         MessageType.INFO: Info(),
         MessageType.ACK: Ack(),
+        MessageType.GET_CSR: GetCsr(),
     }
     if kind in empty:
         if p:
@@ -314,8 +351,7 @@ def _decode(kind: MessageType, p: bytes, version: int = PROTOCOL_VERSION) -> Mes
         features = p[7 + n] if extra else 0
         return HelloReply(max_chunk, capacity, p[7 : 7 + n].decode("utf-8"), features)
     if kind is MessageType.GENKEY:
-        key_type, bits = struct.unpack(">BH", p)
-        return GenKey(KeyType(key_type), bits)
+        return _decode_genkey(p)
     if kind is MessageType.CSR:
         if not p:
             raise ValueError("empty CSR")
@@ -343,6 +379,17 @@ def _decode(kind: MessageType, p: bytes, version: int = PROTOCOL_VERSION) -> Mes
     # NAK
     code = ErrorCode(p[0])
     return Nak(code, p[1:].decode("utf-8", "replace"))
+
+
+def _decode_genkey(p: bytes) -> GenKey:
+    """Key type and bits; a fourth byte, when present, holds the flags (GENKEY_DEFER)."""
+    key_type, bits = struct.unpack(">BH", p[:3])
+    if len(p) == 3:
+        return GenKey(KeyType(key_type), bits)
+    (flags,) = struct.unpack(">B", p[3:])
+    if flags & ~GENKEY_DEFER:
+        raise ValueError(f"unknown GENKEY flags {flags:#04x}")
+    return GenKey(KeyType(key_type), bits, defer=bool(flags & GENKEY_DEFER))
 
 
 def sha256(data: bytes) -> bytes:
@@ -512,7 +559,7 @@ class HostMachine:
             msg = decode_message(item)
         except ProtocolError as exc:
             return Resend(self.retransmit(f"unreadable reply: {exc}"), str(exc))
-        if isinstance(msg, Hello | Begin | Data | Commit | Abort | Info | GenKey):
+        if isinstance(msg, Hello | Begin | Data | Commit | Abort | Info | GenKey | GetCsr):
             return Ignored("a request, not a reply: is the line echoing?")
         if item.seq == NO_SEQ:
             if isinstance(msg, HelloReply):
@@ -571,10 +618,16 @@ class InfoRequested:
 @dataclass(frozen=True, slots=True)
 class KeyRequested:
     """GENKEY: generate a key pair, then call :meth:`BoardMachine.keygen_done` with the key
-    (kept staged on the board: never sent) and a CSR signed with it."""
+    (kept staged on the board: never sent) and a CSR signed with it.
+
+    ``deferred``: the GENKEY was already acknowledged and the machine goes on answering other
+    requests; generate in the background and pass ``ticket`` to ``keygen_done`` (a key whose
+    session ended meanwhile is dropped, never staged)."""
 
     key_type: KeyType
     bits: int
+    deferred: bool = False
+    ticket: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,6 +652,17 @@ class BoardState(enum.Enum):
     COMMITTING = "committing"
     INFO = "answering info"
     GENERATING = "generating a key"
+
+
+@dataclass
+class _Deferred:
+    """A key being generated in the background, and what became of it."""
+
+    ticket: int
+    csr: bytes | None = None
+    failure: tuple[ErrorCode, str] | None = None
+    #: the seq of a GET_CSR that waits for the key
+    waiting: int | None = None
 
 
 @dataclass
@@ -641,6 +705,8 @@ class BoardMachine:
         self.version = max(self.versions)  # of the current frame (announcements: the highest)
         self.features = features
         self._generated = False
+        self._deferred: _Deferred | None = None
+        self._tickets = 0
         self.state = BoardState.NO_SESSION
         self._decoder = FrameDecoder()
         self._last_seq: int | None = None
@@ -727,6 +793,7 @@ class BoardMachine:
         self._staged.clear()
         self._current = None
         self._generated = False  # a generated key that was never committed is gone for good
+        self._deferred = None  # and one being generated is dropped when it is done
 
     def _request(self, seq: int, msg: Message) -> list[BoardEvent]:
         match msg:
@@ -746,6 +813,8 @@ class BoardMachine:
                 return [InfoRequested()]
             case GenKey():
                 return self._genkey(seq, msg)
+            case GetCsr():
+                return self._get_csr(seq)
             case _:
                 text = f"{type(msg).__name__} is not a request"
                 return [self._nak(seq, ErrorCode.BAD_STATE, text)]
@@ -767,12 +836,41 @@ class BoardMachine:
         self._current = None
         self._staged.pop(ObjectType.PRIVATE_KEY, None)
         self._generated = False
+        self._deferred = None
+        if msg.defer:
+            if not self.features & FEATURE_KEYGEN_DEFERRED:
+                text = "this board does not generate keys in the background"
+                return [self._nak(seq, ErrorCode.UNSUPPORTED_OBJECT, text)]
+            self._tickets += 1
+            self._deferred = _Deferred(self._tickets)
+            self.state = BoardState.READY
+            event = KeyRequested(msg.key_type, msg.bits, deferred=True, ticket=self._tickets)
+            return [event, self._reply(seq, Ack())]
         self.state = BoardState.GENERATING
         self._pending_seq = seq
         return [KeyRequested(msg.key_type, msg.bits)]
 
-    def keygen_done(self, key: bytes, csr_der: bytes) -> bytes:
-        """Stage the new ``key`` (it stays on the board) and answer with the CSR."""
+    def _get_csr(self, seq: int) -> list[BoardEvent]:
+        deferred = self._deferred
+        if deferred is None:
+            text = "no key is being generated in this session (send GENKEY with DEFER first)"
+            return [self._nak(seq, ErrorCode.BAD_STATE, text)]
+        if deferred.csr is not None:
+            return [self._reply(seq, Csr(deferred.csr))]
+        if deferred.failure is not None:
+            return [self._nak(seq, *deferred.failure)]
+        deferred.waiting = seq  # answered by keygen_done / keygen_failed
+        return []
+
+    def keygen_done(self, key: bytes, csr_der: bytes, *, ticket: int | None = None) -> bytes:
+        """Stage the new ``key`` (it stays on the board) and answer with the CSR.
+
+        With the ``ticket`` of a deferred request: the CSR answers a waiting GET_CSR, or is
+        kept for the next one (then nothing is returned); a key whose session ended meanwhile
+        (HELLO, ABORT, another GENKEY) is dropped and nothing is returned.
+        """
+        if ticket is not None:
+            return self._deferred_done(ticket, key, csr_der)
         if self.state is not BoardState.GENERATING:
             raise ProtocolError("keygen_done without a KeyRequested")
         self.state = BoardState.READY
@@ -782,18 +880,44 @@ class BoardMachine:
         self._generated = True
         return self._reply(self._pending_seq, Csr(csr_der)).data
 
-    def keygen_failed(self, code: ErrorCode, text: str) -> bytes:
+    def keygen_failed(self, code: ErrorCode, text: str, *, ticket: int | None = None) -> bytes:
+        if ticket is not None:
+            return self._deferred_failed(ticket, code, text)
         if self.state is not BoardState.GENERATING:
             raise ProtocolError("keygen_failed without a KeyRequested")
         self.state = BoardState.READY
         return self._nak(self._pending_seq, code, text).data
+
+    def _deferred_done(self, ticket: int, key: bytes, csr_der: bytes) -> bytes:
+        deferred = self._deferred
+        if deferred is None or deferred.ticket != ticket:
+            return b""  # the session it was made for is over: the key is forgotten
+        if len(csr_der) > MAX_PAYLOAD:
+            return self._deferred_failed(ticket, ErrorCode.TOO_LARGE, "CSR larger than a frame")
+        self._staged[ObjectType.PRIVATE_KEY] = _Staged(len(key), sha256(key), bytearray(key))
+        self._generated = True
+        deferred.csr = csr_der
+        if deferred.waiting is None:
+            return b""
+        seq, deferred.waiting = deferred.waiting, None
+        return self._reply(seq, Csr(csr_der)).data
+
+    def _deferred_failed(self, ticket: int, code: ErrorCode, text: str) -> bytes:
+        deferred = self._deferred
+        if deferred is None or deferred.ticket != ticket:
+            return b""
+        deferred.failure = (code, text)
+        if deferred.waiting is None:
+            return b""
+        seq, deferred.waiting = deferred.waiting, None
+        return self._nak(seq, code, text).data
 
     def _begin(self, seq: int, msg: Begin) -> Send:
         if self.state is BoardState.RECEIVING and self._current is not None:
             self._staged.pop(self._current, None)  # an unfinished object is abandoned
         self._current = None
         self.state = BoardState.READY
-        if msg.object_type is ObjectType.PRIVATE_KEY and self._generated:
+        if msg.object_type is ObjectType.PRIVATE_KEY and (self._generated or self._deferred):
             return self._nak(
                 seq,
                 ErrorCode.BAD_STATE,
@@ -842,6 +966,9 @@ class BoardMachine:
         if self.state is BoardState.RECEIVING:
             return [self._nak(seq, ErrorCode.INCOMPLETE, "an object is still being received")]
         missing = [t.label for t in REQUIRED_OBJECTS if t not in self._staged]
+        if self._deferred is not None and self._deferred.csr is None:
+            text = "the key is still being generated (fetch its CSR with GET_CSR first)"
+            return [self._nak(seq, ErrorCode.INCOMPLETE, text)]
         if missing:
             return [self._nak(seq, ErrorCode.INCOMPLETE, "missing " + " and ".join(missing))]
         for obj, staged in self._staged.items():
@@ -869,6 +996,8 @@ class BoardMachine:
 
 
 __all__ = [
+    "FEATURE_KEYGEN",
+    "FEATURE_KEYGEN_DEFERRED",
     "NO_SEQ",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
@@ -885,6 +1014,7 @@ __all__ = [
     "ErrorCode",
     "FrameError",
     "GenKey",
+    "GetCsr",
     "Hello",
     "HelloReply",
     "HostMachine",

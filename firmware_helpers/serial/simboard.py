@@ -20,6 +20,11 @@ simulated line, from a seeded random generator so that a test run can be repeate
   the kit speaks; ``1`` is an old board that cannot generate keys);
 - ``no_keygen``: a version 2 board that cannot generate keys;
 - ``baud``: bytes take ``10 / baud`` seconds each in each direction (8N1), for benchmarks.
+
+``keygen`` replaces the board's key generation (default: real RSA generation on the host);
+benchmarks pass a :class:`~firmware_helpers.serial.keygen.BoardCpuModel`, a board whose key is
+made on its own CPU. The board generates in the background by default (a deferred GENKEY);
+``background_keygen=False`` is a board that answers GENKEY only when its key is made.
 """
 
 from __future__ import annotations
@@ -108,6 +113,8 @@ class SimBoard:
         boards: int = 1,
         swap_delay: float = 0.3,
         record_wire: bool = False,
+        keygen: Callable[[int], tuple[bytes, bytes]] = generate_key_and_csr,
+        background_keygen: bool = True,
     ) -> None:
         self.store_root = Path(store)
         self.base_id = board_id or f"SIM-{secrets.token_hex(4)}"
@@ -115,6 +122,10 @@ class SimBoard:
         self.max_chunk = max_chunk
         self.boards = boards
         self.swap_delay = swap_delay
+        self.keygen = keygen
+        self.background_keygen = background_keygen
+        self._link: FdLink | None = None
+        self._send_lock = threading.Lock()
         #: with ``record_wire``: every byte the host sent (``wire_in``) and the board sent
         self.record_wire = record_wire
         self.wire_in = bytearray()
@@ -148,13 +159,23 @@ class SimBoard:
 
     def _new_agent(self) -> BoardAgent:
         index = self._board_index
-        return BoardAgent(
+        agent = BoardAgent(
             CredentialStore(self.store_of(index)),
             self.board_id_of(index),
             max_chunk=self.max_chunk,
             version=self.faults.protocol_version,
-            keygen=None if self.faults.no_keygen else generate_key_and_csr,
+            keygen=None if self.faults.no_keygen else self.keygen,
+            background_keygen=self.background_keygen,
         )
+        agent.emit = self._emit
+        return agent
+
+    def _emit(self, data: bytes) -> None:
+        """A reply the agent's keygen thread produced (the CSR a GET_CSR waits for)."""
+        if self._link is not None and not self.stats.unplugged:
+            with contextlib.suppress(OSError):
+                self._send(self._link, data)
+        self._notify()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -244,15 +265,16 @@ class SimBoard:
         return frame
 
     def _send(self, link: FdLink, data: bytes) -> None:
-        self._tx_clock = self._pace(self._tx_clock, len(data))
-        data = self._damage(data)
-        if self.record_wire:
-            self.wire_out += data
-        link.write(data)
-        self.stats.frames_out += 1
+        with self._send_lock:  # the agent's keygen thread sends too: frames never interleave
+            self._tx_clock = self._pace(self._tx_clock, len(data))
+            data = self._damage(data)
+            if self.record_wire:
+                self.wire_out += data
+            link.write(data)
+            self.stats.frames_out += 1
 
     def _run(self) -> None:
-        link = FdLink(self._master)
+        link = self._link = FdLink(self._master)
         try:
             self._send(link, self.agent.boot())
             self.stats.boards_served.append(self.agent.board_id)
@@ -377,6 +399,6 @@ class SimBoard:
             self._frames_since_boot = 0
             self._buffer.clear()
             self._notify()
-            self._send(link, self.agent.boot())
+            self._send(link, self.agent.boot())  # a key being generated is lost with the RAM
             return "lost"  # this frame was lost with the power
         return "ok"

@@ -187,6 +187,58 @@ def test_no_private_key_byte_crosses_the_line_and_none_exists_on_the_host(
     assert proc.returncode == 2 and "already exists" in proc.stderr
 
 
+def _requests(wire: bytes | bytearray) -> list[str]:
+    """The host's requests in the order they crossed the line (retransmissions once)."""
+    frames = [f for f in FrameDecoder().feed(bytes(wire)) if isinstance(f, Frame)]
+    seen: list[tuple[int, int]] = []
+    for f in frames:
+        if not seen or seen[-1] != (f.seq, f.type):
+            seen.append((f.seq, f.type))
+    return [MessageType(kind).name for _seq, kind in seen]
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["pipelined", "answers-when-done"])
+def test_the_server_ca_crosses_the_line_while_the_board_makes_its_key(
+    tmp_path: Path,
+    ca_files: tuple[Path, Path],
+    pairs: tuple[PairFiles, PairFiles],
+    background: bool,
+) -> None:
+    """A board that generates in the background is sent the server CA meanwhile (GENKEY with
+    DEFER, then GET_CSR); one that answers GENKEY only when done gets the version 2 flow."""
+    store = tmp_path / "store"
+    with SimBoard(store, record_wire=True, background_keygen=background) as sim:
+        proc = _generate(sim, ca_files, tmp_path / "out", pairs[0].server_ca, "pipe-0001")
+    assert proc.returncode == 0, proc.stderr
+    requests = _requests(sim.wire_in)
+    assert requests[-1] == "COMMIT"
+    if background:
+        assert requests[-8:] == [
+            "HELLO", "GENKEY", "BEGIN", "DATA", "GET_CSR", "BEGIN", "DATA", "COMMIT"
+        ]  # fmt: skip
+    else:
+        assert requests[-7:] == ["HELLO", "GENKEY", "BEGIN", "DATA", "BEGIN", "DATA", "COMMIT"]
+    assert (store / "server-ca.pem").read_bytes() == pairs[0].server_ca.read_bytes()
+    cert = read_certificates(store / "device.cer")[0]
+    assert key_matches_certificate(read_private_key(store / "device.key"), cert)
+
+
+def test_power_cut_while_the_key_is_made_in_the_background_forgets_that_key(
+    tmp_path: Path, ca_files: tuple[Path, Path], pairs: tuple[PairFiles, PairFiles]
+) -> None:
+    store, out = tmp_path / "store", tmp_path / "out"
+    # HELLO, GENKEY (acknowledged, key being made), BEGIN server CA <- the power goes here once
+    plan = FaultPlan(reboot_after=3)
+    with SimBoard(store, faults=plan) as sim:
+        proc = _generate(sim, ca_files, out, pairs[0].server_ca, "cut-0001")
+    assert proc.returncode == 0, proc.stderr
+    assert sim.stats.reboots == 1
+    # the board holds the key of the second session, which the certificate certifies
+    cert = read_certificates(store / "device.cer")[0]
+    assert key_matches_certificate(read_private_key(store / "device.key"), cert)
+    assert (store / "device.cer").read_bytes() == next(out.glob("*.cer")).read_bytes()
+
+
 def test_an_old_board_is_told_apart_and_still_provisioned_with_a_pair(
     tmp_path: Path,
     ca_files: tuple[Path, Path],
@@ -251,8 +303,9 @@ def test_a_board_that_keeps_losing_power_keeps_its_credentials_and_burns_its_sns
         assert proc.returncode == 0, proc.stderr
     before = snapshot(store)
     out = tmp_path / "out"
-    # HELLO, GENKEY, BEGIN cert, DATA cert <- the power goes here, at every boot
-    plan = FaultPlan(reboot_after=4, reboot_times=100)
+    # HELLO, GENKEY (acknowledged; the key is made in the background), BEGIN server CA, DATA
+    # server CA, GET_CSR (answered with the CSR), BEGIN cert <- the power goes here, at every boot
+    plan = FaultPlan(reboot_after=6, reboot_times=100)
     with SimBoard(store, board_id="FLAKY", faults=plan) as sim:
         proc = _generate(sim, ca_files, out, pairs[0].server_ca, "flaky-0001")
     assert proc.returncode == 4 and "lost the session" in proc.stderr
@@ -336,8 +389,9 @@ def test_board_unplugged_after_its_csr_keeps_its_credentials(
 ) -> None:
     before = snapshot(provisioned_store)
     out = tmp_path / "out"
-    # HELLO, GENKEY (answered with a CSR), BEGIN cert, DATA cert <- unplugged here
-    with SimBoard(provisioned_store, faults=FaultPlan(unplug_after=4)) as sim:
+    # HELLO, GENKEY, BEGIN server CA, DATA server CA, GET_CSR (answered with a CSR),
+    # BEGIN cert <- unplugged here
+    with SimBoard(provisioned_store, faults=FaultPlan(unplug_after=6)) as sim:
         proc = _generate(sim, ca_files, out, pairs[0].server_ca, "gone-0001")
     assert proc.returncode == 4 and "went away" in proc.stderr
     assert snapshot(provisioned_store) == before

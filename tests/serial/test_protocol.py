@@ -17,6 +17,7 @@ from firmware_helpers.errors import (
 from firmware_helpers.serial.framing import Frame, FrameDecoder, encode_frame
 from firmware_helpers.serial.protocol import (
     FEATURE_KEYGEN,
+    FEATURE_KEYGEN_DEFERRED,
     NO_SEQ,
     Abort,
     Ack,
@@ -30,6 +31,7 @@ from firmware_helpers.serial.protocol import (
     Data,
     ErrorCode,
     GenKey,
+    GetCsr,
     Hello,
     HelloReply,
     HostMachine,
@@ -37,6 +39,7 @@ from firmware_helpers.serial.protocol import (
     Info,
     InfoReply,
     InfoRequested,
+    KeyRequested,
     KeyType,
     LineError,
     Message,
@@ -85,8 +88,11 @@ def test_every_message_round_trips(msg: Message, version: int) -> None:
     "msg",
     [
         GenKey(KeyType.RSA, 2048),
+        GenKey(KeyType.RSA, 2048, defer=True),
+        GetCsr(),
         Csr(b"0\x82\x02I..."),
         HelloReply(4096, 65536, "board-7", FEATURE_KEYGEN),
+        HelloReply(4096, 65536, "board-7", FEATURE_KEYGEN | FEATURE_KEYGEN_DEFERRED),
     ],
     ids=lambda m: type(m).__name__,
 )
@@ -98,6 +104,12 @@ def test_version_2_messages_round_trip(msg: Message) -> None:
 def test_version_1_has_no_key_generation() -> None:
     with pytest.raises(ProtocolError, match="needs protocol version 2"):
         encode_message(GenKey(), 1, version=1)
+    with pytest.raises(ProtocolError, match="needs protocol version 2"):
+        encode_message(GetCsr(), 1, version=1)
+    with pytest.raises(ProtocolError, match="unknown message type 0x32 in version 1"):
+        decode_message(Frame(1, 0x32, 1, b""))
+    with pytest.raises(ProtocolError, match="unknown GENKEY flags 0x02"):
+        decode_message(Frame(2, 0x30, 1, b"\x01\x08\x00\x02"))
     with pytest.raises(ProtocolError, match="unknown message type 0x30 in version 1"):
         decode_message(Frame(1, 0x30, 1, b"\x01\x08\x00"))
     # a version 1 HELLO_REPLY carries no features byte: a version 1 board cannot generate keys
@@ -271,6 +283,91 @@ def test_hello_discards_a_half_finished_transaction() -> None:
     d.reply(Hello())
     staged.append(d.board.staged_types)
     assert staged == [(ObjectType.CERTIFICATE,), ()]
+
+
+# --- key generation in the background (deferred GENKEY, GET_CSR) -------------------------------
+
+PIPELINED = FEATURE_KEYGEN | FEATURE_KEYGEN_DEFERRED
+SERVER_CA = b"-----BEGIN CERTIFICATE-----\n" + b"C" * 700 + b"\n-----END CERTIFICATE-----\n"
+NEW_KEY = b"the staged key (stays on the board)"
+CSR_DER = b"0\x82 a CSR"
+
+
+def _deferred_genkey(d: BoardDriver) -> int:
+    """GENKEY with DEFER: a KeyRequested for the caller's background work, and an ACK at once."""
+    request, ack = d.send(GenKey(KeyType.RSA, 2048, defer=True))
+    assert isinstance(request, KeyRequested) and request.deferred and ack == Ack()
+    assert d.board.state is BoardState.READY  # the line stays open while the key is made
+    return request.ticket
+
+
+def test_the_line_works_while_the_board_makes_its_key() -> None:
+    d = _session(features=PIPELINED)
+    ticket = _deferred_genkey(d)
+    _send_object(d, ObjectType.SERVER_CA, SERVER_CA)  # meanwhile
+    assert d.send(GetCsr()) == []  # not ready: the answer waits for the key
+    get_csr_seq = d.seq
+    assert d.send(GetCsr(), seq=get_csr_seq) == []  # a retransmission waits too
+    frame, csr = _decode_one(d.board.keygen_done(NEW_KEY, CSR_DER, ticket=ticket))
+    assert csr == Csr(CSR_DER) and frame.seq == get_csr_seq
+    _send_object(d, ObjectType.CERTIFICATE, CERT)
+    (event,) = d.send(Commit())
+    assert isinstance(event, CommitRequested)
+    assert event.objects == {
+        ObjectType.SERVER_CA: SERVER_CA,
+        ObjectType.PRIVATE_KEY: NEW_KEY,
+        ObjectType.CERTIFICATE: CERT,
+    }
+
+
+def test_a_csr_made_before_it_is_asked_for_is_kept_for_get_csr() -> None:
+    d = _session(features=PIPELINED)
+    ticket = _deferred_genkey(d)
+    assert d.board.keygen_done(NEW_KEY, CSR_DER, ticket=ticket) == b""  # nobody asked yet
+    assert d.reply(GetCsr()) == Csr(CSR_DER)
+    assert d.reply(GetCsr(), seq=d.seq) == Csr(CSR_DER)  # lost answer: the same CSR again
+
+
+def test_a_key_finished_after_its_session_ended_is_forgotten() -> None:
+    d = _session(features=PIPELINED)
+    ticket = _deferred_genkey(d)
+    d.reply(Hello())  # the host started over (or ABORTed) while the key was being made
+    assert d.board.keygen_done(NEW_KEY, CSR_DER, ticket=ticket) == b""
+    assert d.board.staged_types == ()
+    nak = d.reply(GetCsr())
+    assert isinstance(nak, Nak) and nak.code is ErrorCode.BAD_STATE and "GENKEY" in nak.text
+    ticket = _deferred_genkey(d)
+    d.reply(Abort())
+    assert d.board.keygen_done(NEW_KEY, CSR_DER, ticket=ticket) == b""
+    assert d.board.staged_types == ()
+
+
+def test_a_failed_background_key_answers_get_csr_with_its_error() -> None:
+    d = _session(features=PIPELINED)
+    ticket = _deferred_genkey(d)
+    assert d.send(GetCsr()) == []
+    reply = d.board.keygen_failed(ErrorCode.STORAGE_ERROR, "no entropy", ticket=ticket)
+    _, nak = _decode_one(reply)
+    assert isinstance(nak, Nak) and nak.code is ErrorCode.STORAGE_ERROR and nak.text == "no entropy"
+
+
+def test_what_a_board_refuses_around_a_background_key() -> None:
+    d = _session(features=PIPELINED)
+    nak = d.reply(GetCsr())
+    assert isinstance(nak, Nak) and nak.code is ErrorCode.BAD_STATE
+    _deferred_genkey(d)
+    nak = d.reply(Begin(ObjectType.PRIVATE_KEY, len(KEY), sha256(KEY)))
+    assert isinstance(nak, Nak) and nak.code is ErrorCode.BAD_STATE and "generated" in nak.text
+    _send_object(d, ObjectType.CERTIFICATE, CERT)
+    nak = d.reply(Commit())
+    assert isinstance(nak, Nak) and nak.code is ErrorCode.INCOMPLETE
+    assert "still being generated" in nak.text
+    # a board without the feature refuses DEFER and still answers a plain GENKEY
+    d = _session(features=FEATURE_KEYGEN)
+    nak = d.reply(GenKey(KeyType.RSA, 2048, defer=True))
+    assert isinstance(nak, Nak) and nak.code is ErrorCode.UNSUPPORTED_OBJECT
+    (request,) = d.send(GenKey(KeyType.RSA, 2048))
+    assert isinstance(request, KeyRequested) and not request.deferred
 
 
 # --- host machine ------------------------------------------------------------------------------
