@@ -81,6 +81,9 @@ def register(tree: CommandTree) -> None:
     )
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="also keep each .cer here")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default 5)")
+    p.add_argument(
+        "--parallel", type=_positive, default=4, help="certificates posted at once (default 4)"
+    )
     p.set_defaults(handler=cmd_ca_signer)
 
     p = certs.add_parser(
@@ -217,6 +220,7 @@ def cmd_ca_signer(args: argparse.Namespace) -> int:
         ledger_path=args.ledger or default_ledger(args.ca_key),
         days=args.days,
         out_dir=args.out,
+        parallel=args.parallel,
     )
     signer.check_registered()
 

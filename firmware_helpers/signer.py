@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 DEFAULT_RENEWAL_DAYS = 365
 #: Requests fetched per round (the API's page bound is 100).
 DEFAULT_BATCH = 50
+#: Certificates posted at once (each POST waits on the network and the server's checks).
+DEFAULT_PARALLEL = 4
 #: Seconds between two polls when nothing waits, and the longest wait after a failure.
 DEFAULT_INTERVAL = 5.0
 MAX_BACKOFF = 60.0
@@ -96,8 +99,11 @@ class Signer:
         days: int = DEFAULT_RENEWAL_DAYS,
         out_dir: str | Path | None = None,
         batch: int = DEFAULT_BATCH,
+        parallel: int = DEFAULT_PARALLEL,
         serial_source: Callable[[], int] | None = None,
     ) -> None:
+        if not 1 <= parallel <= 32:
+            raise SignerError(f"--parallel must be 1..32, got {parallel}")
         if days < 1:
             raise SignerError(f"--days must be at least 1, got {days}")
         if not 1 <= batch <= 100:
@@ -108,6 +114,7 @@ class Signer:
         self.days = days
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.batch = batch
+        self.parallel = parallel
         self._serial_source = serial_source or (lambda: random_serial(SERIAL_BITS))
 
     def check_registered(self) -> None:
@@ -157,8 +164,11 @@ class Signer:
                 todo.append(checked)
         if todo:
             self._reserve(todo)
-        for item in todo:
-            answers.append(self._issue(item))
+        if self.parallel == 1 or len(todo) < 2:
+            answers.extend(self._issue(item) for item in todo)
+        else:  # the POSTs wait on the network and the server: overlap them
+            with ThreadPoolExecutor(self.parallel, thread_name_prefix="signer-post") as pool:
+                answers.extend(pool.map(self._issue, todo))
         return answers
 
     def _check(self, request: dict[str, object]) -> _Todo | Answer:
