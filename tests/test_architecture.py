@@ -13,7 +13,14 @@ that graph:
   installs on a board without them;
 * no module takes part in an import cycle, inside a package or across packages; a cycle is
   reported with its path;
-* no import by a string the checker cannot read (a blind spot of the graph).
+* no import by a string the checker cannot read (a blind spot of the graph);
+* the development parts stay out of what ships: no shipped part imports ``bench``, ``testkit`` or
+  ``tests``; ``bench`` imports ``testkit`` for shared helpers, never ``tests`` (a benchmark must
+  not run the test suite's configuration, nor change when a test is refactored); ``testkit``
+  imports neither;
+* no test double in a shipped package: no module named like one (``testing``, ``fakes``,
+  ``mocks``, ``conftest``, ``test_*``...), no class named ``Fake*``/``Mock*``/``Dummy*``/``Stub*``,
+  no import of test machinery (``pytest``, ``unittest.mock``, ``hypothesis``).
 
 Every check is also run on a small fake package with a planted violation, to show it can fail.
 """
@@ -21,6 +28,7 @@ Every check is also run on a small fake package with a planted violation, to sho
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -39,8 +47,22 @@ ALLOWED = {
     "simulator": {"device_sdk", "firmware_helpers", "simulator"},
     "iotx509": {"device_sdk", "firmware_helpers", "server_stub", "simulator", "iotx509"},
 }
+SHIPPED = set(ALLOWED)
+#: Development parts (not in the wheel): what each may import, besides what ships.
+DEV_ALLOWED = {
+    "testkit": SHIPPED | {"testkit"},
+    "bench": SHIPPED | {"testkit", "bench"},
+}
+DEV = {"bench", "testkit", "tests"}
 #: The device must install without the server's or the simulator's dependencies.
 SDK_FORBIDDEN_THIRD_PARTY = {"fastapi", "uvicorn", "uvloop", "starlette", "locust", "gevent"}
+#: Names that mark a module or a class as a test double, or test machinery, out of place in a
+#: shipped package.
+DOUBLE_MODULE = re.compile(
+    r"(testing|tests?|conftest|fakes?|mocks?|doubles?|dummy|dummies|stubs?)(_\w*)?|(test|fake|mock)_\w+"
+)
+DOUBLE_CLASS = re.compile(r"(Fake|Mock|Dummy|Stub)[A-Z_]\w*|(Fake|Mock|Dummy|Stub)")
+TEST_MACHINERY = {"pytest", "unittest.mock", "hypothesis", "_pytest"}
 #: Calls whose first argument names a module that will be imported.
 STRING_IMPORTERS = {"import_module", "require_extra", "__import__"}
 
@@ -260,17 +282,59 @@ def _cycle_path(graph: Mapping[str, set[str]], component: list[str]) -> str:
     raise AssertionError("a strongly connected component always has a cycle")
 
 
+def double_findings(root: Path, packages: Iterable[str]) -> list[str]:
+    """Modules and classes of ``packages`` that are test doubles or import test machinery."""
+    out: list[str] = []
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            where = path.relative_to(root)
+            names = [*where.parent.parts[1:], path.stem]
+            if any(DOUBLE_MODULE.fullmatch(name) for name in names):
+                out.append(f"{where}: a test double's module name")
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef) and DOUBLE_CLASS.fullmatch(node.name):
+                    out.append(f"{where}:{node.lineno}: class {node.name}")
+                if isinstance(node, ast.Import):
+                    imported = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    imported = [node.module or ""]
+                else:
+                    continue
+                out.extend(
+                    f"{where}:{node.lineno}: imports {name}"
+                    for name in imported
+                    if any(name == m or name.startswith(m + ".") for m in TEST_MACHINERY)
+                )
+    return out
+
+
 # --- the kit -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def graph() -> dict[str, set[str]]:
-    return import_graph(ROOT, ALLOWED)
+    return import_graph(ROOT, [*ALLOWED, *DEV_ALLOWED])
+
+
+def _dev_rules() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(allowed, forbidden) over shipped and development parts: ``tests`` is first party too
+    (importable by nobody here), and no shipped part imports a development one."""
+    allowed = {**ALLOWED, **DEV_ALLOWED, "tests": set()}
+    forbidden = {part: set(DEV) for part in ALLOWED}
+    forbidden["device_sdk"] |= SDK_FORBIDDEN_THIRD_PARTY
+    return allowed, forbidden
 
 
 def test_parts_import_only_what_they_build_on(graph: dict[str, set[str]]) -> None:
     assert "server_stub.launcher" in graph["iotx509.demo"]  # imports by string are read
-    assert layer_violations(graph, ALLOWED, {"device_sdk": SDK_FORBIDDEN_THIRD_PARTY}) == []
+    assert "testkit.mosquitto" in graph["bench.bench_sdk_footprint"]  # bench and testkit are read
+    allowed, forbidden = _dev_rules()
+    assert layer_violations(graph, allowed, forbidden) == []
+
+
+def test_no_test_double_in_a_shipped_package() -> None:
+    assert double_findings(ROOT, ALLOWED) == []
 
 
 def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
@@ -413,4 +477,57 @@ def test_a_forbidden_third_party_import_is_caught(tmp_path: Path) -> None:
     graph = import_graph(tmp_path, {"base": {"base"}})
     assert layer_violations(graph, {"base": {"base"}}, {"base": {"gevent"}}) == [
         "base.net imports gevent.monkey"
+    ]
+
+
+def test_bench_importing_tests_is_caught(tmp_path: Path) -> None:
+    _fake_kit(
+        tmp_path,
+        {
+            "base/__init__.py": "",
+            "base/cli.py": "def main():\n    from testkit.broker import run\n    return run\n",
+            "bench/__init__.py": "",
+            "bench/bench_a.py": "from tests.server.fakes import FakeDirectory\n",
+            "bench/bench_b.py": "from testkit.broker import run\nimport base.cli\n",
+            "testkit/__init__.py": "",
+            "testkit/broker.py": "import importlib\nimportlib.import_module('tests.sdk.brokers')\n",
+            "tests/__init__.py": "",
+        },
+    )
+    shipped = {"base": {"base"}}
+    allowed = {
+        **shipped,
+        "bench": {"base", "testkit", "bench"},
+        "testkit": {"base", "testkit"},
+        "tests": set(),
+    }
+    graph = import_graph(tmp_path, ["base", "bench", "testkit"])
+    assert layer_violations(graph, allowed, {"base": set(DEV)}) == [
+        "base.cli imports testkit.broker",
+        "bench.bench_a imports tests.server.fakes",
+        "testkit.broker imports tests.sdk.brokers",
+    ]
+
+
+def test_a_test_double_in_a_shipped_package_is_caught(tmp_path: Path) -> None:
+    _fake_kit(
+        tmp_path,
+        {
+            "srv/__init__.py": "",
+            "srv/testing.py": "class InMemoryMessaging: ...\n",
+            "srv/mqtt/__init__.py": "",
+            "srv/mqtt/fakes.py": "",
+            "srv/mqtt/fake_clock.py": "",
+            "srv/mqtt/broker.py": "class Broker: ...\nclass FakeDirectory: ...\n",
+            "srv/probe.py": "def f():\n    from unittest.mock import patch\n    import pytest\n",
+            "srv/stubborn.py": "class Stubborn: ...\nclass Mockingbird: ...\n",
+        },
+    )
+    assert double_findings(tmp_path, ["srv"]) == [
+        "srv/mqtt/broker.py:2: class FakeDirectory",
+        "srv/mqtt/fake_clock.py: a test double's module name",
+        "srv/mqtt/fakes.py: a test double's module name",
+        "srv/probe.py:2: imports unittest.mock",
+        "srv/probe.py:3: imports pytest",
+        "srv/testing.py: a test double's module name",
     ]
