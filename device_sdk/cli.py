@@ -1,4 +1,5 @@
-"""``iotx509 device connect``: connect once with a certificate pair and print the identity.
+"""``iotx509 device connect``: connect once with a certificate pair and print the identity;
+``iotx509 device renew``: renew the pair's certificate now (docs/renewal.md).
 
 The quickest way to check a device's credentials against a server from a shell (and what the
 Raspberry Pi README uses). Its exit status says which kind of failure it met
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from device_sdk.cli_support import CommandTree, env_default
 from device_sdk.defaults import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_KEEPALIVE, DEFAULT_MQTT_PORT
@@ -101,6 +103,139 @@ def register(tree: CommandTree) -> None:
     )
     # (usage mistakes exit 2 with the usage line, as argparse's own do)
     parser.set_defaults(handler=_connect, usage_error=parser.error)
+    _register_renew(group)
+
+
+_RENEW_EXIT_STATUSES = """exit status:
+  0   renewed: the new pair is in place (same file names) and the platform accepted it
+  65  credentials cannot be used, or the platform/signer refused the request (the reason is
+      printed; the current pair is kept)
+  69  network, or no certificate came back in time (signer down or slow): the current pair
+      is kept; run again later
+  other statuses as for 'iotx509 device connect'"""
+
+
+def _register_renew(group: Any) -> None:
+    """``iotx509 device renew``: renew one device's certificate now (docs/renewal.md)."""
+    parser: argparse.ArgumentParser = group.add_parser(
+        "renew",
+        help="renew a device's certificate now: new key on this machine, CSR over MQTT, "
+        "the customer's signer issues, the new pair replaces the old one",
+        description="Connect with the device's pair, make a new RSA-2048 key here, ask the "
+        "platform for a certificate (the customer's signer, 'iotx509 ca signer', issues it), "
+        "store the new pair beside the old one, reconnect with it and, once the platform "
+        "accepted it, put it in place of the old pair (same file names). A run interrupted "
+        "at any step leaves a pair that connects; running the command again resumes. Prints "
+        "the result as JSON.",
+        epilog=_RENEW_EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_argument_group("credentials (either --cert and --key, or --store)")
+    source.add_argument("--cert", help="device certificate file (replaced by the new one)")
+    source.add_argument("--key", help="device private key file (replaced by the new one)")
+    source.add_argument("--store", metavar="DIR", help="credential store written by provisioning")
+    source.add_argument(
+        "--key-password-env",
+        metavar="VAR",
+        default="IOTX509_KEY_PASSWORD",
+        help="environment variable holding the key's password; the new key gets the same "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--server-ca",
+        default=env_default("IOTX509_SERVER_CA"),
+        help="CA certificate that issued the server's certificate "
+        "(default: the store's server-ca.pem, else the system trust store)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="server host (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_MQTT_PORT, help="MQTT TLS port (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--server-hostname",
+        help="name the server certificate must carry, when it differs from --host",
+    )
+    parser.add_argument(
+        "--identity-store", metavar="FILE", help="JSON file that keeps the identity"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for the whole renewal, signer included (default: %(default)s)",
+    )
+    parser.set_defaults(handler=_renew, usage_error=parser.error)
+
+
+def _renew(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from device_sdk.client import DeviceClient
+    from device_sdk.errors import RenewalFailedError, RenewalRefusedError
+    from device_sdk.refusals import CLI_HINTS
+    from device_sdk.renewal import RenewalPolicy, RenewalState, ReportKind
+    from device_sdk.renewal_manager import Renewal
+
+    password = os.environ.get(args.key_password_env) or None
+    policy = RenewalPolicy(automatic=False)
+    if args.store:
+        if args.cert or args.key:
+            args.usage_error("give either --store or --cert/--key, not both")
+        renewal = Renewal.for_store(args.store, password=password, policy=policy)
+    elif args.cert and args.key:
+        renewal = Renewal.for_files(args.cert, args.key, password=password, policy=policy)
+    else:
+        args.usage_error("give --cert and --key (or --store DIR)")
+    old_sn = renewal.current.sn
+    resuming = renewal.state is not RenewalState.IDLE
+    client = DeviceClient(
+        args.host,
+        args.port,
+        renewal.credentials,
+        server_ca=args.server_ca,
+        server_hostname=args.server_hostname,
+        identity_store=args.identity_store,
+        hints=CLI_HINTS,
+    )
+    renewal.attach(client)
+    started = time.monotonic()
+    try:
+        client.connect(timeout=min(args.timeout, 60.0))
+        if not resuming:
+            client.renew_now()
+        remaining = max(1.0, args.timeout - (time.monotonic() - started))
+        report = renewal.wait((ReportKind.RENEWED, ReportKind.REFUSED), remaining)
+        identity = client.identity
+        new_sn = client.credentials.sn
+    finally:
+        client.disconnect()
+        renewal.close()
+    if report is None:
+        failures = [r for r in renewal.reports if r.kind is ReportKind.FAILED]
+        why = failures[-1].reason if failures else "no answer"
+        raise RenewalFailedError(
+            f"no new certificate within {args.timeout:g} s ({why}); the current pair "
+            f"(SN {old_sn}) is kept; run the command again to resume (is the customer's "
+            "signer, 'iotx509 ca signer', running?)",
+            reason=why,
+        )
+    if report.kind is ReportKind.REFUSED:
+        raise RenewalRefusedError(
+            f"the renewal was refused: {report.reason}; the current pair (SN {old_sn}) is kept",
+            reason=report.reason,
+            request_id=report.request_id,
+        )
+    result: dict[str, object] = dict(identity.to_json()) if identity else {}
+    result.update(
+        status="renewed",
+        oldCertSn=old_sn,
+        certSn=new_sn,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
 
 
 def _keepalive(text: str) -> int:
