@@ -495,10 +495,7 @@ def issue_devices(
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     if jobs < 1:
         raise InvalidInputError(f"--jobs must be at least 1, got {jobs}")
-    if not key_matches_certificate(ca.key, ca.certificate) or not (
-        is_ca(ca.certificate) or _is_v1_root(ca.certificate)
-    ):
-        check_issuing_ca(ca.certificate, ca.key, source="CA certificate", key_source="CA key")
+    check_issuing_ca(ca.certificate, ca.key, source="CA certificate", key_source="CA key")
 
     out = prepare_output_dir(out_dir)
     ledger_file = Path(ledger_path) if ledger_path is not None else out / DEFAULT_LEDGER_NAME

@@ -37,7 +37,7 @@ from firmware_helpers.issuing import (
     names_from_count,
 )
 from firmware_helpers.ledger import SerialLedger
-from firmware_helpers.pki import create_ca
+from firmware_helpers.pki import CertifiedKey, create_ca
 from tests.firmware.cert_helpers import write_ca
 
 if TYPE_CHECKING:
@@ -203,6 +203,17 @@ def test_api_validates_options(pki: TestPKI, tmp_path: Path) -> None:
         issue_devices(pki.ca, PK, ["dev-0001"], tmp_path, days=0)
     with pytest.raises(InvalidInputError, match="no device names"):
         issue_devices(pki.ca, PK, [], tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_api_refuses_a_ca_that_cannot_issue(pki: TestPKI, tmp_path: Path) -> None:
+    """issue_devices calls the one issuing-CA check (check_issuing_ca), as the loaders do."""
+    wrong_key = CertifiedKey(pki.ca.certificate, pki._key_pool[1])
+    with pytest.raises(InvalidCAError, match="is not the private key of the CA certificate"):
+        issue_devices(wrong_key, PK, ["dev-0001"], tmp_path)
+    not_a_ca = pki.device(PK, "dev-0001")  # a device certificate and its own key
+    with pytest.raises(InvalidCAError, match="is not a CA certificate"):
+        issue_devices(not_a_ca, PK, ["dev-0001"], tmp_path)
     assert not list(tmp_path.iterdir())
 
 
