@@ -60,7 +60,7 @@ from server_stub.errors import (
 )
 from server_stub.ports import AuthenticatedDevice, DeviceMessaging
 from server_stub.registry.service import Registry
-from server_stub.store.base import AccountRecord, ExpiringRow, NewRenewal, RenewalRecord
+from server_stub.store.base import AccountRecord, ExpiringRow, NewRenewal, RenewalRecord, Store
 
 log = logging.getLogger("server_stub.renewal")
 
@@ -115,9 +115,12 @@ class Renewals:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
-        self.store = registry.store
         self.settings = settings or RenewalSettings()
         self._clock = clock
+
+    @property
+    def store(self) -> Store:
+        return self.registry.store
 
     # --- device side (MQTT) -------------------------------------------------------------------
 
