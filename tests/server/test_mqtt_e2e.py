@@ -1,12 +1,16 @@
 """End to end: ``iotx509 server run`` as a process, registration through the HTTP API, devices
-connecting with paho-mqtt and mosquitto_sub over mutual TLS."""
+connecting with paho-mqtt and mosquitto_sub over mutual TLS.
+
+No sleeps: the server's HTTP API and MQTT endpoint share one registry, and a new handshake (and
+CONNECT) reads it as it is when the client arrives, so a change the API has answered is in force
+for the next connection; live sessions are re-checked by the endpoint, and tests wait for that
+event (the server closing the connection)."""
 
 from __future__ import annotations
 
 import shutil
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from device_sdk.platform import IDENTITY_TOPIC
+from firmware_helpers.association_csv import Association, render
 from firmware_helpers.pki import (
     CertifiedKey,
     create_ca,
     generate_rsa_key,
     issue_device_certificate,
-    issue_verification_certificate,
 )
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient, UploadFile
 from server_stub.launcher import RunningServer, running_server
@@ -40,14 +44,7 @@ class Platform:
     key: object
 
     def register_ca(self, ca: CertifiedKey, name: str) -> str:
-        proof = issue_verification_certificate(ca, self.api.registration_code())
-        return str(
-            self.api.register_ca(
-                name,
-                UploadFile("ca.pem", ca.cert_pem()),
-                UploadFile("verification.pem", proof.cert_pem()),
-            )["caSn"]
-        )
+        return self.api.register_ca_with_proof(name, ca).ca_sn
 
     def device(
         self,
@@ -66,11 +63,8 @@ class Platform:
         cert, key = self.root / f"{name}.cer", self.root / f"{name}.key"
         pair.write(cert, key)
         if associate:
-            csv = f"ProductKey,DeviceName,CertSN\n{self.product_key},{name},{pair.sn}\n"
-            self.api.associate(
-                associate_with or self.ca_sn, UploadFile(f"{name}.csv", csv.encode())
-            )
-            time.sleep(0.4)  # the endpoint polls the registry every 0.25 s
+            csv = render([Association(self.product_key, name, pair.sn)])
+            self.api.associate(associate_with or self.ca_sn, UploadFile(f"{name}.csv", csv))
         return cert, key, pair
 
     def raw(self, cert: Path, key: Path) -> RawClient:
@@ -87,7 +81,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         ca = create_ca("E2E Device CA")
         p = Platform(server, api, product_key, ca, "", root, generate_rsa_key())
         p.ca_sn = p.register_ca(ca, "e2e_ca")
-        time.sleep(0.4)
         yield p
 
 
@@ -196,14 +189,12 @@ def test_disabling_a_device_through_the_api(platform: Platform) -> None:
     assert live.closed_by_server()
     assert _code(platform, cert, key) == codec.CONNACK_NOT_AUTHORIZED
     platform.api.set_device_status(platform.product_key, "e2e-disable", "enabled")
-    time.sleep(0.4)
     assert _code(platform, cert, key) == 0
 
 
 def test_disabling_and_re_enabling_a_ca_through_the_api(platform: Platform) -> None:
     ca = create_ca("E2E Toggle CA")
     ca_sn = platform.register_ca(ca, "toggle_ca")
-    time.sleep(0.4)
     cert, key, _ = platform.device("e2e-toggle", ca, associate_with=ca_sn)
     live = platform.raw(cert, key)
     assert live.connect().return_code == 0
@@ -212,7 +203,7 @@ def test_disabling_and_re_enabling_a_ca_through_the_api(platform: Platform) -> N
     with pytest.raises((ssl.SSLError, ConnectionError)):
         platform.raw(cert, key).connect()
     platform.api.set_ca_status(ca_sn, "active")
-    time.sleep(0.6)  # within a second, no restart
+    # no restart and no wait: a new handshake takes the registry's current trust index
     assert _code(platform, cert, key) == 0
 
 
