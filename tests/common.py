@@ -4,6 +4,7 @@
   them). Certificates are made at test time, never committed.
 - :func:`association_csv`: a valid association CSV, written by the firmware helpers' own writer
   (tests that feed the parser odd bytes on purpose build those by hand, and say so).
+- :func:`wait_for`: go on the moment a state the code under test reaches holds (bounded).
 - :func:`create_account` and :class:`Platform`: an account of its own on a running reference
   server, with an eligible product and a CA registered with proof of possession
   (:meth:`PlatformClient.register_ca_with_proof`), so tests sharing one server stay isolated.
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -72,6 +74,17 @@ class PkiFactory:
 def association_csv(rows: Iterable[tuple[str, str, str]]) -> bytes:
     """``ProductKey,DeviceName,CertSN`` rows as the file the platform imports."""
     return render([Association(pk, dn, sn) for pk, dn, sn in rows])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``predicate`` (a state the code under test reaches, such as a message the server
+    recorded) holds within ``timeout``; polled, so the test goes on the moment it does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
 
 
 _account_numbers = itertools.count(1)

@@ -1,4 +1,5 @@
-"""Console fixtures: the real server process, Debian's headless Chromium driven by Playwright.
+"""Console fixtures: the session's real server process (an account of each module's own),
+Debian's headless Chromium driven by Playwright.
 
 The browser is the system's ``/usr/bin/chromium`` (scripts/test.sh installs it); Playwright's own
 browser download is never used. Screenshots go to a temporary folder, so a test run leaves the
@@ -17,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from server_stub.launcher import RunningServer, running_server
+from server_stub.launcher import RunningServer
+from tests.common import account_view
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -48,9 +50,10 @@ def screenshot_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with running_server(tmp_path_factory.mktemp("console-server")) as server:
-        yield server
+def console_server(reference_server: RunningServer) -> RunningServer:
+    """The session's server as a new account sees it, shared by the tests of one module (the
+    console's pages show everything an account has, so modules do not see each other's)."""
+    return account_view(reference_server, "console")
 
 
 @pytest.fixture(scope="module")

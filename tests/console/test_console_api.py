@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from firmware_helpers.pki import create_ca, issue_verification_certificate
+from firmware_helpers.pki import create_ca
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient, UploadFile
 from server_stub.api.console_routes import MAX_STREAMS_PER_ACCOUNT
 from server_stub.launcher import RunningServer
+from tests.common import association_csv, create_account
 
 DEVICES = 10_000
 
@@ -31,41 +30,12 @@ class Fleet:
     ca_sn: str
 
 
-def create_account(server: RunningServer, name: str) -> str:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "iotx509",
-            "server",
-            "account",
-            "create",
-            name,
-            "--data-dir",
-            str(server.data_dir),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return out.split()[-1]
-
-
 @pytest.fixture(scope="module")
 def fleet(console_server: RunningServer) -> Iterator[Fleet]:
     api = PlatformClient(console_server.http_url, console_server.token)
     product_key = str(api.create_product("fleet")["productKey"])
-    ca = create_ca("Fleet CA")
-    verification = issue_verification_certificate(ca, api.registration_code())
-    ca_sn = str(
-        api.register_ca(
-            "fleet_ca",
-            UploadFile("ca.pem", ca.cert_pem()),
-            UploadFile("ver.pem", verification.cert_pem()),
-        )["caSn"]
-    )
-    rows = "".join(f"{product_key},dev-{i:05d},{0x10000 + i:X}\n" for i in range(DEVICES))
-    csv = ("ProductKey,DeviceName,CertSN\n" + rows).encode()
+    ca_sn = api.register_ca_with_proof("fleet_ca", create_ca("Fleet CA")).ca_sn
+    csv = association_csv((product_key, f"dev-{i:05d}", f"{0x10000 + i:X}") for i in range(DEVICES))
     assert api.associate(ca_sn, UploadFile("fleet.csv", csv, "text/csv")) == DEVICES
     yield Fleet(console_server, api, product_key, ca_sn)
 

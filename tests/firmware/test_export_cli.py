@@ -19,7 +19,7 @@ from iotx509.cli import main
 from tests.firmware.cert_helpers import write_ca
 
 if TYPE_CHECKING:
-    from tests.conftest import TestPKI
+    from tests.common import PkiFactory
 
 CC = shutil.which("cc") or shutil.which("gcc")
 needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler")
@@ -80,7 +80,7 @@ def _compile_and_dump(header: Path, work: Path) -> dict[str, bytes | None]:
 
 
 @pytest.fixture
-def device_files(pki: TestPKI, tmp_path: Path) -> tuple[Path, Path, Path]:
+def device_files(pki: PkiFactory, tmp_path: Path) -> tuple[Path, Path, Path]:
     cert, key, _ = pki.write_device("a1B2c3D4e5F", "dev-0001", directory=tmp_path / "dev")
     ca_cert, _ = write_ca(pki.ca, tmp_path / "ca")
     return cert, key, ca_cert
@@ -239,7 +239,7 @@ def test_export_normalises_a_pkcs8_key_to_pkcs1(
 
 
 def test_export_refuses_wrong_inputs(
-    pki: TestPKI,
+    pki: PkiFactory,
     device_files: tuple[Path, Path, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

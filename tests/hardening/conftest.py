@@ -1,45 +1,16 @@
-"""Fixtures for the hardening tests: a real server process and accounts set up through the API."""
+"""Fixtures for the hardening tests: accounts set up through the API of the real server.
+
+``server`` (an account of the test's own on the session's server process) comes from the root
+conftest; tests that need a server with other settings start their own and say why.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-
-import pytest
 
 from firmware_helpers import pki
 from firmware_helpers.platform_client import PlatformClient, UploadFile
-from server_stub.launcher import RunningServer, running_server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with running_server(tmp_path_factory.mktemp("server") / "data") as srv:
-        yield srv
-
-
-def create_account(data_dir: Path, name: str) -> str:
-    """A new account's token, made the way an operator does it (the CLI on the data dir)."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "iotx509",
-            "server",
-            "account",
-            "create",
-            name,
-            "--data-dir",
-            str(data_dir),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return out.split()[-1]
+from tests.common import association_csv
 
 
 @dataclass
@@ -55,8 +26,7 @@ class Tenant:
 
 
 def csv_for(product_key: str, devices: dict[str, int]) -> bytes:
-    rows = [f"{product_key},{name},{sn:x}" for name, sn in devices.items()]
-    return ("ProductKey,DeviceName,CertSN\r\n" + "\r\n".join(rows) + "\r\n").encode()
+    return association_csv((product_key, name, f"{sn:x}") for name, sn in devices.items())
 
 
 def make_tenant(

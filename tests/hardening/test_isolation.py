@@ -23,8 +23,9 @@ from server_stub.launcher import RunningServer, running_server
 from server_stub.mqtt import codec
 from server_stub.registry import accounts
 from server_stub.registry import service as registry_service
+from tests.common import create_account
 
-from .conftest import Tenant, create_account, csv_for, make_tenant
+from .conftest import Tenant, csv_for, make_tenant
 from .mqtt_tools import device_context, mqtt_connect_retry, ping_ok
 from .reliability import record
 
@@ -73,7 +74,7 @@ def _attempts(a: Tenant, other_ca: pki.CertifiedKey) -> dict[tuple[str, str], di
 
 def test_every_operation_cross_account(server: RunningServer) -> None:
     a = make_tenant(server.http_url, server.token)
-    b_token = create_account(server.data_dir, "intruder")
+    b_token = create_account(server, "intruder")
     b = PlatformClient(server.http_url, b_token)
     before = _strip_volatile(_snapshot(a))
     spec = json.load(urllib.request.urlopen(f"{server.http_url}/openapi.json"))
@@ -106,12 +107,7 @@ def test_every_operation_cross_account(server: RunningServer) -> None:
     assert b.registration_code() != before["code"]
     b.request("POST", "/registration-code/rotate")
     with pytest.raises(PlatformAPIError) as dup:  # B cannot take over A's CA certificate
-        verification = pki.issue_verification_certificate(a.ca, b.registration_code())
-        b.register_ca(
-            "stolen_ca",
-            UploadFile("ca.pem", a.ca.cert_pem()),
-            UploadFile("v.crt", verification.cert_pem()),
-        )
+        b.register_ca_with_proof("stolen_ca", a.ca)
     assert dup.value.status == 409
     after = _strip_volatile(_snapshot(a))
     assert after == before
@@ -128,7 +124,7 @@ def test_every_operation_cross_account(server: RunningServer) -> None:
 
 
 def test_tokens_are_stored_hashed(server: RunningServer) -> None:
-    token_b = create_account(server.data_dir, "hashed-check")
+    token_b = create_account(server, "hashed-check")
     PlatformClient(server.http_url, token_b).registration_code()  # the token works
     files = [p for p in server.data_dir.rglob("*") if p.is_file() and p.name != "admin-token"]
     sqlite_files = [p for p in files if ".sqlite" in p.name or p.suffix in (".db", "-wal")]

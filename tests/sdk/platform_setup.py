@@ -1,72 +1,18 @@
-"""The console steps a customer performs before a device connects, through the real HTTP API of
-a running reference server: product, CA registration with proof of possession, association."""
+"""A reference server of a test's own, set up as a customer does before a device connects.
+
+Most SDK tests take the root conftest's ``platform`` (an account of their own on the session's
+shared server). This is for the few that need the server process itself: killed and restarted
+on its data directory, or started with other options (``--no-identity-publish``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from device_sdk.naming import DeviceFileName
-from firmware_helpers.pki import CertifiedKey, create_ca, issue_device_certificate
-from firmware_helpers.platform_client import PlatformClient, UploadFile
-from server_stub.launcher import RunningServer, running_server
-
-
-@dataclass
-class Device:
-    name: str
-    cert: Path
-    key: Path
-    pair: CertifiedKey
-
-
-@dataclass
-class Platform:
-    server: RunningServer
-    api: PlatformClient
-    product_key: str
-    ca: CertifiedKey
-    workdir: Path
-    devices: dict[str, Device] = field(default_factory=dict)
-
-    def register_ca(self, ca: CertifiedKey, name: str) -> str:
-        # New TLS handshakes take the registry's trust snapshot of the moment they start
-        # (server_stub/mqtt/tls.py), so a device may connect as soon as this call returns.
-        return self.api.register_ca_with_proof(name, ca).ca_sn
-
-    def issue(
-        self, device_name: str, ca: CertifiedKey | None = None, *, associate: bool = True
-    ) -> Device:
-        """A device pair in platform file names; associated by CSV unless told otherwise."""
-        ca = ca or self.ca
-        pair = issue_device_certificate(ca, device_name, product_key=self.product_key)
-        names = DeviceFileName(self.product_key, device_name, ca.sn)
-        directory = self.workdir / "devices"
-        directory.mkdir(parents=True, exist_ok=True)
-        device = Device(device_name, directory / names.cert_name, directory / names.key_name, pair)
-        pair.write(device.cert, device.key)
-        if associate:
-            self.associate(ca, device_name, pair.sn)
-        self.devices[device_name] = device
-        return device
-
-    def associate(self, ca: CertifiedKey, device_name: str, cert_sn: str) -> None:
-        csv = f"ProductKey,DeviceName,CertSN\n{self.product_key},{device_name},{cert_sn}\n"
-        assert self.api.associate(ca.sn, UploadFile("devices.csv", csv.encode(), "text/csv")) == 1
-
-
-def setup_platform(
-    server: RunningServer, workdir: Path, ca: CertifiedKey | None = None
-) -> Platform:
-    api = PlatformClient(server.http_url, server.token)
-    product = api.create_product("sdk-tests")
-    platform = Platform(
-        server, api, str(product["productKey"]), ca or create_ca("SDK Test CA"), workdir
-    )
-    platform.register_ca(platform.ca, "sdk_test_ca")
-    return platform
+from server_stub.launcher import running_server
+from tests.common import Platform, setup_platform
 
 
 @contextlib.contextmanager

@@ -18,15 +18,11 @@ import pytest
 from device_sdk import ConnectionState, Credentials, DeviceClient, Identity
 from device_sdk.errors import DeviceSDKError, NotAuthorizedError
 from device_sdk.network import NetworkDriver, SelectorDriver, default_driver
-from tests.sdk.platform_setup import Platform, platform_server
+from tests.common import Platform
 
 FD_SETSIZE = 1024
 
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    with platform_server(tmp_path_factory.mktemp("netserver")) as p:
-        yield p
+# ``platform``: an account of the test's own on the session's server (tests/conftest.py).
 
 
 class RecordingDriver(SelectorDriver):

@@ -8,51 +8,48 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from device_sdk.exit_codes import PERMANENT_EXIT_CODES, ExitCode
 from server_stub.launcher import running_server
-from tests.sdk.platform_setup import Platform, platform_server
+from tests.common import Device, Platform, wait_for
+from tests.sdk.platform_setup import platform_server
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "raspberry-pi"
 
+# ``platform``: an account of the test's own on the session's server (tests/conftest.py).
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    with platform_server(tmp_path_factory.mktemp("pi")) as p:
-        yield p
+
+def device_program(platform: Platform, dev: Device, identity_store: Path, *args: str) -> list[str]:
+    """The example program's command line for ``dev`` on ``platform``'s server."""
+    return [
+        sys.executable,
+        str(EXAMPLE / "device.py"),
+        "--cert",
+        str(dev.cert),
+        "--key",
+        str(dev.key),
+        "--server-ca",
+        str(platform.server.server_ca),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(platform.server.mqtt_port),
+        "--identity-store",
+        str(identity_store),
+        *args,
+    ]
 
 
 def test_device_program_publishes_readings(platform: Platform, tmp_path: Path) -> None:
     dev = platform.issue("pi-sensor01")
     identity_file = tmp_path / "identity.json"
     result = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLE / "device.py"),
-            "--cert",
-            str(dev.cert),
-            "--key",
-            str(dev.key),
-            "--server-ca",
-            str(platform.server.server_ca),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(platform.server.mqtt_port),
-            "--identity-store",
-            str(identity_file),
-            "--interval",
-            "0.1",
-            "--count",
-            "3",
-        ],
+        device_program(platform, dev, identity_file, "--interval", "0.1", "--count", "3"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -60,38 +57,24 @@ def test_device_program_publishes_readings(platform: Platform, tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(identity_file.read_text())["deviceName"] == "pi-sensor01"
-    deadline = time.monotonic() + 10
-    while True:
-        seqs = [
-            json.loads(m["payload"])["seq"]
-            for m in platform.api.device_messages(platform.product_key, "pi-sensor01")
-            if m["topic"].endswith("/user/update")
-        ]
-        if seqs == [0, 1, 2] or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert seqs == [0, 1, 2]
+    assert wait_for(lambda: _readings(platform, "pi-sensor01") == [0, 1, 2]), _readings(
+        platform, "pi-sensor01"
+    )
+
+
+def _readings(platform: Platform, device_name: str) -> list[int]:
+    """The ``seq`` of each reading the server recorded from the device, oldest first."""
+    return [
+        json.loads(m["payload"])["seq"]
+        for m in platform.api.device_messages(platform.product_key, device_name)
+        if m["topic"].endswith("/user/update")
+    ]
 
 
 def test_device_program_stops_with_the_refusals_status(platform: Platform) -> None:
     dev = platform.issue("pi-sensor02", associate=False)
     result = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLE / "device.py"),
-            "--cert",
-            str(dev.cert),
-            "--key",
-            str(dev.key),
-            "--server-ca",
-            str(platform.server.server_ca),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(platform.server.mqtt_port),
-            "--identity-store",
-            "/dev/null/x",
-        ],
+        device_program(platform, dev, Path("/dev/null/x")),
         capture_output=True,
         text=True,
         timeout=60,
@@ -105,40 +88,19 @@ def test_device_program_stops_with_the_refusals_status(platform: Platform) -> No
 
 def test_device_program_boots_offline_and_delivers_once_the_server_is_up(tmp_path: Path) -> None:
     """The server is down when the board boots: the program keeps measuring, queues the
-    readings, and delivers them in order once the server is back."""
+    readings, and delivers them in order once the server is back. A server of its own: it is
+    stopped and started again on its data directory and ports."""
     with platform_server(tmp_path / "first") as platform:
         dev = platform.issue("pi-offline01")
-        data_dir, api = platform.server.data_dir, platform.api
+        data_dir = platform.server.data_dir
         ports = (
             "--http-port",
             str(urllib.parse.urlsplit(platform.server.http_url).port),
             "--mqtt-port",
             str(platform.server.mqtt_port),
         )
-        command = [
-            sys.executable,
-            str(EXAMPLE / "device.py"),
-            "--cert",
-            str(dev.cert),
-            "--key",
-            str(dev.key),
-            "--server-ca",
-            str(platform.server.server_ca),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(platform.server.mqtt_port),
-            "--identity-store",
-            str(tmp_path / "identity.json"),
-            "--interval",
-            "0.05",
-            "--count",
-            "3",
-            "--reconnect-cap",
-            "1",
-            "--flush-timeout",
-            "60",
-        ]
+        options = "--interval 0.05 --count 3 --reconnect-cap 1 --flush-timeout 60".split()
+        command = device_program(platform, dev, tmp_path / "identity.json", *options)
     # the server is stopped: boot the device now
     proc = subprocess.Popen(
         command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT
@@ -154,13 +116,7 @@ def test_device_program_boots_offline_and_delivers_once_the_server_is_up(tmp_pat
         assert len(queued) == 3 and proc.poll() is None
         with running_server(data_dir, extra_args=ports):
             assert proc.wait(timeout=90) == 0, proc.stderr.read()
-            recent = api.device_messages(platform.product_key, "pi-offline01")
-            seqs = [
-                json.loads(m["payload"])["seq"]
-                for m in recent
-                if m["topic"].endswith("/user/update")
-            ]
-            assert seqs == [0, 1, 2]
+            assert _readings(platform, "pi-offline01") == [0, 1, 2]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -9,9 +9,7 @@ import queue
 import stat
 import subprocess
 import sys
-import time
 import urllib.parse
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,14 +36,11 @@ from device_sdk.identity_store import IdentityStore
 from firmware_helpers.pki import create_ca, issue_device_certificate
 from iotx509.cli import main as iotx509_main
 from server_stub.launcher import running_server
+from tests.common import Platform, wait_for
 from tests.sdk.brokers import free_port
-from tests.sdk.platform_setup import Platform, platform_server
+from tests.sdk.platform_setup import platform_server
 
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    with platform_server(tmp_path_factory.mktemp("refserver")) as p:
-        yield p
+# ``platform``: an account of the test's own on the session's server (tests/conftest.py).
 
 
 def _client(platform: Platform, creds: Credentials, **kwargs: Any) -> DeviceClient:
@@ -56,15 +51,6 @@ def _client(platform: Platform, creds: Credentials, **kwargs: Any) -> DeviceClie
         server_ca=platform.server.server_ca,
         **kwargs,
     )
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_identity_is_received_persisted_and_used_for_topics(
@@ -86,7 +72,7 @@ def test_identity_is_received_persisted_and_used_for_topics(
         assert changes == [(None, expected)]
         # the device publishes on a relative topic; the platform records it under /pk/dn/
         assert client.publish("user/update", b'{"t": 21.5}', qos=1).wait(10)
-        assert _wait_for(
+        assert wait_for(
             lambda: any(
                 m["topic"] == f"/{platform.product_key}/sensor-id1/user/update"
                 for m in platform.api.device_messages(platform.product_key, "sensor-id1")
@@ -95,7 +81,7 @@ def test_identity_is_received_persisted_and_used_for_topics(
         # and receives what the cloud sends on its subscription
         got: queue.Queue[Message] = queue.Queue()
         client.subscribe("user/get", got.put)
-        assert _wait_for(
+        assert wait_for(
             lambda: platform.api.send_message(
                 platform.product_key,
                 "sensor-id1",
@@ -202,14 +188,14 @@ def test_disabled_ca_closes_the_session_and_later_connections_are_rejected(
         client.connect(timeout=10)
         platform.api.set_ca_status(second_ca.sn, "inactive")
         # the live session is closed; retries are refused and reported to the application
-        assert _wait_for(
+        assert wait_for(
             lambda: any(isinstance(e, CertificateRejectedError) for _, e in events), timeout=15
         ), events
         assert client.state is not ConnectionState.ONLINE
     with pytest.raises(CertificateRejectedError):
         _client(platform, creds).connect(timeout=10)
     platform.api.set_ca_status(second_ca.sn, "active")
-    assert _wait_for(lambda: _connects(platform, creds), timeout=10)
+    assert wait_for(lambda: _connects(platform, creds), timeout=10)
 
 
 def _connects(platform: Platform, creds: Credentials) -> bool:
@@ -234,29 +220,9 @@ def test_cli_prints_the_identity_or_the_error(
     platform: Platform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dev = platform.issue("sensor-cli")
-    args = [
-        "device",
-        "connect",
-        "--cert",
-        str(dev.cert),
-        "--key",
-        str(dev.key),
-        "--server-ca",
-        str(platform.server.server_ca),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(platform.server.mqtt_port),
-        "--timeout",
-        "10",
-    ]
     store = tmp_path / "id.json"
-    assert (
-        iotx509_main(
-            [*args, "--identity-store", str(store), "--publish", "user/update", "from-cli"]
-        )
-        == 0
-    )
+    args = _cli(platform, dev.cert, dev.key, "--identity-store", str(store))
+    assert iotx509_main([*args, "--publish", "user/update", "from-cli"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {
         "productKey": platform.product_key,
@@ -264,15 +230,14 @@ def test_cli_prints_the_identity_or_the_error(
         "certSn": dev.pair.sn,
     }
     assert IdentityStore(store).load() == Identity(platform.product_key, "sensor-cli")
-    assert _wait_for(
+    assert wait_for(
         lambda: any(
             m["payload"] == "from-cli"
             for m in platform.api.device_messages(platform.product_key, "sensor-cli")
         )
     )
     stranger = platform.issue("sensor-cli2", associate=False)
-    bad = ["device", "connect", "--cert", str(stranger.cert), "--key", str(stranger.key), *args[6:]]
-    assert iotx509_main(bad) == ExitCode.NOT_AUTHORISED
+    assert iotx509_main(_cli(platform, stranger.cert, stranger.key)) == ExitCode.NOT_AUTHORISED
     captured = capsys.readouterr()
     assert captured.out == "" and "error: " in captured.err and "associated" in captured.err
 
@@ -448,7 +413,7 @@ def test_restart_keeps_identity_and_delivers_the_offline_queue(tmp_path: Path) -
         client.subscribe("user/get", got.put)
         platform.server.process.kill()  # a crash, not a clean shutdown
         platform.server.process.wait()
-        assert _wait_for(lambda: client.state is not ConnectionState.ONLINE)
+        assert wait_for(lambda: client.state is not ConnectionState.ONLINE)
         deliveries = [
             client.publish("user/update", f"queued-{n}".encode(), qos=1) for n in range(3)
         ]
@@ -465,7 +430,7 @@ def test_restart_keeps_identity_and_delivers_the_offline_queue(tmp_path: Path) -
             "queued-2",
         ]
         # the subscription was renewed on the new session
-        assert _wait_for(
+        assert wait_for(
             lambda: platform.api.send_message(
                 platform.product_key,
                 "sensor-restart",
@@ -504,7 +469,7 @@ def test_certificate_that_expires_after_loading_is_a_clock_error_at_connect(
     platform.associate(platform.ca, "sensor-expiring", pair.sn)
     creds = Credentials.from_pem(pair.cert_pem(), pair.key_pem())
     client = _client(platform, creds)
-    assert _wait_for(lambda: datetime.now(UTC) > pair.certificate.not_valid_after_utc, timeout=10)
+    assert wait_for(lambda: datetime.now(UTC) > pair.certificate.not_valid_after_utc, timeout=10)
     with pytest.raises(ClockError, match=r"has expired.*system clock says"):
         client.connect(timeout=10)
 

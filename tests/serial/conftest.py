@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from firmware_helpers.serial.protocol import ObjectType
-from tests.conftest import TestPKI
+from tests.common import PkiFactory
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class PairFiles:
 
 
 @pytest.fixture(scope="session")
-def pairs(pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> tuple[PairFiles, PairFiles]:
+def pairs(pki: PkiFactory, tmp_path_factory: pytest.TempPathFactory) -> tuple[PairFiles, PairFiles]:
     """Two devices' pairs (A and B) and a server CA, written as the platform names them."""
     directory = tmp_path_factory.mktemp("serial-pairs")
     server_ca = directory / "server-ca.pem"

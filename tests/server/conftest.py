@@ -1,6 +1,7 @@
-"""Server fixtures: a registry on a temporary SQLite store, certificates made by the real
-``openssl`` command line exactly as the platform's documentation shows, and the real server
-process (``python -m iotx509 server run``) on free loopback ports."""
+"""Server fixtures: a registry on a temporary SQLite store, and certificates made by the real
+``openssl`` command line exactly as the platform's documentation shows. The real server process
+(``python -m iotx509 server run``) is the root conftest's ``server``: an account of the test's
+own on the session's server."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from firmware_helpers.pki import CertifiedKey, create_ca, issue_verification_certificate
-from server_stub.launcher import RunningServer, running_server
 from server_stub.registry import Registry
 from server_stub.store import SqliteStore
 from server_stub.store.base import AccountRecord, CaRecord, ProductRecord
@@ -181,10 +181,3 @@ def csv_bytes(
 ) -> bytes:
     text = newline.join([header, *(",".join(r) for r in rows)]) + newline
     return (b"\xef\xbb\xbf" if bom else b"") + text.encode()
-
-
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """The real ``iotx509 server run`` process, shared by a test module."""
-    with running_server(tmp_path_factory.mktemp("server") / "data") as server:
-        yield server

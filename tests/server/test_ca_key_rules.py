@@ -139,9 +139,9 @@ def test_ca_serial_too_long_or_negative_is_refused(
 
 @pytest.mark.parametrize("serial", [LONG_SERIAL, "-5"])
 def test_api_answers_odd_ca_serials_with_a_client_error(
-    live_server: RunningServer, tmp_path: Path, serial: str
+    server: RunningServer, tmp_path: Path, serial: str
 ) -> None:
-    api = PlatformClient(live_server.http_url, live_server.token)
+    api = PlatformClient(server.http_url, server.token)
     ca_pem, proof = _openssl_ca(tmp_path, serial, api.registration_code())
     before = api.request("GET", "/ca-certificates")
     with pytest.raises(PlatformAPIError) as refused:

@@ -19,10 +19,10 @@ Cli = Callable[..., tuple[str, str]]
 
 @pytest.fixture
 def cli(
-    live_server: RunningServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Cli:
-    monkeypatch.setenv("IOTX509_SERVER", live_server.http_url)
-    monkeypatch.setenv("IOTX509_TOKEN", live_server.token)
+    monkeypatch.setenv("IOTX509_SERVER", server.http_url)
+    monkeypatch.setenv("IOTX509_TOKEN", server.token)
 
     def run(*args: str, ok: bool = True) -> tuple[str, str]:
         status = main(list(args))
@@ -117,7 +117,7 @@ def test_missing_token_is_explained(
     assert "no API token: pass --token or set IOTX509_TOKEN" in capsys.readouterr().err
 
 
-def test_the_installed_command_prints_the_servers_message(live_server: RunningServer) -> None:
+def test_the_installed_command_prints_the_servers_message(server: RunningServer) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -128,9 +128,9 @@ def test_the_installed_command_prints_the_servers_message(live_server: RunningSe
             "disable",
             "123",
             "--server",
-            live_server.http_url,
+            server.http_url,
             "--token",
-            live_server.token,
+            server.token,
         ],
         capture_output=True,
         text=True,
@@ -141,7 +141,7 @@ def test_the_installed_command_prints_the_servers_message(live_server: RunningSe
     assert "Traceback" not in result.stderr
 
 
-def test_platform_client_works_without_the_server_extra(live_server: RunningServer) -> None:
+def test_platform_client_works_without_the_server_extra(server: RunningServer) -> None:
     """A base install has no web stack: block it and the console steps still work."""
     script = (
         "import sys\n"
@@ -158,9 +158,9 @@ def test_platform_client_works_without_the_server_extra(live_server: RunningServ
             "platform",
             "registration-code",
             "--server",
-            live_server.http_url,
+            server.http_url,
             "--token",
-            live_server.token,
+            server.token,
         ],
         capture_output=True,
         text=True,

@@ -7,15 +7,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from server_stub.launcher import RunningServer, running_server
+from server_stub.launcher import RunningServer
 from simulator.fleet import Fleet
 from simulator.fleet_create import CreateOptions, create_fleet
+from tests.common import account_view
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = ROOT / "simulator" / "locustfile.py"
@@ -125,10 +126,11 @@ def explain(result: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One server for the tests that do not break it."""
-    with running_server(tmp_path_factory.mktemp("sim-server") / "data") as server:
-        yield server
+def shared_server(reference_server: RunningServer) -> RunningServer:
+    """The session's server as a new account sees it, shared by the tests of one module that do
+    not break it (an account holds at most 10 CAs: each fleet registers one). Tests that stop or
+    restart a server start their own."""
+    return account_view(reference_server, "sim")
 
 
 @pytest.fixture(scope="module")
