@@ -254,16 +254,17 @@ class Renewals:
         trusted = self.registry.trust_index().by_account_sn.get((device.account_id, device.ca_sn))
         if trusted is None:
             return []
-        state = self.store.association_state(trusted.ca_id, device.cert_sn)
+        state = self.store.connect_state(trusted.ca_id, device.cert_sn)
         if state is None:
             return []
         if state.not_after != not_after:
-            self.store.record_not_after(state.id, not_after)
-        undelivered = self.store.undelivered_renewals(state.device_id)
+            self.store.record_not_after(state.association_id, not_after)
         if state.retire_at is None:
-            retired = 0
-            if undelivered or self.store.has_retiring(state.device_id):
-                retired = self.store.complete_change_over(state.device_id, state.id, self._clock())
+            if not (state.has_issued or state.has_retiring):
+                return []
+            retired = self.store.complete_change_over(
+                state.device_id, state.association_id, self._clock()
+            )
             if retired:
                 log.info(
                     "renewal: %s/%s connected with its new certificate SN %s; %d old SN retired",
@@ -274,13 +275,15 @@ class Renewals:
                 )
                 self.registry._bump()  # sessions of the retired SN no longer hold
             return []
+        if not state.has_issued:
+            return []
         return [
             Outgoing(
                 device.product_key,
                 device.device_name,
                 RenewalReply.issued(r.device_request_id, r.cert_pem or "", r.cert_sn or ""),
             )
-            for r in undelivered
+            for r in self.store.undelivered_renewals(state.device_id)
             if r.cert_sn != device.cert_sn and r.cert_pem
         ]
 
@@ -319,6 +322,15 @@ class Renewals:
         """Check the signer's certificate, associate its SN with the device (old SN kept)."""
         record = self._request(account, ca_sn, request_id)
         ca = self.registry.ca(account, ca_sn)
+        if self.store.association_state(record.ca_id, record.old_cert_sn) is None:
+            # the device was re-associated or its old SN retired since it asked: nothing to
+            # renew from any more (the request is closed so that it counts against no bound)
+            reason = (
+                f"certificate SN {record.old_cert_sn}, from which the device asked to renew, is "
+                "no longer associated"
+            )
+            self.store.refuse_renewal(record.id, reason, self._clock())
+            raise ConflictError(f"renewal request {request_id} is refused: {reason}")
         cert = self._checked_certificate(account, record, ca.der, certificate_pem)
         cert_sn = certificate_sn(cert)
         now = self._clock()

@@ -150,6 +150,20 @@ class AssociationState:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectState:
+    """What a CONNECT with one SN means for renewal, from one indexed query."""
+
+    association_id: int
+    device_id: int
+    not_after: float | None
+    retire_at: float | None
+    has_retiring: bool
+    """The device holds an old SN being retired."""
+    has_issued: bool
+    """A certificate was issued for the device and not yet used by it."""
+
+
+@dataclass(frozen=True, slots=True)
 class RenewalRecord:
     """One renewal request (see :mod:`server_stub.registry.renewals`)."""
 
@@ -314,6 +328,10 @@ class Store(Protocol):
 
     def undelivered_renewals(self, device_id: int) -> list[RenewalRecord]:
         """Issued requests whose certificate the device has not connected with yet."""
+        ...
+
+    def connect_state(self, ca_id: int, cert_sn: str) -> ConnectState | None:
+        """The association of ``cert_sn`` and its device's renewal state (the connect path)."""
         ...
 
     def has_retiring(self, device_id: int) -> bool:

@@ -24,6 +24,7 @@ from server_stub.store.base import (
     AssociationState,
     AuthRow,
     CaRecord,
+    ConnectState,
     DeviceBinding,
     DeviceListRow,
     DeviceQuery,
@@ -722,6 +723,20 @@ class SqliteStore:
             (device_id,),
         )
         return [RenewalRecord(*r) for r in rows]
+
+    def connect_state(self, ca_id: int, cert_sn: str) -> ConnectState | None:
+        row = self._one(
+            "SELECT a.id, a.device_id, a.not_after, a.retire_at,"
+            " EXISTS (SELECT 1 FROM associations o WHERE o.device_id = a.device_id"
+            "  AND o.retire_at IS NOT NULL),"
+            " EXISTS (SELECT 1 FROM renewals r WHERE r.device_id = a.device_id"
+            "  AND r.status = 'issued')"
+            " FROM associations a WHERE a.ca_id = ? AND a.cert_sn = ?",
+            (ca_id, cert_sn),
+        )
+        if row is None:
+            return None
+        return ConnectState(row[0], row[1], row[2], row[3], bool(row[4]), bool(row[5]))
 
     def has_retiring(self, device_id: int) -> bool:
         row = self._one(

@@ -486,3 +486,16 @@ def test_a_store_rejects_a_second_request_id(store: SqliteStore, world: World) -
                 request_id, world.account.id, record.ca_id, record.device_id, "x", "1", "c", 0.0
             )
         )
+
+
+def test_a_certificate_for_an_sn_removed_meanwhile_closes_the_request(world: World) -> None:
+    device, request_id = queue(world, "dev-removed")
+    world.registry.delete_association(world.account, world.ca_sn, device.cert_sn)
+    with pytest.raises(ConflictError, match=f"SN {device.cert_sn}, from which the device"):
+        world.renewals.post_certificate(
+            world.account, world.ca_sn, request_id, certificate_for(world, "dev-removed")
+        )
+    record = world.registry.store.renewal(world.account.id, request_id)
+    assert record is not None and record.status == "refused"
+    assert world.registry.store.open_renewals(world.account.id) == 0
+    assert _sns(world, "dev-removed") == []
