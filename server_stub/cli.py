@@ -97,10 +97,30 @@ def _register_server(tree: CommandTree) -> None:
     from server_stub.config import RenewalSettings
 
     for flag, dest, kind, help in (
-        ("--renewal-grace", "grace", float, "seconds an old SN stays accepted after renewal"),
-        ("--renewal-min-interval", "min_interval", float, "seconds between a device's requests"),
-        ("--renewal-max-open", "max_open_per_account", int, "requests waiting per account"),
-        ("--renewal-max-csr-bytes", "max_csr_bytes", int, "largest CSR accepted"),
+        (
+            "--renewal-grace",
+            "grace",
+            _bounded(float, 1, 10 * 365 * 86400),
+            "seconds an old SN stays accepted after renewal",
+        ),
+        (
+            "--renewal-min-interval",
+            "min_interval",
+            _bounded(float, 0, 86400),
+            "seconds between a device's requests",
+        ),
+        (
+            "--renewal-max-open",
+            "max_open_per_account",
+            _bounded(int, 1, 1_000_000),
+            "requests waiting per account",
+        ),
+        (
+            "--renewal-max-csr-bytes",
+            "max_csr_bytes",
+            _bounded(int, 256, 8192),
+            "largest CSR accepted (the protocol's bound is 8192)",
+        ),
     ):
         renewal.add_argument(
             flag,
@@ -125,6 +145,21 @@ def _register_server(tree: CommandTree) -> None:
     create.add_argument("name")
     _data_dir_arg(create)
     create.set_defaults(handler=_account_create)
+
+
+def _bounded(kind: type[float] | type[int], low: float, high: float) -> Any:
+    """An argparse type: a number of ``kind`` within ``low..high``, or a clear message."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not within {low:.0f}..{high:.0f}")
+        return value
+
+    return parse
 
 
 def _server_run(args: argparse.Namespace) -> int:

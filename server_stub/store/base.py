@@ -334,10 +334,6 @@ class Store(Protocol):
         """The association of ``cert_sn`` and its device's renewal state (the connect path)."""
         ...
 
-    def has_retiring(self, device_id: int) -> bool:
-        """Whether the device holds an old SN being retired."""
-        ...
-
     def complete_change_over(self, device_id: int, association_id: int, now: float) -> int:
         """The device connected with its current association: retire its other SNs now and
         mark the request that issued it completed. Returns the SNs retired."""

@@ -738,13 +738,6 @@ class SqliteStore:
             return None
         return ConnectState(row[0], row[1], row[2], row[3], bool(row[4]), bool(row[5]))
 
-    def has_retiring(self, device_id: int) -> bool:
-        row = self._one(
-            "SELECT 1 FROM associations WHERE device_id = ? AND retire_at IS NOT NULL LIMIT 1",
-            (device_id,),
-        )
-        return row is not None
-
     def complete_change_over(self, device_id: int, association_id: int, now: float) -> int:
         with self.atomic():
             conn = self._conn()

@@ -459,3 +459,34 @@ def test_the_signer_command_answers_once_and_reports(env: Env) -> None:
     assert (
         issued.cert_sn is not None and issued.cert_sn in (env.root / "sn-ledger.jsonl").read_text()
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--renewal-grace", "0", "0.0 is not within 1..315360000"),
+        ("--renewal-max-csr-bytes", "100000", "100000 is not within 256..8192"),
+        ("--renewal-min-interval", "soon", "'soon' is not a number"),
+    ],
+)
+def test_server_refuses_renewal_settings_out_of_bounds(
+    tmp_path: Path, option: str, value: str, expected: str
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "server",
+            "run",
+            "--data-dir",
+            str(tmp_path / "d"),
+            option,
+            value,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and expected in done.stderr
+    assert not (tmp_path / "d").exists()
