@@ -7,6 +7,7 @@ in test_renewal_e2e.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from device_sdk.renewal_protocol import RenewalRequest, renew_topic
+from device_sdk.renewal_protocol import RenewalRequest, renew_reply_topic, renew_topic
 from firmware_helpers.pki import (
     CertifiedKey,
     build_device_certificate,
@@ -38,7 +39,7 @@ from server_stub.errors import (
 )
 from server_stub.ports import AuthenticatedDevice
 from server_stub.registry import Registry
-from server_stub.registry.renewals import Outgoing, Renewals
+from server_stub.registry.renewals import Outgoing, RenewalDesk, Renewals
 from server_stub.store import SqliteStore
 from server_stub.store.base import AccountRecord, NewRenewal, ProductRecord
 from tests.server.conftest import csv_bytes, register
@@ -499,3 +500,50 @@ def test_a_certificate_for_an_sn_removed_meanwhile_closes_the_request(world: Wor
     assert record is not None and record.status == "refused"
     assert world.registry.store.open_renewals(world.account.id) == 0
     assert _sns(world, "dev-removed") == []
+
+
+class Recorder:
+    """A DeviceMessaging that records what the desk sends (every device counts as online)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.done = asyncio.Event()
+
+    def is_online(self, product_key: str, device_name: str) -> bool:
+        return True
+
+    def deliver(
+        self, product_key: str, device_name: str, topic: str, payload: bytes, qos: int
+    ) -> bool:
+        self.sent.append((topic, payload))
+        self.done.set()
+        return True
+
+    def recent_messages(self, product_key: str, device_name: str, limit: int = 100) -> list[Any]:
+        return []
+
+
+def test_the_desk_works_on_one_request_per_device_at_a_time(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second PUBLISH while the first is in the thread pool is dropped (logged), so a device
+    cannot pile work onto the server; the first is answered to the device's reply topic."""
+    device, _ = world.device("dev-desk")
+    payload = RenewalRequest("first", csr(world.key)).to_payload()
+    topic = renew_topic(device.product_key, "dev-desk")
+
+    async def scenario() -> Recorder:
+        recorder = Recorder()
+        desk = RenewalDesk(world.renewals, recorder)
+        desk.on_publish(device, topic, payload)  # goes to the thread pool
+        desk.on_publish(device, topic, RenewalRequest("second", csr(world.key)).to_payload())
+        desk.on_publish(device, f"/sys/{device.product_key}/dev-desk/thing/other", b"x")
+        await asyncio.wait_for(recorder.done.wait(), 30)
+        return recorder
+
+    with caplog.at_level(logging.WARNING, "server_stub.renewal"):
+        recorder = asyncio.run(scenario())
+    [(sent_topic, sent)] = recorder.sent
+    assert sent_topic == renew_reply_topic(device.product_key, "dev-desk")
+    assert json.loads(sent) == {"id": "first", "status": "queued"}
+    assert "sent a request while its previous one is being handled; dropped" in caplog.text
