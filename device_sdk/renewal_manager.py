@@ -19,9 +19,9 @@ the files and sleeps until the machine's next deadline; the client's hooks only 
 
 Reports (``on_renewal(report)``, and the log): started, queued, issued, renewed, refused (with
 the reason; the current pair is kept), failed (with the reason and when it tries again).
-``on_step(name)`` names every step once it is done (``key-stored``, ``request-sent``,
-``certificate-stored``, ``online-new``, ``promoted``, ``discarded``), for logs and for the
-tests that kill a device at each step.
+``on_step(name)`` names every step once it is done (``key-generated`` (in memory only),
+``key-stored``, ``request-sent``, ``certificate-stored``, ``online-new`` (before promotion),
+``promoted``, ``discarded``), for logs and for the tests that kill a device at each step.
 """
 
 from __future__ import annotations
@@ -334,6 +334,7 @@ class Renewal:
 
             made = generate_key_and_csr(identity.device_name, password=self.password)
             request = RenewalRequest(new_request_id(), made.csr_pem)
+            self._step("key-generated")
             self.files.begin(request, made.key_pem, old_cert_sn=self.current.sn)
         except (DeviceSDKError, OSError, ValueError) as exc:
             return RequestFailed(self._clock(), f"cannot make the new key: {exc}")

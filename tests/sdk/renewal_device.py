@@ -2,7 +2,8 @@
 ``python -m tests.sdk.renewal_device``.
 
 It prints one line per event, flushed, so the test acts on events of the code, not on time:
-``STEP <name>`` after each renewal step, ``ONLINE <sn>`` for every session online,
+``STEP <name>`` after each renewal step, ``ONLINE <sn>`` once connected, ``SESSION <sn>``
+for every session online (network thread, so in any order with the others),
 ``RENEWED <sn>`` / ``REFUSED <reason>`` / ``DONE <sn>``. With ``--pause-at STEP`` it stops dead
 right after that step (prints ``PAUSED STEP`` and blocks), so that the test's SIGKILL lands
 exactly there, like a power cut. ``promote-key-written`` pauses inside the promotion, after the
@@ -82,11 +83,12 @@ def main() -> int:
 
     def on_state(state: ConnectionState, error: DeviceSDKError | None) -> None:
         if state is ConnectionState.ONLINE:
-            say(f"ONLINE {client.credentials.sn}")
+            say(f"SESSION {client.credentials.sn}")
 
     client.add_state_hook(on_state)
     renewal.attach(client)
     client.connect(timeout=args.timeout)
+    say(f"ONLINE {client.credentials.sn}")
     try:
         if args.renew and not resuming:
             client.renew_now()

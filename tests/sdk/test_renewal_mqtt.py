@@ -119,7 +119,14 @@ def test_files_pair_renews_by_policy_and_reconnects_with_the_new_pair(
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert not renewal.files.directory.exists()
     assert online_sns == [old_sn, new_sn]
-    assert steps == ["key-stored", "request-sent", "certificate-stored", "online-new", "promoted"]
+    assert steps == [
+        "key-generated",
+        "key-stored",
+        "request-sent",
+        "certificate-stored",
+        "online-new",
+        "promoted",
+    ]
     kinds = [r.kind for r in renewal.reports]
     assert kinds == [ReportKind.STARTED, ReportKind.QUEUED, ReportKind.ISSUED, ReportKind.RENEWED]
     # the new key was made on the device: RSA-2048, and the CSR named the device
