@@ -1,30 +1,29 @@
-"""The certificate model every part of the kit shares.
+"""The certificate model every part of the kit shares, and the rules that read it.
 
-Loading certificates (PEM with any number of certificates, or DER) and private keys (PKCS#1,
-PKCS#8, SEC1; encrypted or not), the RSA rule, validity against a clock, key/certificate
-matching, and the one signature check that identifies an issuing CA *by its key*, never by its
-subject name alone. The server uses it to check uploads and to authenticate devices, the SDK to
-load a device's pair, the firmware helpers to issue and export.
+Certificates are read by one reader, :mod:`device_sdk.certificate` (DER, no dependency): every
+rule here -- the SN rule, RSA only, validity against a clock, the CA flag, names -- reads its
+fields, whether the certificate is a :class:`~device_sdk.certificate.Certificate` read from a
+device's file or a ``cryptography`` certificate held by the server (read again by its DER bytes,
+:func:`~device_sdk.certificate.as_model`). The SDK's connect path never imports ``cryptography``:
+it would bring a second OpenSSL into a board's memory (issue 16).
+
+``cryptography`` stays for what signs or verifies: :func:`signed_by` (the one signature check
+that identifies an issuing CA *by its key*, never by its subject name alone), private key
+objects, and :func:`load_certificates` for the parts that hand certificates to it (the server,
+the firmware helpers). It is imported inside those functions, on first use.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPublicKeyTypes,
-    PrivateKeyTypes,
-)
-from cryptography.x509.oid import NameOID
-
+from device_sdk.certificate import Certificate, Name, as_model, foreign_der, pem_blocks
+from device_sdk.der import DERError
 from device_sdk.errors import (
     CertificateFormatError,
     ClockError,
@@ -36,6 +35,17 @@ from device_sdk.errors import (
 )
 from device_sdk.serials import normalize_sn
 
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificateIssuerPublicKeyTypes,
+        PrivateKeyTypes,
+    )
+
+    CertLike = Certificate | x509.Certificate
+    NameLike = Name | x509.Name
+
 PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
 PEM_CERT_END = b"-----END CERTIFICATE-----"
 
@@ -44,11 +54,14 @@ MAX_CERTIFICATE_FILE_BYTES = 1024 * 1024
 MAX_CERTIFICATES_PER_FILE = 16
 
 
-# --- certificates ------------------------------------------------------------------------------
+# --- reading certificate files -----------------------------------------------------------------
 
 
-def load_certificates(data: bytes, *, source: str = "certificate") -> list[x509.Certificate]:
-    """Parse every certificate in ``data``: PEM (one or more blocks, leaf first) or one DER."""
+def parse_certificates(data: bytes, *, source: str = "certificate") -> list[Certificate]:
+    """Every certificate in ``data``: PEM (one or more blocks, leaf first) or one DER.
+
+    The one reader of certificate files in the kit (the model; no ``cryptography``).
+    """
     if len(data) > MAX_CERTIFICATE_FILE_BYTES:
         raise CertificateFormatError(
             f"{source}: {len(data)} bytes is too large for a certificate file "
@@ -69,44 +82,41 @@ def load_certificates(data: bytes, *, source: str = "certificate") -> list[x509.
                 source=source,
             )
         try:
-            certs = x509.load_pem_x509_certificates(data)
-        except (ValueError, x509.InvalidVersion) as exc:
+            blocks = pem_blocks(data, b"CERTIFICATE")
+        except ValueError as exc:
             raise CertificateFormatError(
                 f"{source}: not a readable PEM certificate ({exc})", source=source
             ) from exc
-        return _fully_parsed(certs, source)
-    try:
-        cert = x509.load_der_x509_certificate(data)
-    except (ValueError, x509.InvalidVersion) as exc:
-        raise CertificateFormatError(
-            f"{source}: neither a PEM nor a DER certificate", source=source
-        ) from exc
-    return _fully_parsed([cert], source)
-
-
-def _fully_parsed(certs: list[x509.Certificate], source: str) -> list[x509.Certificate]:
-    """Parse the lazily decoded parts now, so a malformed extension or name is refused here.
-
-    ``cryptography`` decodes names and extensions on first access and raises ``ValueError``
-    then; found by fuzzing (fuzz/targets.py certificate_upload): a CA upload with a corrupt
-    basicConstraints reached ``is_ca`` and escaped as a server error.
-    """
-    for cert in certs:
-        try:
-            cert.subject, cert.issuer, cert.extensions  # noqa: B018 (access parses them)
-        except Exception as exc:  # ValueError, KeyError (unknown string tag), DuplicateExtension...
+        if not blocks:
             raise CertificateFormatError(
-                f"{source}: malformed certificate contents ({exc!r})", source=source
-            ) from exc
-    return certs
+                f"{source}: not a readable PEM certificate (no complete CERTIFICATE block)",
+                source=source,
+            )
+        result = []
+        for number, block in enumerate(blocks, 1):
+            try:
+                result.append(Certificate.from_der(block))
+            except DERError as exc:
+                where = f"block {number}: " if len(blocks) > 1 else ""
+                raise CertificateFormatError(
+                    f"{source}: not a readable PEM certificate ({where}{exc})", source=source
+                ) from exc
+        return result
+    try:
+        return [Certificate.from_der(data)]
+    except DERError as exc:
+        raise CertificateFormatError(
+            f"{source}: neither a PEM nor a DER certificate ({exc})", source=source
+        ) from exc
 
 
-def load_certificate(data: bytes, *, source: str = "certificate") -> x509.Certificate:
-    """The first (leaf) certificate of ``data``."""
-    return load_certificates(data, source=source)[0]
+def parse_certificate(data: bytes, *, source: str = "certificate") -> Certificate:
+    """The first (leaf) certificate of ``data``, as the model."""
+    return parse_certificates(data, source=source)[0]
 
 
-def read_certificates(path: str | Path) -> list[x509.Certificate]:
+def read_certificate_file(path: str | Path) -> list[Certificate]:
+    """:func:`parse_certificates` of a file; an unreadable file is a CertificateFormatError."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -114,48 +124,90 @@ def read_certificates(path: str | Path) -> list[x509.Certificate]:
         raise CertificateFormatError(
             f"cannot read certificate file {path}: {exc.strerror or exc}", source=str(path)
         ) from exc
-    return load_certificates(data, source=str(path))
+    return parse_certificates(data, source=str(path))
 
 
-def certificate_sn(cert: x509.Certificate) -> str:
+def load_certificates(data: bytes, *, source: str = "certificate") -> list[x509.Certificate]:
+    """:func:`parse_certificates`, as ``cryptography`` objects: for parts that verify or sign.
+
+    Read by the model first (one reader decides what a certificate file holds), then handed to
+    ``cryptography``, which must accept the same bytes and every extension in them.
+    """
+    return [_to_cryptography(c, source) for c in parse_certificates(data, source=source)]
+
+
+def _to_cryptography(model: Certificate, source: str) -> x509.Certificate:
+    from cryptography import x509
+
+    try:
+        cert = x509.load_der_x509_certificate(model.der)
+        # cryptography decodes names and extensions on first access and raises then; found by
+        # fuzzing (fuzz/targets.py certificate_upload): a corrupt extension escaped as a server
+        # error. Parse them now, so a malformed one is refused here.
+        cert.subject, cert.issuer, cert.extensions  # noqa: B018 (access parses them)
+    except Exception as exc:  # ValueError, InvalidVersion, DuplicateExtension...
+        raise CertificateFormatError(
+            f"{source}: malformed certificate contents ({exc!r})", source=source
+        ) from exc
+    return cert
+
+
+def load_certificate(data: bytes, *, source: str = "certificate") -> x509.Certificate:
+    """The first (leaf) certificate of ``data``, as a ``cryptography`` object."""
+    return load_certificates(data, source=source)[0]
+
+
+def read_certificates(path: str | Path) -> list[x509.Certificate]:
+    path = Path(path)
+    return [_to_cryptography(c, str(path)) for c in read_certificate_file(path)]
+
+
+# --- the rules ---------------------------------------------------------------------------------
+
+
+def certificate_sn(cert: CertLike) -> str:
     """The certificate's SN in the kit's canonical form (lowercase hex, no leading zeros)."""
-    return normalize_sn(cert.serial_number)
+    return normalize_sn(as_model(cert).serial_number)
 
 
-def common_name(name: x509.Name) -> str | None:
-    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not attrs:
-        return None
-    value = attrs[0].value
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+def common_name(name: NameLike) -> str | None:
+    if not isinstance(name, Name):
+        name = Name.from_der(name.public_bytes())
+    return name.common_name
 
 
-def fingerprint_sha256(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+def _der(cert: CertLike) -> bytes:
+    if isinstance(cert, Certificate):
+        return cert.der
+    data = foreign_der(cert)
+    if data is None:
+        raise TypeError(f"not a certificate: {type(cert).__name__}")
+    return data
 
 
-def public_key_spki(cert: x509.Certificate) -> bytes:
+def fingerprint_sha256(cert: CertLike) -> str:
+    return hashlib.sha256(_der(cert)).hexdigest()
+
+
+def public_key_spki(cert: CertLike) -> bytes:
     """The certificate's public key as DER SubjectPublicKeyInfo: equal bytes, equal key."""
-    return cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return as_model(cert).public_key_info.der
+
+
+def to_pem(certs: CertLike | Iterable[CertLike]) -> bytes:
+    if isinstance(certs, Certificate) or foreign_der(certs) is not None:
+        certs = [certs]  # type: ignore[list-item]
+    return b"".join(
+        Certificate.pem_of(_der(c))
+        for c in certs  # type: ignore[union-attr]
     )
 
 
-def to_pem(certs: x509.Certificate | Sequence[x509.Certificate]) -> bytes:
-    if isinstance(certs, x509.Certificate):
-        certs = [certs]
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+def is_ca(cert: CertLike) -> bool:
+    return as_model(cert).is_ca
 
 
-def is_ca(cert: x509.Certificate) -> bool:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    return bc.ca
-
-
-def device_certificate_problem(cert: x509.Certificate) -> str | None:
+def device_certificate_problem(cert: CertLike) -> str | None:
     """Why ``cert`` cannot be a device certificate, or None when it can.
 
     Checked by the server before it looks for the issuing CA, on every handshake, so it returns
@@ -165,47 +217,38 @@ def device_certificate_problem(cert: x509.Certificate) -> str | None:
     must follow the kit's one SN rule (:func:`device_sdk.serials.normalize_sn`: positive, at
     most 20 bytes), because the SN is how the platform finds the device.
     """
-    if is_ca(cert):
+    model = as_model(cert)
+    if model.is_ca:
         return "the device certificate is a CA certificate (basicConstraints CA:TRUE)"
     try:
-        normalize_sn(cert.serial_number)
+        normalize_sn(model.serial_number)
     except ValueError as exc:
         return f"the device certificate's serial number is unusable: {exc}"
     return None
 
 
-def is_rsa(cert: x509.Certificate) -> bool:
-    try:
-        return isinstance(cert.public_key(), rsa.RSAPublicKey)
-    except (ValueError, UnsupportedAlgorithm):
-        return False
+def is_rsa(cert: CertLike) -> bool:
+    return as_model(cert).public_key_info.is_rsa
 
 
-def require_rsa(cert: x509.Certificate, *, what: str = "certificate") -> None:
+def require_rsa(cert: CertLike, *, what: str = "certificate") -> None:
     """The platform supports only RSA device certificates (and CA keys that sign them)."""
-    if not is_rsa(cert):
-        kind = _key_kind(cert)
+    key = as_model(cert).public_key_info
+    if not key.is_rsa:
         raise UnsupportedKeyTypeError(
-            f"{what} has a {kind} key; the platform supports only RSA certificates"
+            f"{what} has a {key.kind} key; the platform supports only RSA certificates"
         )
 
 
-def _key_kind(cert: x509.Certificate) -> str:
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        return "unsupported"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return f"EC ({key.curve.name})"
-    return type(key).__name__.removeprefix("_").replace("PublicKey", "") or "non-RSA"
-
-
 def check_validity(
-    cert: x509.Certificate, *, now: datetime | None = None, what: str = "certificate"
+    cert: CertLike, *, now: datetime | None = None, what: str = "certificate"
 ) -> None:
     """Raise :class:`ClockError` unless ``now`` lies in the certificate's validity window."""
+    model = as_model(cert)
     now = now or datetime.now(UTC)
-    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    not_before, not_after = model.not_valid_before_utc, model.not_valid_after_utc
+    if not_before <= now <= not_after:
+        return
     window = f"valid from {not_before:%Y-%m-%d %H:%M:%S}Z to {not_after:%Y-%m-%d %H:%M:%S}Z"
     clock = f"the system clock says {now:%Y-%m-%d %H:%M:%S}Z"
     if now < not_before:
@@ -221,21 +264,25 @@ def check_validity(
             not_before=not_before,
             not_after=not_after,
         )
-    if now > not_after:
-        raise ClockError(
-            f"{what} has expired: {window}, {clock}. Issue a new certificate, or check the clock.",
-            now=now,
-            not_before=not_before,
-            not_after=not_after,
-        )
+    raise ClockError(
+        f"{what} has expired: {window}, {clock}. Issue a new certificate, or check the clock.",
+        now=now,
+        not_before=not_before,
+        not_after=not_after,
+    )
 
 
-def signed_by(cert: x509.Certificate, issuer_key: CertificateIssuerPublicKeyTypes | object) -> bool:
+def signed_by(cert: CertLike, issuer_key: CertificateIssuerPublicKeyTypes | object) -> bool:
     """True when ``issuer_key`` verifies ``cert``'s signature.
 
     This is how the kit identifies an issuing CA: by the key that verifies the signature. Two CAs
     may share a subject name; only one of them holds the key.
     """
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    if isinstance(cert, Certificate):
+        cert = cert.to_cryptography()
     try:
         if isinstance(issuer_key, rsa.RSAPublicKey):
             hash_alg = cert.signature_hash_algorithm
@@ -256,12 +303,19 @@ def signed_by(cert: x509.Certificate, issuer_key: CertificateIssuerPublicKeyType
     return True
 
 
-def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+def issued_by(cert: CertLike, issuer: CertLike) -> bool:
     """``issuer`` names ``cert``'s issuer *and* its key verifies ``cert``'s signature."""
-    return cert.issuer == issuer.subject and signed_by(cert, issuer.public_key())
+    if as_model(cert).issuer != as_model(issuer).subject:
+        return False
+    issuer_cert = issuer.to_cryptography() if isinstance(issuer, Certificate) else issuer
+    try:
+        issuer_key = issuer_cert.public_key()
+    except Exception:  # an unsupported key algorithm: it verifies nothing
+        return False
+    return signed_by(cert, issuer_key)
 
 
-# --- private keys ------------------------------------------------------------------------------
+# --- private keys (cryptography objects: for the parts that sign) -----------------------------
 
 
 def load_private_key(
@@ -275,8 +329,12 @@ def load_private_key(
 
     ``check_rsa_key=False`` skips OpenSSL's RSA consistency check (~27 ms per 2048-bit key); use
     it only for bytes already checked elsewhere, e.g. a board receiving a key whose SHA-256
-    matches the one the provisioning host validated.
+    matches the one the provisioning host validated. (A device loading its own pair does not
+    come here: :mod:`device_sdk.keyfile` reads it without ``cryptography``.)
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     if isinstance(password, str):
         password = password.encode()
     if not data.strip():
@@ -329,6 +387,8 @@ def read_private_key(
 
 
 def require_rsa_key(key: PrivateKeyTypes, *, source: str = "private key") -> rsa.RSAPrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     if not isinstance(key, rsa.RSAPrivateKey):
         kind = type(key).__name__.removeprefix("_").replace("PrivateKey", "")
         raise UnsupportedKeyTypeError(
@@ -337,30 +397,43 @@ def require_rsa_key(key: PrivateKeyTypes, *, source: str = "private key") -> rsa
     return key
 
 
-def key_matches_certificate(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:
+def key_matches_certificate(key: PrivateKeyTypes, cert: CertLike) -> bool:
+    """The key's public half is the certificate's public key."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    info = as_model(cert).public_key_info
     try:
-        cert_pub = cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        key_pub = key.public_key().public_bytes(
+        public = key.public_key()
+        if isinstance(public, rsa.RSAPublicKey):
+            numbers = public.public_numbers()
+            return (numbers.n, numbers.e) == (info.rsa_modulus, info.rsa_exponent)
+        key_spki = public.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     except (ValueError, UnsupportedAlgorithm, AttributeError):
         return False
-    return cert_pub == key_pub
+    return key_spki == info.der
 
 
-def require_key_matches(key: PrivateKeyTypes, cert: x509.Certificate, *, source: str) -> None:
+def require_key_matches(key: PrivateKeyTypes, cert: CertLike, *, source: str) -> None:
     if not key_matches_certificate(key, cert):
-        raise KeyMismatchError(
-            f"{source}: the private key does not belong to the certificate "
-            f"(SN {certificate_sn(cert)}); are the .cer and .key files from the same device?",
-            source=source,
-        )
+        raise KeyMismatchError(mismatch_message(source, certificate_sn(cert)), source=source)
+
+
+def mismatch_message(source: str, sn: str) -> str:
+    """The one wording of "this key is not this certificate's" (both key readers use it)."""
+    return (
+        f"{source}: the private key does not belong to the certificate "
+        f"(SN {sn}); are the .cer and .key files from the same device?"
+    )
 
 
 def rsa_key_pkcs1_pem(key: rsa.RSAPrivateKey) -> bytes:
     """``-----BEGIN RSA PRIVATE KEY-----``: the platform's documented device key format."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.TraditionalOpenSSL,
@@ -368,19 +441,19 @@ def rsa_key_pkcs1_pem(key: rsa.RSAPrivateKey) -> bytes:
     )
 
 
-# --- a certificate with its chain and key ------------------------------------------------------
+# --- a certificate with its chain --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class CertificateChain:
-    """A leaf certificate with any intermediates that followed it in its file."""
+    """A leaf certificate with any intermediates that followed it in its file (the model)."""
 
-    leaf: x509.Certificate
-    intermediates: tuple[x509.Certificate, ...] = ()
+    leaf: Certificate
+    intermediates: tuple[Certificate, ...] = ()
 
     @classmethod
     def load(cls, data: bytes, *, source: str = "certificate") -> CertificateChain:
-        certs = load_certificates(data, source=source)
+        certs = parse_certificates(data, source=source)
         return cls(certs[0], tuple(certs[1:]))
 
     @property
@@ -396,11 +469,14 @@ def sha256_hex(data: bytes) -> str:
 
 
 __all__ = [
+    "Certificate",
     "CertificateChain",
     "CredentialError",
+    "Name",
     "certificate_sn",
     "check_validity",
     "common_name",
+    "device_certificate_problem",
     "fingerprint_sha256",
     "is_ca",
     "is_rsa",
@@ -409,6 +485,10 @@ __all__ = [
     "load_certificate",
     "load_certificates",
     "load_private_key",
+    "parse_certificate",
+    "parse_certificates",
+    "public_key_spki",
+    "read_certificate_file",
     "read_certificates",
     "read_private_key",
     "require_key_matches",

@@ -4,28 +4,42 @@ Every check happens here, on the board, before any network traffic: a wrong file
 another device, an EC key, a missing password or a clock stuck in 1970 are reported with a
 message that names the file and says what to do, instead of surfacing later as an opaque TLS
 alert. The reading and checking itself is the kit's shared certificate model
-(:mod:`device_sdk.certs`); this module only combines it for a device.
+(:mod:`device_sdk.certs`) and the device key reader (:mod:`device_sdk.keyfile`); this module only
+combines them for a device.
+
+Nothing here imports ``cryptography`` (a second OpenSSL in a board's memory): the certificate is
+read by the SDK's DER reader, the key is checked in pure Python and by OpenSSL through ``ssl``
+(which also proves it is the certificate's). An encrypted key with ``check_key`` is the exception
+(see :mod:`device_sdk.keyfile`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
 import stat
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from device_sdk import certs
-from device_sdk.errors import CredentialError, InsecureKeyFileWarning
+from device_sdk import certs, keyfile
+from device_sdk.certificate import Certificate
+from device_sdk.errors import (
+    CredentialError,
+    InsecureKeyFileWarning,
+    KeyFormatError,
+    UnsupportedKeyTypeError,
+)
 from device_sdk.fileio import loose_permissions
 from device_sdk.identity import Identity
 from device_sdk.naming import DeviceFileName
 from device_sdk.store_layout import CERTIFICATE_FILE, PRIVATE_KEY_FILE, SERVER_CA_FILE
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +51,7 @@ class Credentials:
     """A checked certificate/key pair: RSA, matching, and valid at load time."""
 
     chain: certs.CertificateChain
-    private_key: rsa.RSAPrivateKey = field(repr=False)
+    key: keyfile.DeviceKey = field(repr=False)
     cert_source: str = "certificate"
     key_source: str = "private key"
     file_name: DeviceFileName | None = None
@@ -62,12 +76,12 @@ class Credentials:
     ) -> Credentials:
         """From bytes in memory (PEM or DER certificate chain; PKCS#1/PKCS#8 key).
 
-        ``check_key=False`` skips OpenSSL's RSA key consistency check (~30 ms of CPU per
-        2048-bit key), for keys this kit generated or checked before (fleet simulators load
-        thousands); every other check stays, the key must still belong to the certificate.
+        ``check_key=False`` skips the RSA key consistency check, for keys this kit generated or
+        checked before (fleet simulators load thousands); every other check stays, the key
+        must still belong to the certificate.
         """
         chain = certs.CertificateChain.load(certificate, source=cert_source)
-        key = certs.load_private_key(
+        key = keyfile.read_key(
             private_key, password=password, source=key_source, check_rsa_key=check_key
         )
         return cls._checked(chain, key, cert_source=cert_source, key_source=key_source, now=now)
@@ -88,9 +102,17 @@ class Credentials:
         is readable or writable by group or others. ``check_key``: see :meth:`from_pem`.
         """
         cert_path, key_path = Path(cert), Path(key)
-        certs_list = certs.read_certificates(cert_path)
+        certs_list = certs.read_certificate_file(cert_path)
         chain = certs.CertificateChain(certs_list[0], tuple(certs_list[1:]))
-        private_key = certs.read_private_key(key_path, password=password, check_rsa_key=check_key)
+        try:
+            key_bytes = key_path.read_bytes()
+        except OSError as exc:
+            raise KeyFormatError(
+                f"cannot read key file {key_path}: {exc.strerror or exc}", source=str(key_path)
+            ) from exc
+        private_key = keyfile.read_key(
+            key_bytes, password=password, source=str(key_path), check_rsa_key=check_key
+        )
         creds = cls._checked(
             chain,
             private_key,
@@ -122,7 +144,7 @@ class Credentials:
         server_ca = root / SERVER_CA_FILE
         return Credentials(
             creds.chain,
-            creds.private_key,
+            creds.key,
             creds.cert_source,
             creds.key_source,
             creds.file_name,
@@ -133,7 +155,7 @@ class Credentials:
     def _checked(
         cls,
         chain: certs.CertificateChain,
-        key: object,
+        key: keyfile.DeviceKey,
         *,
         cert_source: str,
         key_source: str,
@@ -141,21 +163,35 @@ class Credentials:
         file_name: DeviceFileName | None = None,
     ) -> Credentials:
         certs.require_rsa(chain.leaf, what=f"{cert_source}: the device certificate")
-        rsa_key = certs.require_rsa_key(key, source=key_source)  # type: ignore[arg-type]
-        certs.require_key_matches(rsa_key, chain.leaf, source=key_source)
-        creds = cls(chain, rsa_key, cert_source, key_source, file_name)
+        if key.kind is not None and key.kind != "RSA":
+            raise UnsupportedKeyTypeError(
+                f"{key_source} is a {key.kind} key; the platform supports only RSA keys",
+                source=key_source,
+            )
+        keyfile.require_pair(key, chain.leaf)
+        # OpenSSL's own pair check: the key must be the certificate's (and decrypt).
+        keyfile.load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), chain.pem(), key, sn=chain.sn)
+        creds = cls(chain, key, cert_source, key_source, file_name)
         creds.check_validity(now)
         return creds
 
     # --- views ---------------------------------------------------------------------------------
 
     @property
-    def certificate(self) -> x509.Certificate:
+    def certificate(self) -> Certificate:
         return self.chain.leaf
 
     @property
-    def intermediates(self) -> tuple[x509.Certificate, ...]:
+    def intermediates(self) -> tuple[Certificate, ...]:
         return self.chain.intermediates
+
+    @property
+    def private_key(self) -> rsa.RSAPrivateKey:
+        """The key as a ``cryptography`` object, for code that signs with it (imports it)."""
+        loaded = certs.load_private_key(
+            self.key.pem, password=self.key.password, source=self.key_source, check_rsa_key=False
+        )
+        return certs.require_rsa_key(loaded, source=self.key_source)
 
     @property
     def sn(self) -> str:

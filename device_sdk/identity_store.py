@@ -19,13 +19,15 @@ import logging
 import os
 import warnings
 from pathlib import Path
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from device_sdk.certs import certificate_sn, fingerprint_sha256
 from device_sdk.errors import IdentityStoreError, InvalidNameError
 from device_sdk.fileio import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, atomic_write
 from device_sdk.identity import Identity
+
+if TYPE_CHECKING:
+    from device_sdk.certs import CertLike
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class IdentityStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
-    def load(self, certificate: x509.Certificate | None = None) -> Identity | None:
+    def load(self, certificate: CertLike | None = None) -> Identity | None:
         """The stored identity; None when there is none or it is unreadable (warned).
 
         With ``certificate``: None also when the file was stored for another certificate (or
@@ -75,7 +77,7 @@ class IdentityStore:
             return None
         return identity
 
-    def save(self, identity: Identity, certificate: x509.Certificate | None = None) -> None:
+    def save(self, identity: Identity, certificate: CertLike | None = None) -> None:
         """Write atomically with mode 0600; create a missing directory as 0700.
 
         ``certificate``: the certificate the identity was told for (recorded, see above).

@@ -7,8 +7,7 @@ never written anywhere readable.
 
 ``ssl`` offers no way to load a key from memory, so the key is handed to OpenSSL through an
 anonymous in-memory file (``memfd``, Linux) or, elsewhere, a 0600 file in a private 0700
-temporary directory; either way it is encrypted with a one-time random password that never leaves
-this process, and the file is gone as soon as ``load_cert_chain`` returns.
+temporary directory, gone as soon as ``load_cert_chain`` returns (:mod:`device_sdk.keyfile`).
 
 What ``ssl`` and the socket layer raise when connecting is mapped to the SDK's errors in one
 place, the refusal table (:mod:`device_sdk.refusals`).
@@ -16,22 +15,14 @@ place, the refusal table (:mod:`device_sdk.refusals`).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-import shutil
 import socket
 import ssl
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
-from device_sdk import certs
+from device_sdk import certs, keyfile
 from device_sdk.credentials import Credentials
-from device_sdk.errors import CredentialError
 
 
 class _ServerNameContext(ssl.SSLContext):
@@ -69,9 +60,9 @@ def build_ssl_context(
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     else:
         if isinstance(server_ca, bytes):
-            cas = certs.load_certificates(server_ca, source="server CA")
+            cas = certs.parse_certificates(server_ca, source="server CA")
         else:
-            cas = certs.read_certificates(Path(server_ca))
+            cas = certs.read_certificate_file(Path(server_ca))
         context.load_verify_locations(cadata=certs.to_pem(cas).decode("ascii"))
     load_client_chain(context, credentials)
     return context
@@ -79,40 +70,4 @@ def build_ssl_context(
 
 def load_client_chain(context: ssl.SSLContext, credentials: Credentials) -> None:
     """Load the device chain and key into ``context`` without a readable key file."""
-    password = secrets.token_bytes(32)
-    key_pem = credentials.private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.BestAvailableEncryption(password),
-    )
-    with _private_file(credentials.chain.pem() + key_pem) as path:
-        try:
-            context.load_cert_chain(path, password=password)
-        except ssl.SSLError as exc:
-            raise CredentialError(
-                f"OpenSSL refused the device certificate/key from {credentials.cert_source}: "
-                f"{exc.reason or exc}",
-                source=credentials.cert_source,
-            ) from exc
-
-
-@contextlib.contextmanager
-def _private_file(data: bytes) -> Iterator[str]:
-    memfd_create = getattr(os, "memfd_create", None)
-    if memfd_create is not None and Path("/proc/self/fd").is_dir():
-        fd = memfd_create("iotx509-device-key", getattr(os, "MFD_CLOEXEC", 0))
-        try:
-            os.write(fd, data)
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-        return
-    directory = tempfile.mkdtemp(prefix="iotx509-tls-")  # mode 0700
-    try:
-        path = os.path.join(directory, "chain.pem")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        yield path
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    keyfile.load_pair(context, credentials.chain.pem(), credentials.key, sn=credentials.sn)

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import ssl
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -256,9 +257,10 @@ def test_key_reaches_openssl_without_a_lasting_file(
     creds: Credentials, pki: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without memfd (not Linux), the chain goes through a 0600 file in a private directory
-    that is gone once the context is built; the key in it is encrypted (one-time password)."""
+    and the key through a named pipe beside it: the key is never stored in a file, and the
+    directory is gone once the context is built."""
     made: list[Path] = []
-    seen: list[tuple[int, int, bytes]] = []
+    seen: list[tuple[int, int, bytes, bool]] = []
     real_mkdtemp = tempfile.mkdtemp
     real_load = ssl.SSLContext.load_cert_chain
 
@@ -267,24 +269,28 @@ def test_key_reaches_openssl_without_a_lasting_file(
         made.append(Path(path))
         return path
 
-    def load_cert_chain(self: ssl.SSLContext, certfile: str, *args: Any, **kwargs: Any) -> None:
+    def load_cert_chain(
+        self: ssl.SSLContext, certfile: str, keyfile: str, *args: Any, **kwargs: Any
+    ) -> None:
         seen.append(
             (
                 Path(certfile).stat().st_mode & 0o777,
                 Path(certfile).parent.stat().st_mode & 0o777,
                 Path(certfile).read_bytes(),
+                stat.S_ISFIFO(Path(keyfile).stat().st_mode),
             )
         )
-        real_load(self, certfile, *args, **kwargs)
+        real_load(self, certfile, keyfile, *args, **kwargs)
 
-    monkeypatch.delattr(os, "memfd_create", raising=False)  # (the module tls uses)
+    monkeypatch.delattr(os, "memfd_create", raising=False)  # (the module keyfile uses)
     monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
     monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", load_cert_chain)
     build_ssl_context(creds, pki.ca.cert_pem())
     assert len(made) == 1 and not made[0].exists()
-    file_mode, dir_mode, content = seen[0]
+    file_mode, dir_mode, content, key_is_pipe = seen[0]
     assert (file_mode, dir_mode) == (0o600, 0o700)
-    assert b"ENCRYPTED" in content and b"BEGIN CERTIFICATE" in content
+    assert b"BEGIN CERTIFICATE" in content and b"PRIVATE KEY" not in content
+    assert key_is_pipe
 
 
 def test_cli_usage_errors_are_messages_not_tracebacks(
