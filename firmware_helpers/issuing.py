@@ -3,8 +3,9 @@
 Why it is built this way:
 
 - RSA key generation dominates (tens of milliseconds per 2048-bit key, with a long tail), so keys
-  are generated in a process pool on all cores. A worker returns the PKCS#1 PEM and the public key;
-  the parent draws the SN, reserves it in the ledger, signs (well under a millisecond) and writes.
+  are generated in a process pool on all cores (:mod:`firmware_helpers.keypool`). A worker returns
+  the PKCS#1 PEM and the public key; the parent draws the SN, reserves it in the ledger, signs
+  (well under a millisecond) and writes.
   Private keys never need to be parsed again, the CA key never leaves the parent, and only the
   parent writes files, so a killed parent cannot leave a worker writing behind its back.
 - An SN is reserved in the ledger (fsync'd) *before* the pair carrying it is written, so a crash
@@ -21,16 +22,13 @@ Why it is built this way:
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import re
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +70,7 @@ from firmware_helpers.errors import (
     InvalidInputError,
     IssuanceError,
 )
+from firmware_helpers.keypool import KeySource, generate_key_material, key_stream
 from firmware_helpers.ledger import DEFAULT_LEDGER_NAME, SerialLedger
 from firmware_helpers.pki import (
     ALLOWED_KEY_SIZES,
@@ -87,15 +86,10 @@ log = logging.getLogger(__name__)
 SERIAL_BITS = 64
 #: Fresh draws tried when a random SN is already in the ledger before giving up.
 MAX_SERIAL_DRAWS = 16
-#: Key-generation tasks kept in flight per worker: enough to keep every core busy, few enough that
-#: Ctrl-C stops promptly.
-IN_FLIGHT_PER_JOB = 4
 #: ``atomic_write``'s temporary files: ``.{name}.{random}.tmp``.
 _TEMP_RE = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp")
 
 ProgressCallback = Callable[[int, int], None]
-#: Returns (PKCS#1 PEM of a new private key, DER SubjectPublicKeyInfo of its public key).
-KeySource = Callable[[], tuple[bytes, bytes]]
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -306,80 +300,6 @@ def _scan(out_dir: Path, product_key: str, ca: CertifiedKey) -> _Scan:
     return scan
 
 
-# --- key generation ----------------------------------------------------------------------------
-
-
-def generate_key_material(key_size: int = DEFAULT_KEY_SIZE) -> tuple[bytes, bytes]:
-    """A new RSA key as (PKCS#1 PEM, DER public key). Runs in the worker processes."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private, public
-
-
-def _worker_init() -> None:
-    """Leave Ctrl-C to the parent, and exit if the parent dies (even by SIGKILL)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """``fork`` is cheapest; with other threads running (an embedding app), fork is unsafe."""
-    if threading.active_count() > 1:
-        return multiprocessing.get_context("forkserver")
-    return multiprocessing.get_context("fork")
-
-
-def make_pool(jobs: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
-        max_workers=jobs, mp_context=_pool_context(), initializer=_worker_init
-    )
-
-
-def _key_stream(
-    count: int, key_size: int, jobs: int, key_source: KeySource | None
-) -> Generator[tuple[bytes, bytes], None, None]:
-    """Yield ``count`` new keys as they finish (keys are interchangeable, order does not matter)."""
-    if key_source is not None or jobs == 1:
-        for _ in range(count):
-            yield key_source() if key_source else generate_key_material(key_size)
-        return
-    pool = make_pool(jobs)
-    pending: set[Future[tuple[bytes, bytes]]] = set()
-    submitted = 0
-    try:
-        while submitted < count or pending:
-            while submitted < count and len(pending) < jobs * IN_FLIGHT_PER_JOB:
-                pending.add(pool.submit(generate_key_material, key_size))
-                submitted += 1
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                yield future.result()
-    except BrokenProcessPool as exc:
-        # Raised by result() of a running job, and by submit() once the pool noticed the death:
-        # which one depends on timing, so both are mapped here, once.
-        raise IssuanceError(
-            "a key-generation worker process died (out of memory, killed, or -- "
-            "when the caller runs other threads and workers start via forkserver "
-            "-- a main module that is not guarded by if __name__ == '__main__')"
-        ) from exc
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 # --- issuing -----------------------------------------------------------------------------------
 
 
@@ -412,6 +332,34 @@ def _ctrl_c_deferred() -> Iterator[None]:
                 signal.raise_signal(signum)
 
 
+def reserve_new_serial(
+    ledger: SerialLedger,
+    ca_sn: str,
+    product_key: str,
+    device_name: str,
+    *,
+    serial_source: Callable[[], int] | None = None,
+) -> int:
+    """The one way a device SN is chosen: drawn at random (:data:`SERIAL_BITS`) and reserved in
+    the CA's ledger (fsync'd) before any certificate carries it. A draw already in the ledger is
+    drawn again, at most :data:`MAX_SERIAL_DRAWS` times (then :class:`DuplicateSerialError`: the
+    source is not random). Batch issuance, on-board provisioning and the signer call it."""
+    draw = serial_source or (lambda: random_serial(SERIAL_BITS))
+    for _attempt in range(MAX_SERIAL_DRAWS):
+        serial = draw()
+        try:
+            ledger.reserve(ca_sn, serial, product_key, device_name)
+            return serial
+        except DuplicateSerialError:
+            log.warning("SN %x is already in the ledger; drawing another", serial)
+    raise DuplicateSerialError(
+        f"{MAX_SERIAL_DRAWS} SNs drawn in a row were already in the ledger "
+        f"{ledger.path}; the SN source is not random",
+        sn=format(serial, "x"),
+        ca_sn=ca_sn,
+    )
+
+
 def _write_pair(
     ca: CertifiedKey,
     ledger: SerialLedger,
@@ -425,20 +373,9 @@ def _write_pair(
     public = serialization.load_der_public_key(public_der)
     if not isinstance(public, rsa.RSAPublicKey):  # pragma: no cover - our workers make RSA keys
         raise InvalidInputError("key generation returned a non-RSA key")
-    for _attempt in range(MAX_SERIAL_DRAWS):
-        serial = serial_source()
-        try:
-            ledger.reserve(ca.sn, serial, names.product_key, names.device_name)
-            break
-        except DuplicateSerialError:
-            log.warning("SN %x is already in the ledger; drawing another", serial)
-    else:
-        raise DuplicateSerialError(
-            f"{MAX_SERIAL_DRAWS} SNs drawn in a row were already in the ledger "
-            f"{ledger.path}; the SN source is not random",
-            sn=format(serial, "x"),
-            ca_sn=ca.sn,
-        )
+    serial = reserve_new_serial(
+        ledger, ca.sn, names.product_key, names.device_name, serial_source=serial_source
+    )
     cert = build_device_certificate(
         ca, public, names.device_name, product_key=names.product_key, serial=serial, days=days
     )
@@ -523,7 +460,7 @@ def issue_devices(
         total = len(todo)
         if progress:
             progress(0, total)
-        stream = _key_stream(total, key_size, jobs, _key_source)
+        stream = key_stream(total, key_size, jobs, _key_source)
         try:
             for key_pem, public_der in stream:
                 device = _write_pair(
@@ -558,5 +495,6 @@ __all__ = [
     "load_issuing_ca_pem",
     "names_from_count",
     "read_names_file",
+    "reserve_new_serial",
     "validate_inputs",
 ]

@@ -41,16 +41,14 @@ from firmware_helpers.errors import (
     ProvisioningInputError,
     SerialProvisioningError,
 )
+from firmware_helpers.issuing import reserve_new_serial
 from firmware_helpers.ledger import SerialLedger
-from firmware_helpers.pki import CertifiedKey, build_device_certificate, random_serial
+from firmware_helpers.pki import CertifiedKey, build_device_certificate
 from firmware_helpers.serial.batch import STATUS_OK, STATUS_UNCERTAIN, Pair, Report
 from firmware_helpers.serial.host import Host, ProvisionResult
 from firmware_helpers.serial.protocol import HelloReply, ObjectType
 
 log = logging.getLogger(__name__)
-
-SERIAL_BITS = 64
-MAX_SERIAL_DRAWS = 16
 
 
 @dataclass
@@ -134,16 +132,10 @@ class OnBoardIssuer:
     def _reserve(self) -> int:
         """A fresh random SN, recorded (fsync'd) in the CA's ledger before any certificate."""
         with SerialLedger(self.ledger_path) as ledger:
-            for _ in range(MAX_SERIAL_DRAWS):
-                serial = random_serial(SERIAL_BITS)
-                try:
-                    ledger.reserve(self.ca.sn, serial, self.product_key, self.device_name)
-                    return serial
-                except DuplicateSerialError:
-                    log.warning("SN %x is already in the ledger; drawing another", serial)
-        raise ProvisioningInputError(  # pragma: no cover - 16 collisions of random 64-bit SNs
-            f"{MAX_SERIAL_DRAWS} SNs in a row were taken"
-        )
+            try:
+                return reserve_new_serial(ledger, self.ca.sn, self.product_key, self.device_name)
+            except DuplicateSerialError as exc:  # pragma: no cover - 16 random 64-bit collisions
+                raise ProvisioningInputError(str(exc)) from exc
 
     @property
     def sn(self) -> str:

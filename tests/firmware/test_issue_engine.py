@@ -414,22 +414,22 @@ def test_a_worker_killed_mid_run_is_a_clear_error_and_loses_nothing(
 ) -> None:
     import multiprocessing
 
-    from firmware_helpers import issuing
+    from firmware_helpers import keypool
 
     pools: list[object] = []
-    real_make_pool = issuing.make_pool
+    real_make_pool = keypool.make_pool
 
     def recording_pool(jobs: int) -> object:
         pools.append(real_make_pool(jobs))
         return pools[-1]
 
     # fork, so that the workers inherit the gate below whatever threads the test runner has
-    monkeypatch.setattr(issuing, "_pool_context", lambda: multiprocessing.get_context("fork"))
-    monkeypatch.setattr(issuing, "make_pool", recording_pool)
+    monkeypatch.setattr(keypool, "_pool_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(keypool, "make_pool", recording_pool)
     if path == "noticed-by-result":
-        count = 2 * issuing.IN_FLIGHT_PER_JOB  # every job submitted before the first finishes
+        count = 2 * keypool.IN_FLIGHT_PER_JOB  # every job submitted before the first finishes
         monkeypatch.setattr(sys.modules[__name__], "_GATE", tmp_path)
-        monkeypatch.setattr(issuing, "generate_key_material", _gated_key)
+        monkeypatch.setattr(keypool, "generate_key_material", _gated_key)
     else:
         count = 30
     before = {p.pid for p in psutil.Process().children()}
