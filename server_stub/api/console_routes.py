@@ -188,6 +188,8 @@ async def list_devices(
             shown = "Offline"
         if last is not None:
             expires, source = iso(last.cert_not_after), "certificate"
+        elif row.cert_not_after is not None:  # recorded at its last connection (any run)
+            expires, source = iso(row.cert_not_after), "certificate"
         elif row.ca_not_after is not None:
             expires, source = iso(row.ca_not_after), "ca"
         else:

@@ -136,6 +136,8 @@ class DeviceListRow:
     ca_sn: str | None
     ca_name: str | None
     ca_not_after: float | None
+    cert_not_after: float | None = None
+    """The device certificate's notAfter as the server last saw it (schema 3)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -559,7 +559,7 @@ class SqliteStore:
         total = int(self._one("SELECT COUNT(*)" + joins, params)[0])
         rows = self._all_rows(
             "SELECT p.product_key, d.device_name, d.status, d.created_at, a.cert_sn, c.ca_sn,"
-            " c.name, c.not_after" + joins + " ORDER BY d.id LIMIT ? OFFSET ?",
+            " c.name, c.not_after, a.not_after" + joins + " ORDER BY d.id LIMIT ? OFFSET ?",
             [*params, query.limit, query.offset],
         )
         return total, [DeviceListRow(*r) for r in rows]

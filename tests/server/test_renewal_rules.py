@@ -473,6 +473,9 @@ def test_connect_records_notafter_and_expiry_lists_the_current_certificate(world
         not_after,
     )
     assert world.renewals.expiring(world.account, days - 1) == []
+    # the console's device list shows it too, from the store (after a restart as well)
+    _total, listed = world.registry.list_devices(world.account, text="dev-expiry")
+    assert [r.cert_not_after for r in listed] == [not_after]
     with pytest.raises(InvalidFieldError, match=r"expiringWithinDays -1 must be 0\.\.36500"):
         world.renewals.expiring(world.account, -1)
 
