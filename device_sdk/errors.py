@@ -54,6 +54,7 @@ named once (no two classes share a name).
   | + LedgerError
   | + ExportError
   | + PlatformAPIError  (firmware_helpers/platform_client.py; the HTTP API's answer)
+  | + SignerError  (firmware_helpers/signer.py; the renewal signer cannot work)
   | + BlobFormatError
   | | + BadMagicError
   | | + UnsupportedBlobVersionError
@@ -90,6 +91,7 @@ named once (no two classes share a name).
   | + CsvRejectedError
   | | + ProductNotEligibleError
   | | + AssociationRejectedError
+  | + RenewalCertificateRejectedError  (a signer's certificate fails a renewal check)
   | + DataStoreError  (the server's SQLite database)
   | | + SchemaVersionError
   | + ServerStartupError
