@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
@@ -262,14 +262,27 @@ class EndpointRegistry:
         self.real.close()
 
 
+class ClientFiles(Protocol):
+    """A device's name and certificate/key files (:class:`Device` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def cert(self) -> Path: ...
+
+    @property
+    def key(self) -> Path: ...
+
+
 class Paho:
     """paho-mqtt 2.x client that records what happens, for assertions."""
 
     def __init__(
         self,
         port: int,
-        world: World,
-        dev: Device | None,
+        server_ca_file: Path,
+        dev: ClientFiles | None,
         client_id: str = "",
         username: str | None = None,
         keepalive: int = 300,
@@ -287,7 +300,7 @@ class Paho:
             protocol=mqtt.MQTTv311,
         )
         self.client.tls_set(
-            ca_certs=str(world.server_ca_file),
+            ca_certs=str(server_ca_file),
             certfile=str(dev.cert) if dev else None,
             keyfile=str(dev.key) if dev else None,
         )

@@ -84,13 +84,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         yield p
 
 
-class _World:
-    """What :class:`Paho` needs: the server CA file."""
-
-    def __init__(self, server_ca: Path) -> None:
-        self.server_ca_file = server_ca
-
-
 @dataclass
 class _Dev:
     name: str
@@ -102,9 +95,7 @@ def test_paho_connects_gets_identity_and_talks_to_the_cloud(platform: Platform) 
     cert, key, _ = platform.device("e2e-paho")
     assert platform.server.mqtt_port is not None
     client = Paho(
-        platform.server.mqtt_port,
-        _World(platform.server.server_ca),  # type: ignore[arg-type]
-        _Dev("e2e-paho", cert, key),  # type: ignore[arg-type]
+        platform.server.mqtt_port, platform.server.server_ca, _Dev("e2e-paho", cert, key)
     ).start()
     pk = platform.product_key
     try:

@@ -67,7 +67,7 @@ def test_paho_first_connection_receives_its_identity(
     world: World, directory: EndpointRegistry, server: ServerThread
 ) -> None:
     dev = directory.device("paho-first")
-    client = Paho(server.port, world, dev).start()
+    client = Paho(server.port, world.server_ca_file, dev).start()
     try:
         assert client.connected.wait(5)
         assert client.reason is not None and client.reason.value == 0
@@ -83,7 +83,7 @@ def test_paho_with_username_routes_messages_both_ways(
     world: World, directory: EndpointRegistry, server: ServerThread
 ) -> None:
     dev = directory.device("paho-user")
-    client = Paho(server.port, world, dev, username=f"paho-user&{PK}").start()
+    client = Paho(server.port, world.server_ca_file, dev, username=f"paho-user&{PK}").start()
     svc = server.service
     assert svc is not None
     try:
@@ -236,7 +236,7 @@ def test_unassociated_sn_gets_connack_5_and_one_log_line(
 
 def test_paho_sees_not_authorised(world: World, server: ServerThread) -> None:
     dev = world.device("paho-noauth")
-    client = Paho(server.port, world, dev).start()
+    client = Paho(server.port, world.server_ca_file, dev).start()
     try:
         assert client.connected.wait(5)
         # paho 2.x maps the MQTT 3.1.1 CONNACK code 5 to reason code 135 "Not authorized"
@@ -429,7 +429,7 @@ def test_disabled_ca_is_refused_by_new_handshakes_and_its_sessions_closed(
     directory.add_ca(ca)
     server.refresh()
     dev = directory.device("ca-off", ca)
-    live = Paho(server.port, world, dev).start()
+    live = Paho(server.port, world.server_ca_file, dev).start()
     try:
         assert live.connected.wait(5) and live.reason is not None and live.reason.value == 0
         directory.set_ca_active(ca, False)
@@ -514,7 +514,7 @@ def test_second_connection_of_a_device_replaces_the_first(
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
     dev = directory.device("dup-dev")
-    first = Paho(server.port, world, dev, client_id="one|securemode=2|").start()
+    first = Paho(server.port, world.server_ca_file, dev, client_id="one|securemode=2|").start()
     try:
         assert first.connected.wait(5)
         second = RawClient(server.port, world.server_ca_file, dev.cert, dev.key)

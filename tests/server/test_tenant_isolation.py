@@ -81,7 +81,7 @@ class Env:
 
     def identity(self, dev: Device) -> dict[str, str] | None:
         """What the endpoint tells the device it is, or None when it is refused (paho)."""
-        client = Paho(self.server.port, self, dev).start()  # type: ignore[arg-type]
+        client = Paho(self.server.port, self.server_ca_file, dev).start()
         try:
             if not client.connected.wait(10):
                 return None
@@ -486,7 +486,9 @@ def test_resumed_session_is_attributed_again_and_a_look_alike_ca_changes_nothing
     ctx.minimum_version = ctx.maximum_version = version
     ctx.load_cert_chain(str(dev.cert), str(dev.key))
 
-    def connect(session: ssl.SSLSession | None) -> tuple[bool, list[codec.Packet], ssl.SSLSession]:
+    def connect(
+        session: ssl.SSLSession | None,
+    ) -> tuple[bool, list[codec.Packet], ssl.SSLSession | None]:
         """(resumed, CONNACK and identity message or what came before the close, session)."""
         with (
             socket.create_connection(("127.0.0.1", env.server.port), timeout=5) as raw,
@@ -500,7 +502,7 @@ def test_resumed_session_is_attributed_again_and_a_look_alike_ca_changes_nothing
                     packets.extend(decoder.feed(data))
             except (ConnectionError, ssl.SSLError):
                 pass
-            return sock.session_reused, packets, sock.session
+            return bool(sock.session_reused), packets, sock.session
 
     expected = {"productKey": a.product_key, "deviceName": dev.name}
     reused, packets, ticket = connect(None)
