@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -107,6 +108,13 @@ def account_view(server: RunningServer, prefix: str = "test") -> RunningServer:
     return replace(server, token=create_account(server, prefix))
 
 
+def same_ports(server: RunningServer) -> list[str]:
+    """``iotx509 server run`` options that start a server again on ``server``'s ports, as a
+    restart that devices and API clients reach at the addresses they already have."""
+    http_port = urllib.parse.urlsplit(server.http_url).port
+    return ["--http-port", str(http_port), "--mqtt-port", str(server.mqtt_port)]
+
+
 @dataclass
 class Device:
     name: str
@@ -128,6 +136,15 @@ class Platform:
     ca: CertifiedKey
     workdir: Path
     devices: dict[str, Device] = field(default_factory=dict)
+
+    def device_args(self, cert: Path, key: Path) -> list[str]:
+        """What a device program (``iotx509 device connect``, the examples) is told to reach
+        this server: ``--cert --key --server-ca --host --port``."""
+        return [
+            *("--cert", str(cert), "--key", str(key)),
+            *("--server-ca", str(self.server.server_ca)),
+            *("--host", self.server.mqtt_host, "--port", str(self.server.mqtt_port)),
+        ]
 
     def register_ca(self, ca: CertifiedKey, name: str) -> str:
         """Register with proof of possession; a device may connect once this returns (new TLS

@@ -1,5 +1,5 @@
-"""Console fixtures: the session's real server process (an account of each module's own),
-Debian's headless Chromium driven by Playwright.
+"""Console fixtures: the session's real server process (an account of each module's own), and
+pages of Debian's headless Chromium driven by Playwright (the root conftest's ``browser``).
 
 The browser is the system's ``/usr/bin/chromium`` (scripts/test.sh installs it); Playwright's own
 browser download is never used. Screenshots go to a temporary folder, so a test run leaves the
@@ -10,7 +10,6 @@ docs/console.md shows.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,17 +21,6 @@ from server_stub.launcher import RunningServer
 from tests.common import account_view
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1280, "height": 860}
 #: Playwright's expect() waits for page state up to this long (an upper bound, not a sleep).
 EXPECT_TIMEOUT_MS = 20_000
@@ -56,21 +44,9 @@ def console_server(reference_server: RunningServer) -> RunningServer:
     return account_view(reference_server, "console")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
-    playwright_sync.expect.set_options(timeout=EXPECT_TIMEOUT_MS)
-    with playwright_sync.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
+    playwright_sync.expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
     page = context.new_page()
     errors: list[str] = []

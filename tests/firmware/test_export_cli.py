@@ -79,6 +79,12 @@ def _compile_and_dump(header: Path, work: Path) -> dict[str, bytes | None]:
     return {p.stem: (p.read_bytes() if p.exists() else None) for p in outputs}
 
 
+def export(fmt: str, cert: Path, key: Path, out: Path, *extra: str) -> int:
+    """``iotx509 certs export`` run in this process; its exit status."""
+    args = ["--format", fmt, "--cert", str(cert), "--key", str(key), "--out", str(out), *extra]
+    return main(["certs", "export", *args])
+
+
 @pytest.fixture
 def device_files(pki: PkiFactory, tmp_path: Path) -> tuple[Path, Path, Path]:
     cert, key, _ = pki.write_device("a1B2c3D4e5F", "dev-0001", directory=tmp_path / "dev")
@@ -92,25 +98,7 @@ def test_c_header_compiles_and_holds_the_exact_pem(
 ) -> None:
     cert, key, ca = device_files
     header = tmp_path / "credentials.h"
-    assert (
-        main(
-            [
-                "certs",
-                "export",
-                "--format",
-                "c-header",
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-                "--server-ca",
-                str(ca),
-                "--out",
-                str(header),
-            ]
-        )
-        == 0
-    )
+    assert export("c-header", cert, key, header, "--server-ca", str(ca)) == 0
     assert stat.S_IMODE(header.stat().st_mode) == 0o600
     text = header.read_text()
     assert "#ifndef IOTX509_CREDENTIALS_H" in text and "#endif" in text
@@ -125,23 +113,7 @@ def test_c_header_compiles_and_holds_the_exact_pem(
 def test_c_header_without_server_ca(device_files: tuple[Path, Path, Path], tmp_path: Path) -> None:
     cert, key, _ = device_files
     header = tmp_path / "creds.h"
-    assert (
-        main(
-            [
-                "certs",
-                "export",
-                "--format",
-                "c-header",
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-                "--out",
-                str(header),
-            ]
-        )
-        == 0
-    )
+    assert export("c-header", cert, key, header) == 0
     assert "#define IOTX509_HAS_SERVER_CA 0" in header.read_text()
     dumped = _compile_and_dump(header, tmp_path)
     assert dumped["cert"] == cert.read_bytes() and dumped["ca"] is None
@@ -173,27 +145,7 @@ def test_c_literals_split_at_newlines() -> None:
 def test_tlv_export_parses_back(device_files: tuple[Path, Path, Path], tmp_path: Path) -> None:
     cert, key, ca = device_files
     out = tmp_path / "creds.bin"
-    assert (
-        main(
-            [
-                "certs",
-                "export",
-                "--format",
-                "tlv",
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-                "--server-ca",
-                str(ca),
-                "--out",
-                str(out),
-                "--align",
-                "4096",
-            ]
-        )
-        == 0
-    )
+    assert export("tlv", cert, key, out, "--server-ca", str(ca), "--align", "4096") == 0
     data = out.read_bytes()
     assert len(data) % 4096 == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -216,23 +168,7 @@ def test_export_normalises_a_pkcs8_key_to_pkcs1(
         )
     )
     out = tmp_path / "creds.bin"
-    assert (
-        main(
-            [
-                "certs",
-                "export",
-                "--format",
-                "tlv",
-                "--cert",
-                str(cert),
-                "--key",
-                str(pkcs8),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert export("tlv", cert, pkcs8, out) == 0
     exported = parse_blob(out.read_bytes()).device_key
     assert exported.startswith(b"-----BEGIN RSA PRIVATE KEY-----")
     assert exported == rsa_key_pkcs1_pem(load_private_key(key.read_bytes()))  # type: ignore[arg-type]
@@ -249,9 +185,8 @@ def test_export_refuses_wrong_inputs(
         "a1B2c3D4e5F", "dev-0002", directory=tmp_path / "other"
     )
     out = tmp_path / "creds.bin"
-    base = ["certs", "export", "--format", "tlv", "--out", str(out)]
 
-    assert main([*base, "--cert", str(cert), "--key", str(other_key)]) == 1
+    assert export("tlv", cert, other_key, out) == 1
     assert "does not belong to the certificate" in capsys.readouterr().err
 
     ec_key = tmp_path / "ec.key"
@@ -262,58 +197,24 @@ def test_export_refuses_wrong_inputs(
             serialization.NoEncryption(),
         )
     )
-    assert main([*base, "--cert", str(cert), "--key", str(ec_key)]) == 1
+    assert export("tlv", cert, ec_key, out) == 1
     assert "only RSA keys" in capsys.readouterr().err
 
-    assert main([*base, "--cert", str(key), "--key", str(key)]) == 1
+    assert export("tlv", key, key, out) == 1
     assert "no CERTIFICATE block" in capsys.readouterr().err
 
-    assert (
-        main(
-            [
-                *base,
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-                "--server-ca",
-                str(tmp_path / "missing.pem"),
-            ]
-        )
-        == 1
-    )
+    assert export("tlv", cert, key, out, "--server-ca", str(tmp_path / "missing.pem")) == 1
     assert "cannot read the server CA" in capsys.readouterr().err
 
-    assert main([*base, "--cert", str(cert), "--key", str(key), "--align", "3"]) == 1
+    assert export("tlv", cert, key, out, "--align", "3") == 1
     assert "power of two" in capsys.readouterr().err
     assert not out.exists()
 
-    assert main([*base, "--cert", str(cert), "--key", str(key)]) == 0
+    assert export("tlv", cert, key, out) == 0
     capsys.readouterr()
-    assert main([*base, "--cert", str(cert), "--key", str(key)]) == 1
+    assert export("tlv", cert, key, out) == 1
     assert "already exists; give --force" in capsys.readouterr().err
-    assert (
-        main([*base, "--cert", str(cert), "--key", str(key), "--server-ca", str(ca), "--force"])
-        == 0
-    )
+    assert export("tlv", cert, key, out, "--server-ca", str(ca), "--force") == 0
 
-    assert (
-        main(
-            [
-                "certs",
-                "export",
-                "--format",
-                "c-header",
-                "--cert",
-                str(cert),
-                "--key",
-                str(key),
-                "--out",
-                str(tmp_path / "x.h"),
-                "--symbol-prefix",
-                "9bad",
-            ]
-        )
-        == 1
-    )
+    assert export("c-header", cert, key, tmp_path / "x.h", "--symbol-prefix", "9bad") == 1
     assert "not a C identifier" in capsys.readouterr().err

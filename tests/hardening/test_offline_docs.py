@@ -10,29 +10,14 @@ offline lab) and Swagger UI must render the API's operations without trying any 
 from __future__ import annotations
 
 import re
-import shutil
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from server_stub.launcher import RunningServer
 from tests.hardening.reliability import record
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: Upper bound for Playwright's waits on page state (not a sleep: it returns when the state holds).
 EXPECT_TIMEOUT_MS = 30_000
 PAGES = ("/docs", "/redoc")
@@ -77,21 +62,6 @@ def test_docs_pages_name_only_the_server_and_its_assets_answer(server: RunningSe
         result="only same-origin paths, each answered 200 (JS, CSS, favicon, openapi.json); "
         "no validator badge",
     )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    playwright_sync = pytest.importorskip(
-        "playwright.sync_api", reason="playwright (the test extra) is not installed"
-    )
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
-    with playwright_sync.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def test_swagger_ui_renders_with_every_other_origin_blocked(

@@ -8,14 +8,13 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
 from device_sdk.exit_codes import PERMANENT_EXIT_CODES, ExitCode
 from server_stub.launcher import running_server
-from tests.common import Device, Platform, wait_for
+from tests.common import Device, Platform, same_ports, wait_for
 from tests.sdk.platform_setup import platform_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,18 +28,8 @@ def device_program(platform: Platform, dev: Device, identity_store: Path, *args:
     return [
         sys.executable,
         str(EXAMPLE / "device.py"),
-        "--cert",
-        str(dev.cert),
-        "--key",
-        str(dev.key),
-        "--server-ca",
-        str(platform.server.server_ca),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(platform.server.mqtt_port),
-        "--identity-store",
-        str(identity_store),
+        *platform.device_args(dev.cert, dev.key),
+        *("--identity-store", str(identity_store)),
         *args,
     ]
 
@@ -93,13 +82,17 @@ def test_device_program_boots_offline_and_delivers_once_the_server_is_up(tmp_pat
     with platform_server(tmp_path / "first") as platform:
         dev = platform.issue("pi-offline01")
         data_dir = platform.server.data_dir
-        ports = (
-            "--http-port",
-            str(urllib.parse.urlsplit(platform.server.http_url).port),
-            "--mqtt-port",
-            str(platform.server.mqtt_port),
-        )
-        options = "--interval 0.05 --count 3 --reconnect-cap 1 --flush-timeout 60".split()
+        ports = same_ports(platform.server)
+        options = [
+            "--interval",
+            "0.05",
+            "--count",
+            "3",
+            "--reconnect-cap",
+            "1",
+            "--flush-timeout",
+            "60",
+        ]
         command = device_program(platform, dev, tmp_path / "identity.json", *options)
     # the server is stopped: boot the device now
     proc = subprocess.Popen(

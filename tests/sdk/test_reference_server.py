@@ -9,7 +9,6 @@ import queue
 import stat
 import subprocess
 import sys
-import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from device_sdk.identity_store import IdentityStore
 from firmware_helpers.pki import create_ca, issue_device_certificate
 from iotx509.cli import main as iotx509_main
 from server_stub.launcher import running_server
-from tests.common import Platform, wait_for
+from tests.common import Platform, same_ports, wait_for
 from tests.sdk.brokers import free_port
 from tests.sdk.platform_setup import platform_server
 
@@ -243,23 +242,7 @@ def test_cli_prints_the_identity_or_the_error(
 
 
 def _cli(platform: Platform, cert: Path, key: Path, *extra: str) -> list[str]:
-    return [
-        "device",
-        "connect",
-        "--cert",
-        str(cert),
-        "--key",
-        str(key),
-        "--server-ca",
-        str(platform.server.server_ca),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(platform.server.mqtt_port),
-        "--timeout",
-        "10",
-        *extra,
-    ]
+    return ["device", "connect", *platform.device_args(cert, key), "--timeout", "10", *extra]
 
 
 def test_cli_exit_status_says_which_failure(
@@ -392,12 +375,12 @@ def test_identity_file_of_another_device_costs_no_refused_attempt(
 
 
 def test_restart_keeps_identity_and_delivers_the_offline_queue(tmp_path: Path) -> None:
+    """A server of its own: it is killed and started again on its data directory and ports."""
     events: list[tuple[ConnectionState, DeviceSDKError | None]] = []
     changes: list[tuple[Identity | None, Identity]] = []
     with platform_server(tmp_path) as platform:
         dev = platform.issue("sensor-restart")
-        http_port = urllib.parse.urlsplit(platform.server.http_url).port
-        mqtt_port = platform.server.mqtt_port
+        ports, mqtt_port = same_ports(platform.server), platform.server.mqtt_port
         creds = Credentials.from_files(dev.cert, dev.key)
         client = _client(
             platform,
@@ -418,9 +401,7 @@ def test_restart_keeps_identity_and_delivers_the_offline_queue(tmp_path: Path) -
             client.publish("user/update", f"queued-{n}".encode(), qos=1) for n in range(3)
         ]
         assert all(d.queued for d in deliveries) and len(client.offline_queue) == 3
-    with running_server(
-        tmp_path / "data", extra_args=("--http-port", str(http_port), "--mqtt-port", str(mqtt_port))
-    ) as server:
+    with running_server(tmp_path / "data", extra_args=ports) as server:
         assert all(d.wait(30) for d in deliveries), events[-3:]
         assert client.identity == identity and changes == [(None, identity)]
         recent = platform.api.device_messages(platform.product_key, "sensor-restart")
@@ -475,6 +456,7 @@ def test_certificate_that_expires_after_loading_is_a_clock_error_at_connect(
 
 
 def test_server_that_does_not_publish_identities(tmp_path: Path) -> None:
+    """A server of its own, started with ``--no-identity-publish``."""
     with platform_server(tmp_path, extra_args=("--no-identity-publish",)) as quiet:
         dev = quiet.issue("sensor-quiet")
         creds = Credentials.from_files(dev.cert, dev.key)

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from server_stub.launcher import RunningServer
 from simulator.fleet import Fleet
 from simulator.fleet_create import CreateOptions, create_fleet
-from tests.common import account_view
+from tests.common import account_view, same_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = ROOT / "simulator" / "locustfile.py"
@@ -45,6 +44,28 @@ def new_fleet(server: RunningServer, out: Path, count: int, **kwargs: object) ->
             **kwargs,  # type: ignore[arg-type]
         )
     )
+
+
+def iotx509(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m iotx509 ARGS`` as a user runs it (the Locust environment of these tests)."""
+    return subprocess.run(
+        [sys.executable, "-m", "iotx509", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=locust_env(),
+    )
+
+
+def no_platform_fleet(out: Path, count: int, mqtt: str) -> Fleet:
+    """``iotx509 fleet create --no-platform``: certificates and fleet.json for a broker at
+    ``mqtt`` (``mqtts://HOST:PORT``), no HTTP API."""
+    result = iotx509(
+        *("fleet", "create", "--no-platform", "--count", str(count), "--out", str(out)),
+        *("--mqtt", mqtt, "--jobs", "1"),
+    )
+    assert result.returncode == 0, result.stderr
+    return Fleet.load(out)
 
 
 def write_template(directory: Path, **changes: object) -> Path:
@@ -146,6 +167,4 @@ def lease_lines(path: Path) -> list[tuple[int, int, str]]:
     return out
 
 
-def ports_args(server: RunningServer) -> Sequence[str]:
-    http_port = server.http_url.rsplit(":", 1)[1].rstrip("/")
-    return ("--http-port", http_port, "--mqtt-port", str(server.mqtt_port))
+ports_args = same_ports

@@ -8,44 +8,58 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 
 from simulator.fleet import Fleet
-from tests.simulator.conftest import ROOT, locust_env
-
-
-def iotx509(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "iotx509", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=locust_env(),
-    )
+from tests.simulator.conftest import ROOT, iotx509, locust_env, no_platform_fleet
 
 
 @pytest.fixture(scope="module")
 def tiny_fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    out = tmp_path_factory.mktemp("tiny-fleet") / "fleet"
     # Port 9 of loopback: nothing listens, so the device keeps retrying while Locust runs.
-    result = iotx509(
-        "fleet",
-        "create",
-        "--no-platform",
-        "--count",
-        "1",
-        "--out",
-        str(out),
-        "--mqtt",
-        "mqtts://127.0.0.1:9",
-        "--jobs",
-        "1",
+    out = tmp_path_factory.mktemp("tiny-fleet") / "fleet"
+    return no_platform_fleet(out, 1, "mqtts://127.0.0.1:9")
+
+
+@dataclass
+class FleetRun:
+    """A running ``iotx509 fleet run`` and the lines of its stderr, read as they come."""
+
+    process: subprocess.Popen[str]
+    lines: queue.Queue[str]
+    seen: list[str]
+
+    def wait_for_line(self, text: str) -> None:
+        """Until a line says ``text``: the program's own report is the moment to go on."""
+        while not any(text in line for line in self.seen):
+            self.seen.append(self.lines.get(timeout=60))
+
+
+def start_fleet_run(fleet: Fleet, cwd: Path, *locust_args: str) -> FleetRun:
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "iotx509", "fleet", "run", str(fleet.directory)),
+            *("--no-identity", "--", "--loglevel", "INFO", *locust_args),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=locust_env(),
+        cwd=cwd,
     )
-    assert result.returncode == 0, result.stderr
-    return Fleet.load(out)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return FleetRun(process, lines, [])
 
 
 def test_help_lists_the_simulator_options() -> None:
@@ -87,46 +101,13 @@ def test_simulator_options_before_the_double_dash_are_checked(tiny_fleet: Fleet)
 
 
 def test_sigterm_to_fleet_run_stops_locust(tiny_fleet: Fleet, tmp_path: Path) -> None:
-    parent = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "iotx509",
-            "fleet",
-            "run",
-            str(tiny_fleet.directory),
-            "--no-identity",
-            "--",
-            "--headless",
-            "-u",
-            "1",
-            "-r",
-            "1",
-            "-t",
-            "300s",
-            "--loglevel",
-            "INFO",
-            "--only-summary",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=locust_env(),
-        cwd=tmp_path,
+    run = start_fleet_run(
+        tiny_fleet, tmp_path, "--headless", "-u", "1", "-r", "1", "-t", "300s", "--only-summary"
     )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert parent.stderr is not None
-        for line in parent.stderr:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    seen: list[str] = []
+    parent, seen = run.process, run.seen
     try:
         # The moment to act: Locust itself says it is running the test.
-        while not any("Ramping to 1 users" in line for line in seen):
-            seen.append(lines.get(timeout=60))
+        run.wait_for_line("Ramping to 1 users")
         children = psutil.Process(parent.pid).children(recursive=True)
         locust = [c for c in children if "locust" in " ".join(c.cmdline())]
         assert len(locust) == 1, children
@@ -154,41 +135,10 @@ def test_a_web_ui_swarm_larger_than_the_fleet_is_stopped_with_one_line(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "iotx509",
-            "fleet",
-            "run",
-            str(tiny_fleet.directory),
-            "--no-identity",
-            "--",
-            "--web-host",
-            "127.0.0.1",
-            "--web-port",
-            str(port),
-            "--loglevel",
-            "INFO",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=locust_env(),
-        cwd=tmp_path,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    seen: list[str] = []
+    run = start_fleet_run(tiny_fleet, tmp_path, "--web-host", "127.0.0.1", "--web-port", str(port))
+    proc, seen = run.process, run.seen
     try:
-        while not any("Starting web interface" in line for line in seen):
-            seen.append(lines.get(timeout=60))
+        run.wait_for_line("Starting web interface")
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         form = urllib.parse.urlencode({"user_count": 3, "spawn_rate": 3}).encode()
         for _attempt in range(100):  # the log line comes just before the socket listens
@@ -200,8 +150,7 @@ def test_a_web_ui_swarm_larger_than_the_fleet_is_stopped_with_one_line(
                 assert proc.poll() is None, seen
                 time.sleep(0.1)
         problem = f"3 users but the fleet {tiny_fleet.directory} has 1 devices"
-        while not any(problem in line for line in seen):
-            seen.append(lines.get(timeout=60))
+        run.wait_for_line(problem)
         with opener.open(f"http://127.0.0.1:{port}/stats/requests", timeout=30) as resp:
             stats = json.loads(resp.read())
     finally:
