@@ -17,7 +17,7 @@ from iotx509.cli import main
 from tests.firmware.cert_helpers import needs_openssl, openssl, write_ca
 
 if TYPE_CHECKING:
-    from tests.conftest import TestPKI
+    from tests.common import PkiFactory
 
 pytestmark = needs_openssl
 
@@ -76,7 +76,7 @@ def test_ca_create_rejects_bad_key_size(capsys: pytest.CaptureFixture[str], tmp_
 
 
 def test_verification_cert_verifies_with_openssl_and_carries_the_code(
-    pki: TestPKI, tmp_path: Path
+    pki: PkiFactory, tmp_path: Path
 ) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     code = secrets.token_hex(32)
@@ -140,7 +140,7 @@ def test_unusual_code_shape_warns_but_is_used() -> None:
 
 
 def test_verification_cert_cli_refuses_whitespace_code(
-    pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pki: PkiFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     rc = main(
@@ -163,7 +163,7 @@ def test_verification_cert_cli_refuses_whitespace_code(
 
 
 def test_verification_cert_refuses_non_ca_and_mismatched_key(
-    pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pki: PkiFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ca_cert, _ca_key = write_ca(pki.ca, tmp_path / "ca")
     dev_cert, dev_key, _ = pki.write_device("a1B2c3", "dev-0001", directory=tmp_path / "dev")
@@ -209,7 +209,7 @@ def test_verification_cert_refuses_non_ca_and_mismatched_key(
 
 
 def test_verification_cert_refuses_to_overwrite(
-    pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pki: PkiFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     args = [

@@ -15,14 +15,14 @@ from iotx509.cli import main
 from tests.firmware.cert_helpers import needs_openssl, openssl, openssl_serial, write_ca
 
 if TYPE_CHECKING:
-    from tests.conftest import TestPKI
+    from tests.common import PkiFactory
 
 pytestmark = needs_openssl
 PK = "a1B2c3D4e5F"
 
 
 @pytest.fixture
-def ca_files(pki: TestPKI, tmp_path: Path) -> tuple[Path, Path]:
+def ca_files(pki: PkiFactory, tmp_path: Path) -> tuple[Path, Path]:
     return write_ca(pki.ca, tmp_path / "ca")
 
 
@@ -46,7 +46,7 @@ def _issue(ca_files: tuple[Path, Path], out: Path, *extra: str) -> int:
 
 
 def test_issued_pairs_are_accepted_by_openssl(
-    pki: TestPKI, ca_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pki: PkiFactory, ca_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
     names = ["dev-0001", "sensor_01", "mac:00:11:22"]
@@ -91,7 +91,7 @@ def test_issued_pairs_are_accepted_by_openssl(
 
 
 def test_names_file_count_prefix_and_resume(
-    pki: TestPKI,
+    pki: PkiFactory,
     ca_files: tuple[Path, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -178,7 +178,7 @@ def test_bad_names_file_lists_every_bad_name(
 
 
 def test_non_ca_and_mismatched_ca_key_are_refused(
-    pki: TestPKI,
+    pki: PkiFactory,
     ca_files: tuple[Path, Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

@@ -41,7 +41,7 @@ from firmware_helpers.pki import CertifiedKey, create_ca
 from tests.firmware.cert_helpers import write_ca
 
 if TYPE_CHECKING:
-    from tests.conftest import TestPKI
+    from tests.common import PkiFactory
 
 PK = "a1B2c3D4e5F"
 
@@ -77,7 +77,7 @@ def _check_directory(out: Path, ca_cert: Path, expected: list[str]) -> None:
     assert len({e.sn for e in entries}) == len(entries)
 
 
-def test_python_api_reports_progress_and_devices(pki: TestPKI, tmp_path: Path) -> None:
+def test_python_api_reports_progress_and_devices(pki: PkiFactory, tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     names = names_from_count("api-", 4)
     report = issue_devices(
@@ -105,7 +105,7 @@ def test_python_api_reports_progress_and_devices(pki: TestPKI, tmp_path: Path) -
 
 
 def test_resume_removes_leftovers_and_csv_covers_the_whole_directory(
-    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+    pki: PkiFactory, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
 ) -> None:
     out = tmp_path / "out"
     issue_devices(pki.ca, PK, ["old-0001", "old-0002"], out, _key_source=one_key)
@@ -134,7 +134,7 @@ def test_resume_removes_leftovers_and_csv_covers_the_whole_directory(
 
 
 def test_colliding_sn_is_redrawn_and_never_reused(
-    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+    pki: PkiFactory, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
 ) -> None:
     out = tmp_path / "out"
     first = issue_devices(pki.ca, PK, ["dev-0001"], out, _key_source=one_key)
@@ -154,7 +154,7 @@ def test_colliding_sn_is_redrawn_and_never_reused(
 
 
 def test_ledger_shared_across_directories_keeps_sns_unique(
-    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+    pki: PkiFactory, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
 ) -> None:
     ledger = tmp_path / "ledger.jsonl"
     counter = itertools.count(0x8000000000000000)
@@ -182,7 +182,7 @@ def test_ledger_shared_across_directories_keeps_sns_unique(
 
 
 def test_certificate_named_for_this_ca_but_signed_by_another_is_refused(
-    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+    pki: PkiFactory, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
 ) -> None:
     out = tmp_path / "out"
     impostor = create_ca("Test Private CA", key=pki._key_pool[1])
@@ -194,7 +194,7 @@ def test_certificate_named_for_this_ca_but_signed_by_another_is_refused(
         issue_devices(pki.ca, PK, ["dev-0002"], out, _key_source=one_key)
 
 
-def test_api_validates_options(pki: TestPKI, tmp_path: Path) -> None:
+def test_api_validates_options(pki: PkiFactory, tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="key size 1024"):
         issue_devices(pki.ca, PK, ["dev-0001"], tmp_path, key_size=1024)
     with pytest.raises(InvalidInputError, match="--jobs"):
@@ -206,7 +206,7 @@ def test_api_validates_options(pki: TestPKI, tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
-def test_api_refuses_a_ca_that_cannot_issue(pki: TestPKI, tmp_path: Path) -> None:
+def test_api_refuses_a_ca_that_cannot_issue(pki: PkiFactory, tmp_path: Path) -> None:
     """issue_devices calls the one issuing-CA check (check_issuing_ca), as the loaders do."""
     wrong_key = CertifiedKey(pki.ca.certificate, pki._key_pool[1])
     with pytest.raises(InvalidCAError, match="is not the private key of the CA certificate"):
@@ -225,7 +225,7 @@ def test_load_issuing_ca_maps_unreadable_files(tmp_path: Path) -> None:
 
 
 def test_a_certificate_whose_key_lives_on_its_board_is_kept_and_associated(
-    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+    pki: PkiFactory, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
 ) -> None:
     """``provision --generate-on-board`` leaves a .cer without .key: not a leftover."""
     out = tmp_path / "out"
@@ -336,7 +336,7 @@ def _start_issue(ca_cert: Path, ca_key: Path, out: Path, count: int) -> subproce
     )
 
 
-def test_sigkill_mid_run_then_rerun_completes_every_pair(pki: TestPKI, tmp_path: Path) -> None:
+def test_sigkill_mid_run_then_rerun_completes_every_pair(pki: PkiFactory, tmp_path: Path) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     out = tmp_path / "out"
     count = 48
@@ -363,7 +363,7 @@ def test_sigkill_mid_run_then_rerun_completes_every_pair(pki: TestPKI, tmp_path:
     _check_directory(out, ca_cert, names_from_count("kill-", count))
 
 
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(pki: TestPKI, tmp_path: Path) -> None:
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(pki: PkiFactory, tmp_path: Path) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     out = tmp_path / "out"
     run = _PausedRun(ca_cert, ca_key, out, 40, pause_after=2)
@@ -410,7 +410,7 @@ _real_generate_key_material = generate_key_material
 
 @pytest.mark.parametrize("path", ["noticed-by-result", "noticed-by-submit"])
 def test_a_worker_killed_mid_run_is_a_clear_error_and_loses_nothing(
-    pki: TestPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+    pki: PkiFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     import multiprocessing
 
@@ -472,7 +472,7 @@ def test_a_worker_killed_mid_run_is_a_clear_error_and_loses_nothing(
 
 
 def test_unreadable_existing_certificate_is_reported_not_overwritten(
-    pki: TestPKI, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
+    pki: PkiFactory, tmp_path: Path, one_key: Callable[[], tuple[bytes, bytes]]
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()

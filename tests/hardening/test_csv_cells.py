@@ -31,7 +31,7 @@ from tests.firmware.cert_helpers import needs_openssl, write_ca
 from tests.hardening.reliability import record
 
 if TYPE_CHECKING:
-    from tests.conftest import TestPKI
+    from tests.common import PkiFactory
 
 PK = "PKcsv0001"
 HOSTILE_BOARD_IDS = [
@@ -67,7 +67,7 @@ def test_every_formula_lead_is_neutralised_and_restored() -> None:
 
 
 def test_hostile_board_ids_are_text_in_the_provisioning_report(
-    pki: TestPKI, tmp_path: Path
+    pki: PkiFactory, tmp_path: Path
 ) -> None:
     pairs = tmp_path / "pairs"
     for i in range(len(HOSTILE_BOARD_IDS)):
@@ -110,7 +110,7 @@ def test_hostile_board_ids_are_text_in_the_provisioning_report(
 
 
 def test_device_names_with_a_formula_lead_are_refused_everywhere(
-    pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pki: PkiFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from server_stub.errors import AssociationRejectedError
     from server_stub.registry.associations import parse_associations
@@ -161,7 +161,7 @@ def test_device_names_with_a_formula_lead_are_refused_everywhere(
 
 @needs_openssl
 def test_certs_issue_refuses_a_formula_device_name(
-    pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pki: PkiFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     out = tmp_path / "out"

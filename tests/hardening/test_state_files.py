@@ -26,7 +26,7 @@ from tests.firmware.cert_helpers import needs_openssl, write_ca
 from tests.hardening.reliability import record
 
 if TYPE_CHECKING:
-    from tests.conftest import TestPKI
+    from tests.common import PkiFactory
 
 PK = "a1B2c3D4e5F"
 PRECIOUS = b"precious data of another file\nwithout a final newline"
@@ -49,7 +49,7 @@ def _untouched(target: Path, before: os.stat_result) -> bool:
 
 @needs_openssl
 def test_certs_issue_refuses_a_symlinked_ledger(
-    pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pki: PkiFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     target, before = _precious(tmp_path)
@@ -136,7 +136,7 @@ def test_open_no_follow_refuses_links_and_fifos(tmp_path: Path) -> None:
 
 
 def test_board_commit_never_truncates_through_a_planted_temporary(
-    pki: TestPKI, tmp_path: Path
+    pki: PkiFactory, tmp_path: Path
 ) -> None:
     target, before = _precious(tmp_path)
     store = CredentialStore(tmp_path / "board")
