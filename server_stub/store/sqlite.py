@@ -719,8 +719,10 @@ class SqliteStore:
 
     def undelivered_renewals(self, device_id: int) -> list[RenewalRecord]:
         rows = self._all_rows(
-            self._RENEWAL_SELECT + " WHERE r.device_id = ? AND r.status = 'issued' ORDER BY r.id",
-            (device_id,),
+            self._RENEWAL_SELECT + " WHERE r.device_id = ? AND r.status = 'issued'"
+            " AND r.cert_sn IN (SELECT cert_sn FROM associations WHERE device_id = ?)"
+            " ORDER BY r.id",
+            (device_id, device_id),
         )
         return [RenewalRecord(*r) for r in rows]
 
@@ -756,6 +758,13 @@ class SqliteStore:
                 "UPDATE renewals SET status = 'completed', answered_at = COALESCE(answered_at, ?)"
                 " WHERE device_id = ? AND status = 'issued' AND cert_sn = ?",
                 (now, device_id, current[0]),
+            )
+            # a certificate whose association an operator removed meanwhile is never sent again
+            conn.execute(
+                "UPDATE renewals SET status = 'superseded', reason = ?"
+                " WHERE device_id = ? AND status = 'issued' AND cert_sn NOT IN"
+                " (SELECT cert_sn FROM associations WHERE device_id = ?)",
+                ("its certificate is no longer associated", device_id, device_id),
             )
         return int(retired)
 

@@ -550,3 +550,10 @@ def test_the_desk_works_on_one_request_per_device_at_a_time(
     assert sent_topic == renew_reply_topic(device.product_key, "dev-desk")
     assert json.loads(sent) == {"id": "first", "status": "queued"}
     assert "sent a request while its previous one is being handled; dropped" in caplog.text
+
+
+def test_a_certificate_whose_association_was_removed_is_not_sent_again(world: World) -> None:
+    old, new = _issued(world, "dev-unassociated")
+    world.registry.delete_association(world.account, world.ca_sn, new.cert_sn)
+    assert world.renewals.connected(old, 2e9) == []  # the old SN still works in its grace
+    assert _sns(world, "dev-unassociated") == [old.cert_sn]
