@@ -19,6 +19,7 @@ from device_sdk.cli_support import CommandTree, env_default
 from simulator.options import add_to_argparse, to_locust_args
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+RENEWAL_LOCUSTFILE = Path(__file__).resolve().parent / "renewal_locustfile.py"
 
 
 def register(tree: CommandTree) -> None:
@@ -165,13 +166,21 @@ def _run(args: argparse.Namespace) -> int:
         "-m",
         "locust",
         "-f",
-        str(LOCUSTFILE),
+        str(RENEWAL_LOCUSTFILE if "renewal" in _scenario(simulator_args) else LOCUSTFILE),
         "--fleet",
         str(args.fleet),
         *simulator_args,
         *extra,
     ]
     return run_forwarding_signals(command)
+
+
+def _scenario(simulator_args: list[str]) -> list[str]:
+    """The ``--scenario`` value among the simulator's arguments (the renewal scenario has
+    devices of its own: :mod:`simulator.renewal_scenario`)."""
+    if "--scenario" in simulator_args:
+        return simulator_args[simulator_args.index("--scenario") + 1 :][:1]
+    return []
 
 
 def _split_run_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:

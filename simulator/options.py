@@ -21,7 +21,7 @@ from device_sdk.defaults import (
 )
 from device_sdk.platform import KEEPALIVE_MAX, KEEPALIVE_MIN
 
-SCENARIOS = ("steady", "reconnect-storm", "revocation")
+SCENARIOS = ("steady", "reconnect-storm", "revocation", "renewal")
 
 #: The SDK's defaults (one home: :mod:`device_sdk.defaults`), under the simulator's names.
 KEEPALIVE_DEFAULT = DEFAULT_KEEPALIVE
@@ -70,7 +70,8 @@ OPTIONS: tuple[Option, ...] = (
         {
             "default": "steady",
             "choices": SCENARIOS,
-            "help": "steady (default), reconnect-storm or revocation",
+            "help": "steady (default), reconnect-storm, revocation or renewal (run with "
+            "simulator/renewal_locustfile.py; iotx509 fleet run picks it)",
         },
         env_var="IOTX509_SCENARIO",
     ),

@@ -9,6 +9,10 @@
   platform's HTTP API (``PATCH /ca-certificates/{caSn} {"status": "inactive"}``) and, with
   ``--restore-at``, enables it again. Devices report the refusal (``CertificateRejectedError`` or
   ``NotAuthorizedError``) and retry at most once per backoff cap instead of hammering the endpoint.
+- ``renewal``: every device renews its certificate once under load and must never fail to
+  connect; the devices are the users of ``simulator/renewal_locustfile.py``
+  (:mod:`simulator.renewal_scenario`), and the customer's signer runs here with the fleet's CA
+  key from the start of the test.
 
 The fault runs once per test, on the master (or the single local process), never on workers. It
 is reported as a request event of type ``SCENARIO`` so the stats CSV shows when it happened.
@@ -98,6 +102,13 @@ class ScenarioRunner:
         if self.plan.name == "steady":
             return
         self.stop()
+        if self.plan.name == "renewal":
+            from simulator.config import SimulationConfig
+            from simulator.renewal_scenario import run_signer
+
+            fleet = SimulationConfig.of(self.environment).fleet
+            self._greenlet = gevent.spawn(run_signer, self.environment, fleet, self.token)
+            return
         self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
