@@ -1,6 +1,10 @@
 """End to end: ``iotx509 server run`` as a process, registration through the HTTP API, devices
 connecting with paho-mqtt and mosquitto_sub over mutual TLS.
 
+Each test is an account of its own on the session's reference server (the root conftest's
+``platform``: a product, a CA registered with proof of possession), so the tests stay isolated
+from each other, and from the other accounts' look-alike CAs on the same server.
+
 No sleeps: the server's HTTP API and MQTT endpoint share one registry, and a new handshake (and
 CONNECT) reads it as it is when the client arrives, so a change the API has answered is in force
 for the next connection; live sessions are re-checked by the endpoint, and tests wait for that
@@ -11,92 +15,27 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from cryptography.x509.oid import NameOID
 
 from device_sdk.platform import IDENTITY_TOPIC
-from firmware_helpers.association_csv import Association, render
-from firmware_helpers.pki import (
-    CertifiedKey,
-    create_ca,
-    generate_rsa_key,
-    issue_device_certificate,
-)
-from firmware_helpers.platform_client import PlatformAPIError, PlatformClient, UploadFile
-from server_stub.launcher import RunningServer, running_server
+from firmware_helpers.pki import create_ca
+from firmware_helpers.platform_client import PlatformAPIError
 from server_stub.mqtt import codec
+from tests.common import Device, Platform
 from tests.server.mqtt_harness import Paho, RawClient, wait_for
 
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 
 
-@dataclass
-class Platform:
-    server: RunningServer
-    api: PlatformClient
-    product_key: str
-    ca: CertifiedKey
-    ca_sn: str
-    root: Path
-    key: object
-
-    def register_ca(self, ca: CertifiedKey, name: str) -> str:
-        return self.api.register_ca_with_proof(name, ca).ca_sn
-
-    def device(
-        self,
-        name: str,
-        ca: CertifiedKey | None = None,
-        *,
-        associate_with: str | None = None,
-        associate: bool = True,
-    ) -> tuple[Path, Path, CertifiedKey]:
-        pair = issue_device_certificate(
-            ca or self.ca,
-            name,
-            product_key=self.product_key,
-            key=self.key,  # type: ignore[arg-type]
-        )
-        cert, key = self.root / f"{name}.cer", self.root / f"{name}.key"
-        pair.write(cert, key)
-        if associate:
-            csv = render([Association(self.product_key, name, pair.sn)])
-            self.api.associate(associate_with or self.ca_sn, UploadFile(f"{name}.csv", csv))
-        return cert, key, pair
-
-    def raw(self, cert: Path, key: Path) -> RawClient:
-        assert self.server.mqtt_port is not None
-        return RawClient(self.server.mqtt_port, self.server.server_ca, cert, key)
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    root = tmp_path_factory.mktemp("mqtt-e2e")
-    with running_server(root / "data") as server:
-        api = PlatformClient(server.http_url, server.token)
-        product_key = str(api.create_product("e2e")["productKey"])
-        ca = create_ca("E2E Device CA")
-        p = Platform(server, api, product_key, ca, "", root, generate_rsa_key())
-        p.ca_sn = p.register_ca(ca, "e2e_ca")
-        yield p
-
-
-@dataclass
-class _Dev:
-    name: str
-    cert: Path
-    key: Path
+def _raw(platform: Platform, dev: Device) -> RawClient:
+    return RawClient(platform.server.mqtt_port, platform.server.server_ca, dev.cert, dev.key)
 
 
 def test_paho_connects_gets_identity_and_talks_to_the_cloud(platform: Platform) -> None:
-    cert, key, _ = platform.device("e2e-paho")
-    assert platform.server.mqtt_port is not None
-    client = Paho(
-        platform.server.mqtt_port, platform.server.server_ca, _Dev("e2e-paho", cert, key)
-    ).start()
+    dev = platform.issue("e2e-paho")
+    client = Paho(platform.server.mqtt_port, platform.server.server_ca, dev).start()
     pk = platform.product_key
     try:
         assert client.connected.wait(10) and client.reason is not None and client.reason.value == 0
@@ -121,7 +60,7 @@ def test_paho_connects_gets_identity_and_talks_to_the_cloud(platform: Platform) 
 
 
 def test_mosquitto_sub_receives_its_identity(platform: Platform) -> None:
-    cert, key, _ = platform.device("e2e-mosq")
+    dev = platform.issue("e2e-mosq")
     result = subprocess.run(
         [
             MOSQUITTO_SUB,
@@ -132,9 +71,9 @@ def test_mosquitto_sub_receives_its_identity(platform: Platform) -> None:
             "--cafile",
             str(platform.server.server_ca),
             "--cert",
-            str(cert),
+            str(dev.cert),
             "--key",
-            str(key),
+            str(dev.key),
             "-V",
             "mqttv311",
             "-i",
@@ -156,57 +95,63 @@ def test_mosquitto_sub_receives_its_identity(platform: Platform) -> None:
     )
 
 
-def _code(platform: Platform, cert: Path, key: Path, **kw: object) -> int:
-    client = platform.raw(cert, key)
+def _code(
+    platform: Platform, dev: Device, *, username: str | None = None, keep_alive: int = 300
+) -> int:
+    client = _raw(platform, dev)
     try:
-        return client.connect(**kw).return_code  # type: ignore[arg-type]
+        return client.connect(keep_alive=keep_alive, username=username).return_code
     finally:
         client.close()
 
 
 def test_unassociated_sn_is_not_authorised_and_logged(platform: Platform) -> None:
-    cert, key, pair = platform.device("e2e-nobody", associate=False)
-    assert _code(platform, cert, key) == codec.CONNACK_NOT_AUTHORIZED
-    assert wait_for(lambda: f"cert SN {pair.sn}" in platform.server.log())
-    line = next(x for x in platform.server.log().splitlines() if f"cert SN {pair.sn}" in x)
-    assert "CONNACK 5" in line and "issuer CN=E2E Device CA" in line
+    dev = platform.issue("e2e-nobody", associate=False)
+    sn = dev.pair.sn
+    assert _code(platform, dev) == codec.CONNACK_NOT_AUTHORIZED
+    assert wait_for(lambda: f"cert SN {sn}" in platform.server.log())
+    line = next(x for x in platform.server.log().splitlines() if f"cert SN {sn}" in x)
+    assert "CONNACK 5" in line
+    assert f"issuer {platform.ca.certificate.subject.rfc4514_string()}" in line
 
 
 def test_disabling_a_device_through_the_api(platform: Platform) -> None:
-    cert, key, _ = platform.device("e2e-disable")
-    live = platform.raw(cert, key)
+    dev = platform.issue("e2e-disable")
+    live = _raw(platform, dev)
     assert live.connect().return_code == 0
     platform.api.set_device_status(platform.product_key, "e2e-disable", "disabled")
     assert live.closed_by_server()
-    assert _code(platform, cert, key) == codec.CONNACK_NOT_AUTHORIZED
+    assert _code(platform, dev) == codec.CONNACK_NOT_AUTHORIZED
     platform.api.set_device_status(platform.product_key, "e2e-disable", "enabled")
-    assert _code(platform, cert, key) == 0
+    assert _code(platform, dev) == 0
 
 
 def test_disabling_and_re_enabling_a_ca_through_the_api(platform: Platform) -> None:
     ca = create_ca("E2E Toggle CA")
     ca_sn = platform.register_ca(ca, "toggle_ca")
-    cert, key, _ = platform.device("e2e-toggle", ca, associate_with=ca_sn)
-    live = platform.raw(cert, key)
+    dev = platform.issue("e2e-toggle", ca)
+    live = _raw(platform, dev)
     assert live.connect().return_code == 0
     platform.api.set_ca_status(ca_sn, "inactive")
     assert live.closed_by_server()
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        platform.raw(cert, key).connect()
+        _raw(platform, dev).connect()
     platform.api.set_ca_status(ca_sn, "active")
     # no restart and no wait: a new handshake takes the registry's current trust index
-    assert _code(platform, cert, key) == 0
+    assert _code(platform, dev) == 0
 
 
 def test_look_alike_ca_cannot_log_in_as_the_others_devices(platform: Platform) -> None:
-    twin = create_ca("E2E Device CA")  # same subject as the registered CA, other key
-    cert, key, _ = platform.device("e2e-twin", twin)  # SN associated under the *real* CA
+    (cn,) = platform.ca.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    twin = create_ca(str(cn.value))  # same subject as the registered CA, other key
+    dev = platform.issue("e2e-twin", twin, associate=False)
+    platform.associate(platform.ca, dev.name, dev.pair.sn)  # SN associated under the *real* CA
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        platform.raw(cert, key).connect()  # OpenSSL already fails the signature
+        _raw(platform, dev).connect()  # no registered key verifies the signature
 
 
 def test_wrong_username_and_keep_alive_through_the_real_server(platform: Platform) -> None:
-    cert, key, _ = platform.device("e2e-rules")
-    assert _code(platform, cert, key, username=f"someone&{platform.product_key}") == 5
-    assert _code(platform, cert, key, keep_alive=10) == 2
-    assert _code(platform, cert, key, username=f"e2e-rules&{platform.product_key}") == 0
+    dev = platform.issue("e2e-rules")
+    assert _code(platform, dev, username=f"someone&{platform.product_key}") == 5
+    assert _code(platform, dev, keep_alive=10) == 2
+    assert _code(platform, dev, username=f"e2e-rules&{platform.product_key}") == 0
