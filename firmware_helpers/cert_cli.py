@@ -71,7 +71,10 @@ def register(tree: CommandTree) -> None:
         "--once", action="store_true", help="answer what waits now, then exit (scripts, tests)"
     )
     p.add_argument(
-        "--days", type=_positive, default=365, help="validity of renewed certificates (default 365)"
+        "--days",
+        type=_positive,
+        default=None,
+        help="validity of renewed certificates (default: signer.DEFAULT_RENEWAL_DAYS, 365)",
     )
     p.add_argument(
         "--ledger",
@@ -80,9 +83,9 @@ def register(tree: CommandTree) -> None:
         help="the CA's SN ledger (default: sn-ledger.jsonl beside --ca-key)",
     )
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="also keep each .cer here")
-    p.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default 5)")
+    p.add_argument("--interval", type=float, default=None, help="seconds between polls (5)")
     p.add_argument(
-        "--parallel", type=_positive, default=4, help="certificates posted at once (default 4)"
+        "--parallel", type=_positive, default=None, help="certificates posted at once (4)"
     )
     p.set_defaults(handler=cmd_ca_signer)
 
@@ -205,7 +208,14 @@ def cmd_ca_signer(args: argparse.Namespace) -> int:
     from device_sdk.cli_support import env_default
     from firmware_helpers.issuing import load_issuing_ca, prepare_output_dir
     from firmware_helpers.platform_client import PlatformAPIError, PlatformClient
-    from firmware_helpers.signer import RoundReport, Signer, default_ledger
+    from firmware_helpers.signer import (
+        DEFAULT_INTERVAL,
+        DEFAULT_PARALLEL,
+        DEFAULT_RENEWAL_DAYS,
+        RoundReport,
+        Signer,
+        default_ledger,
+    )
 
     server = args.server or env_default("IOTX509_SERVER") or "http://127.0.0.1:8080"
     token = args.token or env_default("IOTX509_TOKEN")
@@ -218,9 +228,9 @@ def cmd_ca_signer(args: argparse.Namespace) -> int:
         PlatformClient(server, token),
         ca,
         ledger_path=args.ledger or default_ledger(args.ca_key),
-        days=args.days,
+        days=args.days or DEFAULT_RENEWAL_DAYS,
         out_dir=args.out,
-        parallel=args.parallel,
+        parallel=args.parallel or DEFAULT_PARALLEL,
     )
     signer.check_registered()
 
@@ -243,7 +253,8 @@ def cmd_ca_signer(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"signer for CA {ca.sn} polling {server} (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
-        signer.serve(stop, interval=args.interval, on_round=show)
+        interval = DEFAULT_INTERVAL if args.interval is None else args.interval
+        signer.serve(stop, interval=interval, on_round=show)
     except KeyboardInterrupt:
         pass
     return 0

@@ -264,6 +264,8 @@ class Signer:
         on_round: Callable[[RoundReport], None] | None = None,
     ) -> None:
         """Poll until ``stop`` is set; an unreachable platform is retried with backoff."""
+        if not interval > 0:
+            raise SignerError(f"--interval must be more than 0 seconds, got {interval:g}")
         delay = interval
         while not stop.is_set():
             try:
@@ -288,6 +290,8 @@ def default_ledger(ca_key_path: str | Path) -> Path:
 
 
 __all__ = [
+    "DEFAULT_INTERVAL",
+    "DEFAULT_PARALLEL",
     "DEFAULT_RENEWAL_DAYS",
     "Answer",
     "RoundReport",

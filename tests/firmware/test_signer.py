@@ -277,3 +277,12 @@ def test_the_command_refuses_a_key_that_is_not_the_cas(env: Env, tmp_path: Path)
         env={k: v for k, v in os.environ.items() if k != "IOTX509_TOKEN"},
     )
     assert no_token.returncode != 0 and "no API token" in no_token.stderr
+
+
+def test_the_signer_refuses_settings_it_cannot_work_with(env: Env) -> None:
+    with pytest.raises(SignerError, match=r"--parallel must be 1\.\.32, got 0"):
+        env.signer(parallel=0)
+    with pytest.raises(SignerError, match="--days must be at least 1, got 0"):
+        env.signer(days=0)
+    with pytest.raises(SignerError, match="--interval must be more than 0 seconds, got -1"):
+        env.signer().serve(threading.Event(), interval=-1)
