@@ -187,7 +187,7 @@ def part_one(args: argparse.Namespace, ca: CertifiedKey, server_ca: bytes) -> No
 
 
 def part_two(args: argparse.Namespace, ca: CertifiedKey, server_ca: bytes) -> None:
-    runs = max(1, args.runs // 2)
+    runs = max(1, args.runs)
     print(
         f"2. {PORTS} boards on {PORTS} ports at once beside the same {PORTS} boards one at a "
         "time on one port"
