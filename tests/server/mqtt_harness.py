@@ -41,6 +41,21 @@ from server_stub.mqtt.service import MqttService
 from server_stub.ports import DeviceDirectory
 from server_stub.registry import Registry
 from testkit.registry import RealRegistry, Tenant
+from tests.common import wait_for
+
+__all__ = [
+    "MOSQUITTO_PUB",
+    "MOSQUITTO_SUB",
+    "PK",
+    "ClientFiles",
+    "Device",
+    "EndpointRegistry",
+    "Paho",
+    "RawClient",
+    "ServerThread",
+    "World",
+    "wait_for",
+]
 
 T = TypeVar("T")
 
@@ -372,12 +387,3 @@ class Paho:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False

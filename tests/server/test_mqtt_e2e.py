@@ -45,7 +45,7 @@ def test_paho_connects_gets_identity_and_talks_to_the_cloud(platform: Platform) 
         assert platform.api.send_message(pk, "e2e-paho", f"/{pk}/e2e-paho/user/get", "hello", 1)
         assert client.wait_message(f"/{pk}/e2e-paho/user/get").payload == b"hello"
         client.client.publish(f"/{pk}/e2e-paho/user/update", b"42", qos=1).wait_for_publish(5)
-        assert wait_for(lambda: platform.api.device_messages(pk, "e2e-paho"))
+        assert wait_for(lambda: bool(platform.api.device_messages(pk, "e2e-paho")))
         recent = platform.api.device_messages(pk, "e2e-paho")
         assert recent[-1]["topic"] == f"/{pk}/e2e-paho/user/update"
         # A message the endpoint cannot send is the caller's error (400), not a server error.
