@@ -19,6 +19,7 @@ import base64
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +100,10 @@ class BoardCpuModel:
 
     log_note = " (board-CPU model: a pooled key, its measured generation time waited)"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        """``sleep`` is how the board's time passes (tests record it instead)."""
         self.path = Path(path)
+        self._sleep = sleep
         try:
             lines = self.path.read_text(encoding="ascii").splitlines()
             self._pool = [_pooled(json.loads(line)) for line in lines if line.strip()]
@@ -118,7 +121,7 @@ class BoardCpuModel:
             if index is None:
                 raise ValueError(f"the key pool {self.path} has no unused RSA-{bits} key left")
             key = self._pool.pop(index)
-        time.sleep(key.seconds)
+        self._sleep(key.seconds)
         return key.key_pem, key.csr_der
 
 
