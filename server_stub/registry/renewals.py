@@ -174,11 +174,23 @@ class Renewals:
                 f"one renewal request per {settings.min_interval:g} s per device; retry in "
                 f"{settings.min_interval - (now - last):.0f} s",
             )
+        new = NewRenewal(
+            request_id=new_request_id(),
+            account_id=device.account_id,
+            ca_id=ca.id,
+            device_id=state.device_id,
+            device_request_id=request.id,
+            old_cert_sn=device.cert_sn,
+            csr_pem=request.csr,
+            requested_at=now,
+        )
         try:
             csr_rules.check_csr(
                 request.csr, device_name=device.device_name, max_bytes=settings.max_csr_bytes
             )
         except CsrRejectedError as exc:
+            # recorded, so that a refused request counts against the device's rate too
+            self.store.insert_renewal(new, refused=clean_reason(str(exc)))
             return self._refuse(device, request.id, str(exc))
         with self.store.atomic():
             last = self.store.last_renewal_at(state.device_id)
@@ -192,18 +204,7 @@ class Renewals:
                     f"the account's signer queue is full ({open_count} requests wait; "
                     f"max {settings.max_open_per_account}); retry later",
                 )
-            record, superseded = self.store.insert_renewal(
-                NewRenewal(
-                    request_id=new_request_id(),
-                    account_id=device.account_id,
-                    ca_id=ca.id,
-                    device_id=state.device_id,
-                    device_request_id=request.id,
-                    old_cert_sn=device.cert_sn,
-                    csr_pem=request.csr,
-                    requested_at=now,
-                )
-            )
+            record, superseded = self.store.insert_renewal(new)
         log.info(
             "renewal: %s/%s request %s queued for CA %s as %s (old cert SN %s%s)",
             device.product_key,

@@ -303,8 +303,12 @@ class Store(Protocol):
         ...
 
     def last_renewal_at(self, device_id: int) -> float | None: ...
-    def insert_renewal(self, new: NewRenewal) -> tuple[RenewalRecord, int]:
-        """Queue ``new``; an unanswered request of the same device is superseded (count)."""
+    def insert_renewal(
+        self, new: NewRenewal, refused: str | None = None
+    ) -> tuple[RenewalRecord, int]:
+        """Queue ``new``; an unanswered request of the same device is superseded (count).
+        With ``refused`` (the reason) the request is only recorded, closed: it counts against
+        the device's request rate. A device keeps a few closed requests, the oldest go."""
         ...
 
     def renewal(self, account_id: int, request_id: str) -> RenewalRecord | None: ...

@@ -162,6 +162,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 
+#: Closed renewal requests (refused, superseded, completed) kept per device; older ones go, so
+#: a device asking again and again cannot grow the table.
+CLOSED_RENEWALS_KEPT = 4
+
 #: Stay far below SQLite's bound-parameter limit when querying ``IN (...)`` lists.
 _CHUNK = 900
 
@@ -610,19 +614,23 @@ class SqliteStore:
         " JOIN products p ON p.id = d.product_id"
     )
 
-    def insert_renewal(self, new: NewRenewal) -> tuple[RenewalRecord, int]:
+    def insert_renewal(
+        self, new: NewRenewal, refused: str | None = None
+    ) -> tuple[RenewalRecord, int]:
         with self.atomic():
             conn = self._conn()
-            superseded = conn.execute(
-                "UPDATE renewals SET status = 'superseded', reason = ?, answered_at = ?"
-                " WHERE device_id = ? AND status = 'pending'",
-                ("replaced by a newer request of the device", new.requested_at, new.device_id),
-            ).rowcount
+            superseded = 0
+            if refused is None:
+                superseded = conn.execute(
+                    "UPDATE renewals SET status = 'superseded', reason = ?, answered_at = ?"
+                    " WHERE device_id = ? AND status = 'pending'",
+                    ("replaced by a newer request of the device", new.requested_at, new.device_id),
+                ).rowcount
             try:
                 cur = conn.execute(
                     "INSERT INTO renewals (request_id, account_id, ca_id, device_id,"
-                    " device_request_id, old_cert_sn, csr_pem, status, requested_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                    " device_request_id, old_cert_sn, csr_pem, status, reason, requested_at,"
+                    " answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         new.request_id,
                         new.account_id,
@@ -631,11 +639,22 @@ class SqliteStore:
                         new.device_request_id,
                         new.old_cert_sn,
                         new.csr_pem,
+                        "pending" if refused is None else "refused",
+                        refused or "",
                         new.requested_at,
+                        None if refused is None else new.requested_at,
                     ),
                 )
             except sqlite3.IntegrityError as exc:
                 raise ConflictError(f"conflicting renewal request: {exc}") from exc
+            # closed requests are history: a device keeps only its last few
+            conn.execute(
+                "DELETE FROM renewals WHERE device_id = ? AND status IN"
+                " ('refused', 'superseded', 'completed') AND id NOT IN (SELECT id FROM renewals"
+                " WHERE device_id = ? AND status IN ('refused', 'superseded', 'completed')"
+                " ORDER BY id DESC LIMIT ?)",
+                (new.device_id, new.device_id, CLOSED_RENEWALS_KEPT),
+            )
             row = self._one(self._RENEWAL_SELECT + " WHERE r.id = ?", (cur.lastrowid,))
         return RenewalRecord(*row), int(superseded)
 

@@ -42,6 +42,7 @@ from server_stub.registry import Registry
 from server_stub.registry.renewals import Outgoing, RenewalDesk, Renewals
 from server_stub.store import SqliteStore
 from server_stub.store.base import AccountRecord, NewRenewal, ProductRecord
+from server_stub.store.sqlite import CLOSED_RENEWALS_KEPT
 from tests.server.conftest import csv_bytes, register
 
 
@@ -557,3 +558,24 @@ def test_a_certificate_whose_association_was_removed_is_not_sent_again(world: Wo
     world.registry.delete_association(world.account, world.ca_sn, new.cert_sn)
     assert world.renewals.connected(old, 2e9) == []  # the old SN still works in its grace
     assert _sns(world, "dev-unassociated") == [old.cert_sn]
+
+
+def test_a_refused_request_counts_against_the_rate_too(world: World) -> None:
+    """Else a device could make the server parse CSRs at line rate by sending bad ones."""
+    device, _ = world.device("dev-spam")
+    bad = RenewalRequest("bad", csr(world.key, "someone-else")).to_json()
+    assert reply_of(world.ask(device, bad))[0] == "refused"
+    status, reason = reply_of(world.ask(device, RenewalRequest("good", csr(world.key)).to_json()))
+    assert status == "failed" and "retry in 60 s" in reason
+
+
+def test_a_device_keeps_only_its_last_few_closed_requests(world: World) -> None:
+    device, _ = world.device("dev-history")
+    for n in range(12):
+        world.clock.now += 61
+        payload = RenewalRequest(f"r{n}", csr(world.key, "x" if n % 2 else None)).to_json()
+        world.ask(device, payload)
+    counts = world.registry.store.row_counts()
+    assert counts["renewals"] == 1 + CLOSED_RENEWALS_KEPT  # the open one and the last closed
+    [pending] = world.renewals.pending(world.account, world.ca_sn)
+    assert pending.device_request_id == "r10"
