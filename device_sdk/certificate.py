@@ -34,6 +34,7 @@ EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 BASIC_CONSTRAINTS = "2.5.29.19"
 _BASIC_CONSTRAINTS_DER = b"\x55\x1d\x13"
 COMMON_NAME = "2.5.4.3"
+X500_UNIQUE_IDENTIFIER = "2.5.4.45"
 
 #: The names ``cryptography`` gives the public key types, so messages read the same.
 _KEY_KINDS = {
@@ -76,7 +77,7 @@ _SHORT_NAMES = {
 class NameAttribute:
     oid: str
     value: str | bytes
-    """A string, or the raw bytes of a BIT STRING attribute (x500UniqueIdentifier)."""
+    """A string, or the content of a BIT STRING attribute (x500UniqueIdentifier)."""
 
     def rfc4514_string(self) -> str:
         return f"{_SHORT_NAMES.get(self.oid, self.oid)}={_escape_dn_value(self.value)}"
@@ -146,9 +147,12 @@ def _name(element: der.Element) -> Name:
             oid = der.oid(pair.read(der.OID, "name: attribute type"))
             value = pair.read(None, f"name: value of {oid}")
             pair.finish("name: attribute")
-            if value.tag == der.BIT_STRING:
-                data, _unused = der.bit_string(value, f"name: value of {oid}")
-                attributes.append(NameAttribute(oid, data))
+            if value.tag == der.BIT_STRING:  # x500UniqueIdentifier only: its bytes, as they are
+                if oid != X500_UNIQUE_IDENTIFIER:
+                    raise DERError(
+                        f"name: a BIT STRING value is allowed for {X500_UNIQUE_IDENTIFIER}"
+                    )
+                attributes.append(NameAttribute(oid, value.content))
             else:
                 attributes.append(NameAttribute(oid, der.string(value, f"name: value of {oid}")))
         if not attributes:
@@ -205,6 +209,7 @@ def _public_key_info(element: der.Element) -> PublicKeyInfo:
     oid = der.oid(algorithm.read(der.OID, "public key algorithm"))
     parameters = None if algorithm.at_end() else algorithm.read(None, "key parameters").encoded
     algorithm.finish("public key algorithm")
+    _check_parameters(oid, parameters, "public key algorithm")
     key, unused = der.bit_string(spki.read(der.BIT_STRING, "public key"), "public key")
     spki.finish("public key")
     modulus = exponent = None
@@ -222,7 +227,8 @@ def _rsa_public_numbers(key: bytes) -> tuple[int, int] | tuple[None, None]:
         numbers.finish("RSA public key")
     except DERError:
         return None, None
-    if modulus <= 0 or exponent <= 0:
+    # What cryptography (and so the verifying side) accepts as an RSA public key.
+    if modulus <= 0 or not 3 <= exponent < modulus or exponent % 2 == 0:
         return None, None
     return modulus, exponent
 
@@ -477,12 +483,14 @@ def _split(data: bytes) -> _Parts:
         inner = explicit.reader()
         version = der.integer(inner.read(der.INTEGER, "version"), "version")
         inner.finish("version")
+        if version == 0:
+            raise DERError("version: v1 is the default and must be omitted in DER")
         if version not in (0, 2):
             raise DERError(f"version: {version} is not X.509 v1 or v3")
     serial = tbs.read(der.INTEGER, "serialNumber")
-    inner_algorithm = tbs.read(der.SEQUENCE, "signature")
-    if inner_algorithm.content != outer_algorithm.content:
-        raise DERError("the two signature algorithm fields differ")
+    # Not compared with the outer one (RFC 5280 wants them equal; cryptography does not check,
+    # and a verifier refuses the signature anyway).
+    _algorithm_oid(tbs.read(der.SEQUENCE, "signature"), "signature")
     issuer = tbs.read(der.SEQUENCE, "issuer")
     validity = tbs.sequence("validity")
     not_before = validity.read(None, "notBefore")
@@ -514,10 +522,32 @@ def _split(data: bytes) -> _Parts:
 def _algorithm_oid(element: der.Element, what: str) -> str:
     algorithm = element.reader()
     oid = der.oid(algorithm.read(der.OID, what))
-    if not algorithm.at_end():
-        algorithm.read(None, f"{what}: parameters")
+    parameters = None if algorithm.at_end() else algorithm.read(None, f"{what}: parameters").encoded
     algorithm.finish(what)
+    _check_parameters(oid, parameters, what)
     return oid
+
+
+#: Algorithms whose parameters are NULL or absent (RSA), or absent (ECDSA, EdDSA): other
+#: parameters make the AlgorithmIdentifier invalid (RFC 3279, 5758, 8410; cryptography agrees).
+_NULL_OR_ABSENT = frozenset(
+    {RSA_ENCRYPTION} | {f"1.2.840.113549.1.1.{n}" for n in (2, 3, 4, 5, 11, 12, 13, 14, 15, 16)}
+)
+_ABSENT = frozenset(
+    {f"1.2.840.10045.4.3.{n}" for n in (1, 2, 3, 4)}
+    | {f"2.16.840.1.101.3.4.3.{n}" for n in range(1, 17)}
+    | {"1.2.840.10045.4.1", "1.3.101.112", "1.3.101.113"}
+)
+
+
+def _check_parameters(oid: str, parameters: bytes | None, what: str) -> None:
+    if parameters is None:
+        return
+    if oid in _ABSENT or (oid in _NULL_OR_ABSENT and parameters != b"\x05\x00"):
+        raise DERError(f"{what}: parameters not allowed for {oid}")
+    # EC keys: a named curve (OID), implicitlyCA (NULL) or specified parameters (SEQUENCE).
+    if oid == EC_PUBLIC_KEY and parameters[0] not in (der.OID, der.NULL, der.SEQUENCE):
+        raise DERError(f"{what}: EC parameters must name a curve")
 
 
 def _extensions(wrapper: der.Element) -> tuple[Extension, ...]:

@@ -245,25 +245,37 @@ def _digits(text: bytes, what: str) -> int:
     return int(text)
 
 
+#: The value types a name attribute may have, and how each decodes. As ``cryptography`` reads
+#: names (the kit's verifying side must see the same names): BMPString is UTF-16, UniversalString
+#: UTF-32, a PrintableString must keep to its character set, every other type's bytes are UTF-8
+#: (a T61String or IA5String included); other tags are refused.
 _PRINTABLE = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?"
+)
+_TEXT_TAGS = frozenset(
+    {
+        OCTET_STRING,
+        UTF8_STRING,
+        NUMERIC_STRING,
+        T61_STRING,
+        IA5_STRING,
+        UTC_TIME,
+        GENERALIZED_TIME,
+        VISIBLE_STRING,
+    }
 )
 
 
 def string(element: Element, what: str = "string") -> str:
-    """A directory string of any type a certificate name may hold, decoded."""
+    """The text of a name attribute's value (see ``_TEXT_TAGS``)."""
     tag, content = element.tag, element.content
     try:
-        if tag == UTF8_STRING:
+        if tag in _TEXT_TAGS:
             return content.decode("utf-8")
         if tag == PRINTABLE_STRING:
             if not _PRINTABLE.issuperset(content):
                 raise DERError(f"{what}: character outside PrintableString's set")
             return content.decode("ascii")
-        if tag in (IA5_STRING, NUMERIC_STRING, VISIBLE_STRING):
-            return content.decode("ascii")
-        if tag == T61_STRING:
-            return content.decode("latin-1")
         if tag == BMP_STRING:
             return content.decode("utf-16-be")
         if tag == UNIVERSAL_STRING:
