@@ -111,6 +111,9 @@ ConnectionStateCallback = Callable[[ConnectionState, DeviceSDKError | None], Non
 CertificateExpiringCallback = Callable[[Credentials, float], None]
 MessageHook = Callable[[str, bytes], bool]
 """Sees every incoming message first (network thread); True: consumed (renewal replies)."""
+AttemptHook = Callable[[DeviceSDKError | None], None]
+"""Told how each attempt ended (connection thread), before the client decides what is next:
+it may call :meth:`DeviceClient.use_credentials` to connect again at once with another pair."""
 
 
 class RenewalHook(Protocol):
@@ -208,6 +211,7 @@ class DeviceClient:
         self._expiry = ExpiryWatch(Validity.of(credentials.certificate))
         self._message_hooks: list[MessageHook] = []
         self._state_hooks: list[ConnectionStateCallback] = []
+        self._attempt_hooks: list[AttemptHook] = []
         self._renewal: RenewalHook | None = None
         self._switch_to: Credentials | None = None
         self._server_ca = server_ca if server_ca is not None else credentials.server_ca
@@ -423,6 +427,12 @@ class DeviceClient:
         with self._lock:
             self._state_hooks.append(hook)
 
+    def add_attempt_hook(self, hook: AttemptHook) -> None:
+        """``hook(error)`` is told how each attempt ended, before the reconnect decision
+        (connection thread); a renewal falls back to the current pair from here."""
+        with self._lock:
+            self._attempt_hooks.append(hook)
+
     def use_credentials(self, credentials: Credentials) -> None:
         """Connect with ``credentials`` from now on: a running session is ended at once and
         the client connects again with the new pair (no backoff); stopped, the next
@@ -520,8 +530,12 @@ class DeviceClient:
                 attempt = self._session()
                 if self._stop.is_set():
                     break
+                with self._lock:
+                    attempt_hooks = tuple(self._attempt_hooks)
+                for hook in attempt_hooks:
+                    self._call_user(hook, attempt.error)
                 if self._apply_switch():
-                    continue  # a new pair (renewal): connect again at once
+                    continue  # another pair (a renewal): connect again at once
                 with self._lock:
                     waiter = self._waiter
                     step = self._reconnect.after(attempt, fail_fast=waiter is not None)

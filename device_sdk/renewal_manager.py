@@ -188,6 +188,7 @@ class Renewal:
         self._client = client
         client.add_message_hook(self._on_message)
         client.add_state_hook(self._on_state)
+        client.add_attempt_hook(self._on_attempt_ended)
         client.attach_renewal(self)
         if self.subscribe_reply:
             identity = self._identity()
@@ -243,13 +244,19 @@ class Renewal:
             self._post(Online(now, Validity.of(client.credentials.certificate), new_pair))
             return
         self._post(Offline(now))
-        if (
-            state is ConnectionState.OFFLINE
-            and self.connecting_with_new
-            and client.credentials is self.new
-            and is_permanent(error)
-        ):
-            self._post(NewPairRefused(now, str(error)))
+
+    def _on_attempt_ended(self, error: DeviceSDKError | None) -> None:
+        """(Connection thread.) The new pair was refused (TLS, CONNACK, not valid by this
+        clock): connect again at once with the current pair, before the client decides to
+        wait or give up; the machine then discards the new pair and reports why."""
+        client = self._client
+        if client is None or not self.connecting_with_new or client.credentials is not self.new:
+            return
+        if not is_permanent(error):
+            return  # (the network, not the pair: keep trying the new pair)
+        self.connecting_with_new = False
+        client.use_credentials(self.current)
+        self._post(NewPairRefused(self._clock(), str(error)))
 
     def _on_message(self, topic: str, payload: bytes) -> bool:
         named = parse_renew_reply_topic(topic)

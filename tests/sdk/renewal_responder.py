@@ -23,7 +23,12 @@ from device_sdk.renewal_protocol import (
     renew_reply_topic,
 )
 from device_sdk.subscriptions import Message
-from firmware_helpers.pki import CertifiedKey, build_device_certificate, issue_device_certificate
+from firmware_helpers.pki import (
+    CertifiedKey,
+    build_device_certificate,
+    create_ca,
+    issue_device_certificate,
+)
 
 REQUESTS = "/sys/+/+/thing/cert/renew"
 PROBE = b"probe"
@@ -32,7 +37,8 @@ PROBE = b"probe"
 @dataclass
 class Responder:
     """Answers each request by ``mode``: ``issue`` (queued, then issued), ``refuse``, ``fail``,
-    ``silent`` (no answer), ``foreign`` (a certificate for another key)."""
+    ``silent`` (no answer), ``foreign`` (a certificate for another key), ``untrusted`` (the
+    device's key, signed by a CA the broker does not trust: the new pair is refused)."""
 
     client: DeviceClient
     ca: CertifiedKey
@@ -42,6 +48,7 @@ class Responder:
     issued: list[str] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=threading.Condition)
     subscribed: threading.Event = field(default_factory=threading.Event)
+    other_ca: CertifiedKey = field(default_factory=lambda: create_ca("Untrusted CA"))
 
     def on_request(self, message: Message) -> None:
         identity = parse_renew_topic(message.topic)
@@ -69,6 +76,10 @@ class Responder:
         if self.mode == "foreign":
             pair = issue_device_certificate(self.ca, identity.device_name)
             cert = pair.certificate
+        elif self.mode == "untrusted":  # the device's key, but a CA the broker does not trust
+            cert = build_device_certificate(
+                self.other_ca, key, identity.device_name, product_key=identity.product_key
+            )
         else:
             cert = build_device_certificate(
                 self.ca,

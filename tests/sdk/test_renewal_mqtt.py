@@ -277,6 +277,40 @@ def test_a_certificate_for_another_key_is_not_stored(
     assert not renewal.files.new_cert.exists()
 
 
+@pytest.mark.parametrize("responder", ["untrusted"], indirect=True)
+def test_a_refused_new_pair_falls_back_to_the_current_one_at_once(
+    mosquitto: Mosquitto, responder: Responder, pki: TestPKI, tmp_path: Path
+) -> None:
+    cert, key = near_expiry_pair(pki, tmp_path / "creds", "sensor-r8")
+    before = (cert.read_bytes(), key.read_bytes())
+    renewal = Renewal.for_files(
+        cert, key, policy=FAST, identity=Identity(PK, "sensor-r8"), subscribe_reply=True
+    )
+    sessions: list[str] = []
+    back = threading.Event()
+    client = device(mosquitto, renewal)
+
+    def on_state(state: ConnectionState, error: DeviceSDKError | None) -> None:
+        if state is ConnectionState.ONLINE:
+            sessions.append(client.credentials.sn)
+            if len(sessions) >= 2:
+                back.set()
+
+    client.add_state_hook(on_state)
+    client.connect(timeout=WAIT)
+    try:
+        report = renewal.wait((ReportKind.FAILED,), WAIT)
+        assert report is not None, renewal.reports
+        assert back.wait(WAIT)
+    finally:
+        client.disconnect()
+        renewal.close()
+    assert "the platform refused the new certificate" in report.reason
+    assert sessions[:2] == [sn_of(cert), sn_of(cert)]  # the current pair, and again after it
+    assert (cert.read_bytes(), key.read_bytes()) == before
+    assert not renewal.files.new_cert.exists()
+
+
 # --- expiry ------------------------------------------------------------------------------------
 
 
