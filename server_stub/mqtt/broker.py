@@ -32,8 +32,8 @@ from typing import Protocol
 
 from cryptography import x509
 
-from device_sdk.certs import certificate_sn
-from device_sdk.errors import InvalidNameError
+from device_sdk.certs import certificate_sn, check_validity
+from device_sdk.errors import ClockError, InvalidNameError
 from device_sdk.identity import Identity
 from device_sdk.platform import (
     IDENTITY_TOPIC,
@@ -48,6 +48,7 @@ from device_sdk.platform import (
 from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
 from server_stub.mqtt.activity import Activity
+from server_stub.mqtt.decisions import DecisionKey, Decisions
 from server_stub.mqtt.errors import InvalidMessageError, MqttProtocolError
 from server_stub.mqtt.recent import RecentMessages
 from server_stub.mqtt.router import Router
@@ -68,6 +69,7 @@ from server_stub.mqtt.tls_engine import TlsHandshakeError
 from server_stub.mqtt.topics import device_may_use, device_prefixes, validate_topic_name
 from server_stub.ports import (
     AuthDecision,
+    AuthenticatedDevice,
     AuthRefused,
     DeviceDirectory,
     DeviceMessage,
@@ -177,6 +179,8 @@ class Broker:
         self.router: Router[Link] = Router()
         self.recent = RecentMessages(limits)
         self.activity = Activity()
+        self.decisions = Decisions(self.max_connections)
+        """The registry's answers to CONNECT, while its trust generation holds."""
         """The console's counters and live listeners (see :mod:`server_stub.mqtt.activity`)."""
         self.renewals: RenewalHandler | None = None
         """Certificate renewal (issue 14, docs/renewal.md): told of CONNECTs and PUBLISHes."""
@@ -395,15 +399,27 @@ class Broker:
             self._refuse(conn, leaf, codec.CONNACK_NOT_AUTHORIZED, str(exc))
             return
         session.handle(ConnectReceived(self.now()))
-        # The registry reads SQLite and checks signatures: off the event loop, so one CONNECT
-        # never stalls every other connection. Packets after CONNECT wait until it answers.
-        conn.hold()
         generation = self.directory.trust_generation
+        issuer = conn.issuer
+        der = conn.peer_certificate_der()
+        key = None if issuer is None or der is None else Decisions.key(issuer, der)
+        known = None if key is None else self.decisions.get(generation, key)
+        if known is not None:  # asked before under this generation: only the clock is new
+            try:
+                check_validity(leaf, what="device certificate")
+            except ClockError as exc:
+                self._refuse(conn, leaf, codec.CONNACK_NOT_AUTHORIZED, str(exc))
+                return
+            self._accept(conn, packet, leaf, claimed, known)
+            return
+        # The registry reads SQLite: off the event loop, so one CONNECT never stalls every
+        # other connection. Packets after CONNECT wait until it answers.
+        conn.hold()
         future = asyncio.get_running_loop().run_in_executor(
-            None, self.directory.authenticate, leaf, conn.issuer
+            None, self.directory.authenticate, leaf, issuer
         )
         future.add_done_callback(
-            functools.partial(self._connect_decided, conn, packet, leaf, claimed, generation)
+            functools.partial(self._connect_decided, conn, packet, leaf, claimed, generation, key)
         )
 
     def _connect_decided(
@@ -413,10 +429,10 @@ class Broker:
         leaf: x509.Certificate,
         claimed: Identity | None,
         generation: int,
+        key: DecisionKey | None,
         future: asyncio.Future[AuthDecision],
     ) -> None:
-        session = conn.session
-        if session.closed or future.cancelled():
+        if conn.session.closed or future.cancelled():
             return
         error = future.exception()
         if error is not None:
@@ -429,16 +445,31 @@ class Broker:
         if isinstance(decision, AuthRefused):
             self._refuse(conn, leaf, codec.CONNACK_NOT_AUTHORIZED, decision.reason)
             return
-        if self.directory.trust_generation != generation and not self.directory.is_current(
-            decision
-        ):  # the registry changed while it answered: what it said may no longer hold
-            self._refuse(
-                conn,
-                leaf,
-                codec.CONNACK_NOT_AUTHORIZED,
-                "the registry changed during the lookup and no longer accepts it",
-            )
-            return
+        if self.directory.trust_generation != generation:
+            if not self.directory.is_current(decision):
+                # the registry changed while it answered: what it said may no longer hold
+                self._refuse(
+                    conn,
+                    leaf,
+                    codec.CONNACK_NOT_AUTHORIZED,
+                    "the registry changed during the lookup and no longer accepts it",
+                )
+                return
+        elif key is not None:
+            self.decisions.put(generation, key, decision)
+        self._accept(conn, packet, leaf, claimed, decision)
+        conn.release()
+
+    def _accept(
+        self,
+        conn: Link,
+        packet: codec.Connect,
+        leaf: x509.Certificate,
+        claimed: Identity | None,
+        decision: AuthenticatedDevice,
+    ) -> None:
+        """The registry accepted the certificate: the username must agree, then CONNACK 0."""
+        session = conn.session
         if claimed is not None and (claimed.product_key, claimed.device_name) != (
             decision.product_key,
             decision.device_name,
@@ -482,7 +513,6 @@ class Broker:
             )
         if self.renewals is not None:
             self.renewals.on_connected(decision, leaf.not_valid_after_utc.timestamp())
-        conn.release()
 
     @staticmethod
     def _peer_leaf(conn: Link) -> x509.Certificate | None:

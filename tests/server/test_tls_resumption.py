@@ -35,7 +35,9 @@ from device_sdk.platform import IDENTITY_TOPIC
 from firmware_helpers.pki import create_ca, issue_device_certificate
 from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
+from server_stub.mqtt.decisions import Decisions
 from server_stub.mqtt.tls import ServerTls
+from server_stub.ports import AuthenticatedDevice, IssuingCa
 from tests.server.mqtt_harness import PK, Device, EndpointRegistry, ServerThread, World
 
 VERSIONS = [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]
@@ -347,3 +349,46 @@ def test_paho_resumes_and_a_disabled_device_is_refused(world: World, endpoint: E
     endpoint.reg.set_device_enabled(dev.name, False)
     # CONNACK 5, which paho 2 reports as the reason code "Not authorized" (135)
     assert paho_connect(endpoint.server.port, ctx, dev) == (135, True, None)
+
+
+# --- the registry's answer, kept while its trust generation holds -------------------------------
+
+
+def test_a_returning_device_is_answered_on_the_loop_until_the_registry_changes(
+    world: World, endpoint: Endpoint
+) -> None:
+    assert endpoint.server.service is not None
+    decisions = endpoint.server.service.broker.decisions
+    dev = endpoint.reg.device("regular")
+    client = Client(world, dev, ssl.TLSVersion.TLSv1_3)
+    first = first_ticket(endpoint, client)
+    hits = decisions.hits
+    again = attempt(endpoint.server.port, client, first.session)
+    assert again.connack == codec.CONNACK_ACCEPTED and again.reused
+    assert decisions.hits == hits + 1
+    assert attempt(endpoint.server.port, client).connack == codec.CONNACK_ACCEPTED  # full too
+    assert decisions.hits == hits + 2
+    endpoint.reg.set_device_enabled(dev.name, False)  # moves the generation: nothing kept holds
+    assert attempt(endpoint.server.port, client, again.session).connack == 5
+    assert attempt(endpoint.server.port, client).connack == 5
+    assert decisions.hits == hits + 2
+    endpoint.reg.set_device_enabled(dev.name, True)
+    assert attempt(endpoint.server.port, client).connack == codec.CONNACK_ACCEPTED
+    assert decisions.hits == hits + 2  # asked the registry again first
+
+
+def test_kept_decisions_are_per_generation_and_bounded() -> None:
+    kept = Decisions(limit=2)
+    ca = IssuingCa(1, 1, "ca", True)
+    other_ca = IssuingCa(2, 2, "ca2", True)
+    device = AuthenticatedDevice(1, PK, "d", "ca", "01")
+    k1, k2, k3 = (Decisions.key(ca, der) for der in (b"one", b"two", b"three"))
+    kept.put(7, k1, device)
+    assert kept.get(7, k1) is device
+    assert kept.get(7, Decisions.key(other_ca, b"one")) is None  # same certificate, other CA
+    assert kept.get(8, k1) is None  # the registry moved on
+    kept.put(7, k2, device)
+    kept.put(7, k3, device)
+    assert (len(kept), kept.get(7, k1), kept.get(7, k3)) == (2, None, device)
+    kept.put(8, k1, device)
+    assert (len(kept), kept.get(7, k3), kept.get(8, k1)) == (1, None, device)

@@ -1,0 +1,480 @@
+"""Resumption benchmark: server CPU of devices returning after a network blip, side by side.
+
+N devices (default 1,000) connect with mutual TLS and hold their connections; then the network
+"blips": every client drops its connection at once (RST), and every device reconnects at once
+while the server stays up. Each blip is measured as the server CPU (psutil, user + system) from
+just before the drop until all N are accepted again, divided by N. Blips, on one run:
+
+- ``ours, tickets off``: the endpoint as it was before issue 16 (every reconnect a full RSA mTLS
+  handshake) -- "today's server CPU";
+- ``ours, full``: the endpoint with session tickets, devices reconnecting without a session;
+- ``ours, resumed``: the same endpoint, devices offering the session of their last connection;
+- ``mosquitto, full`` / ``mosquitto, resumed``: Mosquitto 2 with the same certificates (its
+  OpenSSL defaults issue tickets; whether its sessions resume is reported, not assumed).
+
+Ratios: resumed / full on the same server (target <= 0.6x), and ours resumed / ours tickets off
+(the blip's cost against today's, target <= 0.5x). Each blip runs ``--rounds`` times; the table
+shows the median and the spread. The load generator is the same for every server: worker
+processes, each an asyncio (uvloop) loop doing TLS over memory BIOs (``ssl.SSLObject``, the
+only asyncio-compatible way to pass ``session=``) and sending one MQTT CONNECT made by the
+server's codec.
+
+    python bench/bench_resumption.py                 # 1,000 devices, 3 rounds
+    python bench/bench_resumption.py --devices 2000 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+from bench.bench_connections import (  # noqa: E402
+    Fleet,
+    Target,
+    make_fleet,
+    mosquitto,
+    raise_nofile,
+)
+from firmware_helpers.pki import create_ca, issue_server_certificate  # noqa: E402
+from server_stub.mqtt import codec  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- load generator ----------------------------------------------------------------------------
+
+
+class _TlsClient(asyncio.Protocol):
+    """TLS over memory BIOs (so that a session can be offered), then CONNECT, then CONNACK."""
+
+    def __init__(
+        self,
+        ctx: ssl.SSLContext,
+        session: ssl.SSLSession | None,
+        connect: bytes,
+        done: asyncio.Future[int],
+    ) -> None:
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(
+            self.incoming, self.outgoing, server_hostname="127.0.0.1", session=session
+        )
+        self.connect = connect
+        self.done = done
+        self.handshaken = False
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._step()
+
+    def data_received(self, data: bytes) -> None:
+        self.incoming.write(data)
+        self._step()
+
+    def _step(self) -> None:
+        try:
+            if not self.handshaken:
+                self.tls.do_handshake()
+                self.handshaken = True
+                self.tls.write(self.connect)
+            while True:
+                self.buf += self.tls.read(65536)
+        except ssl.SSLWantReadError:
+            pass
+        except (ssl.SSLError, ssl.SSLEOFError) as exc:
+            if not self.done.done():
+                self.done.set_exception(exc)
+        out = self.outgoing.read()
+        if out and self.transport is not None:
+            self.transport.write(out)
+        if not self.done.done() and len(self.buf) >= 4:
+            self.done.set_result(self.buf[3] if self.buf[0] == 0x20 else 255)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"closed before CONNACK: {exc}"))
+
+
+def _worker(conn: Connection, jobs: list[tuple[str, str]], server_ca: str, port: int) -> None:
+    """One load-generator process: one context and one session per device, on command."""
+    try:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    raise_nofile()
+    ctxs = []
+    for cert, key in jobs:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(server_ca)
+        ctx.load_cert_chain(cert, key)
+        ctxs.append(ctx)
+    sessions: list[ssl.SSLSession | None] = [None] * len(jobs)
+    held: list[asyncio.BaseTransport] = []
+
+    async def one(i: int, offer: bool, sem: asyncio.Semaphore, errors: list[str]) -> int:
+        """0: failed, 1: full handshake, 2: resumed."""
+        async with sem:
+            fut: asyncio.Future[int] = loop.create_future()
+            connect = codec.encode(codec.Connect(f"{Path(jobs[i][0]).stem}|securemode=2|", 1200))
+            proto = _TlsClient(ctxs[i], sessions[i] if offer else None, connect, fut)
+            try:
+                transport, _ = await asyncio.wait_for(
+                    loop.create_connection(lambda: proto, "127.0.0.1", port), 60
+                )
+                code = await asyncio.wait_for(fut, 60)
+            except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
+                if len(errors) < 5:
+                    errors.append(repr(exc))
+                return 0
+            held.append(transport)
+            if code != 0:
+                if len(errors) < 5:
+                    errors.append(f"CONNACK {code}")
+                return 0
+            sessions[i] = proto.tls.session
+            return 2 if proto.tls.session_reused else 1
+
+    async def run(offer: bool, concurrency: int) -> dict[str, Any]:
+        sem = asyncio.Semaphore(concurrency)
+        errors: list[str] = []
+        results = await asyncio.gather(*(one(i, offer, sem, errors) for i in range(len(jobs))))
+        return {
+            "ok": sum(1 for r in results if r),
+            "resumed": sum(1 for r in results if r == 2),
+            "errors": errors,
+        }
+
+    conn.send(("ready",))
+    while True:
+        msg = conn.recv()
+        if msg[0] == "connect":
+            conn.send(("result", loop.run_until_complete(run(msg[1], msg[2]))))
+        elif msg[0] == "drop":  # the blip: every connection reset at once
+            for t in held:
+                t.abort()  # type: ignore[attr-defined]
+            held.clear()
+            loop.run_until_complete(asyncio.sleep(0))
+            conn.send(("dropped",))
+        elif msg[0] == "forget":
+            sessions = [None] * len(jobs)
+            conn.send(("forgotten",))
+        else:
+            break
+    loop.close()
+
+
+class Devices:
+    """The fleet's load generator: ``workers`` processes sharing the devices."""
+
+    def __init__(self, fleet: Fleet, keys: int, server_ca: Path, port: int, workers: int) -> None:
+        ctx = mp.get_context("spawn")
+        n = len(fleet.names)
+        per = (n + workers - 1) // workers
+        self.procs = []
+        for w in range(workers):
+            jobs = [
+                (fleet.cert(i), fleet.key(i, keys)) for i in range(w * per, min(n, (w + 1) * per))
+            ]
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_worker, args=(child, jobs, str(server_ca), port), daemon=True
+            )
+            proc.start()
+            self.procs.append((proc, parent))
+        for _, pipe in self.procs:
+            assert pipe.recv()[0] == "ready"
+
+    def _all(self, msg: tuple[Any, ...]) -> list[Any]:
+        for _, pipe in self.procs:
+            pipe.send(msg)
+        return [pipe.recv()[-1] for _, pipe in self.procs]
+
+    def connect(self, offer_sessions: bool, concurrency: int) -> dict[str, Any]:
+        results = self._all(("connect", offer_sessions, concurrency))
+        return {
+            "ok": sum(r["ok"] for r in results),
+            "resumed": sum(r["resumed"] for r in results),
+            "errors": [e for r in results for e in r["errors"]],
+        }
+
+    def drop(self) -> None:
+        self._all(("drop",))
+
+    def forget_sessions(self) -> None:
+        self._all(("forget",))
+
+    def shutdown(self) -> None:
+        for proc, pipe in self.procs:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                pipe.send(("exit",))
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+
+
+# --- the servers -------------------------------------------------------------------------------
+
+
+def _serve_endpoint(data: Path, ticket_lifetime: float) -> None:
+    """Child process: the MQTT endpoint alone, on the real registry's SQLite file."""
+    import uvloop
+
+    from server_stub.config import MqttLimits
+    from server_stub.mqtt.service import MqttService
+    from server_stub.registry import Registry
+    from server_stub.store import SqliteStore
+
+    raise_nofile()
+    directory = Registry(SqliteStore(data / "registry" / "registry.sqlite3"))
+
+    async def main() -> None:
+        svc = MqttService(
+            directory,
+            (data / "server.pem").read_bytes(),
+            (data / "server.key").read_bytes(),
+            "127.0.0.1",
+            0,
+            MqttLimits(session_ticket_lifetime=ticket_lifetime),
+        )
+        await svc.start()
+        print(f"PORT {svc.port}", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await svc.stop()
+
+    uvloop.run(main())
+
+
+def prepare(root: Path, n: int, keys: int) -> tuple[Path, Fleet]:
+    """The real registry (CA registered with its proof, SNs associated) and the fleet."""
+    from testkit.registry import RealRegistry
+
+    d = root / "ours"
+    d.mkdir(mode=0o700)
+    with RealRegistry(d / "registry") as real:
+        tenant = real.tenant("bench")
+        log(f"making {n} device certificates ({keys} shared RSA keys)")
+        fleet = make_fleet(root, n, keys, tenant.product_key)
+        tenant.associate(
+            tenant.register_ca(fleet.ca), dict(zip(fleet.sns, fleet.names, strict=True))
+        )
+    server_ca = create_ca("Bench server CA")
+    (d / "server-ca.pem").write_bytes(server_ca.cert_pem())
+    issue_server_certificate(server_ca).write(d / "server.pem", d / "server.key")
+    return d, fleet
+
+
+@contextlib.contextmanager
+def ours(d: Path, ticket_lifetime: float) -> Iterator[Target]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve-endpoint",
+            str(d),
+            "--ticket-lifetime",
+            str(ticket_lifetime),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"endpoint did not start: {line!r}")
+        yield Target(
+            f"ours (tickets {'on' if ticket_lifetime else 'off'})",
+            proc.pid,
+            int(line.split()[1]),
+            d / "server-ca.pem",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+
+def _cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
+
+
+class Server:
+    """One server under test with its own copy of the fleet's connections."""
+
+    def __init__(self, label: str, target: Target, fleet: Fleet, args: argparse.Namespace) -> None:
+        self.label = label
+        self.target = target
+        self.proc = psutil.Process(target.pid)
+        self.n = len(fleet.names)
+        self.devices = Devices(fleet, args.keys, target.server_ca, target.port, args.workers)
+        first = self.devices.connect(False, args.concurrency)
+        if first["ok"] != self.n:
+            raise RuntimeError(f"{label}: initial connect failed: {first['errors']}")
+
+    def blip(self, resumed: bool, concurrency: int) -> dict[str, Any]:
+        """Drop every connection at once, reconnect all; server CPU per returning device."""
+        cpu0, t0 = _cpu(self.proc), time.monotonic()
+        self.devices.drop()
+        res = self.devices.connect(resumed, concurrency)
+        cpu1, t1 = _cpu(self.proc), time.monotonic()
+        ok = res["ok"]
+        return {
+            "ok": ok,
+            "resumed": res["resumed"],
+            "errors": res["errors"],
+            "cpu_ms_per_device": (cpu1 - cpu0) * 1000 / max(ok, 1),
+            "seconds": t1 - t0,
+        }
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.devices.drop()
+        self.devices.shutdown()
+
+
+def run_blips(
+    servers: list[tuple[Server, str, bool]], args: argparse.Namespace
+) -> dict[str, list[dict[str, Any]]]:
+    """Round after round, one blip of each (server, kind), interleaved so that the machine's
+    load drifts over all of them alike."""
+    out: dict[str, list[dict[str, Any]]] = {name: [] for _, name, _ in servers}
+    for r in range(args.rounds):
+        for server, name, resumed in servers:
+            time.sleep(0.5)  # let the previous blip's closes settle
+            row = server.blip(resumed, args.concurrency)
+            out[name].append(row)
+            log(
+                f"round {r + 1} {name}: {row['ok']}/{server.n} back ({row['resumed']} resumed) "
+                f"in {row['seconds']:.1f} s, server CPU {row['cpu_ms_per_device']:.3f} ms/device"
+                + (f"; errors {row['errors']}" if row["errors"] else "")
+            )
+    return out
+
+
+def _med(rows: list[dict[str, Any]]) -> tuple[float, float, float]:
+    values = [r["cpu_ms_per_device"] for r in rows]
+    return statistics.median(values), min(values), max(values)
+
+
+def report(results: dict[str, list[dict[str, Any]]], n: int) -> None:
+    print()
+    print(
+        f"{'blip of ' + str(n) + ' devices':34} {'CPU ms/device':>14} {'min-max':>14} {'resumed':>9}"
+    )
+    for name, rows in results.items():
+        med, lo, hi = _med(rows)
+        resumed = statistics.median(r["resumed"] for r in rows)
+        print(f"{name:34} {med:14.3f} {f'{lo:.3f}-{hi:.3f}':>14} {resumed:9.0f}")
+    print()
+
+    def ratio(a: str, b: str, label: str, target: str) -> None:
+        if a not in results or b not in results:
+            return
+        ra = [r["cpu_ms_per_device"] for r in results[a]]
+        rb = [r["cpu_ms_per_device"] for r in results[b]]
+        per_round = [x / y for x, y in zip(ra, rb, strict=True) if y]
+        print(
+            f"{label:58} {statistics.median(ra) / statistics.median(rb):5.2f}x "
+            f"(per round {min(per_round):.2f}-{max(per_round):.2f}x; {target})"
+        )
+
+    ratio(
+        "ours, resumed", "ours, full", "ours: resumed reconnect / full handshake", "target <= 0.6x"
+    )
+    ratio(
+        "ours, resumed",
+        "ours, tickets off",
+        "ours: blip with resumption / today's blip (tickets off)",
+        "target <= 0.5x",
+    )
+    ratio(
+        "ours, full",
+        "ours, tickets off",
+        "ours: full handshake, tickets on / off",
+        "cost of issuing tickets",
+    )
+    ratio("mosquitto, resumed", "mosquitto, full", "mosquitto: resumed / full", "reference")
+    ratio("ours, full", "mosquitto, full", "full handshake: ours / mosquitto", "reference")
+    ratio("ours, resumed", "mosquitto, resumed", "resumed: ours / mosquitto", "reference")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="handshakes in flight per worker"
+    )
+    parser.add_argument("--keys", type=int, default=8, help="distinct RSA keys for the fleet")
+    parser.add_argument("--no-mosquitto", action="store_true")
+    parser.add_argument("--serve-endpoint", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ticket-lifetime", type=float, default=3600.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_endpoint:
+        _serve_endpoint(args.serve_endpoint, args.ticket_lifetime)
+        return 0
+    raise_nofile()
+    started = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-resume-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        root = Path(tmp)
+        d, fleet = prepare(root, args.devices, args.keys)
+        servers: list[tuple[Server, str, bool]] = []
+
+        def up(label: str, target: Target) -> Server:
+            log(f"{label}: connecting {args.devices} devices")
+            server = Server(label, target, fleet, args)
+            stack.callback(server.close)
+            return server
+
+        off = up("ours, tickets off", stack.enter_context(ours(d, 0)))
+        on = up("ours, tickets on", stack.enter_context(ours(d, 3600)))
+        servers += [(off, "ours, tickets off", False), (on, "ours, full", False)]
+        servers.append((on, "ours, resumed", True))
+        if not args.no_mosquitto:
+            mosq = up("mosquitto", stack.enter_context(mosquitto(root, fleet)))
+            servers += [(mosq, "mosquitto, full", False), (mosq, "mosquitto, resumed", True)]
+        results = run_blips(servers, args)
+    report(results, args.devices)
+    print(f"\ntotal run time {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
