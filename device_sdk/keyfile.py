@@ -271,7 +271,8 @@ def load_pair(context: ssl.SSLContext, chain_pem: bytes, key: DeviceKey, *, sn: 
 def _mapped(exc: ssl.SSLError, key: DeviceKey, sn: str) -> CredentialError:
     from device_sdk.certs import mismatch_message
 
-    reason = (exc.reason or "").upper()
+    # ``reason`` is None for codes CPython's table lacks; the text then says it ("PEM lib").
+    reason = f"{exc.reason} {exc}".upper().replace(" ", "_")
     source = key.source
     if "KEY_VALUES_MISMATCH" in reason:
         return KeyMismatchError(mismatch_message(source, sn), source=source)

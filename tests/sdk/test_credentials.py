@@ -241,3 +241,69 @@ def test_check_key_false_skips_only_the_rsa_consistency_check(pki: Any, tmp_path
         Credentials.from_pem(dev.cert_pem(), other.key_pem(), check_key=False)
     with pytest.raises(KeyMismatchError, match="does not belong to the certificate"):
         Credentials.from_files(cert, _write(tmp_path / "o.key", other.key_pem()), check_key=False)
+
+
+# --- the device key without cryptography (device_sdk.keyfile) ----------------------------------
+
+
+def _key_bytes(dev: Any, encoding: Any, fmt: Any, password: bytes | None = None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    data: bytes = dev.key.private_bytes(encoding, fmt, encryption)
+    return data
+
+
+def test_every_key_format_loads_and_reaches_openssl(pki: Any) -> None:
+    dev = pki.device(PK, "sensor22")
+    der, pem = serialization.Encoding.DER, serialization.Encoding.PEM
+    pkcs1, pkcs8 = serialization.PrivateFormat.TraditionalOpenSSL, serialization.PrivateFormat.PKCS8
+    for key, password in [
+        (_key_bytes(dev, der, pkcs1), None),
+        (_key_bytes(dev, der, pkcs8), None),
+        (_key_bytes(dev, der, pkcs8, b"pw"), b"pw"),
+        (_key_bytes(dev, pem, pkcs1, b"pw"), b"pw"),  # Proc-Type: 4,ENCRYPTED
+        (dev.cert_pem() + dev.key_pem(), None),  # a combined file: the key block is used
+    ]:
+        for check_key in (True, False):
+            creds = Credentials.from_pem(dev.cert_pem(), key, password, check_key=check_key)
+            assert creds.key.kind == ("RSA" if check_key or password is None else None)
+            assert creds.private_key.public_key().public_numbers().n == (
+                dev.key.public_key().public_numbers().n
+            )
+
+
+def test_a_wrong_password_is_found_by_openssl_too(pki: Any) -> None:
+    dev = pki.device(PK, "sensor23")
+    enc = _key_bytes(dev, serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, b"right")
+    with pytest.raises(KeyPasswordError, match="wrong password"):
+        Credentials.from_pem(dev.cert_pem(), enc, "wrong", check_key=False)
+    with pytest.raises(KeyPasswordError, match="encrypted; give its password"):
+        Credentials.from_pem(dev.cert_pem(), enc, check_key=False)
+
+
+def test_an_ec_key_in_sec1_or_der_is_named(pki: Any) -> None:
+    dev = pki.device(PK, "sensor24")
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    for fmt, encoding in [
+        (serialization.PrivateFormat.TraditionalOpenSSL, serialization.Encoding.PEM),
+        (serialization.PrivateFormat.TraditionalOpenSSL, serialization.Encoding.DER),
+        (serialization.PrivateFormat.PKCS8, serialization.Encoding.DER),
+    ]:
+        data = ec_key.private_bytes(encoding, fmt, serialization.NoEncryption())
+        with pytest.raises(
+            UnsupportedKeyTypeError, match="is a EC key; the platform supports only"
+        ):
+            Credentials.from_pem(dev.cert_pem(), data)
+
+
+def test_a_damaged_rsa_key_says_what_is_wrong(pki: Any) -> None:
+    dev = pki.device(PK, "sensor25")
+    with pytest.raises(KeyFormatError, match="RSA key is damaged: its CRT values are wrong"):
+        Credentials.from_pem(dev.cert_pem(), _inconsistent_key_pem(dev.key_pem()))
+    with pytest.raises(KeyFormatError, match=r"not a readable private key \(PKCS#1, PKCS#8"):
+        Credentials.from_pem(dev.cert_pem(), dev.key_pem().replace(b"MII", b"MIJ", 1))
+    with pytest.raises(KeyFormatError, match="not a readable private key"):
+        Credentials.from_pem(dev.cert_pem(), b"\x30\x03\x02\x01\x05")
