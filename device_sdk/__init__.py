@@ -35,6 +35,9 @@ from device_sdk.errors import (
     NotAuthorizedError,
     NotConnectedError,
     OfflineQueueFullError,
+    RenewalError,
+    RenewalFailedError,
+    RenewalRefusedError,
     ServerUntrustedError,
     SessionTakenOverError,
     UnsupportedKeyTypeError,
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
     from device_sdk.client import ConnectionState, ConnectTiming, Delivery, DeviceClient, Message
     from device_sdk.credentials import Credentials
     from device_sdk.offline_queue import DropPolicy
+    from device_sdk.renewal import RenewalPolicy
+    from device_sdk.renewal_manager import Renewal
 
 _LAZY = {
     "Backoff": "device_sdk.backoff",
@@ -57,6 +62,8 @@ _LAZY = {
     "Message": "device_sdk.client",
     "Credentials": "device_sdk.credentials",
     "DropPolicy": "device_sdk.offline_queue",
+    "Renewal": "device_sdk.renewal_manager",
+    "RenewalPolicy": "device_sdk.renewal",
 }
 
 
@@ -98,6 +105,11 @@ __all__ = [
     "NotAuthorizedError",
     "NotConnectedError",
     "OfflineQueueFullError",
+    "Renewal",
+    "RenewalError",
+    "RenewalFailedError",
+    "RenewalPolicy",
+    "RenewalRefusedError",
     "ServerUntrustedError",
     "SessionTakenOverError",
     "UnsupportedKeyTypeError",
