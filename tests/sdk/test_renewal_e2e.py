@@ -183,3 +183,55 @@ def test_iotx509_device_renew_renews_one_device_now(
     assert result["oldCertSn"] == old_sn and result["certSn"] == sn_of(cert) != old_sn
     assert result["deviceName"] == name and result["status"] == "renewed"
     assert set(platform.association_sns(name)) == {result["certSn"]}
+
+
+@pytest.fixture(scope="module")
+def platform_without_signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RenewalPlatform]:
+    with renewal_platform(tmp_path_factory.mktemp("sdk-renewal-nosigner"), serve=False) as p:
+        yield p
+
+
+def _renew_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iotx509", "device", "renew", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+
+
+def test_device_renew_without_a_signer_keeps_the_pair_exits_69_and_resumes_later(
+    platform_without_signer: RenewalPlatform,
+) -> None:
+    platform = platform_without_signer
+    name, cert, key, _pair = platform.device("nosigner", left=0.9)
+    before = (cert.read_bytes(), key.read_bytes())
+    server = platform.server
+    where = [
+        *("--cert", str(cert), "--key", str(key), "--host", server.mqtt_host),
+        *("--port", str(server.mqtt_port), "--server-ca", str(server.server_ca)),
+    ]
+    done = _renew_cli(*where, "--timeout", "3")
+    assert done.returncode == 69, done.stderr
+    assert "no new certificate within 3 s" in done.stderr
+    assert "is the customer's signer, 'iotx509 ca signer', running?" in done.stderr
+    assert (cert.read_bytes(), key.read_bytes()) == before
+    assert cert.with_name(cert.name + ".renewal").is_dir()  # requested: resumed next time
+    # the signer comes; the next run resumes the same request and finishes
+    platform.signer.run_once()
+    again = _renew_cli(*where, "--timeout", "60")
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["certSn"] == sn_of(cert) and set(platform.association_sns(name)) == {
+        result["certSn"]
+    }
+
+
+def test_device_renew_usage_errors_exit_2() -> None:
+    done = _renew_cli("--port", "8883")
+    assert done.returncode == 2 and "give --cert and --key (or --store DIR)" in done.stderr
+    done = _renew_cli("--store", "/nonexistent", "--cert", "c", "--key", "k")
+    assert done.returncode == 2 and "either --store or --cert/--key" in done.stderr
