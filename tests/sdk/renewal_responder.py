@@ -38,7 +38,8 @@ PROBE = b"probe"
 class Responder:
     """Answers each request by ``mode``: ``issue`` (queued, then issued), ``refuse``, ``fail``,
     ``silent`` (no answer), ``foreign`` (a certificate for another key), ``untrusted`` (the
-    device's key, signed by a CA the broker does not trust: the new pair is refused)."""
+    device's key, signed by a CA the broker does not trust: the new pair is refused), ``noisy``
+    (malformed replies and a refusal of another request first, then ``issue``)."""
 
     client: DeviceClient
     ca: CertifiedKey
@@ -69,6 +70,10 @@ class Responder:
         if self.mode == "fail":
             self._send(reply_topic, RenewalReply.failed(request.id, "signer unreachable"))
             return
+        if self.mode == "noisy":  # what a confused or hostile server might send first
+            self.client.publish(reply_topic, b'{"id": "x", "status": "issued"}', qos=1)
+            self.client.publish(reply_topic, b"\xff" * 100_000, qos=1)
+            self._send(reply_topic, RenewalReply.refused("another-request", "not yours"))
         self._send(reply_topic, RenewalReply.queued(request.id))
         csr = x509.load_pem_x509_csr(request.csr.encode())
         key = csr.public_key()

@@ -311,6 +311,32 @@ def test_a_refused_new_pair_falls_back_to_the_current_one_at_once(
     assert not renewal.files.new_cert.exists()
 
 
+@pytest.mark.parametrize("responder", ["noisy"], indirect=True)
+def test_malformed_and_foreign_replies_are_ignored_and_logged(
+    mosquitto: Mosquitto,
+    responder: Responder,
+    pki: TestPKI,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "device_sdk.renewal_manager")
+    cert, key = near_expiry_pair(pki, tmp_path / "creds", "sensor-r9")
+    renewal = Renewal.for_files(
+        cert, key, policy=FAST, identity=Identity(PK, "sensor-r9"), subscribe_reply=True
+    )
+    client = device(mosquitto, renewal)
+    client.connect(timeout=WAIT)
+    try:
+        report = renewal.wait((ReportKind.RENEWED, ReportKind.REFUSED, ReportKind.FAILED), WAIT)
+    finally:
+        client.disconnect()
+        renewal.close()
+    assert report is not None and report.kind is ReportKind.RENEWED, renewal.reports
+    assert "needs certificate and certSn" in caplog.text  # the 'issued' without a certificate
+    assert "renewal reply is 100000 bytes; at most" in caplog.text  # refused unparsed
+    assert sn_of(cert) == responder.issued[-1]
+
+
 # --- expiry ------------------------------------------------------------------------------------
 
 
