@@ -332,6 +332,45 @@ def _ctrl_c_deferred() -> Iterator[None]:
                 signal.raise_signal(signum)
 
 
+def reserve_new_serials(
+    ledger: SerialLedger,
+    ca_sn: str,
+    devices: Sequence[tuple[str, str]],
+    *,
+    serial_source: Callable[[], int] | None = None,
+) -> list[int]:
+    """The one way device SNs are chosen: each drawn at random (:data:`SERIAL_BITS`) and all
+    reserved in the CA's ledger with one write and one fsync before any certificate carries them.
+    ``devices`` are (ProductKey, DeviceName) pairs; the SNs come back in their order. A draw
+    already in the ledger (or drawn for an earlier device of the call) is drawn again, at most
+    :data:`MAX_SERIAL_DRAWS` times (then :class:`DuplicateSerialError`: the source is not random).
+
+    Why several at once: the fsync dominates one issuance, so the signer reserves a round's SNs
+    together (``bench/bench_signer.py``); batch issuance and on-board provisioning reserve one
+    (:func:`reserve_new_serial`)."""
+    draw = serial_source or (lambda: random_serial(SERIAL_BITS))
+    chosen: list[int] = []
+    for _device in devices:
+        for _attempt in range(MAX_SERIAL_DRAWS):
+            serial = draw()
+            if serial not in chosen and (ca_sn, serial) not in ledger:
+                break
+            log.warning("SN %x is already in the ledger; drawing another", serial)
+        else:
+            raise DuplicateSerialError(
+                f"{MAX_SERIAL_DRAWS} SNs drawn in a row were already in the ledger "
+                f"{ledger.path}; the SN source is not random",
+                sn=format(serial, "x"),
+                ca_sn=ca_sn,
+            )
+        chosen.append(serial)
+    ledger.reserve_many(
+        (ca_sn, serial, product_key, device_name)
+        for (product_key, device_name), serial in zip(devices, chosen, strict=True)
+    )
+    return chosen
+
+
 def reserve_new_serial(
     ledger: SerialLedger,
     ca_sn: str,
@@ -340,24 +379,10 @@ def reserve_new_serial(
     *,
     serial_source: Callable[[], int] | None = None,
 ) -> int:
-    """The one way a device SN is chosen: drawn at random (:data:`SERIAL_BITS`) and reserved in
-    the CA's ledger (fsync'd) before any certificate carries it. A draw already in the ledger is
-    drawn again, at most :data:`MAX_SERIAL_DRAWS` times (then :class:`DuplicateSerialError`: the
-    source is not random). Batch issuance, on-board provisioning and the signer call it."""
-    draw = serial_source or (lambda: random_serial(SERIAL_BITS))
-    for _attempt in range(MAX_SERIAL_DRAWS):
-        serial = draw()
-        try:
-            ledger.reserve(ca_sn, serial, product_key, device_name)
-            return serial
-        except DuplicateSerialError:
-            log.warning("SN %x is already in the ledger; drawing another", serial)
-    raise DuplicateSerialError(
-        f"{MAX_SERIAL_DRAWS} SNs drawn in a row were already in the ledger "
-        f"{ledger.path}; the SN source is not random",
-        sn=format(serial, "x"),
-        ca_sn=ca_sn,
-    )
+    """One device's SN by :func:`reserve_new_serials` (the rule lives there)."""
+    return reserve_new_serials(
+        ledger, ca_sn, [(product_key, device_name)], serial_source=serial_source
+    )[0]
 
 
 def _write_pair(
@@ -368,7 +393,7 @@ def _write_pair(
     key_pem: bytes,
     public_der: bytes,
     days: int,
-    serial_source: Callable[[], int],
+    serial_source: Callable[[], int] | None,
 ) -> IssuedDevice:
     public = serialization.load_der_public_key(public_der)
     if not isinstance(public, rsa.RSAPublicKey):  # pragma: no cover - our workers make RSA keys
@@ -437,7 +462,6 @@ def issue_devices(
     out = prepare_output_dir(out_dir)
     ledger_file = Path(ledger_path) if ledger_path is not None else out / DEFAULT_LEDGER_NAME
     report = IssueReport(product_key, ca.sn, out, ledger_file)
-    serial_source = _serial_source or (lambda: random_serial(SERIAL_BITS))
 
     with SerialLedger(ledger_file) as ledger:
         scan = _scan(out, product_key, ca)
@@ -464,7 +488,7 @@ def issue_devices(
         try:
             for key_pem, public_der in stream:
                 device = _write_pair(
-                    ca, ledger, queue.popleft(), out, key_pem, public_der, days, serial_source
+                    ca, ledger, queue.popleft(), out, key_pem, public_der, days, _serial_source
                 )
                 report.issued.append(device)
                 scan.complete[device.device_name] = device
@@ -496,5 +520,6 @@ __all__ = [
     "names_from_count",
     "read_names_file",
     "reserve_new_serial",
+    "reserve_new_serials",
     "validate_inputs",
 ]

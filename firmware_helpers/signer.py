@@ -8,7 +8,8 @@ answers every one:
   possession, RSA >= 2048 bits, exponent 65537, subject empty or ``CN=<DeviceName>``, nothing
   else); a failing CSR is refused with the reason, which the device is told;
 - the certificate is issued by the platform's rules (:mod:`firmware_helpers.issuing`): the SNs of
-  a round are reserved in the CA's ledger with one fsync *before* any certificate exists, then
+  a round are drawn and reserved in the CA's ledger by ``issuing.reserve_new_serials`` (the one
+  SN rule) with one fsync *before* any certificate exists, then
   each is signed with the same subject and extensions as ``certs issue`` and posted;
 - what the server refuses (422) is refused towards the device, so no request is left hanging.
 
@@ -33,10 +34,10 @@ from device_sdk.csr import check_csr
 from device_sdk.errors import CsrRejectedError, InvalidNameError
 from device_sdk.fileio import PUBLIC_FILE_MODE, atomic_write
 from device_sdk.naming import DeviceFileName, validate_device_name, validate_product_key
-from firmware_helpers.errors import DuplicateSerialError, FirmwareHelpersError
-from firmware_helpers.issuing import MAX_SERIAL_DRAWS, SERIAL_BITS
+from firmware_helpers.errors import FirmwareHelpersError
+from firmware_helpers.issuing import reserve_new_serials
 from firmware_helpers.ledger import DEFAULT_LEDGER_NAME, SerialLedger
-from firmware_helpers.pki import CertifiedKey, build_device_certificate, random_serial
+from firmware_helpers.pki import CertifiedKey, build_device_certificate
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class Signer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.batch = batch
         self.parallel = parallel
-        self._serial_source = serial_source or (lambda: random_serial(SERIAL_BITS))
+        self._serial_source = serial_source
 
     def check_registered(self) -> None:
         """The platform knows this CA in the token's account, as this very certificate."""
@@ -185,24 +186,14 @@ class Signer:
     def _reserve(self, todo: list[_Todo]) -> None:
         """One SN per request, all recorded in the ledger with one fsync before any is used."""
         with SerialLedger(self.ledger_path) as ledger:
-            taken = {e.sn for e in ledger.entries_for(self.ca.sn)}
-            for item in todo:
-                for _ in range(MAX_SERIAL_DRAWS):
-                    serial = self._serial_source()
-                    if format(serial, "x") not in taken:
-                        break
-                else:
-                    raise DuplicateSerialError(
-                        f"{MAX_SERIAL_DRAWS} SNs drawn in a row were already in the ledger "
-                        f"{self.ledger_path}; the SN source is not random",
-                        sn=format(serial, "x"),
-                        ca_sn=self.ca.sn,
-                    )
-                taken.add(format(serial, "x"))
-                item.serial = serial
-            ledger.reserve_many(
-                (self.ca.sn, item.serial, item.product_key, item.device_name) for item in todo
+            serials = reserve_new_serials(
+                ledger,
+                self.ca.sn,
+                [(item.product_key, item.device_name) for item in todo],
+                serial_source=self._serial_source,
             )
+        for item, serial in zip(todo, serials, strict=True):
+            item.serial = serial
 
     def _issue(self, item: _Todo) -> Answer:
         request_id = str(item.request.get("requestId", ""))
