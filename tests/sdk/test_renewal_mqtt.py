@@ -360,6 +360,36 @@ def test_near_expiry_without_renewal_warns_by_log_and_callback(
     assert "expires in 1.5 days and no renewal is configured" in caplog.text
 
 
+def test_near_expiry_during_a_session_warns_once_when_the_moment_comes(
+    mosquitto: Mosquitto, pki: TestPKI, tmp_path: Path
+) -> None:
+    # a 5-minute certificate (pki backdates 5 min) ending in 66 s: 20% left from 6 s from now
+    end = datetime.now(UTC) + timedelta(seconds=66)
+    cert, key, _pair = pki.write_device(PK, "sensor-r10", directory=tmp_path, days=0, now=end)
+    warned = threading.Event()
+    seen: list[float] = []
+
+    def on_expiring(_creds: Credentials, days: float) -> None:
+        seen.append(days)
+        warned.set()
+
+    client = DeviceClient(
+        "127.0.0.1",
+        mosquitto.port,
+        Credentials.from_files(cert, key),
+        server_ca=mosquitto.server_ca_path,
+        expect_identity=False,
+        on_certificate_expiring=on_expiring,
+    )
+    client.connect(timeout=WAIT)
+    try:
+        assert warned.wait(WAIT)
+        assert client.state is ConnectionState.ONLINE  # a warning, not the end of the session
+    finally:
+        client.disconnect()
+    assert len(seen) == 1 and 0 < seen[0] * 86400 <= 60.5  # (less than 20% of 300 s left)
+
+
 def test_session_ends_when_the_certificate_expires_and_no_new_one_is_made(
     mosquitto: Mosquitto, pki: TestPKI, tmp_path: Path
 ) -> None:
