@@ -23,17 +23,27 @@ class NewKey:
     csr_pem: str
 
 
-def generate_key_and_csr(device_name: str, *, password: bytes | str | None = None) -> NewKey:
-    """A fresh RSA-2048 key and a CSR signed with it (proof of possession), CN = DeviceName."""
+def generate_key_and_csr(
+    device_name: str | None,
+    *,
+    password: bytes | str | None = None,
+    bits: int = RENEWAL_KEY_BITS,
+) -> NewKey:
+    """A fresh RSA key and a CSR signed with it (proof of possession), CN = DeviceName.
+
+    The one builder of a device's key and CSR: on-board provisioning
+    (:mod:`firmware_helpers.serial.keygen`) calls it too, with ``device_name=None`` (an empty
+    subject: the board has no name yet) and the ``bits`` the host asked for."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import NameOID
 
-    key = rsa.generate_private_key(public_exponent=RENEWAL_KEY_EXPONENT, key_size=RENEWAL_KEY_BITS)
+    key = rsa.generate_private_key(public_exponent=RENEWAL_KEY_EXPONENT, key_size=bits)
+    names = [] if device_name is None else [x509.NameAttribute(NameOID.COMMON_NAME, device_name)]
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_name)]))
+        .subject_name(x509.Name(names))
         .sign(key, hashes.SHA256())
     )
     encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()

@@ -23,23 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from device_sdk.certs import rsa_key_pkcs1_pem
+from device_sdk import renewal_keys
+from device_sdk.certificate import pem_blocks
 from device_sdk.fileio import atomic_write
 
 
 def generate_key_and_csr(bits: int) -> tuple[bytes, bytes]:
-    """(PKCS#1 PEM of a new RSA key, DER of a PKCS#10 request signed with it)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-    )
-    return rsa_key_pkcs1_pem(key), csr.public_bytes(serialization.Encoding.DER)
+    """(PKCS#1 PEM of a new RSA key, DER of a PKCS#10 request signed with it, empty subject).
+
+    The SDK's one builder (:func:`device_sdk.renewal_keys.generate_key_and_csr`, also used when a
+    device renews) makes both; only the wire form (DER) is this module's.
+    """
+    made = renewal_keys.generate_key_and_csr(None, bits=bits)
+    return made.key_pem, pem_blocks(made.csr_pem.encode("ascii"), b"CERTIFICATE REQUEST")[0]
 
 
 # --- the board-CPU model (benchmarks) ---------------------------------------------------------
