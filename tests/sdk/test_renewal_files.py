@@ -152,3 +152,24 @@ def test_state_file_is_plain_json_a_person_can_read(files: RenewalFiles, pki: Te
     files.begin(REQUEST, pki.device(PK, "files-01").key_pem(), old_cert_sn="1a")
     state = json.loads(files.state_path.read_text())
     assert state["state"] == "requested" and state["request"]["id"] == "req-1"
+
+
+def test_new_key_is_rsa_2048_and_keeps_the_current_keys_password() -> None:
+    from cryptography import x509
+
+    from device_sdk.certs import load_private_key
+    from device_sdk.csr import check_csr
+    from device_sdk.errors import KeyPasswordError
+    from device_sdk.renewal_keys import generate_key_and_csr
+
+    made = generate_key_and_csr("files-01", password="s3cret")
+    assert b"ENCRYPTED" in made.key_pem and b"BEGIN RSA PRIVATE KEY" in made.key_pem
+    with pytest.raises(KeyPasswordError):
+        load_private_key(made.key_pem)
+    key = load_private_key(made.key_pem, password="s3cret")
+    assert key.key_size == 2048  # type: ignore[union-attr]
+    csr = x509.load_pem_x509_csr(made.csr_pem.encode())
+    assert csr.public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+    check_csr(made.csr_pem, device_name="files-01")  # what the server and the signer accept
+    plain = generate_key_and_csr("files-01")
+    assert b"ENCRYPTED" not in plain.key_pem
