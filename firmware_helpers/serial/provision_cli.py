@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from firmware_helpers.serial.batch import Report
+    from firmware_helpers.serial.host import Host
+    from firmware_helpers.serial.link import SerialLink
 
 DEFAULT_BAUD = 115200
 
@@ -159,19 +168,50 @@ def _key_password(args: argparse.Namespace) -> bytes | None:
     return value.encode() if value else None
 
 
+def _open_report(path: str | Path) -> Report:
+    """The provisioning report, checked writable before any board is touched."""
+    from firmware_helpers.serial.batch import Report, check_report_writable
+
+    report = Report.open(path)
+    check_report_writable(report)
+    return report
+
+
+def _host(link: SerialLink, args: argparse.Namespace, progress: _ProgressPrinter | None) -> Host:
+    """A host on ``link`` with the line options (--baud, --retries, --timeout)."""
+    from firmware_helpers.serial.host import Host
+
+    return Host(
+        link,
+        baud=args.baud,
+        max_retries=args.retries,
+        base_timeout=args.timeout,
+        progress=progress,
+    )
+
+
+@contextmanager
+def _one_board(args: argparse.Namespace, *, progress: bool) -> Iterator[Host]:
+    """The host of the board on --port; the line (and the progress line) closed however the
+    flow ends."""
+    from firmware_helpers.serial.link import SerialLink
+
+    link = SerialLink.open(args.port, baud=args.baud)
+    printer = _ProgressPrinter() if progress else None
+    try:
+        yield _host(link, args, printer)
+    finally:
+        if printer is not None:
+            printer.done()
+        link.close()
+
+
 def _provision(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from firmware_helpers.errors import ProvisioningInputError
-    from firmware_helpers.serial.batch import (
-        REPORT_NAME,
-        Report,
-        check_report_writable,
-        pair_of,
-        provision_pair,
-    )
-    from firmware_helpers.serial.host import Host, load_credentials
-    from firmware_helpers.serial.link import SerialLink
+    from firmware_helpers.serial.batch import REPORT_NAME, pair_of, provision_pair
+    from firmware_helpers.serial.host import load_credentials
 
     ports = args.port
     if args.generate_on_board:
@@ -198,22 +238,9 @@ def _provision(args: argparse.Namespace) -> int:
         raise ProvisioningInputError("--cert and --key are required (or --batch DIR)")
     objects = load_credentials(args.cert, args.key, args.server_ca, password=_key_password(args))
     pair = pair_of(args.cert, args.key)
-    report = Report.open(args.report or Path(args.cert).parent / REPORT_NAME)
-    check_report_writable(report)
-    link = SerialLink.open(args.port, baud=args.baud)
-    progress = _ProgressPrinter()
-    try:
-        host = Host(
-            link,
-            baud=args.baud,
-            max_retries=args.retries,
-            base_timeout=args.timeout,
-            progress=progress,
-        )
+    report = _open_report(args.report or Path(args.cert).parent / REPORT_NAME)
+    with _one_board(args, progress=True) as host:
         result = provision_pair(host, report, pair, objects)
-    finally:
-        progress.done()
-        link.close()
     print(
         f"provisioned board {result.board_id}: {result.payload_bytes} bytes in "
         f"{result.seconds:.2f} s ({result.retransmissions} retransmissions, "
@@ -234,9 +261,7 @@ def _generate_on_board(args: argparse.Namespace) -> int:
     from device_sdk.naming import validate_new_device_name
     from firmware_helpers.errors import ProvisioningInputError
     from firmware_helpers.ledger import DEFAULT_LEDGER_NAME
-    from firmware_helpers.serial.batch import REPORT_NAME, Report, check_report_writable
-    from firmware_helpers.serial.host import Host
-    from firmware_helpers.serial.link import SerialLink
+    from firmware_helpers.serial.batch import REPORT_NAME
     from firmware_helpers.serial.onboard import OnBoardIssuer, provision_generated
 
     ca, server_ca, out = _onboard_common(args, name_option="device_name")
@@ -254,22 +279,9 @@ def _generate_on_board(args: argparse.Namespace) -> int:
         days=args.days,
     )
     issuer.check_free()
-    report = Report.open(args.report or out / REPORT_NAME)
-    check_report_writable(report)
-    link = SerialLink.open(args.port, baud=args.baud)
-    progress = _ProgressPrinter()
-    try:
-        host = Host(
-            link,
-            baud=args.baud,
-            max_retries=args.retries,
-            base_timeout=args.timeout,
-            progress=progress,
-        )
+    report = _open_report(args.report or out / REPORT_NAME)
+    with _one_board(args, progress=True) as host:
         result = provision_generated(host, issuer, report, bits=args.key_bits)
-    finally:
-        progress.done()
-        link.close()
     print(
         f"provisioned board {result.board_id} with a key it generated itself: "
         f"{issuer.cert_path.name} (SN {issuer.sn}) in {result.seconds:.2f} s; no private key "
@@ -319,8 +331,7 @@ def _generate_on_board_batch(args: argparse.Namespace) -> int:
 
     from firmware_helpers.errors import ProvisioningInputError
     from firmware_helpers.ledger import DEFAULT_LEDGER_NAME
-    from firmware_helpers.serial.batch import REPORT_NAME, Report, check_report_writable
-    from firmware_helpers.serial.host import Host
+    from firmware_helpers.serial.batch import REPORT_NAME
     from firmware_helpers.serial.link import SerialLink
     from firmware_helpers.serial.parallel import ParallelBatch
 
@@ -334,16 +345,12 @@ def _generate_on_board_batch(args: argparse.Namespace) -> int:
         raise ProvisioningInputError("a --port is given twice")
     ca, server_ca, out = _onboard_common(args, name_option="prefix")
     ledger = Path(args.ledger) if args.ledger else out / DEFAULT_LEDGER_NAME
-    report = Report.open(args.report or out / REPORT_NAME)
-    check_report_writable(report)
+    report = _open_report(args.report or out / REPORT_NAME)
     links = []
     try:
         for port in args.port:
             links.append((port, SerialLink.open(port, baud=args.baud)))
-        hosts = [
-            (port, Host(link, baud=args.baud, max_retries=args.retries, base_timeout=args.timeout))
-            for port, link in links
-        ]
+        hosts = [(port, _host(link, args, None)) for port, link in links]
         batch = ParallelBatch(
             hosts,
             ca,
@@ -377,16 +384,11 @@ def _generate_on_board_batch(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from firmware_helpers.serial.batch import REPORT_NAME, Batch, Report, check_report_writable
-    from firmware_helpers.serial.host import Host
-    from firmware_helpers.serial.link import SerialLink
+    from firmware_helpers.serial.batch import REPORT_NAME, Batch
 
-    report = Report.open(args.report or Path(args.batch) / REPORT_NAME)
-    check_report_writable(report)
+    report = _open_report(args.report or Path(args.batch) / REPORT_NAME)
     password = _key_password(args)
-    link = SerialLink.open(args.port, baud=args.baud)
-    try:
-        host = Host(link, baud=args.baud, max_retries=args.retries, base_timeout=args.timeout)
+    with _one_board(args, progress=False) as host:
         batch = Batch(
             host,
             args.batch,
@@ -398,8 +400,6 @@ def _batch(args: argparse.Namespace) -> int:
             board_timeout=args.board_timeout,
         )
         summary = batch.run()
-    finally:
-        link.close()
     print(
         f"{len(summary.provisioned)} board(s) provisioned, {len(summary.failed)} failed, "
         f"{summary.remaining} unused pair(s) left; report: {report.path}"
