@@ -232,50 +232,26 @@ def test_serve_polls_until_stopped(env: Env, tmp_path: Path) -> None:
     assert request_id in seen
 
 
-def test_the_command_refuses_a_key_that_is_not_the_cas(env: Env, tmp_path: Path) -> None:
-    ca_file, _ = write_ca(env.ca, tmp_path / "ca")
-    _, other_key = write_ca(create_ca("Other"), tmp_path / "other")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "iotx509",
-            "ca",
-            "signer",
-            "--ca",
-            str(ca_file),
-            "--ca-key",
-            str(other_key),
-            "--server",
-            env.server.http_url,
-            "--token",
-            env.server.token,
-            "--once",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode != 0
-    assert "is not the private key of the CA certificate" in done.stderr
-    no_token = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "iotx509",
-            "ca",
-            "signer",
-            "--ca",
-            str(ca_file),
-            "--ca-key",
-            str(other_key),
-            "--server",
-            env.server.http_url,
-            "--once",
-        ],
+def signer_command(*args: str, token: str | None) -> subprocess.CompletedProcess[str]:
+    """``iotx509 ca signer ARGS --once`` in a process of its own, with ``--token`` when given
+    (never from the environment)."""
+    token_args = ["--token", token] if token is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "iotx509", "ca", "signer", *args, *token_args, "--once"],
         capture_output=True,
         text=True,
         env={k: v for k, v in os.environ.items() if k != "IOTX509_TOKEN"},
     )
+
+
+def test_the_command_refuses_a_key_that_is_not_the_cas(env: Env, tmp_path: Path) -> None:
+    ca_file, _ = write_ca(env.ca, tmp_path / "ca")
+    _, other_key = write_ca(create_ca("Other"), tmp_path / "other")
+    given = ["--ca", str(ca_file), "--ca-key", str(other_key), "--server", env.server.http_url]
+    done = signer_command(*given, token=env.server.token)
+    assert done.returncode != 0
+    assert "is not the private key of the CA certificate" in done.stderr
+    no_token = signer_command(*given, token=None)
     assert no_token.returncode != 0 and "no API token" in no_token.stderr
 
 
