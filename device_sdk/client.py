@@ -89,7 +89,7 @@ from device_sdk.reconnect import Reconnector
 from device_sdk.refusals import PERMANENT_ERRORS, SDK_HINTS, HintNames, Refusals, connack_code
 from device_sdk.renewal_expiry import ExpiryNotice, ExpiryWatch, Validity
 from device_sdk.subscriptions import Message, MessageCallback, Subscriptions, deliver
-from device_sdk.tls import build_ssl_context
+from device_sdk.tls import DeviceTLSContext, build_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +269,12 @@ class DeviceClient:
     @property
     def offline_queue(self) -> OfflineQueue:
         return self._queue
+
+    @property
+    def tls_context(self) -> DeviceTLSContext:
+        """The TLS context of this device's connections: its sessions and handshake counts
+        (full or resumed, :class:`~device_sdk.tls.DeviceTLSContext`)."""
+        return self._tls_context
 
     @property
     def last_connect_timing(self) -> ConnectTiming | None:
@@ -486,6 +492,7 @@ class DeviceClient:
         context = build_ssl_context(
             self.credentials, self._server_ca, server_hostname=self.server_hostname
         )
+        self._tls_context = context
         client, self._socket_error = new_paho_client(
             str(self.client_id),
             context,

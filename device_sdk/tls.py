@@ -2,12 +2,16 @@
 
 Why the SDK owns the context (given to paho with ``tls_set_context``): TLS >= 1.2, the server
 verified against the CA the user named (with host name checking), and the client chain and key
-loaded from memory -- the key may have come from an encrypted file or a credential store, and is
-never written anywhere readable.
+loaded from memory -- the key may have come from a credential store, and is never written
+anywhere readable.
 
 ``ssl`` offers no way to load a key from memory, so the key is handed to OpenSSL through an
-anonymous in-memory file (``memfd``, Linux) or, elsewhere, a 0600 file in a private 0700
+anonymous in-memory file (``memfd``, Linux) or, elsewhere, a named pipe in a private 0700
 temporary directory, gone as soon as ``load_cert_chain`` returns (:mod:`device_sdk.keyfile`).
+
+A reconnect resumes the last TLS session of the same server when the server allows it
+(:class:`DeviceTLSContext`): no certificate exchange, no RSA signatures, a fraction of a full
+handshake's CPU on both sides.
 
 What ``ssl`` and the socket layer raise when connecting is mapped to the SDK's errors in one
 place, the refusal table (:mod:`device_sdk.refusals`).
@@ -25,19 +29,110 @@ from device_sdk import certs, keyfile
 from device_sdk.credentials import Credentials
 
 
-class _ServerNameContext(ssl.SSLContext):
-    """An SSLContext that checks the server against a fixed name instead of the connect host.
+class _ResumingSocket(ssl.SSLSocket):
+    """Keeps its connection's TLS session for the next connection, once a first read is done.
 
-    Needed when a device connects by IP address or through a tunnel but the server certificate
-    names a host: paho passes its connect host as ``server_hostname``; this context replaces it.
+    TLS 1.3 sends session tickets after the handshake: they are read with the first
+    application data (CONNACK), so the session is taken then, not at the end of the handshake.
+    """
+
+    _resume_key: tuple[str | None, object] | None = None
+    _offered = False
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        data = super().recv(buflen, flags)
+        if self._resume_key is not None:
+            self._keep_session()
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        count = super().recv_into(buffer, nbytes, flags)
+        if self._resume_key is not None:
+            self._keep_session()
+        return count
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        data = super().read(len, buffer)
+        if self._resume_key is not None:
+            self._keep_session()
+        return data
+
+    def _keep_session(self) -> None:
+        key, self._resume_key = self._resume_key, None
+        context = self.context
+        if isinstance(context, DeviceTLSContext) and key is not None:
+            context._handshake_done(
+                key, self.session, offered=self._offered, reused=bool(self.session_reused)
+            )
+
+
+class DeviceTLSContext(ssl.SSLContext):
+    """The SDK's client context: a fixed server name, and TLS session resumption.
+
+    Server name: when a device connects by IP address or through a tunnel but the server
+    certificate names a host, paho passes its connect host as ``server_hostname``; this context
+    replaces it with ``expected_hostname``.
+
+    Resumption: a reconnect offers the last session of the same server (name and address), so a
+    server that issued a ticket skips the certificate exchange and the RSA signatures; a server
+    that refuses it (restarted, ticket expired, tickets off) answers with a full handshake, which
+    is then simply what happens. The counters say what happened, for tests and benchmarks.
     """
 
     expected_hostname: str | None = None
+    MAX_SESSIONS = 4
+    """Servers remembered (a device talks to one; a bound all the same)."""
+
+    def __init__(self, protocol: int = ssl.PROTOCOL_TLS_CLIENT) -> None:
+        super().__init__()
+        self.sslsocket_class = _ResumingSocket
+        self._sessions: dict[tuple[str | None, object], ssl.SSLSession] = {}
+        self.full_handshakes = 0
+        self.resumed_handshakes = 0
+        self.resumptions_offered = 0
+        self.last_session_reused: bool | None = None
+        """``session_reused`` of the latest connection (None before the first)."""
 
     def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         if self.expected_hostname:
             kwargs["server_hostname"] = self.expected_hostname
-        return super().wrap_socket(sock, *args, **kwargs)
+        try:
+            key: tuple[str | None, object] = (kwargs.get("server_hostname"), sock.getpeername())
+        except OSError:
+            key = (kwargs.get("server_hostname"), None)
+        session = self._sessions.get(key)
+        if session is not None and kwargs.get("session") is None:
+            kwargs["session"] = session
+        wrapped = super().wrap_socket(sock, *args, **kwargs)
+        if isinstance(wrapped, _ResumingSocket):
+            wrapped._resume_key = key
+            wrapped._offered = session is not None
+        return wrapped
+
+    def _handshake_done(
+        self,
+        key: tuple[str | None, object],
+        session: ssl.SSLSession | None,
+        *,
+        offered: bool,
+        reused: bool,
+    ) -> None:
+        self.resumptions_offered += offered
+        self.last_session_reused = reused
+        if reused:
+            self.resumed_handshakes += 1
+        else:
+            self.full_handshakes += 1
+        if session is None:
+            return
+        self._sessions.pop(key, None)
+        self._sessions[key] = session
+        while len(self._sessions) > self.MAX_SESSIONS:
+            del self._sessions[next(iter(self._sessions))]
+
+    def forget_sessions(self) -> None:
+        """The next connection makes a full handshake."""
+        self._sessions.clear()
 
 
 def build_ssl_context(
@@ -45,13 +140,13 @@ def build_ssl_context(
     server_ca: str | os.PathLike[str] | bytes | None,
     *,
     server_hostname: str | None = None,
-) -> ssl.SSLContext:
+) -> DeviceTLSContext:
     """A client context: TLS >= 1.2, server verified (chain + host name), our chain and key.
 
     ``server_ca`` is a file (PEM/DER, may hold several CAs), PEM bytes, or None for the system's
     trust store (a public broker).
     """
-    context = _ServerNameContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = DeviceTLSContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
