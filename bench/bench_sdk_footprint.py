@@ -1,18 +1,24 @@
-"""What the device SDK costs on a board, beside bare paho-mqtt: import time and resident memory.
+"""What the device SDK costs on a board, beside the AWS IoT Device SDK v2 and bare paho-mqtt.
 
-Each run is a fresh Python subprocess that imports, connects to a local Mosquitto 2
-(``require_certificate true``, mutual TLS on loopback) and reports:
+Each run is a fresh Python subprocess that imports, connects to one local Mosquitto 2
+(``require_certificate true``, mutual TLS on loopback, the same device pair for all) and reports:
 
 - import time: the ``import`` statements only (not interpreter start-up),
-- RSS after connecting (VmRSS from /proc/self/status, once CONNACK arrived).
+- RSS after connecting (VmRSS from /proc/self/status, once CONNACK arrived),
+- whether ``cryptography`` was imported (the SDK's connect path must not: issue 16).
 
-``paho`` imports ``paho.mqtt.client`` and connects with an ``ssl.SSLContext`` built from the
-certificate and key files; ``sdk`` imports ``device_sdk`` and connects with
-``Credentials.from_files`` + ``DeviceClient.connect`` (``expect_identity=False``: Mosquitto does
-not publish identities). Runs alternate between the two; medians are reported with the deltas.
-Target: the SDK adds at most 5 MB and 150 ms.
+Sides: ``sdk`` (``Credentials.from_files`` + ``DeviceClient.connect``, ``expect_identity=False``:
+Mosquitto publishes no identity), ``awsiotsdk`` (``awsiot.mqtt_connection_builder.mtls_from_path``
+on awscrt, the reference of issue 16), ``paho`` (``paho.mqtt.client`` with an ``ssl.SSLContext``
+from the files: the floor). Runs alternate between the sides; medians, the spread (min-max) and
+the ratios are reported. Targets (issue 16): the SDK's RSS and import time <= awsiotsdk's.
 
-    python bench/bench_sdk_footprint.py            # 7 runs of each (~20 s)
+``awsiotsdk`` is installed for this benchmark only, with pip ``--target`` into a cache folder
+(``~/.cache/iotx509-bench/awsiotsdk``, or ``$IOTX509_BENCH_DEPS``) that only its child process
+sees (``PYTHONPATH``); the project's environment does not get it. When it cannot be installed,
+the report says so and compares with paho alone.
+
+    python bench/bench_sdk_footprint.py            # 9 runs of each side
     python bench/bench_sdk_footprint.py --runs 15
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,8 +41,7 @@ if str(ROOT) not in sys.path:
 from firmware_helpers.pki import create_ca, issue_device_certificate  # noqa: E402
 from testkit.mosquitto import run_mosquitto  # noqa: E402
 
-TARGET_MB = 5.0
-TARGET_MS = 150.0
+AWS_REQUIREMENT = "awsiotsdk==1.31.0"
 
 CHILD_COMMON = r"""
 import json, sys, time
@@ -45,6 +51,10 @@ def status_mb(field):
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+def report(import_s, connect_s):
+    print(json.dumps({"import_ms": import_s * 1000, "connect_ms": connect_s * 1000,
+                      "rss_mb": status_mb("VmRSS"), "anon_mb": status_mb("RssAnon"),
+                      "cryptography": "cryptography" in sys.modules}))
 port, server_ca, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 """
 
@@ -55,15 +65,8 @@ t0 = time.perf_counter()
 import ssl, threading
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-with_crypto = "--with-cryptography" in sys.argv
-if with_crypto:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
 import_s = time.perf_counter() - t0
 t1 = time.perf_counter()
-if with_crypto:  # what the certificate model does with the pair: parse both, check the key
-    x509.load_pem_x509_certificate(open(cert, "rb").read())
-    serialization.load_pem_private_key(open(key, "rb").read(), password=None)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.minimum_version = ssl.TLSVersion.TLSv1_2
 ctx.load_verify_locations(server_ca)
@@ -77,10 +80,8 @@ client.loop_start()
 if not done.wait(10):
     sys.exit("no CONNACK")
 connect_s = time.perf_counter() - t1
-rss, anon = status_mb("VmRSS"), status_mb("RssAnon")
+report(import_s, connect_s)
 client.disconnect(); client.loop_stop()
-print(json.dumps({"import_ms": import_s * 1000, "connect_ms": connect_s * 1000, "rss_mb": rss,
-                  "anon_mb": anon}))
 """
 )
 
@@ -97,17 +98,66 @@ client = DeviceClient("127.0.0.1", port, creds, server_ca=server_ca, expect_iden
                       client_id="bench-sdk")
 client.connect(timeout=10)
 connect_s = time.perf_counter() - t1
-rss, anon = status_mb("VmRSS"), status_mb("RssAnon")
+report(import_s, connect_s)
 client.disconnect()
-print(json.dumps({"import_ms": import_s * 1000, "connect_ms": connect_s * 1000, "rss_mb": rss,
-                  "anon_mb": anon}))
+"""
+)
+
+CHILD_AWS = (
+    CHILD_COMMON
+    + r"""
+t0 = time.perf_counter()
+from awscrt import mqtt
+from awsiot import mqtt_connection_builder
+import_s = time.perf_counter() - t0
+t1 = time.perf_counter()
+connection = mqtt_connection_builder.mtls_from_path(
+    endpoint="localhost", port=port, cert_filepath=cert, pri_key_filepath=key,
+    ca_filepath=server_ca, client_id="bench-aws", clean_session=True, keep_alive_secs=300)
+connection.connect().result(10)
+connect_s = time.perf_counter() - t1
+report(import_s, connect_s)
+connection.disconnect().result(10)
 """
 )
 
 
-def run_child(code: str, args: list[str]) -> dict[str, float]:
+Sides = dict[str, tuple[str, dict[str, str] | None]]
+Results = dict[str, list[dict[str, float]]]
+
+
+def aws_sdk_path() -> tuple[Path | None, str]:
+    """The folder holding awsiotsdk for the child, installed on first use; or None and why."""
+    target = Path(os.environ.get("IOTX509_BENCH_DEPS", Path.home() / ".cache/iotx509-bench"))
+    target = target / "awsiotsdk"
+    marker = target / ".installed"
+    if marker.is_file() and marker.read_text() == AWS_REQUIREMENT:
+        return target, AWS_REQUIREMENT
+    print(f"installing {AWS_REQUIREMENT} into {target} (this benchmark only)", file=sys.stderr)
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--upgrade", "--target"]
+    proc = subprocess.run(
+        [*pip, str(target), AWS_REQUIREMENT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        return None, f"{AWS_REQUIREMENT} could not be installed here: {last}"
+    marker.write_text(AWS_REQUIREMENT)
+    return target, AWS_REQUIREMENT
+
+
+def run_child(code: str, args: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+        check=False,
     )
     if out.returncode != 0:
         raise SystemExit(f"benchmark child failed:\n{out.stderr}")
@@ -116,9 +166,28 @@ def run_child(code: str, args: list[str]) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=7, help="runs of each side (default 7)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=9, help="runs of each side (default 9)")
     args = parser.parse_args()
+    aws_path, aws_note = aws_sdk_path()
+    # The AWS child sees only its own folder added: not the project's checkout.
+    aws_env = None
+    if aws_path is not None:
+        aws_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        aws_env["PYTHONPATH"] = str(aws_path)
+    sides: Sides = {
+        "sdk": (CHILD_SDK, None),
+        "paho": (CHILD_PAHO, None),
+    }
+    if aws_env is not None:
+        sides["awsiotsdk"] = (CHILD_AWS, aws_env)
+    results = measure(sides, args.runs)
+    return report(results, args.runs, aws_note)
+
+
+def measure(sides: Sides, runs: int) -> Results:
+    """``runs`` fresh processes per side, alternating, against one Mosquitto and one pair."""
+    results: Results = {name: [] for name in sides}
     with tempfile.TemporaryDirectory(prefix="bench-sdk-") as tmp:
         work = Path(tmp)
         ca = create_ca("Bench Device CA")
@@ -127,60 +196,72 @@ def main() -> int:
         device.write(cert, key)
         with run_mosquitto(work / "mosquitto", ca.cert_pem()) as broker:
             child_args = [str(broker.port), str(broker.server_ca_path), str(cert), str(key)]
-            sides = {
-                "paho": (CHILD_PAHO, []),
-                "sdk": (CHILD_SDK, []),
-                "paho+crypto": (CHILD_PAHO, ["--with-cryptography"]),
-            }
-            results: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
-            for code, extra in sides.values():  # warm the page cache before measuring
-                run_child(code, child_args + extra)
+            for code, env in sides.values():  # warm the page cache (and .pyc files) first
+                run_child(code, child_args, env)
             started = time.monotonic()
-            for n in range(args.runs):
-                for name, (code, extra) in sides.items():
-                    results[name].append(run_child(code, child_args + extra))
+            for n in range(runs):
+                order = list(sides.items())
+                if n % 2:
+                    order.reverse()
+                for name, (code, env) in order:
+                    results[name].append(run_child(code, child_args, env))
                 print(
-                    f"run {n + 1}/{args.runs} done ({time.monotonic() - started:.1f} s)",
+                    f"run {n + 1}/{runs} done ({time.monotonic() - started:.1f} s)",
                     file=sys.stderr,
                 )
+    return results
 
-    def median(side: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[side])
 
+def report(results: Results, runs: int, aws_note: str) -> int:
+    def values(side: str, field: str) -> list[float]:
+        return [r[field] for r in results[side]]
+
+    def median(side: str, field: str) -> float:
+        return statistics.median(values(side, field))
+
+    names = list(results)
     print(
-        f"\nSDK footprint vs bare paho-mqtt, median of {args.runs} fresh processes each "
-        "(mutual TLS to a local Mosquitto 2)"
+        f"\nSDK footprint, median (min-max) of {runs} fresh processes per side, "
+        "mutual TLS to one local Mosquitto 2, the same device pair"
     )
-    print(
-        f"{'':26}{'paho-mqtt':>11}{'device_sdk':>11}{'delta':>9}{'target':>9}"
-        f"{'paho+crypto':>13}{'SDK beyond it':>15}"
-    )
+    print(f"reference: {aws_note}")
+    header = f"{'':24}" + "".join(f"{name:>22}" for name in names)
+    print(header)
     rows = [
-        ("import time (ms)", "import_ms", TARGET_MS),
-        ("RSS after connect (MB)", "rss_mb", TARGET_MB),
-        ("  private (RssAnon, MB)", "anon_mb", None),
-        ("connect (ms)", "connect_ms", None),
+        ("import time (ms)", "import_ms"),
+        ("RSS after connect (MB)", "rss_mb"),
+        ("  private (RssAnon, MB)", "anon_mb"),
+        ("connect (ms)", "connect_ms"),
     ]
-    verdicts = []
-    for label, field, target in rows:
-        paho, sdk, crypto = (
-            median("paho", field),
-            median("sdk", field),
-            median("paho+crypto", field),
-        )
-        delta = sdk - paho
-        target_text = f"<={target:g}" if target is not None else "-"
-        print(
-            f"{label:26}{paho:11.1f}{sdk:11.1f}{delta:+9.1f}{target_text:>9}"
-            f"{crypto:13.1f}{sdk - crypto:+15.1f}"
-        )
-        if target is not None:
-            verdicts.append(delta <= target)
-    print(
-        "\n'paho+crypto' is paho-mqtt plus the cryptography package loading the same certificate"
-        "\nand key: the part of the SDK's cost that is its certificate-model dependency."
-    )
-    print("within target" if all(verdicts) else "OVER TARGET (see the columns for where it goes)")
+    for label, field in rows:
+        cells = []
+        for name in names:
+            vals = values(name, field)
+            cells.append(f"{median(name, field):8.1f} ({min(vals):.1f}-{max(vals):.1f})")
+        print(f"{label:24}" + "".join(f"{cell:>22}" for cell in cells))
+    imported = any(r["cryptography"] for r in results["sdk"])
+    print(f"\nSDK imported cryptography: {'YES (issue 16 regression)' if imported else 'no'}")
+    verdicts = [not imported]
+    for reference in ("awsiotsdk", "paho"):
+        if reference not in results:
+            continue
+        ratios = [
+            f"{label.split(' (')[0].strip()} {median('sdk', field) / median(reference, field):.2f}x"
+            for label, field in rows[:2]
+        ]
+        print(f"sdk / {reference}: " + ", ".join(ratios))
+    if "awsiotsdk" in results:
+        for label, field in rows[:2]:
+            ours, theirs = median("sdk", field), median("awsiotsdk", field)
+            ok = ours <= theirs
+            verdicts.append(ok)
+            print(
+                f"target {label.split(' (')[0]} <= awsiotsdk: {'PASS' if ok else 'FAIL'} "
+                f"({ours:.1f} vs {theirs:.1f})"
+            )
+    else:
+        print("target: not checked (no awsiotsdk here)")
+    print("within target" if all(verdicts) else "OVER TARGET")
     return 0
 
 
