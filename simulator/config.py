@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 from device_sdk.fileio import open_no_follow
 from simulator.errors import FleetError, SimulatorError
 from simulator.fleet import Fleet, MqttEndpoint
-from simulator.options import KEEPALIVE_DEFAULT, RECONNECT_BASE, RECONNECT_CAP, STABLE_PERIOD
+from simulator.options import (
+    KEEPALIVE_DEFAULT,
+    MAX_CONNECTING,
+    RECONNECT_BASE,
+    RECONNECT_CAP,
+    STABLE_PERIOD,
+)
 from simulator.template import DeviceTemplate
 
 if TYPE_CHECKING:
@@ -40,6 +46,7 @@ class SimulationConfig:
     reconnect_base: float = RECONNECT_BASE
     reconnect_cap: float = RECONNECT_CAP
     stable_period: float = STABLE_PERIOD
+    max_connecting: int = MAX_CONNECTING
     lease_log: Path | None = None
     fleet_api_token: str | None = None
 

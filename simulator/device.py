@@ -1,13 +1,11 @@
-"""One simulated device: the SDK's own ``DeviceClient`` on gevent, plus Locust event timing.
+"""One simulated device: a :class:`~simulator.link.DeviceLink` plus Locust event timing.
 
-The session -- mutual TLS, CONNACK mapping, waiting for the platform's identity, username from
-the identity, full-jitter reconnects, refusals retried at the cap -- is
-:class:`device_sdk.DeviceClient`, unchanged: the simulator dogfoods the SDK. Its socket I/O runs
-on gevent's hub through :class:`~simulator.gevent_loop.GeventLoop` (the SDK's network-driver
-interface), so one Locust process holds thousands of devices; the client's connection thread is a
-greenlet under Locust's monkey-patching.
+The connection's logic is the SDK's -- one attempt is :class:`device_sdk.attempt.Attempt`,
+retries are :class:`device_sdk.reconnect.Reconnector` with the full-jitter backoff, every error
+message comes from :class:`device_sdk.refusals.Refusals` -- driven by the simulator's own small
+I/O shell on gevent's hub (:mod:`simulator.link`, why: memory per device in a Locust worker).
 
-What is simulator-specific stays here: turning the client's state changes and its
+What is simulator-specific stays here: turning state changes and the attempt's
 :class:`~device_sdk.ConnectTiming` into Locust events (``connect``, ``identity``, ``connection
 lost``, ``reconnect``), checking the identity against the fleet, timing publishes to PUBACK.
 """
@@ -18,18 +16,20 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
-import gevent
-
-from device_sdk.backoff import BackoffPolicy
-from device_sdk.client import ConnectionState, DeviceClient, Message
-from device_sdk.credentials import Credentials
+from device_sdk.attempt import AttemptSettings
+from device_sdk.backoff import Backoff, BackoffPolicy
+from device_sdk.client import ConnectionState
 from device_sdk.defaults import DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_IDENTITY_TIMEOUT, DEFAULT_KEEPALIVE
-from device_sdk.errors import DeviceSDKError, NotConnectedError
+from device_sdk.errors import DeviceSDKError
 from device_sdk.identity import Identity
-from device_sdk.refusals import HintNames
+from device_sdk.platform import ClientId, validate_keepalive
+from device_sdk.reconnect import Reconnector
+from device_sdk.refusals import HintNames, Refusals
+from simulator.device_tls import DeviceTls
 from simulator.errors import SimulatorError
-from simulator.gevent_loop import GeventLoop, shared_loop
+from simulator.link import DeviceLink
 
 
 class IdentityMismatchError(SimulatorError):
@@ -52,70 +52,79 @@ class SimDevice:
     until the device is back, or a failed attempt's error).
     """
 
+    __slots__ = (
+        "_attempt_started",
+        "_closing",
+        "_lost_at",
+        "_online_now",
+        "_was_online",
+        "expect_identity",
+        "expected",
+        "link",
+        "on_event",
+    )
+
     def __init__(
         self,
         host: str,
         port: int,
-        credentials: Credentials,
+        cert: Path,
+        key: Path,
+        cert_sn: str,
         *,
         server_ca: Path | None,
         expected: Identity | None = None,
         expect_identity: bool = True,
         keepalive: int = DEFAULT_KEEPALIVE,
         backoff: BackoffPolicy | None = None,
-        rng: random.Random | None = None,
-        loop: GeventLoop | None = None,
+        rng: random.Random | str | None = None,
         on_event: EventSink | None = None,
         attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         identity_timeout: float = DEFAULT_IDENTITY_TIMEOUT,
     ) -> None:
-        policy = backoff or BackoffPolicy()
         self.expected = expected
         self.expect_identity = expect_identity
-        self.on_event = on_event or (lambda name, seconds, error: None)
+        self.on_event = on_event or _ignore
         self._closing = False
         self._was_online = False
         self._online_now = False
         self._attempt_started = time.perf_counter()
         self._lost_at: float | None = None
-        self.client = DeviceClient(
+        keepalive = validate_keepalive(keepalive)
+        client_id = str(ClientId.for_x509(cert_sn))
+        refusals = Refusals(host, port, None, client_id, keepalive, cert_sn, SIMULATOR_HINTS)
+        self.link = DeviceLink(
             host,
             port,
-            credentials,
-            server_ca=server_ca,
+            DeviceTls(cert, key, server_ca),
+            client_id,
             keepalive=keepalive,
-            reconnect_base=policy.base,
-            reconnect_cap=policy.cap,
-            stable_period=policy.stable_period,
-            rng=rng,
-            attempt_timeout=attempt_timeout,
-            identity_timeout=identity_timeout,
-            expect_identity=expect_identity,
-            hints=SIMULATOR_HINTS,
-            on_connection_state=self._on_state,
-            network=loop or shared_loop(),
+            settings=AttemptSettings(expect_identity, attempt_timeout, identity_timeout),
+            refusals=refusals,
+            reconnect=Reconnector(Backoff(backoff or BackoffPolicy(), rng=_rng(rng)), refusals),
+            on_state=self._on_state,
         )
 
     @property
     def online(self) -> bool:
-        return self.client.state is ConnectionState.ONLINE
+        return self.link.online
 
     @property
     def identity(self) -> Identity | None:
-        return self.client.identity
+        return self.link.identity
 
     @property
     def last_error(self) -> DeviceSDKError | None:
-        return self.client.last_error
+        return self.link.last_error
 
     def keep_connected(self) -> None:
-        """Connect in the background and stay connected (the SDK's reconnect loop)."""
-        self.client.start()
+        """Connect in the background and stay connected (the SDK's backoff between attempts)."""
+        self.link.start()
 
     def close(self) -> None:
         """Stop reconnecting and say goodbye (DISCONNECT)."""
         self._closing = True
-        self.client.disconnect()
+        self.link.close()
 
     # --- the SDK's state changes -> Locust events ------------------------------------------------
 
@@ -135,7 +144,7 @@ class SimDevice:
                 self.on_event(name, now - self._attempt_started, error)
 
     def _went_online(self, now: float) -> None:
-        timing = self.client.last_connect_timing
+        timing = self.link.last_timing
         connect = timing.connect if timing is not None else now - self._attempt_started
         if not self._was_online:
             self.on_event("connect", connect, None)
@@ -148,7 +157,7 @@ class SimDevice:
         self._lost_at = None
         if not self.expect_identity:
             return  # a generic broker: no identity to time or check
-        identity = self.client.identity
+        identity = self.link.identity
         mismatch = None
         if self.expected is not None and identity != self.expected:
             mismatch = IdentityMismatchError(
@@ -161,30 +170,16 @@ class SimDevice:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 30.0) -> float:
         """Publish to a topic relative to the identity; seconds until PUBACK (QoS 1)."""
-        if not self.online:
-            cause = f" ({self.last_error})" if self.last_error else ""
-            raise NotConnectedError(f"the device is offline{cause}")
         started = time.perf_counter()
-        delivery = self.client.publish(self._topic(topic), payload, qos=qos)
-        if not delivery.wait(timeout):
-            raise NotConnectedError(
-                f"no PUBACK within {timeout:g} s"
-                if not delivery.dropped
-                else "the message was dropped"
-            )
+        self.link.publish(self._topic(topic), payload, qos, timeout)
         return time.perf_counter() - started
 
     def subscribe(self, topic: str, callback: Callable[[bytes], None]) -> None:
         """Receive messages on ``topic`` (relative to the identity); renewed on reconnection.
 
-        ``callback`` runs in its own greenlet: it may publish and wait for the PUBACK, which the
-        network greenlet that delivered the message has to read.
+        ``callback`` runs in its own greenlet: it may publish and wait for the PUBACK.
         """
-
-        def deliver(message: Message) -> None:
-            gevent.spawn(callback, message.payload)
-
-        self.client.subscribe(self._topic(topic), deliver)
+        self.link.subscribe(self._topic(topic), 1, callback)
 
     def _topic(self, topic: str) -> str:
         """Relative topics resolve under the identity; without one (a generic broker, no
@@ -192,8 +187,42 @@ class SimDevice:
         if (
             self.expect_identity
             or topic.startswith("/")
-            or self.client.identity is not None
+            or self.link.identity is not None
             or self.expected is None
         ):
             return topic
         return self.expected.topic(topic)
+
+
+def _rng(rng: random.Random | str | None) -> random.Random | None:
+    """A seed string becomes a :class:`SeededJitter` (a device's reproducible backoff)."""
+    if isinstance(rng, str):
+        # Backoff draws with uniform() only; SeededJitter has it without the 2.5 KiB state.
+        return cast("random.Random", SeededJitter(rng))
+    return rng
+
+
+class SeededJitter:
+    """Reproducible draws for one device's backoff, without a Mersenne Twister per device.
+
+    ``random.Random(seed)`` keeps 2.5 KiB of state: with 5,000 devices per worker that is
+    12 MiB for numbers drawn only when a device reconnects. The n-th draw here is the first
+    number of ``random.Random(f"{seed}:{n}")``, made when needed and dropped.
+    """
+
+    __slots__ = ("_draws", "_seed")
+
+    def __init__(self, seed: str) -> None:
+        self._seed = seed
+        self._draws = 0
+
+    def random(self) -> float:
+        self._draws += 1
+        return random.Random(f"{self._seed}:{self._draws}").random()
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.random()
+
+
+def _ignore(name: str, seconds: float, error: BaseException | None) -> None:
+    """The default event sink."""

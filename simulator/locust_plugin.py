@@ -26,10 +26,12 @@ from simulator.config import REFUSED, SimulationConfig, endpoint_for, server_ca_
 from simulator.distribution import Leases
 from simulator.errors import SimulatorError
 from simulator.fleet import Fleet
+from simulator.link import set_max_connecting
 from simulator.log_summary import DeviceLogSummary
 from simulator.options import (
     FAULT_AT,
     KEEPALIVE_DEFAULT,
+    MAX_CONNECTING,
     RECONNECT_BASE,
     RECONNECT_CAP,
     STABLE_PERIOD,
@@ -204,9 +206,11 @@ def configure(environment: Environment) -> SimulationConfig:
         reconnect_base=float(_option(environment, "reconnect_base", RECONNECT_BASE)),
         reconnect_cap=float(_option(environment, "reconnect_cap", RECONNECT_CAP)),
         stable_period=float(_option(environment, "stable_period", STABLE_PERIOD)),
+        max_connecting=int(_option(environment, "max_connecting", MAX_CONNECTING)),
         lease_log=Path(lease_log) if lease_log else None,
         fleet_api_token=fleet.api_token() if fleet.http_url else None,
     )
+    set_max_connecting(config.max_connecting)
     config.install(environment)
     log.info(
         "fleet %s: %d devices, endpoint %s:%d, scenario %s%s",

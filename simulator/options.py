@@ -30,6 +30,10 @@ RECONNECT_CAP = DEFAULT_RECONNECT_CAP
 STABLE_PERIOD = DEFAULT_STABLE_PERIOD
 FAULT_AT = 30.0
 SUMMARY_EVERY = 10.0
+#: Connection attempts one worker has in flight (TCP + TLS + CONNECT until CONNACK): the reference
+#: server refuses more than 64 unauthenticated connections from one address
+#: (``max_pending_per_source``), and a worker is one address.
+MAX_CONNECTING = 32
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,16 @@ OPTIONS: tuple[Option, ...] = (
             "metavar": "S",
             "help": f"seconds a connection must last before the backoff "
             f"resets (default {STABLE_PERIOD:g})",
+        },
+    ),
+    Option(
+        "--max-connecting",
+        {
+            "type": int,
+            "default": MAX_CONNECTING,
+            "metavar": "N",
+            "help": f"connection attempts one Locust process has in flight at once; the "
+            f"others wait their turn (default {MAX_CONNECTING})",
         },
     ),
     Option(

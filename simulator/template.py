@@ -16,9 +16,11 @@ A template is JSON (see ``default_template.json``)::
                    "interval": 30}
     }
 
-Every generator is driven by a :class:`random.Random` seeded with the template's seed and the
-device's index in the fleet, and by the sample number rather than the wall clock, so the n-th
-message of device k is the same in every run: a failure seen once can be replayed.
+Every generator is driven by a :class:`random.Random` seeded with the template's seed, the
+device's index in the fleet and the sample number (never the wall clock), so the n-th message of
+device k is the same in every run: a failure seen once can be replayed. (One generator per
+message rather than one per device: a ``random.Random`` holds 2.5 KiB of state, which a Locust
+worker holding 5,000 devices would keep 5,000 times.)
 """
 
 from __future__ import annotations
@@ -171,12 +173,13 @@ class DeviceTemplate:
 
 
 class DeviceBehaviour:
-    """One device's view of a template: its own random stream and its sample counter."""
+    """One device's view of a template: its sample counter (its random draws follow from it)."""
+
+    __slots__ = ("_n", "answers_commands", "device_index", "start_offset", "template")
 
     def __init__(self, template: DeviceTemplate, device_index: int) -> None:
         self.template = template
         self.device_index = device_index
-        self._rng = random.Random(f"{template.seed}:payload:{device_index}")
         self._n = 0
         choose = random.Random(f"{template.seed}:commands:{device_index}").random()
         self.answers_commands = choose < template.commands.share
@@ -190,8 +193,9 @@ class DeviceBehaviour:
         n = self._n
         self._n += 1
         payload: dict[str, JSONScalar] = {"seq": n}
+        rng = random.Random(f"{self.template.seed}:payload:{self.device_index}:{n}")
         for name, generator in self.template.fields.items():
-            payload[name] = generator.value(n, self._rng)
+            payload[name] = generator.value(n, rng)
         return payload
 
     def next_payload_bytes(self) -> bytes:

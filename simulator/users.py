@@ -35,7 +35,6 @@ from locust.env import Environment
 from locust.exception import StopUser
 
 from device_sdk.backoff import BackoffPolicy
-from device_sdk.credentials import Credentials
 from device_sdk.errors import DeviceSDKError
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient
 from simulator.config import REFUSED, SimulationConfig
@@ -90,31 +89,27 @@ class DeviceUser(User):
         entry = config.fleet.devices[index]
         self.behaviour = config.template.behaviour(index)
         config.record_lease(index, entry.device_name)
+        host, port = config.endpoint
         try:
-            # check_key=False: the fleet's keys come from this kit's issuing; skipping OpenSSL's
-            # RSA consistency check saves ~30 ms of the worker's CPU per device (every other
-            # check, the key matching the certificate included, stays).
-            credentials = Credentials.from_files(
-                config.fleet.path(entry.cert), config.fleet.path(entry.key), check_key=False
+            self.device = SimDevice(
+                host,
+                port,
+                config.fleet.path(entry.cert),
+                config.fleet.path(entry.key),
+                entry.cert_sn,
+                server_ca=config.server_ca,
+                expected=entry.identity,
+                expect_identity=config.expect_identity,
+                keepalive=config.keepalive,
+                backoff=BackoffPolicy(
+                    config.reconnect_base, config.reconnect_cap, config.stable_period
+                ),
+                rng=f"{config.template.seed}:backoff:{index}",
+                on_event=self._fire,
             )
         except DeviceSDKError as exc:
             self._fire("credentials", 0.0, exc)
             raise StopUser() from exc
-        host, port = config.endpoint
-        self.device = SimDevice(
-            host,
-            port,
-            credentials,
-            server_ca=config.server_ca,
-            expected=entry.identity,
-            expect_identity=config.expect_identity,
-            keepalive=config.keepalive,
-            backoff=BackoffPolicy(
-                config.reconnect_base, config.reconnect_cap, config.stable_period
-            ),
-            rng=random.Random(f"{config.template.seed}:backoff:{index}"),
-            on_event=self._fire,
-        )
         if self.behaviour.answers_commands:
             self.device.subscribe(config.template.commands.topic, self._on_command)
         now = time.monotonic()
