@@ -41,6 +41,19 @@ CLI = [sys.executable, "-m", "iotx509", "provision"]
 PK = "a1OnBoard01"
 
 
+def _provision_pair(
+    sim: SimBoard, pair: PairFiles, report: Path
+) -> subprocess.CompletedProcess[str]:
+    """``iotx509 provision`` of an issued pair (key made on the host) onto ``sim``."""
+    files = ["--cert", str(pair.cert), "--key", str(pair.key), "--report", str(report)]
+    return subprocess.run(
+        [*CLI, "--port", sim.port, *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def _generate(
     sim: SimBoard, ca: tuple[Path, Path], out: Path, server_ca: Path, dn: str, *extra: str
 ) -> subprocess.CompletedProcess[str]:
@@ -254,22 +267,7 @@ def test_an_old_board_is_told_apart_and_still_provisioned_with_a_pair(
     assert not list((tmp_path / "out").glob("*.cer"))  # nothing issued for it
 
     with SimBoard(tmp_path / "old", faults=FaultPlan(protocol_version=1)) as sim:
-        proc = subprocess.run(
-            [
-                *CLI,
-                "--port",
-                sim.port,
-                "--cert",
-                str(a.cert),
-                "--key",
-                str(a.key),
-                "--report",
-                str(tmp_path / "report.csv"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = _provision_pair(sim, a, tmp_path / "report.csv")
     assert proc.returncode == 0, proc.stderr
     assert "speaks serial protocol version 1 only" in proc.stdout
     assert (tmp_path / "old" / "device.key").read_bytes() == a.key.read_bytes()
@@ -284,22 +282,7 @@ def test_a_board_that_keeps_losing_power_keeps_its_credentials_and_burns_its_sns
     """Power lost after the CSR, while the certificate arrives: every attempt burns its SN."""
     store = tmp_path / "store"
     with SimBoard(store, board_id="FLAKY") as sim:  # first, credentials of pair A
-        proc = subprocess.run(
-            [
-                *CLI,
-                "--port",
-                sim.port,
-                "--cert",
-                str(pairs[0].cert),
-                "--key",
-                str(pairs[0].key),
-                "--report",
-                str(tmp_path / "r.csv"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = _provision_pair(sim, pairs[0], tmp_path / "r.csv")
         assert proc.returncode == 0, proc.stderr
     before = snapshot(store)
     out = tmp_path / "out"
@@ -360,22 +343,7 @@ def test_not_after_is_the_hosts_choice(
 def provisioned_store(tmp_path: Path, pairs: tuple[PairFiles, PairFiles]) -> Path:
     store = tmp_path / "store"
     with SimBoard(store) as sim:
-        proc = subprocess.run(
-            [
-                *CLI,
-                "--port",
-                sim.port,
-                "--cert",
-                str(pairs[0].cert),
-                "--key",
-                str(pairs[0].key),
-                "--report",
-                str(tmp_path / "r.csv"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = _provision_pair(sim, pairs[0], tmp_path / "r.csv")
     assert proc.returncode == 0, proc.stderr
     return store
 
