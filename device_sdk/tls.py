@@ -37,7 +37,6 @@ class _ResumingSocket(ssl.SSLSocket):
     """
 
     _resume_key: tuple[str | None, object] | None = None
-    _offered = False
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         data = super().recv(buflen, flags)
@@ -61,9 +60,7 @@ class _ResumingSocket(ssl.SSLSocket):
         key, self._resume_key = self._resume_key, None
         context = self.context
         if isinstance(context, DeviceTLSContext) and key is not None:
-            context._handshake_done(
-                key, self.session, offered=self._offered, reused=bool(self.session_reused)
-            )
+            context._handshake_done(key, self.session, reused=bool(self.session_reused))
 
 
 class DeviceTLSContext(ssl.SSLContext):
@@ -103,10 +100,10 @@ class DeviceTLSContext(ssl.SSLContext):
         session = self._sessions.get(key)
         if session is not None and kwargs.get("session") is None:
             kwargs["session"] = session
+        self.resumptions_offered += session is not None
         wrapped = super().wrap_socket(sock, *args, **kwargs)
         if isinstance(wrapped, _ResumingSocket):
             wrapped._resume_key = key
-            wrapped._offered = session is not None
         return wrapped
 
     def _handshake_done(
@@ -114,10 +111,8 @@ class DeviceTLSContext(ssl.SSLContext):
         key: tuple[str | None, object],
         session: ssl.SSLSession | None,
         *,
-        offered: bool,
         reused: bool,
     ) -> None:
-        self.resumptions_offered += offered
         self.last_session_reused = reused
         if reused:
             self.resumed_handshakes += 1
