@@ -166,7 +166,9 @@ def _run(args: argparse.Namespace) -> int:
         "-m",
         "locust",
         "-f",
-        str(RENEWAL_LOCUSTFILE if "renewal" in _scenario(simulator_args) else LOCUSTFILE),
+        str(
+            RENEWAL_LOCUSTFILE if "renewal" in _scenario([*simulator_args, *extra]) else LOCUSTFILE
+        ),
         "--fleet",
         str(args.fleet),
         *simulator_args,
@@ -175,12 +177,16 @@ def _run(args: argparse.Namespace) -> int:
     return run_forwarding_signals(command)
 
 
-def _scenario(simulator_args: list[str]) -> list[str]:
-    """The ``--scenario`` value among the simulator's arguments (the renewal scenario has
-    devices of its own: :mod:`simulator.renewal_scenario`)."""
-    if "--scenario" in simulator_args:
-        return simulator_args[simulator_args.index("--scenario") + 1 :][:1]
-    return []
+def _scenario(arguments: list[str]) -> list[str]:
+    """The ``--scenario`` value among the arguments, before or after ``--`` (the renewal
+    scenario has devices of its own: :mod:`simulator.renewal_scenario`)."""
+    for i, arg in enumerate(arguments):
+        if arg == "--scenario":
+            return arguments[i + 1 : i + 2]
+        if arg.startswith("--scenario="):
+            return [arg.partition("=")[2]]
+    from_env = os.environ.get("IOTX509_SCENARIO")
+    return [from_env] if from_env else []
 
 
 def _split_run_args(args: argparse.Namespace) -> tuple[list[str], list[str]]:
