@@ -1,7 +1,8 @@
 """A counting TCP forwarder on loopback: an observer outside both the simulator and the server.
 
 It counts every connection a device opens (with the time), so a test can tell whether devices
-hammer the endpoint, without trusting the simulator's own numbers.
+hammer the endpoint, without trusting the simulator's own numbers; :meth:`CountingProxy.drop_all`
+cuts every connection at once (a network blip: both ends see a reset, the server stays up).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ class CountingProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.accepted: list[float] = []
+        self._open: set[asyncio.StreamWriter] = set()
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -24,6 +26,19 @@ class CountingProxy:
 
     def connections_since(self, moment: float) -> int:
         return sum(1 for t in list(self.accepted) if t >= moment)
+
+    def drop_all(self) -> None:
+        """Reset every connection through the proxy (returns once done)."""
+        done = threading.Event()
+
+        def drop() -> None:
+            for writer in list(self._open):
+                writer.transport.abort()
+            self._open.clear()
+            done.set()
+
+        self._loop.call_soon_threadsafe(drop)
+        done.wait(10)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -40,6 +55,7 @@ class CountingProxy:
         except OSError:
             writer.close()
             return
+        self._open.update((writer, up_writer))
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
