@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from device_sdk.cli_support import CommandTree
+from firmware_helpers.key_sizes import ALLOWED_KEY_SIZES, DEFAULT_KEY_SIZE
 
 #: Registration codes as the reference server (and the modelled platform) show them.
 CODE_RE = re.compile(r"[0-9a-f]{64}")
@@ -35,7 +36,7 @@ def register(tree: CommandTree) -> None:
     )
     p.add_argument("--cn", required=True, help="the CA's Common Name")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
-    p.add_argument("--key-size", type=int, default=2048, choices=(2048, 3072, 4096))
+    p.add_argument("--key-size", type=int, default=DEFAULT_KEY_SIZE, choices=ALLOWED_KEY_SIZES)
     p.add_argument("--days", type=_positive, default=3650)
     p.add_argument("--force", action="store_true", help="overwrite existing ca.cer / ca.key")
     p.set_defaults(handler=cmd_ca_create)
@@ -123,7 +124,7 @@ def register(tree: CommandTree) -> None:
         help="output directory (0700), one per product and CA",
     )
     p.add_argument("--days", type=_positive, default=3650, help="validity (default 3650)")
-    p.add_argument("--key-size", type=int, default=2048, choices=(2048, 3072, 4096))
+    p.add_argument("--key-size", type=int, default=DEFAULT_KEY_SIZE, choices=ALLOWED_KEY_SIZES)
     p.add_argument(
         "--jobs", type=_positive, default=None, help="key generation processes (default: all cores)"
     )

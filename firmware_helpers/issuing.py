@@ -70,11 +70,10 @@ from firmware_helpers.errors import (
     InvalidInputError,
     IssuanceError,
 )
+from firmware_helpers.key_sizes import ALLOWED_KEY_SIZES, DEFAULT_KEY_SIZE
 from firmware_helpers.keypool import KeySource, generate_key_material, key_stream
 from firmware_helpers.ledger import DEFAULT_LEDGER_NAME, SerialLedger
 from firmware_helpers.pki import (
-    ALLOWED_KEY_SIZES,
-    DEFAULT_KEY_SIZE,
     CertifiedKey,
     build_device_certificate,
     random_serial,

@@ -21,9 +21,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from device_sdk.certs import certificate_sn, rsa_key_pkcs1_pem
 from device_sdk.fileio import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, atomic_write
+from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
 
-DEFAULT_KEY_SIZE = 2048
-ALLOWED_KEY_SIZES = (2048, 3072, 4096)
 #: Backdating absorbs small clock differences between the issuer and the verifier.
 BACKDATE = timedelta(minutes=5)
 

@@ -37,6 +37,7 @@ from firmware_helpers.errors import (
     RetriesExhaustedError,
     SerialProvisioningError,
 )
+from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
 from firmware_helpers.serial.link import DEFAULT_BAUD, Link
 from firmware_helpers.serial.protocol import (
     DEFAULT_MAX_CHUNK,
@@ -332,7 +333,7 @@ class Host:
         self,
         issue: Callable[[HelloReply, bytes], Mapping[ObjectType, bytes]],
         *,
-        bits: int = 2048,
+        bits: int = DEFAULT_KEY_SIZE,
         on_board: Callable[[HelloReply], None] | None = None,
         early: Mapping[ObjectType, bytes] | None = None,
     ) -> ProvisionResult:

@@ -26,6 +26,7 @@ from pathlib import Path
 from device_sdk import renewal_keys
 from device_sdk.certificate import pem_blocks
 from device_sdk.fileio import atomic_write
+from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
 
 
 def generate_key_and_csr(bits: int) -> tuple[bytes, bytes]:
@@ -51,7 +52,7 @@ class PooledKey:
     seconds: float
 
 
-def generate_key_pool(count: int, *, bits: int = 2048) -> list[PooledKey]:
+def generate_key_pool(count: int, *, bits: int = DEFAULT_KEY_SIZE) -> list[PooledKey]:
     """``count`` keys made one after another, each timed (key and CSR together).
 
     One at a time, so that each time is that of one uncontended core: the model of a board's

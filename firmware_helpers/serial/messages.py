@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from firmware_helpers.errors import ProtocolError
+from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
 from firmware_helpers.serial.framing import MAX_PAYLOAD, Frame, encode_frame
 
 #: The highest version this code speaks; version 2 adds key generation on the board.
@@ -152,7 +153,7 @@ class GenKey:
     :class:`GetCsr` (only to a board announcing FEATURE_KEYGEN_DEFERRED)."""
 
     key_type: KeyType = KeyType.RSA
-    bits: int = 2048
+    bits: int = DEFAULT_KEY_SIZE
     defer: bool = False
 
 

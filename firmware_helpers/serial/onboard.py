@@ -42,6 +42,7 @@ from firmware_helpers.errors import (
     SerialProvisioningError,
 )
 from firmware_helpers.issuing import reserve_new_serial
+from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
 from firmware_helpers.ledger import SerialLedger
 from firmware_helpers.pki import CertifiedKey, build_device_certificate
 from firmware_helpers.serial.batch import STATUS_OK, STATUS_UNCERTAIN, Pair, Report
@@ -156,7 +157,7 @@ def provision_generated(
     issuer: OnBoardIssuer,
     report: Report,
     *,
-    bits: int = 2048,
+    bits: int = DEFAULT_KEY_SIZE,
     lock: AbstractContextManager[object] | None = None,
 ) -> ProvisionResult:
     """The board generates its key; the host issues, sends and records. See the module doc.

@@ -27,6 +27,7 @@ from firmware_helpers.errors import (
     ProvisioningInputError,
 )
 from firmware_helpers.errors import SerialProvisioningError as _SPE
+from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
 from firmware_helpers.ledger import SerialLedger
 from firmware_helpers.pki import CertifiedKey
 from firmware_helpers.serial.batch import Report
@@ -109,7 +110,7 @@ class ParallelBatch:
     report: Report
     server_ca_pem: bytes | None = None
     days: int = 3650
-    bits: int = 2048
+    bits: int = DEFAULT_KEY_SIZE
     max_boards: int | None = None
     board_timeout: float | None = None
     poll_interval: float = 0.3

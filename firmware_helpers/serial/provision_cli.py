@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from firmware_helpers.serial.host import Host
     from firmware_helpers.serial.link import SerialLink
 
-DEFAULT_BAUD = 115200
+from firmware_helpers.key_sizes import ALLOWED_KEY_SIZES, DEFAULT_KEY_SIZE
+from firmware_helpers.serial.link import DEFAULT_BAUD
 
 
 def add_provision_parser(parser: argparse.ArgumentParser) -> None:
@@ -96,9 +97,9 @@ def add_provision_parser(parser: argparse.ArgumentParser) -> None:
     onboard.add_argument(
         "--key-bits",
         type=int,
-        default=2048,
-        choices=(2048, 3072, 4096),
-        help="RSA key size the board generates (default 2048)",
+        default=DEFAULT_KEY_SIZE,
+        choices=ALLOWED_KEY_SIZES,
+        help="RSA key size the board generates (default %(default)s)",
     )
     batch = parser.add_argument_group("factory batch")
     batch.add_argument(
