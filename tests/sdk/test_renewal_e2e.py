@@ -88,17 +88,26 @@ def test_device_renews_through_server_and_signer_and_the_old_sn_is_retired(
     again.disconnect()
 
 
-def test_store_device_renews_the_same_way(platform: RenewalPlatform, tmp_path: Path) -> None:
-    from device_sdk.store_layout import CERTIFICATE_FILE, PRIVATE_KEY_FILE, SERVER_CA_FILE
+def test_serial_provisioned_store_renews_the_same_way(
+    platform: RenewalPlatform, tmp_path: Path
+) -> None:
+    """The store is written by the board agent's own code (what serial provisioning commits),
+    renewed through the real server and signer; the board's inventory and manifest then
+    describe the new files."""
+    from firmware_helpers.serial.board import CredentialStore
+    from firmware_helpers.serial.protocol import ObjectType
 
-    name, cert, key, _pair = platform.device("store", directory=tmp_path / "issued")
-    store = tmp_path / "store"
-    store.mkdir(mode=0o700)
-    (store / CERTIFICATE_FILE).write_bytes(cert.read_bytes())
-    (store / PRIVATE_KEY_FILE).write_bytes(key.read_bytes())
-    (store / PRIVATE_KEY_FILE).chmod(0o600)
-    (store / SERVER_CA_FILE).write_bytes(platform.server.server_ca.read_bytes())
-    renewal = Renewal.for_store(store, policy=RenewalPolicy(automatic=False))
+    name, cert, key, pair = platform.device("store", directory=tmp_path / "issued")
+    store = CredentialStore(tmp_path / "store")
+    store.commit(
+        {
+            ObjectType.CERTIFICATE: cert.read_bytes(),
+            ObjectType.PRIVATE_KEY: key.read_bytes(),
+            ObjectType.SERVER_CA: platform.server.server_ca.read_bytes(),
+        }
+    )
+    store.settle()
+    renewal = Renewal.for_store(store.root, policy=RenewalPolicy(automatic=False))
     client = DeviceClient(
         platform.server.mqtt_host, platform.server.mqtt_port, renewal.credentials
     )  # server CA from the store
@@ -111,9 +120,14 @@ def test_store_device_renews_the_same_way(platform: RenewalPlatform, tmp_path: P
     finally:
         client.disconnect()
         renewal.close()
-    renewed = Credentials.from_store(store)
+    renewed = Credentials.from_store(store.root)
+    assert renewed.sn != pair.sn
     assert set(platform.association_sns(name)) == {renewed.sn}
-    assert not (store / "renewal").exists()
+    assert not (store.root / "renewal").exists()
+    manifest = json.loads((store.root / "manifest.json").read_text())["files"]
+    for info in store.inventory():
+        file_name = store.path_of(info.object_type).name
+        assert manifest[file_name]["sha256"] == info.sha256.hex()
 
 
 def test_signer_refusing_keeps_the_current_pair_and_reports_why(
