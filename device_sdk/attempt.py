@@ -18,8 +18,9 @@ HANDSHAKE too.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
+from device_sdk import values
 from device_sdk.errors import DeviceSDKError, NotConnectedError
 from device_sdk.refusals import CONNACK_ACCEPTED, USERNAME_REFUSALS, Refusals
 
@@ -37,15 +38,13 @@ class AttemptState(enum.Enum):
 # --- events ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TlsOk:
+class TlsOk(NamedTuple):
     """The TCP connection and the TLS handshake succeeded."""
 
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
+class Failed(NamedTuple):
     """The attempt could not start or connect: ``error`` is raw (``ssl``/``OSError``, mapped
     here) or already an SDK error (e.g. the certificate is no longer valid)."""
 
@@ -53,21 +52,18 @@ class Failed:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Connack:
+class Connack(NamedTuple):
     """The server's answer: an MQTT 3.1.1 return code (0 accepted)."""
 
     code: int
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class IdentityReceived:
+class IdentityReceived(NamedTuple):
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Closed:
+class Closed(NamedTuple):
     """The socket closed (by the server, the network, or a keep-alive timeout); ``cause`` is
     the socket error seen, if any."""
 
@@ -75,15 +71,13 @@ class Closed:
     cause: BaseException | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Stop:
+class Stop(NamedTuple):
     """The application disconnects."""
 
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Tick:
+class Tick(NamedTuple):
     """Time passed (a deadline may have expired)."""
 
     at: float
@@ -92,8 +86,7 @@ class Tick:
 Event = TlsOk | Failed | Connack | IdentityReceived | Closed | Stop | Tick
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectTiming:
+class ConnectTiming(NamedTuple):
     """How long the last successful connection took, measured by the client (seconds).
 
     ``handshake``: TCP connect + TLS handshake; ``connect``: from the start of the attempt until
@@ -106,13 +99,17 @@ class ConnectTiming:
     identity: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptSettings:
+class AttemptSettings(NamedTuple):
     expect_identity: bool
     attempt_timeout: float
     """Seconds from the end of the handshake until CONNACK."""
     identity_timeout: float
     """Seconds from CONNACK until the identity message."""
+
+
+values.compare_by_type(
+    TlsOk, Failed, Connack, IdentityReceived, Closed, Stop, Tick, ConnectTiming, AttemptSettings
+)
 
 
 class Attempt:

@@ -17,12 +17,11 @@ import binascii
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from device_sdk import der
+from device_sdk import der, values
 from device_sdk.der import DERError
 
 if TYPE_CHECKING:
@@ -73,8 +72,7 @@ _SHORT_NAMES = {
 # --- names -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NameAttribute:
+class NameAttribute(NamedTuple):
     oid: str
     value: str | bytes
     """A string, or the content of a BIT STRING attribute (x500UniqueIdentifier)."""
@@ -83,12 +81,24 @@ class NameAttribute:
         return f"{_SHORT_NAMES.get(self.oid, self.oid)}={_escape_dn_value(self.value)}"
 
 
-@dataclass(frozen=True)
 class Name:
-    """A distinguished name: RDNs in certificate order, each a set of attributes."""
+    """A distinguished name: RDNs in certificate order, each a set of attributes (immutable)."""
 
-    rdns: tuple[tuple[NameAttribute, ...], ...]
-    der: bytes
+    __slots__ = ("der", "rdns")
+
+    def __init__(self, rdns: tuple[tuple[NameAttribute, ...], ...], der: bytes) -> None:
+        object.__setattr__(self, "rdns", rdns)
+        object.__setattr__(self, "der", der)
+
+    if TYPE_CHECKING:
+        rdns: tuple[tuple[NameAttribute, ...], ...]
+        der: bytes
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Name is immutable (cannot set {name})")
+
+    def __repr__(self) -> str:
+        return f"<Name({self.rfc4514_string()})>"
 
     @classmethod
     def from_der(cls, data: bytes) -> Name:
@@ -243,6 +253,9 @@ class Extension(NamedTuple):
     """The extension's own DER (the content of extnValue)."""
 
 
+values.compare_by_type(NameAttribute, PublicKeyInfo, Extension)
+
+
 class Certificate:
     """An X.509 certificate's fields, read from its DER bytes.
 
@@ -378,7 +391,7 @@ class Certificate:
         return hash(self.der)
 
     def __setattr__(self, name: str, value: object) -> None:
-        if name in ("der", "_parts") and not hasattr(self, name):
+        if name in ("der", "_parts") and not hasattr(self, name):  # __init__ only
             object.__setattr__(self, name, value)
             return
         raise AttributeError(f"Certificate is immutable (cannot set {name})")
@@ -450,8 +463,7 @@ def _recent(data: bytes) -> Certificate:
     return Certificate._lazy(data)
 
 
-@dataclass(frozen=True, slots=True)
-class _Parts:
+class _Parts(NamedTuple):
     """Where each field of a certificate lies: the structure, checked; values not decoded."""
 
     tbs: der.Element

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+from device_sdk import values
 from device_sdk.certificate import Certificate, Name, as_model, foreign_der, pem_blocks
 from device_sdk.der import DERError
 from device_sdk.errors import (
@@ -444,8 +444,7 @@ def rsa_key_pkcs1_pem(key: rsa.RSAPrivateKey) -> bytes:
 # --- a certificate with its chain --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CertificateChain:
+class CertificateChain(NamedTuple):
     """A leaf certificate with any intermediates that followed it in its file (the model)."""
 
     leaf: Certificate
@@ -462,6 +461,9 @@ class CertificateChain:
 
     def pem(self) -> bytes:
         return to_pem([self.leaf, *self.intermediates])
+
+
+values.compare_by_type(CertificateChain)
 
 
 def sha256_hex(data: bytes) -> str:

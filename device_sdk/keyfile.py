@@ -34,10 +34,10 @@ import ssl
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from device_sdk import der
+from device_sdk import der, values
 from device_sdk.certificate import EC_PUBLIC_KEY, RSA_ENCRYPTION, Certificate
 from device_sdk.der import DERError
 from device_sdk.errors import (
@@ -56,22 +56,24 @@ _UNREADABLE = "not a readable private key (PKCS#1, PKCS#8 or SEC1, PEM or DER)"
 _KINDS = {EC_PUBLIC_KEY: "EC", "1.2.840.10040.4.1": "DSA", "1.3.101.112": "Ed25519"}
 
 
-@dataclass(frozen=True, eq=False)
-class DeviceKey:
+class DeviceKey(NamedTuple):
     """A private key as OpenSSL will load it, with what could be learnt before decryption."""
 
-    pem: bytes = field(repr=False)
+    pem: bytes
     """One PEM block: as given, or DER re-armoured; encrypted keys stay encrypted."""
     source: str
     encrypted: bool
     kind: str | None
     """``RSA``, ``EC``, ...; None for an encrypted key (unknown until decrypted)."""
-    password: bytes | None = field(default=None, repr=False)
-    rsa_public: tuple[int, int] | None = field(default=None, repr=False)
+    password: bytes | None = None
+    rsa_public: tuple[int, int] | None = None
     """(n, e) when known before OpenSSL loads the key (an RSA key read here)."""
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never the key or its password
         return f"DeviceKey(source={self.source!r}, kind={self.kind!r}, encrypted={self.encrypted})"
+
+
+values.compare_by_type(DeviceKey)
 
 
 def read_key(

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import socket
 import ssl
-from dataclasses import dataclass
+from typing import NamedTuple
 
+from device_sdk import values
 from device_sdk.errors import (
     CertificateRejectedError,
     ClockError,
@@ -81,8 +82,7 @@ def connack_code(paho_value: int) -> int:
     return PAHO_CONNACK_CODES.get(paho_value, paho_value)
 
 
-@dataclass(frozen=True, slots=True)
-class HintNames:
+class HintNames(NamedTuple):
     """How messages name the settings a person can change."""
 
     server_ca: str
@@ -90,14 +90,15 @@ class HintNames:
     no_identity: str
 
 
+values.compare_by_type(HintNames)
+
 #: An application using :class:`~device_sdk.client.DeviceClient`.
 SDK_HINTS = HintNames("server_ca", "server_hostname", "expect_identity=False")
 #: A person at ``iotx509 device connect``.
 CLI_HINTS = HintNames("--server-ca", "--server-hostname", "--no-identity")
 
 
-@dataclass(frozen=True, slots=True)
-class Refusals:
+class Refusals(NamedTuple):
     """The errors of one client (its server, its certificate, its settings)."""
 
     host: str
@@ -312,6 +313,9 @@ class Refusals:
         )
         error.__cause__ = last
         return error
+
+
+values.compare_by_type(Refusals)
 
 
 def map_connect_error(
