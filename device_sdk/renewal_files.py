@@ -38,7 +38,12 @@ from device_sdk.errors import RenewalMessageError, RenewalStateError
 from device_sdk.fileio import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, atomic_write, fsync_directory
 from device_sdk.renewal import RenewalState
 from device_sdk.renewal_protocol import RenewalRequest
-from device_sdk.store_layout import CERTIFICATE_FILE, MANIFEST_FILE, PRIVATE_KEY_FILE
+from device_sdk.store_layout import (
+    CERTIFICATE_FILE,
+    COMMIT_JOURNAL_FILE,
+    MANIFEST_FILE,
+    PRIVATE_KEY_FILE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +184,7 @@ class RenewalFiles:
 
     def begin(self, request: RenewalRequest, key_pem: bytes, *, old_cert_sn: str) -> None:
         """State ``requested``: ``new.key`` (0600), then ``state.json``."""
+        self._no_unsettled_commit()
         try:
             if self.directory.exists():
                 self.discard()
@@ -245,6 +251,20 @@ class RenewalFiles:
             pass
         except OSError as exc:
             raise self._error("remove the renewal files", exc) from exc
+
+    def _no_unsettled_commit(self) -> None:
+        """A credential store with an unsettled provisioning commit: the board agent rewrites
+        the files from its journal at its next start, which would undo a promotion."""
+        if self.store_root is None:
+            return
+        journal = self.store_root / COMMIT_JOURNAL_FILE
+        if journal.exists():
+            raise RenewalStateError(
+                f"the credential store {self.store_root} has an unfinished provisioning commit "
+                f"({journal}); start the board agent once (it finishes the commit) before "
+                "renewing; the current pair is kept",
+                path=str(journal),
+            )
 
     def _write_state(self, fields: dict[str, Any]) -> None:
         body = json.dumps(fields, indent=2, sort_keys=True).encode() + b"\n"

@@ -14,3 +14,6 @@ SERVER_CA_FILE = "server-ca.pem"
 """The CA that the device uses to verify the server (optional)."""
 MANIFEST_FILE = "manifest.json"
 """``{"files": {name: {"sha256": .., "size": .., "updatedAt": ..}}}``, rewritten on each commit."""
+COMMIT_JOURNAL_FILE = ".commit.json"
+"""The board agent's commit journal while a provisioning commit is not settled; the files it
+names are rewritten from it at the agent's next start, so a renewal waits until it is gone."""

@@ -62,7 +62,7 @@ MODE_OF = {
     ObjectType.PRIVATE_KEY: PRIVATE_FILE_MODE,
     ObjectType.SERVER_CA: PUBLIC_FILE_MODE,
 }
-JOURNAL_FILE = ".commit.json"
+JOURNAL_FILE = store_layout.COMMIT_JOURNAL_FILE
 
 
 class CommitRefused(SerialProvisioningError):

@@ -173,3 +173,25 @@ def test_new_key_is_rsa_2048_and_keeps_the_current_keys_password() -> None:
     check_csr(made.csr_pem, device_name="files-01")  # what the server and the signer accept
     plain = generate_key_and_csr("files-01")
     assert b"ENCRYPTED" not in plain.key_pem
+
+
+def test_no_renewal_starts_over_an_unsettled_provisioning_commit(
+    pki: TestPKI, tmp_path: Path
+) -> None:
+    """The board agent rewrites a store from its commit journal at its next start, which would
+    undo a promotion: a renewal waits until the journal is settled."""
+    from device_sdk.store_layout import CERTIFICATE_FILE, COMMIT_JOURNAL_FILE, PRIVATE_KEY_FILE
+
+    root = tmp_path / "store"
+    root.mkdir(mode=0o700)
+    cert, key, _pair = pki.write_device(PK, "files-02", directory=tmp_path)
+    (root / CERTIFICATE_FILE).write_bytes(cert.read_bytes())
+    (root / PRIVATE_KEY_FILE).write_bytes(key.read_bytes())
+    (root / COMMIT_JOURNAL_FILE).write_text("{}")
+    files = RenewalFiles.for_store(root)
+    with pytest.raises(RenewalStateError, match=r"unfinished provisioning commit .* board agent"):
+        files.begin(REQUEST, b"key", old_cert_sn="1a")
+    assert not files.directory.exists()
+    (root / COMMIT_JOURNAL_FILE).unlink()
+    files.begin(REQUEST, b"key", old_cert_sn="1a")
+    assert files.read()[0] == "requested"
