@@ -107,7 +107,8 @@ class Link(Protocol):
 
     def close(self, reason: str | None = None, *, tls_shutdown: bool = True) -> None: ...
 
-    def peer_certificate_der(self) -> bytes | None: ...
+    def peer_certificate_der(self) -> bytes | None:
+        """The device certificate (DER) attributed in the handshake; given once, at CONNECT."""
 
     @property
     def issuer(self) -> IssuingCa | None:
@@ -359,10 +360,11 @@ class Broker:
     def _on_connect(self, conn: Link, packet: codec.Connect) -> None:
         session = conn.session
         session.client_id = clip(packet.client_id, self.limits.max_client_id_length)
-        leaf = self._peer_leaf(conn)
-        if leaf is None:
+        der = conn.peer_certificate_der()  # handed over once: the connection keeps no copy
+        if not der:
             conn.close("no client certificate after the handshake")
             return
+        leaf = x509.load_der_x509_certificate(der)
         if len(packet.client_id) > self.limits.max_client_id_length:
             self._refuse(
                 conn,
@@ -401,8 +403,7 @@ class Broker:
         session.handle(ConnectReceived(self.now()))
         generation = self.directory.trust_generation
         issuer = conn.issuer
-        der = conn.peer_certificate_der()
-        key = None if issuer is None or der is None else Decisions.key(issuer, der)
+        key = None if issuer is None else Decisions.key(issuer, der)
         known = None if key is None else self.decisions.get(generation, key)
         if known is not None:  # asked before under this generation: only the clock is new
             try:
@@ -513,13 +514,6 @@ class Broker:
             )
         if self.renewals is not None:
             self.renewals.on_connected(decision, leaf.not_valid_after_utc.timestamp())
-
-    @staticmethod
-    def _peer_leaf(conn: Link) -> x509.Certificate | None:
-        der = conn.peer_certificate_der()
-        if not der:
-            return None
-        return x509.load_der_x509_certificate(der)
 
     # --- after CONNECT -------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class MqttConnection(asyncio.Protocol):
     __slots__ = (
         "_backlog",
         "_broker",
+        "_corked",
         "_decoder",
         "_held",
         "_paused",
@@ -55,7 +56,11 @@ class MqttConnection(asyncio.Protocol):
         self.source = "?"
         self._paused = False
         self._held = False
-        self._backlog: deque[codec.Packet] = deque()
+        self._corked = False
+        """While True (inside :meth:`data_received`), output waits for one flush at the end:
+        the handshake's last flight, CONNACK and the identity message leave in one write."""
+        self._backlog: deque[codec.Packet] | None = None
+        """Packets decoded but not dispatched yet; only while there are some."""
         self._decoder: codec.Decoder | None = None
         self._tls: TlsEngine | None = None
 
@@ -84,6 +89,18 @@ class MqttConnection(asyncio.Protocol):
         if self.closed or tls is None:
             return
         tls.feed(data)
+        handshaking = self.session.state is State.HANDSHAKE
+        self._corked = True
+        try:
+            self._received(tls)
+        finally:
+            self._corked = False
+            if not self.closed:
+                self._flush_checked()
+                if handshaking and self.session.state is not State.HANDSHAKE:
+                    tls.compact()  # the handshake is over: its buffers go
+
+    def _received(self, tls: TlsEngine) -> None:
         if self.session.state is State.HANDSHAKE:
             try:
                 done = tls.handshake()
@@ -92,7 +109,6 @@ class MqttConnection(asyncio.Protocol):
                 self._broker.handshake_failed(self, exc)
                 self.close(tls_shutdown=False)
                 return
-            self._flush()
             if not done:
                 return
             self._broker.handshake_done(self)
@@ -116,7 +132,7 @@ class MqttConnection(asyncio.Protocol):
             self._broker.forget(self)
         self._tls = None
         self._decoder = None
-        self._backlog.clear()
+        self._backlog = None
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -130,9 +146,12 @@ class MqttConnection(asyncio.Protocol):
         decoder = self._decoder
         if not chunks or decoder is None:
             return
+        backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = deque()
         try:
             for chunk in chunks:
-                self._backlog.extend(decoder.feed(chunk))
+                backlog.extend(decoder.feed(chunk))
         except MqttProtocolError as exc:
             self._dispatch()  # what came before the bad bytes still counts
             self._protocol_error(exc)
@@ -141,12 +160,16 @@ class MqttConnection(asyncio.Protocol):
 
     def _dispatch(self) -> None:
         backlog = self._backlog
+        if backlog is None:
+            return
         broker = self._broker
         try:
             while backlog and not self._held and not self.closed:
                 broker.on_packet(self, backlog.popleft())
         except MqttProtocolError as exc:
             self._protocol_error(exc)
+        if not backlog and self._backlog is backlog:
+            self._backlog = None  # an idle connection holds no queue
 
     def _protocol_error(self, exc: MqttProtocolError) -> None:
         if self.closed:
@@ -181,8 +204,12 @@ class MqttConnection(asyncio.Protocol):
         except TlsError as exc:
             self.close(reason=str(exc), tls_shutdown=False)
             return
+        if not self._corked:
+            self._flush_checked()
+
+    def _flush_checked(self) -> None:
         self._flush()
-        if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+        if self.transport is not None and self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             self.close(reason="the client does not read its messages (write buffer full)")
 
     def peer_certificate_der(self) -> bytes | None:
@@ -214,9 +241,9 @@ class MqttConnection(asyncio.Protocol):
         if reason:
             self._broker.log_close(self, reason)
         self._broker.forget(self)
-        self._backlog.clear()
+        self._backlog = None
         if tls_shutdown and self._tls is not None:
             self._tls.shutdown()
-            self._flush()
+        self._flush()
         if self.transport is not None:
             self.transport.close()

@@ -34,6 +34,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _ssl_lib
 
 from device_sdk.certs import certificate_sn, device_certificate_problem
@@ -312,6 +313,36 @@ class TlsEngine:
             reason = _reason(exc)
             raise TlsError(f"TLS error while sending: {reason}", reason=reason) from exc
 
+    def compact(self) -> bool:
+        """Give the handshake's memory back: replace the two memory BIOs by empty ones.
+
+        A memory BIO keeps the allocation of the largest flight that passed through it (the
+        server's certificate flight and session tickets, the client's certificate: several KiB
+        per connection) for as long as the connection lives. Once the handshake is done and both
+        are empty, fresh ones cost almost nothing. pyOpenSSL has no call for this, so it goes
+        through the SSL* and the two BIO pointers it keeps; when those are not where expected
+        (another pyOpenSSL), nothing is changed. True when the BIOs were replaced.
+        """
+        conn = self._conn
+        ssl_ptr = getattr(conn, "_ssl", None)
+        into = getattr(conn, "_into_ssl", None)
+        out = getattr(conn, "_from_ssl", None)
+        if ssl_ptr is None or into is None or out is None:
+            return False
+        data = _ffi.new("char **")
+        if _ssl_lib.BIO_get_mem_data(into, data) or _ssl_lib.BIO_get_mem_data(out, data):
+            return False  # bytes still waiting: keep them
+        new_into = _ssl_lib.BIO_new(_ssl_lib.BIO_s_mem())
+        new_out = _ssl_lib.BIO_new(_ssl_lib.BIO_s_mem())
+        if new_into == _ffi.NULL or new_out == _ffi.NULL:
+            for bio in (new_into, new_out):
+                if bio != _ffi.NULL:
+                    _ssl_lib.BIO_free(bio)
+            return False
+        _ssl_lib.SSL_set_bio(ssl_ptr, new_into, new_out)  # frees the old pair
+        conn._into_ssl, conn._from_ssl = new_into, new_out
+        return True
+
     def shutdown(self) -> None:
         """Queue close_notify (then read :meth:`outgoing`)."""
         try:
@@ -320,5 +351,7 @@ class TlsEngine:
             pass
 
     def peer_certificate_der(self) -> bytes | None:
-        """The attributed device certificate (DER) once the handshake is complete."""
-        return self.leaf_der if self.issuer is not None else None
+        """The attributed device certificate (DER) once the handshake is complete, handed over
+        once (to CONNECT): an idle connection keeps no copy of its certificate."""
+        der, self.leaf_der = self.leaf_der, None
+        return der if self.issuer is not None else None

@@ -37,6 +37,7 @@ from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
 from server_stub.mqtt.decisions import Decisions
 from server_stub.mqtt.tls import ServerTls
+from server_stub.mqtt.tls_engine import TlsEngine
 from server_stub.ports import AuthenticatedDevice, IssuingCa
 from tests.server.mqtt_harness import PK, Device, EndpointRegistry, ServerThread, World
 
@@ -392,3 +393,69 @@ def test_kept_decisions_are_per_generation_and_bounded() -> None:
     assert (len(kept), kept.get(7, k1), kept.get(7, k3)) == (2, None, device)
     kept.put(8, k1, device)
     assert (len(kept), kept.get(7, k3), kept.get(8, k1)) == (1, None, device)
+
+
+# --- an idle connection gives the handshake's memory back -----------------------------------------
+
+
+@dataclass
+class InMemory:
+    """A server engine and a Python client over memory BIOs, handshake done (no sockets)."""
+
+    engine: TlsEngine
+    client: ssl.SSLObject
+    to_client: ssl.MemoryBIO
+    from_client: ssl.MemoryBIO
+
+    def client_sends(self, data: bytes) -> None:
+        self.client.write(data)
+        self.engine.feed(self.from_client.read())
+
+    def client_reads(self) -> bytes:
+        self.to_client.write(self.engine.outgoing())
+        return self.client.read(65536)
+
+
+def handshake_in_memory(world: World, dev: Device) -> InMemory:
+    tls = ServerTls(world.server.cert_pem(), world.server.key_pem(), _AnyIndex)
+    engine = tls.accept()
+    to_client, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ctx = ssl.create_default_context(cafile=str(world.server_ca_file))
+    ctx.load_cert_chain(str(dev.cert), str(dev.key))
+    client = ctx.wrap_bio(to_client, from_client, server_hostname="127.0.0.1")
+    server_done = client_done = False
+    while not (server_done and client_done):
+        try:
+            client.do_handshake()
+            client_done = True
+        except ssl.SSLWantReadError:
+            pass
+        engine.feed(from_client.read())
+        server_done = server_done or engine.handshake()
+        to_client.write(engine.outgoing())
+    return InMemory(engine, client, to_client, from_client)
+
+
+class _AnyIndex:
+    """Attributes every certificate to one CA (this test is about buffers, not attribution)."""
+
+    def attribute(self, leaf: Any) -> IssuingCa:
+        return IssuingCa(1, 1, "ca", True)
+
+
+def test_compaction_keeps_the_connection_working_and_never_drops_waiting_bytes(
+    world: World,
+) -> None:
+    tls = handshake_in_memory(world, world.device("compact"))
+    tls.client_sends(b"CONNECT")
+    assert not tls.engine.compact(), "compacted with the client's bytes still in the BIO"
+    assert tls.engine.read() == [b"CONNECT"]
+    assert tls.engine.compact()
+    tls.engine.write(b"CONNACK")
+    assert not tls.engine.compact(), "compacted with bytes for the client still in the BIO"
+    assert tls.client_reads() == b"CONNACK"
+    assert tls.engine.compact()
+    tls.client_sends(b"PUBLISH")
+    assert tls.engine.read() == [b"PUBLISH"]
+    tls.engine.write(b"PUBACK")
+    assert tls.client_reads() == b"PUBACK"
