@@ -1,6 +1,7 @@
 """``iotx509 ca ...`` and ``iotx509 certs ...``.
 
-Only the standard library is imported at module level; the handlers import the engine.
+Only the standard library and dependency-free modules (the command tree, the factory defaults)
+are imported at module level; the handlers import the engine.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from device_sdk.cli_support import CommandTree
-from firmware_helpers.key_sizes import ALLOWED_KEY_SIZES, DEFAULT_KEY_SIZE
+from firmware_helpers.defaults import ALLOWED_KEY_SIZES, DEFAULT_CERT_DAYS, DEFAULT_KEY_SIZE
 
 #: Registration codes as the reference server (and the modelled platform) show them.
 CODE_RE = re.compile(r"[0-9a-f]{64}")
@@ -37,7 +38,9 @@ def register(tree: CommandTree) -> None:
     p.add_argument("--cn", required=True, help="the CA's Common Name")
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
     p.add_argument("--key-size", type=int, default=DEFAULT_KEY_SIZE, choices=ALLOWED_KEY_SIZES)
-    p.add_argument("--days", type=_positive, default=3650)
+    p.add_argument(
+        "--days", type=_positive, default=DEFAULT_CERT_DAYS, help="validity (default %(default)s)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing ca.cer / ca.key")
     p.set_defaults(handler=cmd_ca_create)
 
@@ -123,7 +126,9 @@ def register(tree: CommandTree) -> None:
         metavar="DIR",
         help="output directory (0700), one per product and CA",
     )
-    p.add_argument("--days", type=_positive, default=3650, help="validity (default 3650)")
+    p.add_argument(
+        "--days", type=_positive, default=DEFAULT_CERT_DAYS, help="validity (default %(default)s)"
+    )
     p.add_argument("--key-size", type=int, default=DEFAULT_KEY_SIZE, choices=ALLOWED_KEY_SIZES)
     p.add_argument(
         "--jobs", type=_positive, default=None, help="key generation processes (default: all cores)"

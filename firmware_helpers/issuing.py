@@ -64,13 +64,13 @@ from device_sdk.naming import (
     validate_product_key,
 )
 from firmware_helpers.association_csv import Association, write_associations
+from firmware_helpers.defaults import ALLOWED_KEY_SIZES, DEFAULT_CERT_DAYS, DEFAULT_KEY_SIZE
 from firmware_helpers.errors import (
     DuplicateSerialError,
     InvalidCAError,
     InvalidInputError,
     IssuanceError,
 )
-from firmware_helpers.key_sizes import ALLOWED_KEY_SIZES, DEFAULT_KEY_SIZE
 from firmware_helpers.keypool import KeySource, generate_key_material, key_stream
 from firmware_helpers.ledger import DEFAULT_LEDGER_NAME, SerialLedger
 from firmware_helpers.pki import (
@@ -424,7 +424,7 @@ def issue_devices(
     device_names: Sequence[str],
     out_dir: str | Path,
     *,
-    days: int = 3650,
+    days: int = DEFAULT_CERT_DAYS,
     key_size: int = DEFAULT_KEY_SIZE,
     jobs: int | None = None,
     ledger_path: str | Path | None = None,

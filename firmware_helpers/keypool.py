@@ -21,8 +21,8 @@ from concurrent.futures.process import BrokenProcessPool
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from firmware_helpers.defaults import DEFAULT_KEY_SIZE
 from firmware_helpers.errors import IssuanceError
-from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
 
 #: Key-generation tasks kept in flight per worker: enough to keep every core busy, few enough that
 #: Ctrl-C stops promptly.

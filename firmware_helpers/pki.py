@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from device_sdk.certs import certificate_sn, rsa_key_pkcs1_pem
 from device_sdk.fileio import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, atomic_write
-from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
+from firmware_helpers.defaults import DEFAULT_CERT_DAYS, DEFAULT_KEY_SIZE
 
 #: Backdating absorbs small clock differences between the issuer and the verifier.
 BACKDATE = timedelta(minutes=5)
@@ -76,7 +76,7 @@ def create_ca(
     common_name: str,
     *,
     key_size: int = DEFAULT_KEY_SIZE,
-    days: int = 3650,
+    days: int = DEFAULT_CERT_DAYS,
     key: rsa.RSAPrivateKey | None = None,
     serial: int | None = None,
     organization: str | None = None,
@@ -191,7 +191,7 @@ def issue_device_certificate(
     key: rsa.RSAPrivateKey | None = None,
     key_size: int = DEFAULT_KEY_SIZE,
     serial: int | None = None,
-    days: int = 3650,
+    days: int = DEFAULT_CERT_DAYS,
     now: datetime | None = None,
 ) -> CertifiedKey:
     """An RSA client certificate (clientAuth) for one device, signed by ``ca``."""
@@ -215,7 +215,7 @@ def build_device_certificate(
     *,
     product_key: str | None = None,
     serial: int | None = None,
-    days: int = 3650,
+    days: int = DEFAULT_CERT_DAYS,
     now: datetime | None = None,
 ) -> x509.Certificate:
     """The device certificate for ``public_key``, signed by ``ca``.

@@ -13,8 +13,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from firmware_helpers.defaults import ALLOWED_KEY_SIZES
 from firmware_helpers.errors import ProtocolError
-from firmware_helpers.key_sizes import ALLOWED_KEY_SIZES
 from firmware_helpers.serial.framing import MAX_PAYLOAD, CorruptFrame, Frame, FrameDecoder
 from firmware_helpers.serial.messages import (
     DEFAULT_MAX_CHUNK,
@@ -129,7 +129,7 @@ class _Staged:
 
 
 REQUIRED_OBJECTS = (ObjectType.CERTIFICATE, ObjectType.PRIVATE_KEY)
-#: RSA key sizes a board is asked to generate (the kit's one list: :mod:`firmware_helpers.key_sizes`).
+#: RSA key sizes a board is asked to generate (the kit's one list: :mod:`firmware_helpers.defaults`).
 KEYGEN_BITS = ALLOWED_KEY_SIZES
 
 

@@ -27,6 +27,7 @@ from device_sdk.certs import (
     to_pem,
 )
 from device_sdk.errors import CredentialError, CsrRejectedError, KeyPasswordError
+from firmware_helpers.defaults import DEFAULT_KEY_SIZE
 from firmware_helpers.errors import (
     BoardRebootedError,
     LinkError,
@@ -37,7 +38,6 @@ from firmware_helpers.errors import (
     RetriesExhaustedError,
     SerialProvisioningError,
 )
-from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
 from firmware_helpers.serial.link import DEFAULT_BAUD, Link
 from firmware_helpers.serial.protocol import (
     DEFAULT_MAX_CHUNK,

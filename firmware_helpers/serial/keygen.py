@@ -26,7 +26,7 @@ from pathlib import Path
 from device_sdk import renewal_keys
 from device_sdk.certificate import pem_blocks
 from device_sdk.fileio import atomic_write
-from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
+from firmware_helpers.defaults import DEFAULT_KEY_SIZE
 
 
 def generate_key_and_csr(bits: int) -> tuple[bytes, bytes]:

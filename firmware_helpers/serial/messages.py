@@ -13,8 +13,8 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+from firmware_helpers.defaults import DEFAULT_KEY_SIZE
 from firmware_helpers.errors import ProtocolError
-from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
 from firmware_helpers.serial.framing import MAX_PAYLOAD, Frame, encode_frame
 
 #: The highest version this code speaks; version 2 adds key generation on the board.

@@ -35,6 +35,7 @@ from firmware_helpers.association_csv import (
     read_associations,
     write_associations,
 )
+from firmware_helpers.defaults import DEFAULT_CERT_DAYS, DEFAULT_KEY_SIZE
 from firmware_helpers.errors import (
     DuplicateSerialError,
     LinkError,
@@ -42,7 +43,6 @@ from firmware_helpers.errors import (
     SerialProvisioningError,
 )
 from firmware_helpers.issuing import reserve_new_serial
-from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
 from firmware_helpers.ledger import SerialLedger
 from firmware_helpers.pki import CertifiedKey, build_device_certificate
 from firmware_helpers.serial.batch import STATUS_OK, STATUS_UNCERTAIN, Pair, Report
@@ -62,7 +62,7 @@ class OnBoardIssuer:
     out_dir: Path
     ledger_path: Path
     server_ca_pem: bytes | None = None
-    days: int = 3650
+    days: int = DEFAULT_CERT_DAYS
     #: every SN reserved for this device in this run (more than one after a restart)
     reserved: list[str] = field(default_factory=list)
     cert_pem: bytes = b""

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from device_sdk.errors import CsrRejectedError
 from device_sdk.naming import DeviceFileName, validate_new_device_name
+from firmware_helpers.defaults import DEFAULT_CERT_DAYS, DEFAULT_KEY_SIZE
 from firmware_helpers.errors import (
     InvalidInputError,
     ProvisioningInputError,
 )
 from firmware_helpers.errors import SerialProvisioningError as _SPE
-from firmware_helpers.key_sizes import DEFAULT_KEY_SIZE
 from firmware_helpers.ledger import SerialLedger
 from firmware_helpers.pki import CertifiedKey
 from firmware_helpers.serial.batch import Report
@@ -109,7 +109,7 @@ class ParallelBatch:
     ledger_path: Path
     report: Report
     server_ca_pem: bytes | None = None
-    days: int = 3650
+    days: int = DEFAULT_CERT_DAYS
     bits: int = DEFAULT_KEY_SIZE
     max_boards: int | None = None
     board_timeout: float | None = None

@@ -1,8 +1,9 @@
 """``iotx509 provision``: its options and handlers (single board, batch, keys made on the board).
 
 Split from :mod:`.cli` (which registers it beside ``device agent`` and ``sim board``) because
-provisioning alone has four modes. Only the standard library is imported at the top; the
-handlers import the rest when they run, so ``iotx509 --help`` stays fast.
+provisioning alone has four modes. Only the standard library and two dependency-free modules (the
+defaults, the line's baud rate) are imported at the top; the handlers import the rest when they
+run, so ``iotx509 --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from firmware_helpers.defaults import ALLOWED_KEY_SIZES, DEFAULT_CERT_DAYS, DEFAULT_KEY_SIZE
+from firmware_helpers.serial.link import DEFAULT_BAUD
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     from firmware_helpers.serial.batch import Report
     from firmware_helpers.serial.host import Host
     from firmware_helpers.serial.link import SerialLink
-
-from firmware_helpers.key_sizes import ALLOWED_KEY_SIZES, DEFAULT_KEY_SIZE
-from firmware_helpers.serial.link import DEFAULT_BAUD
 
 
 def add_provision_parser(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +90,9 @@ def add_provision_parser(parser: argparse.ArgumentParser) -> None:
         "association CSV, SN ledger and provisioning report",
     )
     onboard.add_argument("--ledger", help="SN ledger (default: DIR/sn-ledger.jsonl)")
-    onboard.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    onboard.add_argument(
+        "--days", type=int, default=DEFAULT_CERT_DAYS, help="validity (default %(default)s)"
+    )
     onboard.add_argument(
         "--prefix",
         help="with --batch: devices are named PREFIX0001, ... (the next names nobody has had)",
