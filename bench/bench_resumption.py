@@ -5,15 +5,18 @@ N devices (default 1,000) connect with mutual TLS and hold their connections; th
 while the server stays up. Each blip is measured as the server CPU (psutil, user + system) from
 just before the drop until all N are accepted again, divided by N. Blips, on one run:
 
-- ``ours, tickets off``: the endpoint as it was before issue 16 (every reconnect a full RSA mTLS
-  handshake) -- "today's server CPU";
+- ``today``: the endpoint as it was before issue 16 (``--today-ref``, default the commit before
+  session tickets; its ``server_stub/mqtt`` is laid over this checkout's ``server_stub``, so it
+  serves the same registry file): every reconnect a full RSA mTLS handshake, every CONNECT a
+  registry lookup in an executor -- "today's server CPU";
+- ``ours, tickets off``: this endpoint with session tickets turned off;
 - ``ours, full``: the endpoint with session tickets, devices reconnecting without a session;
 - ``ours, resumed``: the same endpoint, devices offering the session of their last connection;
 - ``mosquitto, full`` / ``mosquitto, resumed``: Mosquitto 2 with the same certificates (its
   OpenSSL defaults issue tickets; whether its sessions resume is reported, not assumed).
 
-Ratios: resumed / full on the same server (target <= 0.6x), and ours resumed / ours tickets off
-(the blip's cost against today's, target <= 0.5x). Each blip runs ``--rounds`` times; the table
+Ratios: resumed / full on the same server (target <= 0.6x), and ours resumed / today (the
+blip's cost against today's, target <= 0.5x). Each blip runs ``--rounds`` times; the table
 shows the median and the spread. The load generator is the same for every server: worker
 processes, each an asyncio (uvloop) loop doing TLS over memory BIOs (``ssl.SSLObject``, the
 only asyncio-compatible way to pass ``session=``) and sending one MQTT CONNECT made by the
@@ -28,7 +31,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing as mp
+import os
+import shutil
 import signal
 import ssl
 import statistics
@@ -56,6 +62,9 @@ from bench.bench_connections import (  # noqa: E402
 )
 from firmware_helpers.pki import create_ca, issue_server_certificate  # noqa: E402
 from server_stub.mqtt import codec  # noqa: E402
+
+#: The endpoint before issue 16 (no session tickets, CONNECT always through the executor).
+TODAY_REF = "7e5d323c0d7936fc2ebd1941905bf79edb56ea65"
 
 
 def log(msg: str) -> None:
@@ -259,7 +268,7 @@ def _serve_endpoint(data: Path, ticket_lifetime: float) -> None:
             (data / "server.key").read_bytes(),
             "127.0.0.1",
             0,
-            MqttLimits(session_ticket_lifetime=ticket_lifetime),
+            _limits(MqttLimits, ticket_lifetime),
         )
         await svc.start()
         print(f"PORT {svc.port}", flush=True)
@@ -269,6 +278,37 @@ def _serve_endpoint(data: Path, ticket_lifetime: float) -> None:
         await svc.stop()
 
     uvloop.run(main())
+
+
+def _limits(cls: Any, ticket_lifetime: float) -> Any:
+    """``MqttLimits`` with the ticket lifetime, or its defaults for an endpoint without tickets."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    if "session_ticket_lifetime" in names:
+        return cls(session_ticket_lifetime=ticket_lifetime)
+    return cls()
+
+
+def today_tree(root: Path, ref: str) -> Path:
+    """This checkout's ``server_stub`` with ``server_stub/mqtt`` as it was at ``ref``."""
+    tree = root / "today"
+    shutil.copytree(ROOT / "server_stub", tree / "server_stub")
+    mqtt = tree / "server_stub" / "mqtt"
+    shutil.rmtree(mqtt)
+    mqtt.mkdir()
+    names = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{ref}:server_stub/mqtt"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    for name in names:
+        text = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{ref}:server_stub/mqtt/{name}"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        (mqtt / name).write_bytes(text)
+    return tree
 
 
 def prepare(root: Path, n: int, keys: int) -> tuple[Path, Fleet]:
@@ -291,7 +331,10 @@ def prepare(root: Path, n: int, keys: int) -> tuple[Path, Fleet]:
 
 
 @contextlib.contextmanager
-def ours(d: Path, ticket_lifetime: float) -> Iterator[Target]:
+def ours(d: Path, ticket_lifetime: float, tree: Path | None = None) -> Iterator[Target]:
+    env = dict(os.environ)
+    if tree is not None:  # today's endpoint: its server_stub first on the path
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), str(ROOT)])
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -303,6 +346,8 @@ def ours(d: Path, ticket_lifetime: float) -> Iterator[Target]:
         ],
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
+        cwd=str(tree or ROOT),
     )
     try:
         assert proc.stdout is not None
@@ -408,18 +453,18 @@ def report(results: dict[str, list[dict[str, Any]]], n: int) -> None:
         per_round = [x / y for x, y in zip(ra, rb, strict=True) if y]
         print(
             f"{label:58} {statistics.median(ra) / statistics.median(rb):5.2f}x "
-            f"(per round {min(per_round):.2f}-{max(per_round):.2f}x; {target})"
+            f"(per round {min(per_round):.2f}-{max(per_round):.2f}x"
+            + (f"; {target})" if target else ")")
         )
 
     ratio(
         "ours, resumed", "ours, full", "ours: resumed reconnect / full handshake", "target <= 0.6x"
     )
     ratio(
-        "ours, resumed",
-        "ours, tickets off",
-        "ours: blip with resumption / today's blip (tickets off)",
-        "target <= 0.5x",
+        "ours, resumed", "today", "blip: ours with resumption / today's endpoint", "target <= 0.5x"
     )
+    ratio("ours, resumed", "ours, tickets off", "blip: ours with resumption / ours tickets off", "")
+    ratio("ours, tickets off", "today", "blip: ours tickets off / today's endpoint", "")
     ratio(
         "ours, full",
         "ours, tickets off",
@@ -441,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keys", type=int, default=8, help="distinct RSA keys for the fleet")
     parser.add_argument("--no-mosquitto", action="store_true")
+    parser.add_argument(
+        "--today-ref", default=TODAY_REF, help="git revision of today's endpoint (the baseline)"
+    )
     parser.add_argument("--serve-endpoint", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ticket-lifetime", type=float, default=3600.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -463,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(server.close)
             return server
 
+        today = up("today", stack.enter_context(ours(d, 0, today_tree(root, args.today_ref))))
+        servers.append((today, "today", False))
         off = up("ours, tickets off", stack.enter_context(ours(d, 0)))
         on = up("ours, tickets on", stack.enter_context(ours(d, 3600)))
         servers += [(off, "ours, tickets off", False), (on, "ours, full", False)]
