@@ -275,14 +275,14 @@ class Certificate:
     def from_der(cls, data: bytes) -> Certificate:
         """Parse every field, or raise :class:`~device_sdk.der.DERError` saying what is wrong."""
         data = bytes(data)
-        cert = cls(data, _split(data))
+        cert = cls(data, _split(data, strict=True))
         for name in _FIELDS:
             getattr(cert, name)
         return cert
 
     @classmethod
     def _lazy(cls, data: bytes) -> Certificate:
-        return cls(data, _split(data))
+        return cls(data, _split(data, strict=False))
 
     # --- fields --------------------------------------------------------------------------------
 
@@ -301,7 +301,7 @@ class Certificate:
 
     @cached_property
     def signature_algorithm_oid(self) -> str:
-        return self._parts.signature_algorithm
+        return _algorithm_oid(self._parts.signature_algorithm, "signatureAlgorithm")
 
     @cached_property
     def issuer(self) -> Name:
@@ -469,7 +469,7 @@ class _Parts(NamedTuple):
     tbs: der.Element
     version: int
     serial: der.Element
-    signature_algorithm: str
+    signature_algorithm: der.Element
     issuer: der.Element
     not_before: der.Element
     not_after: der.Element
@@ -479,12 +479,15 @@ class _Parts(NamedTuple):
     signature: der.Element
 
 
-def _split(data: bytes) -> _Parts:
+def _split(data: bytes, *, strict: bool) -> _Parts:
+    """The structure; ``strict`` also checks both AlgorithmIdentifiers (``cryptography``
+    checked them already for a certificate it holds)."""
     outer = der.read_single(data, der.SEQUENCE, "certificate")
     top = outer.reader()
     tbs_element = top.read(der.SEQUENCE, "tbsCertificate")
     outer_algorithm = top.read(der.SEQUENCE, "signatureAlgorithm")
-    outer_oid = _algorithm_oid(outer_algorithm, "signatureAlgorithm")
+    if strict:
+        _algorithm_oid(outer_algorithm, "signatureAlgorithm")
     signature = top.read(der.BIT_STRING, "signature")
     top.finish("certificate")
 
@@ -502,7 +505,9 @@ def _split(data: bytes) -> _Parts:
     serial = tbs.read(der.INTEGER, "serialNumber")
     # Not compared with the outer one (RFC 5280 wants them equal; cryptography does not check,
     # and a verifier refuses the signature anyway).
-    _algorithm_oid(tbs.read(der.SEQUENCE, "signature"), "signature")
+    inner_algorithm = tbs.read(der.SEQUENCE, "signature")
+    if strict:
+        _algorithm_oid(inner_algorithm, "signature")
     issuer = tbs.read(der.SEQUENCE, "issuer")
     validity = tbs.sequence("validity")
     not_before = validity.read(None, "notBefore")
@@ -520,7 +525,7 @@ def _split(data: bytes) -> _Parts:
         tbs_element,
         version,
         serial,
-        outer_oid,
+        outer_algorithm,
         issuer,
         not_before,
         not_after,
