@@ -217,8 +217,12 @@ def device_certificate_problem(cert: CertLike) -> str | None:
     must follow the kit's one SN rule (:func:`device_sdk.serials.normalize_sn`: positive, at
     most 20 bytes), because the SN is how the platform finds the device.
     """
-    model = as_model(cert)
-    if model.is_ca:
+    try:
+        model = as_model(cert)
+        ca = model.is_ca
+    except DERError as exc:  # a basicConstraints the model cannot read: not a device's
+        return f"the device certificate cannot be read: {exc}"
+    if ca:
         return "the device certificate is a CA certificate (basicConstraints CA:TRUE)"
     try:
         normalize_sn(model.serial_number)

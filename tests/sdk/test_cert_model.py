@@ -483,3 +483,15 @@ def test_no_pem_block_and_broken_base64_are_refused(pki) -> None:  # type: ignor
         certs.parse_certificates(pem.replace(b"MII", b"M!I", 1))
     with pytest.raises(CertificateFormatError, match="no complete CERTIFICATE block"):
         certs.parse_certificates(pem[: len(pem) // 2])
+
+
+def test_an_unreadable_basic_constraints_is_a_reason_not_an_exception(pki) -> None:  # type: ignore[no-untyped-def]
+    """The server asks on every handshake; a certificate cryptography holds but whose
+    basicConstraints the model cannot read (cA FALSE encoded) gets a reason back."""
+    ca_der = pki.ca.certificate.public_bytes(serialization.Encoding.DER)
+    constraints = b"\x30\x03\x01\x01\xff"  # SEQUENCE { cA TRUE }
+    at = ca_der.index(constraints)
+    broken = ca_der[:at] + b"\x30\x03\x01\x01\x00" + ca_der[at + len(constraints) :]
+    cert = x509.load_der_x509_certificate(broken)  # lazily: the extension is not read yet
+    problem = certs.device_certificate_problem(cert)
+    assert problem is not None and "cannot be read: basicConstraints" in problem
