@@ -19,7 +19,9 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from device_sdk import Credentials, DeviceClient
 from device_sdk.naming import DeviceFileName
 from firmware_helpers.association_csv import Association, render
 from firmware_helpers.pki import CertifiedKey, create_ca, generate_rsa_key, issue_device_certificate
@@ -105,6 +107,11 @@ def create_account(server: RunningServer, prefix: str = "test") -> str:
 
 def account_view(server: RunningServer, prefix: str = "test") -> RunningServer:
     """``server`` as seen by a new account: the same process, ports and CA; its own token."""
+    if server.process.poll() is not None:  # shared by the session: say so once it is gone
+        raise AssertionError(
+            f"the session's reference server exited with status {server.process.returncode}; "
+            f"its log:\n{server.log()[-4000:]}"
+        )
     return replace(server, token=create_account(server, prefix))
 
 
@@ -136,6 +143,16 @@ class Platform:
     ca: CertifiedKey
     workdir: Path
     devices: dict[str, Device] = field(default_factory=dict)
+
+    def device_client(self, credentials: Credentials, **options: Any) -> DeviceClient:
+        """An SDK client for this server's MQTT endpoint, trusting its server CA."""
+        return DeviceClient(
+            self.server.mqtt_host,
+            self.server.mqtt_port,
+            credentials,
+            server_ca=self.server.server_ca,
+            **options,
+        )
 
     def device_args(self, cert: Path, key: Path) -> list[str]:
         """What a device program (``iotx509 device connect``, the examples) is told to reach

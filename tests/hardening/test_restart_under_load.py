@@ -87,12 +87,7 @@ def test_fleet_comes_back_spread_out_after_restart(tmp_path: Path) -> None:
         client = PlatformClient(srv.http_url, srv.token)
         pk = str(client.create_product("fleet")["productKey"])
         ca = pki.create_ca("Fleet CA")
-        ver = pki.issue_verification_certificate(ca, client.registration_code())
-        ca_sn = str(
-            client.register_ca(
-                "fleet_ca", UploadFile("ca.pem", ca.cert_pem()), UploadFile("v.crt", ver.cert_pem())
-            )["caSn"]
-        )
+        ca_sn = client.register_ca_with_proof("fleet_ca", ca).ca_sn
         devices = {f"fleet-{i:05d}": 0x10000 + i for i in range(FLEET)}
         assert client.associate(ca_sn, UploadFile("fleet.csv", csv_for(pk, devices))) == FLEET
         shares: list[list[dict[str, str]]] = [[] for _ in range(WORKERS)]

@@ -66,13 +66,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 def _client(platform: Platform, name: str, **kwargs: Any) -> DeviceClient:
     dev = platform.devices.get(name) or platform.issue(name)
-    return DeviceClient(
-        platform.server.mqtt_host,
-        platform.server.mqtt_port or 0,
-        Credentials.from_files(dev.cert, dev.key),
-        server_ca=platform.server.server_ca,
-        **kwargs,
-    )
+    return platform.device_client(Credentials.from_files(dev.cert, dev.key), **kwargs)
 
 
 def test_a_process_with_more_than_1024_open_files_connects(platform: Platform) -> None:
@@ -162,11 +156,8 @@ def test_start_keeps_retrying_a_refusal_and_reports_it(platform: Platform, tmp_p
             errors.append(error)
             seen.set()
 
-    client = DeviceClient(
-        platform.server.mqtt_host,
-        platform.server.mqtt_port or 0,
+    client = platform.device_client(
         Credentials.from_files(dev.cert, dev.key),
-        server_ca=platform.server.server_ca,
         on_connection_state=on_state,
     )
     client.start()  # does not raise: the refusal arrives through the callback

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -42,16 +41,6 @@ from tests.sdk.platform_setup import platform_server
 # ``platform``: an account of the test's own on the session's server (tests/conftest.py).
 
 
-def _client(platform: Platform, creds: Credentials, **kwargs: Any) -> DeviceClient:
-    return DeviceClient(
-        platform.server.mqtt_host,
-        platform.server.mqtt_port or 0,
-        creds,
-        server_ca=platform.server.server_ca,
-        **kwargs,
-    )
-
-
 def test_identity_is_received_persisted_and_used_for_topics(
     platform: Platform, tmp_path: Path
 ) -> None:
@@ -60,8 +49,7 @@ def test_identity_is_received_persisted_and_used_for_topics(
     changes: list[tuple[Identity | None, Identity]] = []
     creds = Credentials.from_files(dev.cert, dev.key)
     expected = Identity(platform.product_key, "sensor-id1")
-    with _client(
-        platform,
+    with platform.device_client(
         creds,
         identity_store=store,
         on_identity_changed=lambda old, new: changes.append((old, new)),
@@ -107,11 +95,10 @@ def test_stored_identity_is_sent_as_username_next_time(platform: Platform, tmp_p
     dev = platform.issue("sensor-id2")
     store = tmp_path / "identity.json"
     creds = Credentials.from_files(dev.cert, dev.key)
-    with _client(platform, creds, identity_store=store) as first:
+    with platform.device_client(creds, identity_store=store) as first:
         first.connect(timeout=10)
     changes: list[tuple[Identity | None, Identity]] = []
-    with _client(
-        platform,
+    with platform.device_client(
         creds,
         identity_store=store,
         on_identity_changed=lambda old, new: changes.append((old, new)),
@@ -130,14 +117,13 @@ def test_identity_changed_by_the_platform_wins_and_is_reported(
     dev = platform.issue("sensor-old")
     store = tmp_path / "identity.json"
     creds = Credentials.from_files(dev.cert, dev.key)
-    with _client(platform, creds, identity_store=store) as client:
+    with platform.device_client(creds, identity_store=store) as client:
         client.connect(timeout=10)
     # the customer re-associates this certificate with another device name
     platform.api.delete_association(platform.ca.sn, dev.pair.sn)
     platform.associate(platform.ca, "sensor-new", dev.pair.sn)
     changes: list[tuple[Identity | None, Identity]] = []
-    with _client(
-        platform,
+    with platform.device_client(
         creds,
         identity_store=store,
         on_identity_changed=lambda old, new: changes.append((old, new)),
@@ -153,7 +139,7 @@ def test_identity_changed_by_the_platform_wins_and_is_reported(
 
 def test_unassociated_certificate_is_not_authorized(platform: Platform) -> None:
     dev = platform.issue("sensor-unassoc", associate=False)
-    client = _client(platform, Credentials.from_files(dev.cert, dev.key))
+    client = platform.device_client(Credentials.from_files(dev.cert, dev.key))
     with pytest.raises(NotAuthorizedError, match=r"CONNACK 5.*SN .* associated with a device"):
         client.connect(timeout=10)
     assert client.state is ConnectionState.STOPPED
@@ -161,7 +147,7 @@ def test_unassociated_certificate_is_not_authorized(platform: Platform) -> None:
 
 def test_certificate_from_an_unregistered_ca_is_rejected(platform: Platform) -> None:
     dev = platform.issue("sensor-stranger", create_ca("Never Registered CA"), associate=False)
-    client = _client(platform, Credentials.from_files(dev.cert, dev.key))
+    client = platform.device_client(Credentials.from_files(dev.cert, dev.key))
     with pytest.raises(
         CertificateRejectedError, match="registered with the platform and active"
     ) as info:
@@ -177,8 +163,7 @@ def test_disabled_ca_closes_the_session_and_later_connections_are_rejected(
     dev = platform.issue("sensor-ca2", second_ca)
     creds = Credentials.from_files(dev.cert, dev.key)
     events: list[tuple[ConnectionState, DeviceSDKError | None]] = []
-    with _client(
-        platform,
+    with platform.device_client(
         creds,
         reconnect_base=0.1,
         reconnect_cap=0.5,
@@ -192,14 +177,14 @@ def test_disabled_ca_closes_the_session_and_later_connections_are_rejected(
         ), events
         assert client.state is not ConnectionState.ONLINE
     with pytest.raises(CertificateRejectedError):
-        _client(platform, creds).connect(timeout=10)
+        platform.device_client(creds).connect(timeout=10)
     platform.api.set_ca_status(second_ca.sn, "active")
     assert wait_for(lambda: _connects(platform, creds), timeout=10)
 
 
 def _connects(platform: Platform, creds: Credentials) -> bool:
     try:
-        with _client(platform, creds) as client:
+        with platform.device_client(creds) as client:
             client.connect(timeout=5)
         return True
     except CertificateRejectedError:
@@ -211,7 +196,7 @@ def test_loose_key_permissions_warn_but_still_connect(platform: Platform) -> Non
     dev.key.chmod(0o644)
     with pytest.warns(InsecureKeyFileWarning, match="chmod 600"):
         creds = Credentials.from_files(dev.cert, dev.key)
-    with _client(platform, creds) as client:
+    with platform.device_client(creds) as client:
         assert client.connect(timeout=10) == Identity(platform.product_key, "sensor-loose")
 
 
@@ -329,8 +314,8 @@ def test_two_processes_with_one_certificate_are_told_and_slowed_down(
 
     cap = 3.0
     twins = [
-        _client(
-            platform, creds, reconnect_base=0.05, reconnect_cap=cap, on_connection_state=on_state
+        platform.device_client(
+            creds, reconnect_base=0.05, reconnect_cap=cap, on_connection_state=on_state
         )
         for _ in range(2)
     ]
@@ -357,14 +342,14 @@ def test_identity_file_of_another_device_costs_no_refused_attempt(
 ) -> None:
     first, second = platform.issue("sensor-first"), platform.issue("sensor-second")
     store = tmp_path / "identity.json"
-    with _client(
-        platform, Credentials.from_files(first.cert, first.key), identity_store=store
+    with platform.device_client(
+        Credentials.from_files(first.cert, first.key), identity_store=store
     ) as client:
         client.connect(timeout=10)
     # the file is copied to another board (or the board gets a new certificate)
     with pytest.warns(RuntimeWarning, match="stored for the certificate with SN"):
-        client = _client(
-            platform, Credentials.from_files(second.cert, second.key), identity_store=store
+        client = platform.device_client(
+            Credentials.from_files(second.cert, second.key), identity_store=store
         )
     with client:
         assert client.identity is None
@@ -382,8 +367,7 @@ def test_restart_keeps_identity_and_delivers_the_offline_queue(tmp_path: Path) -
         dev = platform.issue("sensor-restart")
         ports, mqtt_port = same_ports(platform.server), platform.server.mqtt_port
         creds = Credentials.from_files(dev.cert, dev.key)
-        client = _client(
-            platform,
+        client = platform.device_client(
             creds,
             identity_store=tmp_path / "id.json",
             reconnect_base=0.2,
@@ -449,7 +433,7 @@ def test_certificate_that_expires_after_loading_is_a_clock_error_at_connect(
     )
     platform.associate(platform.ca, "sensor-expiring", pair.sn)
     creds = Credentials.from_pem(pair.cert_pem(), pair.key_pem())
-    client = _client(platform, creds)
+    client = platform.device_client(creds)
     assert wait_for(lambda: datetime.now(UTC) > pair.certificate.not_valid_after_utc, timeout=10)
     with pytest.raises(ClockError, match=r"has expired.*system clock says"):
         client.connect(timeout=10)
@@ -461,9 +445,9 @@ def test_server_that_does_not_publish_identities(tmp_path: Path) -> None:
         dev = quiet.issue("sensor-quiet")
         creds = Credentials.from_files(dev.cert, dev.key)
         with pytest.raises(IdentityTimeoutError, match="did not send this device's identity"):
-            _client(quiet, creds, identity_timeout=1.0).connect(timeout=10)
+            quiet.device_client(creds, identity_timeout=1.0).connect(timeout=10)
         # as a generic broker: no identity, absolute topics
-        with _client(quiet, creds, expect_identity=False) as client:
+        with quiet.device_client(creds, expect_identity=False) as client:
             assert client.connect(timeout=10) is None
             topic = f"/{quiet.product_key}/sensor-quiet/user/update"
             assert client.publish(topic, b"no-identity", qos=1).wait(10)
@@ -475,7 +459,7 @@ def test_server_that_does_not_publish_identities(tmp_path: Path) -> None:
 
 def test_connect_again_after_disconnect(platform: Platform) -> None:
     dev = platform.issue("sensor-again")
-    client = _client(platform, Credentials.from_files(dev.cert, dev.key))
+    client = platform.device_client(Credentials.from_files(dev.cert, dev.key))
     first = client.connect(timeout=10)
     client.disconnect()
     assert client.state is ConnectionState.STOPPED

@@ -179,5 +179,7 @@ def csv_bytes(
     newline: str = "\n",
     bom: bool = False,
 ) -> bytes:
+    """Raw bytes for the parser's tests: other line ends, a BOM, another header, invalid rows,
+    exactly as given. A valid file as the kit writes it: :func:`tests.common.association_csv`."""
     text = newline.join([header, *(",".join(r) for r in rows)]) + newline
     return (b"\xef\xbb\xbf" if bom else b"") + text.encode()
