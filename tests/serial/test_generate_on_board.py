@@ -13,6 +13,7 @@ import base64
 import csv
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -52,6 +53,25 @@ def _provision_pair(
         text=True,
         timeout=120,
     )
+
+
+def _batch_command(
+    ports: Sequence[str], ca: tuple[Path, Path], prefix: str, out: Path, max_boards: int
+) -> list[str]:
+    """``iotx509 provision --batch --generate-on-board``: one board per port in parallel."""
+    port_args = [arg for port in ports for arg in ("--port", port)]
+    issuer = ["--ca", str(ca[0]), "--ca-key", str(ca[1]), "--product-key", PK]
+    batch = ["--prefix", prefix, "--out", str(out), "--max-boards", str(max_boards)]
+    return [
+        *CLI,
+        *port_args,
+        "--batch",
+        "--generate-on-board",
+        *issuer,
+        *batch,
+        "--board-timeout",
+        "60",
+    ]
 
 
 def _generate(
@@ -413,30 +433,9 @@ def test_boards_on_two_ports_are_provisioned_in_parallel_and_never_named_twice(
     out = tmp_path / "out"
 
     def run(*ports: str, max_boards: int) -> subprocess.Popen[str]:
-        port_args = [arg for port in ports for arg in ("--port", port)]
+        command = _batch_command(ports, ca_files, "line3-", out, max_boards)
         return subprocess.Popen(
-            [
-                *CLI,
-                *port_args,
-                "--batch",
-                "--generate-on-board",
-                "--ca",
-                str(ca_files[0]),
-                "--ca-key",
-                str(ca_files[1]),
-                "--product-key",
-                PK,
-                "--prefix",
-                "line3-",
-                "--server-ca",
-                str(pairs[0].server_ca),
-                "--out",
-                str(out),
-                "--max-boards",
-                str(max_boards),
-                "--board-timeout",
-                "60",
-            ],
+            [*command, "--server-ca", str(pairs[0].server_ca)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -502,27 +501,7 @@ def test_a_failed_board_burns_its_name_and_sn_and_the_next_run_skips_both(
 
     def run(port: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [
-                *CLI,
-                "--port",
-                port,
-                "--batch",
-                "--generate-on-board",
-                "--ca",
-                str(ca_files[0]),
-                "--ca-key",
-                str(ca_files[1]),
-                "--product-key",
-                PK,
-                "--prefix",
-                "line4-",
-                "--out",
-                str(out),
-                "--max-boards",
-                "1",
-                "--board-timeout",
-                "60",
-            ],
+            _batch_command([port], ca_files, "line4-", out, max_boards=1),
             capture_output=True,
             text=True,
             timeout=120,
