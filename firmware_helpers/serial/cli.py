@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 from device_sdk.cli_support import CommandTree
-from firmware_helpers.serial.provision_cli import DEFAULT_BAUD, add_provision_parser
+from firmware_helpers.serial.link import DEFAULT_BAUD
+from firmware_helpers.serial.provision_cli import add_provision_parser
 
 
 def register(tree: CommandTree) -> None:
