@@ -3,6 +3,9 @@
 It is also an example of a custom locustfile built on the importable ``DeviceUser``: the
 simulator's options and users come in with the import; this file only adds listeners that note
 when connections succeed and what the process costs, and writes them to ``$BENCH_SIM_OUT``.
+With ``$BENCH_SIM_HOLD`` seconds, the run ends that long after the ``$BENCH_SIM_TARGET``-th
+device connected (``-t`` stays the upper bound), so every device is held for the whole hold
+whatever the ramp took on a busy machine.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import resource
 import time
 from typing import Any
 
+import gevent
 from locust import events
+from locust.env import Environment
 
 from simulator import locust_plugin  # noqa: F401  (options and listeners)
 from simulator.users import DeviceUser
@@ -49,7 +54,13 @@ STATE: dict[str, Any] = {
     "rss_connected": None,
     "rss_end": None,
     "online_peak": 0,
+    "all_connected_at": None,
 }
+_ENVIRONMENT: list[Environment] = []
+
+
+def _on_init(environment: Environment, **_kw: Any) -> None:
+    _ENVIRONMENT.append(environment)
 
 
 def _on_request(
@@ -67,6 +78,11 @@ def _on_request(
         target = int(os.environ.get("BENCH_SIM_TARGET", "0"))
         if target and STATE["connects"] == target:
             STATE["rss_connected"] = _rss()
+            STATE["all_connected_at"] = now
+            hold = float(os.environ.get("BENCH_SIM_HOLD", "0"))
+            runner = _ENVIRONMENT[0].runner if _ENVIRONMENT else None
+            if hold > 0 and runner is not None:
+                gevent.spawn_later(hold, runner.quit)
     elif name == "connection lost":
         STATE["lost"] += 1
     elif name == "reconnect" and exception is None:
@@ -97,6 +113,7 @@ def _listen(hook: Any, listener: Any) -> None:
     hook.add_listener(listener)
 
 
+_listen(events.init, _on_init)
 _listen(events.request, _on_request)
 _listen(events.test_start, _on_test_start)
 _listen(events.quitting, _on_quitting)
