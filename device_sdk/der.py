@@ -15,6 +15,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from device_sdk.errors import CredentialError
+
 # Universal tags (identifier octets) used by certificates and keys.
 BOOLEAN = 0x01
 INTEGER = 0x02
@@ -43,8 +45,12 @@ def context(number: int, *, constructed: bool = True) -> int:
     return 0x80 | (CONSTRUCTED if constructed else 0) | number
 
 
-class DERError(ValueError):
-    """The bytes are not the DER structure expected; the message says where."""
+class DERError(CredentialError, ValueError):
+    """The bytes are not the DER structure expected; the message says where.
+
+    A :class:`~device_sdk.errors.CredentialError` (bytes that cannot be a usable certificate or
+    key), and a ``ValueError`` for callers that parse untrusted bytes generically.
+    """
 
 
 class Element:

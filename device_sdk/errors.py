@@ -22,6 +22,7 @@ named once (no two classes share a name).
   | | + KeyPasswordError
   | | + KeyMismatchError
   | | + UnsupportedKeyTypeError
+  | | + DERError  (also ValueError; device_sdk/der.py, the strict DER reader)
   | + CsrRejectedError  (a device's CSR: device_sdk/csr.py, provisioning and renewal)
   | + InvalidSerialNumberError  (also ValueError)
   | + InvalidNameError  (also ValueError)
