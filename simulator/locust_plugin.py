@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 _LEASES = "iotx509_leases"
 _SCENARIO = "iotx509_scenario"
 _SUMMARY = "iotx509_log_summary"
-#: Each device holds one socket; Locust raises the soft limit only to 10,000.
+#: Each device holds one socket; Locust raises the soft limit only to 10,000. The worker raises
+#: its soft limit to this (or to the hard limit, if lower) at start and logs it.
 WANTED_OPEN_FILES = 65_536
 
 
@@ -237,3 +238,11 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
         except (ValueError, OSError):
             log.warning("could not raise the open-file limit from %d; each device needs one", soft)
+            return
+        log.info(
+            "open-file limit (soft RLIMIT_NOFILE) raised from %d to %d: one descriptor per device"
+            " (the hard limit, %s, bounds it: raise that with ulimit -Hn / LimitNOFILE)",
+            soft,
+            wanted,
+            "unlimited" if hard == resource.RLIM_INFINITY else hard,
+        )
