@@ -10,7 +10,9 @@ run:
    ``simulator/link.py``: each device's certificate and key loaded from its files, TLS, CONNECT,
    the identity) connecting ``--rate-devices`` devices as fast as it can; target: at least 90%
    of the ceiling. Ceiling and rate alternate ``--rounds`` times (median and range reported:
-   the machine is shared, and both sides use the same cores);
+   the machine is shared, and both sides use the same cores). A second reference row is the
+   same minimal client loading each device's certificate and key files per connection, as a
+   client of many devices must once per device (the ceiling loads its 200 before the clock);
 3. hold -- one Locust process with ``--devices`` devices connected, each publishing (QoS 1) every
    10 s for ``--hold-seconds``, ``--hold-rounds`` times; target: at least 5,000 devices with at
    most 50 KiB of worker memory per device.
@@ -65,10 +67,20 @@ def prepare(workdir: Path, count: int) -> tuple[Path, Path]:
 
 
 def ceiling(
-    server: RunningServer, fleet: Fleet, seconds: float, concurrency: int, contexts: int
+    server: RunningServer,
+    fleet: Fleet,
+    seconds: float,
+    concurrency: int,
+    contexts: int,
+    *,
+    load_per_connect: bool = False,
 ) -> dict[str, float]:
     """A minimal client: asyncio (uvloop) + ``ssl``, ``concurrency`` connections in flight, each
-    a full mutual-TLS handshake + CONNECT until CONNACK, then DISCONNECT and close."""
+    a full mutual-TLS handshake + CONNECT until CONNACK, then DISCONNECT and close.
+
+    ``load_per_connect``: each connection gets a fresh context that loads its device's
+    certificate and key files first (what any client of many devices does once per device);
+    otherwise ``contexts`` contexts are made before the clock starts and used in turn."""
     import asyncio
 
     import uvloop
@@ -82,7 +94,16 @@ def ceiling(
         )
         ctx = build_ssl_context(creds, fleet.server_ca_path)
         connect = codec.encode(codec.Connect(str(ClientId.for_x509(creds.sn)), 300))
-        prepared.append((ctx, connect))
+        prepared.append((ctx, connect, fleet.path(device.cert), fleet.path(device.key)))
+    server_ca = fleet.server_ca_path.read_text() if fleet.server_ca_path else None
+
+    def fresh(cert: Path, key: Path) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(cadata=server_ca)
+        ctx.load_cert_chain(cert, key)
+        return ctx
+
     counts = [0]
     errors: list[str] = []
 
@@ -104,8 +125,9 @@ def ceiling(
         mine = prepared[slot::concurrency] or prepared
         i = 0
         while time.monotonic() < stop:
-            ctx, connect = mine[i % len(mine)]
+            prepared_ctx, connect, cert, key = mine[i % len(mine)]
             i += 1
+            ctx: ssl.SSLContext = fresh(cert, key) if load_per_connect else prepared_ctx
             try:
                 await one(ctx, connect)
                 counts[0] += 1
@@ -272,6 +294,7 @@ def main() -> int:
         log(f"fleet ready in {time.monotonic() - started:.0f} s")
 
         ceilings: list[dict[str, float]] = []
+        loading: list[dict[str, float]] = []
         rates: list[dict[str, float]] = []
         for n in range(1, args.rounds + 1):
             log(
@@ -282,6 +305,16 @@ def main() -> int:
             ceilings.append(
                 ceiling(server, fleet, args.ceiling_seconds, args.ceiling_concurrency, 200)
             )
+            loading.append(
+                ceiling(
+                    server,
+                    fleet,
+                    args.ceiling_seconds,
+                    args.ceiling_concurrency,
+                    200,
+                    load_per_connect=True,
+                )
+            )
             run = run_locust(
                 fleet_dir,
                 host,
@@ -291,6 +324,7 @@ def main() -> int:
                 template_file(out_dir, 3600),
                 out_dir,
                 f"rate-{n}",
+                hold=1.0,  # done once every device connected
             )
             span = (run["last"] or 0) - (run["first"] or 0)
             connects = max(run["connects"] - 1, 1)
@@ -323,7 +357,7 @@ def main() -> int:
                     hold=args.hold_seconds,
                 )
             )
-    report(args, ceilings, rates, holds)
+    report(args, ceilings, loading, rates, holds)
     return 0
 
 
@@ -336,6 +370,7 @@ def _spread(values: list[float], fmt: str) -> str:
 def report(
     args: argparse.Namespace,
     ceilings: list[dict[str, float]],
+    loading: list[dict[str, float]],
     rates: list[dict[str, float]],
     holds: list[dict[str, Any]],
 ) -> None:
@@ -356,6 +391,12 @@ def report(
         f"{sum(int(c['errors']) for c in ceilings)} errors"
     )
     print(
+        f"  the same, loading each device's files: "
+        f"{_spread([c['per_second'] for c in loading], '.1f')} mTLS connects/s, "
+        f"{_spread([c['cpu_ms'] for c in loading], '.2f')} ms client CPU each "
+        f"(a fresh context per connection)"
+    )
+    print(
         f"  one Locust worker (DeviceUser):       "
         f"{_spread([r['per_second'] for r in rates], '.1f')} connects/s (CONNACK + identity), "
         f"{_spread([r['cpu_ms'] for r in rates], '.2f')} ms CPU each, "
@@ -365,6 +406,14 @@ def report(
         f"  ratio worker / ceiling, per round:    "
         f"{', '.join(f'{x:.0%}' for x in ratios)}; median {sorted(ratios)[len(ratios) // 2]:.0%}"
         f"   (target >= 90%)"
+    )
+    loaded = [
+        r["per_second"] / c["per_second"] if c["per_second"] else 0.0
+        for c, r in zip(loading, rates, strict=True)
+    ]
+    print(
+        f"  worker / client loading its files:    "
+        f"{', '.join(f'{x:.0%}' for x in loaded)}; median {sorted(loaded)[len(loaded) // 2]:.0%}"
     )
     for n, (hold, kib) in enumerate(zip(holds, per_device, strict=True), 1):
         publish_avg = hold["publish_ms"] / max(hold["publishes"], 1)
