@@ -10,6 +10,7 @@ loading ``cryptography``. The SDK's own defaults (reconnect, keep-alive, port) a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 #: RSA key size made when none is asked for. The platform accepts RSA device certificates only,
@@ -21,4 +22,15 @@ ALLOWED_KEY_SIZES: Final = (2048, 3072, 4096)
 #: otherwise (ten years: the field's usual device lifetime).
 DEFAULT_CERT_DAYS: Final = 3650
 
-__all__ = ["ALLOWED_KEY_SIZES", "DEFAULT_CERT_DAYS", "DEFAULT_KEY_SIZE"]
+
+def check_days(days: int, error: Callable[[str], Exception]) -> None:
+    """Refuse a validity (``--days``) under one day with ``error`` and the one message.
+
+    The engines (``issue_devices``, the signer) and ``provision --generate-on-board`` each raise
+    their own part's error, so the caller passes its class; the rule and its wording live here.
+    """
+    if days < 1:
+        raise error(f"--days must be at least 1, got {days}")
+
+
+__all__ = ["ALLOWED_KEY_SIZES", "DEFAULT_CERT_DAYS", "DEFAULT_KEY_SIZE", "check_days"]

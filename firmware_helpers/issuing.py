@@ -64,7 +64,12 @@ from device_sdk.naming import (
     validate_product_key,
 )
 from firmware_helpers.association_csv import Association, write_associations
-from firmware_helpers.defaults import ALLOWED_KEY_SIZES, DEFAULT_CERT_DAYS, DEFAULT_KEY_SIZE
+from firmware_helpers.defaults import (
+    ALLOWED_KEY_SIZES,
+    DEFAULT_CERT_DAYS,
+    DEFAULT_KEY_SIZE,
+    check_days,
+)
 from firmware_helpers.errors import (
     DuplicateSerialError,
     InvalidCAError,
@@ -451,8 +456,7 @@ def issue_devices(
         raise InvalidInputError(
             f"key size {key_size} is not one of {', '.join(map(str, ALLOWED_KEY_SIZES))}"
         )
-    if days < 1:
-        raise InvalidInputError(f"--days must be at least 1, got {days}")
+    check_days(days, InvalidInputError)
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     if jobs < 1:
         raise InvalidInputError(f"--jobs must be at least 1, got {jobs}")

@@ -34,6 +34,7 @@ from device_sdk.csr import check_csr
 from device_sdk.errors import CsrRejectedError, InvalidNameError
 from device_sdk.fileio import PUBLIC_FILE_MODE, atomic_write
 from device_sdk.naming import DeviceFileName, validate_device_name, validate_product_key
+from firmware_helpers.defaults import check_days
 from firmware_helpers.errors import FirmwareHelpersError
 from firmware_helpers.issuing import reserve_new_serials
 from firmware_helpers.ledger import DEFAULT_LEDGER_NAME, SerialLedger
@@ -105,8 +106,7 @@ class Signer:
     ) -> None:
         if not 1 <= parallel <= 32:
             raise SignerError(f"--parallel must be 1..32, got {parallel}")
-        if days < 1:
-            raise SignerError(f"--days must be at least 1, got {days}")
+        check_days(days, SignerError)
         if not 1 <= batch <= 100:
             raise SignerError(f"--batch must be 1..100, got {batch}")
         self.client = client

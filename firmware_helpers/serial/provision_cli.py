@@ -14,7 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from firmware_helpers.defaults import ALLOWED_KEY_SIZES, DEFAULT_CERT_DAYS, DEFAULT_KEY_SIZE
+from firmware_helpers.defaults import (
+    ALLOWED_KEY_SIZES,
+    DEFAULT_CERT_DAYS,
+    DEFAULT_KEY_SIZE,
+    check_days,
+)
 from firmware_helpers.serial.link import DEFAULT_BAUD
 
 if TYPE_CHECKING:
@@ -312,8 +317,7 @@ def _onboard_common(args: argparse.Namespace, *, name_option: str) -> tuple[Any,
         validate_product_key(args.product_key)
     except InvalidNameError as exc:
         raise ProvisioningInputError(str(exc)) from exc
-    if args.days < 1:
-        raise ProvisioningInputError(f"--days must be at least 1, got {args.days}")
+    check_days(args.days, ProvisioningInputError)
     ca = load_issuing_ca(args.ca, args.ca_key)
     server_ca = None
     if args.server_ca:

@@ -520,3 +520,35 @@ def test_a_failed_board_burns_its_name_and_sn_and_the_next_run_skips_both(
         entries = ledger.entries_for(pki.ca.sn)
     assert [e.device_name for e in entries] == ["line4-0001", "line4-0002"]
     assert [r.device_name for r in read_associations(out / "associations.csv")] == ["line4-0002"]
+
+
+def test_days_below_one_is_refused_before_any_board_or_file_is_touched(
+    tmp_path: Path, ca_files: tuple[Path, Path]
+) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            *CLI,
+            "--port",
+            str(tmp_path / "no-such-port"),
+            "--generate-on-board",
+            "--ca",
+            str(ca_files[0]),
+            "--ca-key",
+            str(ca_files[1]),
+            "--product-key",
+            PK,
+            "--device-name",
+            "days-0001",
+            "--out",
+            str(out),
+            "--days",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "--days must be at least 1, got 0" in proc.stderr
+    assert not out.exists()
