@@ -12,9 +12,9 @@ that must happen before any network traffic are made here:
   refuses a key that is not the certificate's (and decrypts an encrypted one, so a wrong
   password shows here). Its errors are mapped once, here, to the SDK's.
 
-``ssl`` can load a key only from a file: it goes through an anonymous in-memory file
-(``memfd``, Linux) or, elsewhere, a 0600 file in a private 0700 temporary directory, gone as soon
-as ``load_cert_chain`` returns. An encrypted key stays encrypted there.
+``ssl`` can load a key only from a path: :func:`openssl_paths` gives OpenSSL one that stores
+the key in no file system, gone as soon as ``load_cert_chain`` returns (how, on Linux and
+elsewhere, is said there). An encrypted key stays encrypted on the way.
 
 An encrypted key's type and consistency are not visible before decryption, which needs
 ``cryptography``: with ``check_rsa_key`` (the default) such a key is also read by

@@ -5,9 +5,9 @@ verified against the CA the user named (with host name checking), and the client
 loaded from memory -- the key may have come from a credential store, and is never written
 anywhere readable.
 
-``ssl`` offers no way to load a key from memory, so the key is handed to OpenSSL through an
-anonymous in-memory file (``memfd``, Linux) or, elsewhere, a named pipe in a private 0700
-temporary directory, gone as soon as ``load_cert_chain`` returns (:mod:`device_sdk.keyfile`).
+``ssl`` offers no way to load a key from memory, so the key is handed to OpenSSL through a
+path that stores it in no file system and is gone as soon as ``load_cert_chain`` returns
+(:func:`device_sdk.keyfile.openssl_paths` says how).
 
 A reconnect resumes the last TLS session of the same server when the server allows it
 (:class:`DeviceTLSContext`): no certificate exchange, no RSA signatures, a fraction of a full
