@@ -15,6 +15,11 @@ Two halves, as everywhere in the server:
 Why the old SN is kept: the device stores the new pair and reconnects; until the platform
 accepted the new certificate the device must still be able to connect with the old one. The
 old SN is retired at the first CONNECT with the new SN, or when the grace period ends.
+
+The CONNECT path (issue 16): a device whose last CONNECT found nothing to record or do is
+remembered as *quiet* and costs no lookup; the others are looked up in batches, one
+transaction per batch. (Over 500 lines: the rules and their one event-loop hook belong
+together; the hook is the last class.)
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -70,6 +76,9 @@ MAX_PENDING_PAGE = 100
 MAX_EXPIRY_DAYS = 36500
 MAX_EXPIRING_ROWS = 10_000
 DAY = 86400.0
+#: Most associations :meth:`Renewals.is_quiet` remembers (~150 bytes each; forgotten all at
+#: once when full, after which CONNECTs are looked up again).
+MAX_QUIET_ASSOCIATIONS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +126,13 @@ class Renewals:
         self.registry = registry
         self.settings = settings or RenewalSettings()
         self._clock = clock
+        # Associations whose last CONNECT found nothing to do but what is recorded (see
+        # is_quiet): (account id, CA SN, cert SN) -> notAfter recorded. Valid for one trust
+        # generation and one epoch (an issued certificate starts a new epoch).
+        self._quiet: dict[tuple[int, str, str], float] = {}
+        self._quiet_generation = -1
+        self._quiet_epoch = 0
+        self._quiet_lock = threading.Lock()
 
     @property
     def store(self) -> Store:
@@ -252,6 +268,77 @@ class Renewals:
         Connecting with the new SN retires the old one at once. Connecting with the old SN
         while a new certificate waits returns that certificate again (``issued``).
         """
+        return self.connected_many([(device, not_after)])
+
+    def connected_many(
+        self, arrivals: Sequence[tuple[AuthenticatedDevice, float]]
+    ) -> list[Outgoing]:
+        """:meth:`connected` for many CONNECTs: their notAfter writes share one transaction.
+
+        A CONNECT storm of first connections would otherwise commit once per device. A
+        device whose CONNECT cannot be handled is logged and the others still are.
+        """
+        # captured before any read: what is remembered as quiet below was read after these
+        epoch, generation = self._quiet_epoch, self.registry.trust_generation
+        replies: list[Outgoing] = []
+        writes: list[tuple[int, float]] = []
+        quiet: dict[tuple[int, str, str], float] = {}
+        for device, not_after in arrivals:
+            try:
+                replies += self._arrived(device, not_after, writes, quiet)
+            except Exception:
+                log.exception(
+                    "renewal: recording the connection of %s/%s failed",
+                    device.product_key,
+                    device.device_name,
+                )
+        if writes:
+            with self.store.atomic():
+                for association_id, value in writes:
+                    self.store.record_not_after(association_id, value)
+        self._remember_quiet(quiet, epoch, generation)
+        return replies
+
+    def is_quiet(self, device: AuthenticatedDevice, not_after: float) -> bool:
+        """True when a CONNECT of ``device`` with ``not_after`` has nothing to record or do.
+
+        That is: its last CONNECT, under the registry's current trust generation and with no
+        certificate issued since, found this notAfter recorded and no change-over pending.
+        Cheap and lock-free (the endpoint asks on the event loop for every CONNECT).
+        """
+        return (
+            self._quiet_generation == self.registry.trust_generation
+            and self._quiet.get((device.account_id, device.ca_sn, device.cert_sn)) == not_after
+        )
+
+    def _remember_quiet(
+        self, entries: dict[tuple[int, str, str], float], epoch: int, generation: int
+    ) -> None:
+        if not entries:
+            return
+        with self._quiet_lock:
+            if epoch != self._quiet_epoch or generation != self.registry.trust_generation:
+                return  # something changed since the reads: they may be stale
+            if self._quiet_generation != generation or (
+                len(self._quiet) + len(entries) > MAX_QUIET_ASSOCIATIONS
+            ):
+                self._quiet.clear()
+                self._quiet_generation = generation
+            self._quiet.update(entries)
+
+    def _forget_quiet(self) -> None:
+        """After a write that gives a device something to do at its next CONNECT."""
+        with self._quiet_lock:
+            self._quiet_epoch += 1
+            self._quiet.clear()
+
+    def _arrived(
+        self,
+        device: AuthenticatedDevice,
+        not_after: float,
+        writes: list[tuple[int, float]],
+        quiet: dict[tuple[int, str, str], float],
+    ) -> list[Outgoing]:
         trusted = self.registry.trust_index().by_account_sn.get((device.account_id, device.ca_sn))
         if trusted is None:
             return []
@@ -259,9 +346,10 @@ class Renewals:
         if state is None:
             return []
         if state.not_after != not_after:
-            self.store.record_not_after(state.association_id, not_after)
+            writes.append((state.association_id, not_after))
         if state.retire_at is None:
             if not (state.has_issued or state.has_retiring):
+                quiet[(device.account_id, device.ca_sn, device.cert_sn)] = not_after
                 return []
             retired = self.store.complete_change_over(
                 state.device_id, state.association_id, self._clock()
@@ -344,6 +432,7 @@ class Renewals:
             now + self.settings.grace,
             now,
         )
+        self._forget_quiet()  # after the commit: the device has a certificate to fetch
         log.info(
             "renewal: CA %s issued cert SN %s for %s/%s (request %s); old SN %s retires at the "
             "first CONNECT with the new one or in %g s",
@@ -453,6 +542,9 @@ class RenewalDesk:
         self.renewals = renewals
         self.messaging = messaging
         self._busy: set[tuple[str, str]] = set()
+        # CONNECTs waiting for the job in the thread pool (at most one association each)
+        self._arrivals: dict[tuple[int, str, str], tuple[AuthenticatedDevice, float]] = {}
+        self._working = False
 
     def on_publish(self, device: AuthenticatedDevice, topic: str, payload: bytes) -> None:
         if parse_renew_topic(topic) is None:
@@ -481,17 +573,32 @@ class RenewalDesk:
         self.send(future.result())
 
     def on_connected(self, device: AuthenticatedDevice, not_after: float) -> None:
+        """Per accepted CONNECT, on the event loop: nothing for a quiet device; the others
+        are handed to the thread pool together, one job at a time (one transaction each)."""
+        if self.renewals.is_quiet(device, not_after):
+            return
+        # keyed by association: a device that reconnects while a job runs is handled once
+        self._arrivals[(device.account_id, device.ca_sn, device.cert_sn)] = (device, not_after)
+        if not self._working:
+            self._start()
+
+    def _start(self) -> None:
+        arrivals, self._arrivals = list(self._arrivals.values()), {}
+        self._working = True
         future = asyncio.get_running_loop().run_in_executor(
-            None, self.renewals.connected, device, not_after
+            None, self.renewals.connected_many, arrivals
         )
         future.add_done_callback(self._connected_done)
 
     def _connected_done(self, future: asyncio.Future[list[Outgoing]]) -> None:
+        self._working = False
+        if self._arrivals:
+            self._start()
         if future.cancelled():
             return
         error = future.exception()
         if error is not None:
-            log.error("renewal: recording a connection failed", exc_info=error)
+            log.error("renewal: recording connections failed", exc_info=error)
             return
         for outgoing in future.result():
             self.send(outgoing)

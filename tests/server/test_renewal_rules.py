@@ -39,7 +39,7 @@ from server_stub.errors import (
 )
 from server_stub.ports import AuthenticatedDevice
 from server_stub.registry import Registry
-from server_stub.registry.renewals import Outgoing, RenewalDesk, Renewals
+from server_stub.registry.renewals import DAY, Outgoing, RenewalDesk, Renewals
 from server_stub.store import SqliteStore
 from server_stub.store.base import AccountRecord, NewRenewal, ProductRecord
 from server_stub.store.sqlite import CLOSED_RENEWALS_KEPT
@@ -579,3 +579,113 @@ def test_a_device_keeps_only_its_last_few_closed_requests(world: World) -> None:
     assert counts["renewals"] == 1 + CLOSED_RENEWALS_KEPT  # the open one and the last closed
     [pending] = world.renewals.pending(world.account, world.ca_sn)
     assert pending.device_request_id == "r10"
+
+
+# --- the CONNECT path: nothing looked up for a device with nothing to do (issue 16) -------------
+
+
+class CountingStore:
+    """Counts the store's per-CONNECT lookups (the rest passes through to the real store)."""
+
+    def __init__(self, world: World) -> None:
+        self.lookups = 0
+        real = world.registry.store.connect_state
+
+        def connect_state(ca_id: int, cert_sn: str) -> Any:
+            self.lookups += 1
+            return real(ca_id, cert_sn)
+
+        world.registry.store.connect_state = connect_state  # type: ignore[method-assign]
+
+
+def test_a_quiet_device_is_looked_up_again_only_after_a_change(world: World) -> None:
+    device, pair = world.device("dev-quiet")
+    not_after = pair.certificate.not_valid_after_utc.timestamp()
+    assert not world.renewals.is_quiet(device, not_after)  # never seen
+    assert world.renewals.connected(device, not_after) == []
+    assert world.renewals.is_quiet(device, not_after)
+    assert not world.renewals.is_quiet(device, not_after + 1)  # another notAfter is recorded
+    world.device("dev-quiet-other")  # any registry change (a new trust generation)
+    assert not world.renewals.is_quiet(device, not_after)
+    world.renewals.connected(device, not_after)
+    assert world.renewals.is_quiet(device, not_after)
+
+
+def test_an_issued_certificate_ends_the_quiet_so_the_old_sn_gets_it(world: World) -> None:
+    old, request_id = queue(world, "dev-quiet-issued")
+    assert world.renewals.connected(old, 2e9) == []
+    assert world.renewals.is_quiet(old, 2e9)
+    pem = certificate_for(world, "dev-quiet-issued")
+    world.renewals.post_certificate(world.account, world.ca_sn, request_id, pem)
+    assert not world.renewals.is_quiet(old, 2e9)
+    [out] = world.renewals.connected(old, 2e9)
+    assert out.reply.status == "issued"
+    assert not world.renewals.is_quiet(old, 2e9)  # still something to do at its next CONNECT
+
+
+def test_a_read_made_before_an_issued_certificate_is_not_remembered(world: World) -> None:
+    """A CONNECT handled in the thread pool while a signer posts: what it read before the
+    certificate was issued must not make the device quiet afterwards."""
+    old, request_id = queue(world, "dev-quiet-race")
+    pem = certificate_for(world, "dev-quiet-race")
+    real = world.registry.store.connect_state
+
+    def connect_state(ca_id: int, cert_sn: str) -> Any:
+        state = real(ca_id, cert_sn)  # read first, then the signer's certificate lands
+        world.renewals.post_certificate(world.account, world.ca_sn, request_id, pem)
+        return state
+
+    world.registry.store.connect_state = connect_state  # type: ignore[method-assign]
+    assert world.renewals.connected(old, 2e9) == []  # it read the state before the issue
+    assert not world.renewals.is_quiet(old, 2e9)
+
+
+def test_connects_in_one_batch_share_a_transaction_and_a_failure_stays_with_its_device(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    devices = [world.device(f"dev-batch-{i}") for i in range(3)]
+    arrivals = [(d, p.certificate.not_valid_after_utc.timestamp()) for d, p in devices]
+    real = world.registry.store.connect_state
+    broken = devices[1][0].cert_sn
+
+    def connect_state(ca_id: int, cert_sn: str) -> Any:
+        if cert_sn == broken:
+            raise RuntimeError("disk on fire")
+        return real(ca_id, cert_sn)
+
+    world.registry.store.connect_state = connect_state  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, "server_stub.renewal"):
+        assert world.renewals.connected_many(arrivals) == []
+    assert "recording the connection of" in caplog.text and "dev-batch-1" in caplog.text
+    assert "disk on fire" in caplog.text
+    horizon = max(n for _, n in arrivals) - world.clock.now
+    listed = {r.row.device_name for r in world.renewals.expiring(world.account, horizon / DAY + 1)}
+    assert listed == {"dev-batch-0", "dev-batch-2"}
+    assert world.renewals.is_quiet(*arrivals[0]) and not world.renewals.is_quiet(*arrivals[1])
+
+
+def test_the_desk_skips_quiet_devices_and_sends_what_a_connect_finds(world: World) -> None:
+    quiet, pair = world.device("dev-desk-quiet")
+    quiet_not_after = pair.certificate.not_valid_after_utc.timestamp()
+    old, _new = _issued(world, "dev-desk-issued")
+    counting = CountingStore(world)
+
+    async def scenario() -> Recorder:
+        recorder = Recorder()
+        desk = RenewalDesk(world.renewals, recorder)
+        desk.on_connected(quiet, quiet_not_after)
+        desk.on_connected(old, 2e9)  # joins the batch (or the next one)
+        await asyncio.wait_for(recorder.done.wait(), 30)
+        assert counting.lookups == 2
+        desk.on_connected(quiet, quiet_not_after)  # quiet now: no lookup, nothing sent
+        recorder.done.clear()
+        desk.on_connected(old, 2e9)  # a certificate waits: looked up and sent again
+        await asyncio.wait_for(recorder.done.wait(), 30)
+        return recorder
+
+    recorder = asyncio.run(scenario())
+    assert counting.lookups == 3
+    assert [topic for topic, _ in recorder.sent] == [
+        renew_reply_topic(old.product_key, "dev-desk-issued")
+    ] * 2
+    assert all(json.loads(p)["status"] == "issued" for _, p in recorder.sent)
