@@ -8,70 +8,41 @@ signer must refuse them itself. Requests with a good CSR are issued by the platf
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from device_sdk.renewal_protocol import new_request_id
 from firmware_helpers.ledger import SerialLedger
-from firmware_helpers.pki import CertifiedKey, create_ca, generate_rsa_key, issue_device_certificate
-from firmware_helpers.platform_client import PlatformClient, UploadFile
+from firmware_helpers.pki import create_ca, generate_rsa_key, issue_device_certificate
+from firmware_helpers.platform_client import UploadFile
 from firmware_helpers.signer import RoundReport, Signer, SignerError
 from server_stub.datadir import DataDir
-from server_stub.launcher import RunningServer, running_server
 from server_stub.store import SqliteStore
 from server_stub.store.base import NewRenewal
 from tests.firmware.cert_helpers import needs_openssl, openssl, write_ca
-
-
-@dataclass
-class Env:
-    server: RunningServer
-    client: PlatformClient
-    ca: CertifiedKey
-    product_key: str
-    root: Path
-    n: int = 0
-
-    def signer(self, **kwargs: Any) -> Signer:
-        kwargs.setdefault("ledger_path", self.root / "sn-ledger.jsonl")
-        return Signer(self.client, self.ca, **kwargs)
+from tests.renewal_support import RenewalEnv, csr_pem, renewal_env, signer_command
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RenewalEnv]:
     root = tmp_path_factory.mktemp("signer")
-    with running_server(root / "data") as server:
-        client = PlatformClient(server.http_url, server.token)
-        product_key = str(client.create_product("signed_meters")["productKey"])
-        ca = create_ca("Signer Test CA")
-        client.register_ca_with_proof("signer_ca", ca)
-        yield Env(server, client, ca, product_key, root)
+    with renewal_env(
+        root, product="signed_meters", ca_name="signer_ca", ca_cn="Signer Test CA"
+    ) as made:
+        yield made
 
 
-def csr_pem(key: Any, cn: str | None = None) -> str:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
-    built = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    return built.public_bytes(Encoding.PEM).decode()
-
-
-def queued(env: Env, csr: str, name: str | None = None) -> tuple[str, str, str]:
+def queued(env: RenewalEnv, csr: str, name: str | None = None) -> tuple[str, str, str]:
     """A device associated under the CA, and a renewal request for it written straight into the
     server's store (no CSR check on the way in). Returns (DeviceName, request id, old SN)."""
-    env.n += 1
-    name = name or f"signed-{env.n}"
+    name = name or env.name("signed")
     pair = issue_device_certificate(env.ca, name, product_key=env.product_key)
     env.client.associate(
         env.ca.sn,
@@ -103,7 +74,7 @@ def _token_hash(token: str) -> str:
     return hash_token(token)
 
 
-def status_of(env: Env, request_id: str) -> tuple[str, str]:
+def status_of(env: RenewalEnv, request_id: str) -> tuple[str, str]:
     store = SqliteStore(DataDir(env.server.data_dir).database)
     try:
         account = store.account_by_token_hash(_token_hash(env.server.token))
@@ -121,7 +92,7 @@ def answer(report: RoundReport, request_id: str) -> Any:
 
 
 @needs_openssl
-def test_a_good_request_is_issued_by_the_platforms_rules(env: Env, tmp_path: Path) -> None:
+def test_a_good_request_is_issued_by_the_platforms_rules(env: RenewalEnv, tmp_path: Path) -> None:
     key = generate_rsa_key()
     name, request_id, old_sn = queued(env, csr_pem(key))
     ledger = tmp_path / "ledger.jsonl"
@@ -163,7 +134,7 @@ def test_a_good_request_is_issued_by_the_platforms_rules(env: Env, tmp_path: Pat
     ids=["ec-key", "other-device", "garbage"],
 )
 def test_the_signer_checks_the_csr_itself_and_refuses_with_the_reason(
-    env: Env, make: Any, expected: str, tmp_path: Path
+    env: RenewalEnv, make: Any, expected: str, tmp_path: Path
 ) -> None:
     _name, request_id, old_sn = queued(env, make())
     ledger = tmp_path / "ledger.jsonl"
@@ -175,7 +146,7 @@ def test_the_signer_checks_the_csr_itself_and_refuses_with_the_reason(
     assert [a["certSn"] for a in env.client.associations(env.ca.sn) if a["certSn"] == old_sn]
 
 
-def test_an_sn_already_in_the_ledger_is_never_issued_again(env: Env, tmp_path: Path) -> None:
+def test_an_sn_already_in_the_ledger_is_never_issued_again(env: RenewalEnv, tmp_path: Path) -> None:
     _name, request_id, _ = queued(env, csr_pem(generate_rsa_key()))
     ledger = tmp_path / "ledger.jsonl"
     with SerialLedger(ledger) as book:
@@ -188,7 +159,7 @@ def test_an_sn_already_in_the_ledger_is_never_issued_again(env: Env, tmp_path: P
 
 
 def test_a_certificate_the_platform_refuses_is_refused_towards_the_device(
-    env: Env, tmp_path: Path
+    env: RenewalEnv, tmp_path: Path
 ) -> None:
     """An SN this ledger never saw but the account already uses (issued from another ledger):
     the platform answers 422, and the signer tells the device instead of leaving it waiting."""
@@ -211,14 +182,14 @@ def test_a_certificate_the_platform_refuses_is_refused_towards_the_device(
     assert status_of(env, request_id)[0] == "refused"
 
 
-def test_the_signer_refuses_to_work_for_a_ca_the_account_does_not_hold(env: Env) -> None:
+def test_the_signer_refuses_to_work_for_a_ca_the_account_does_not_hold(env: RenewalEnv) -> None:
     stranger = create_ca("Stranger CA")
     with pytest.raises(SignerError, match=f"CA {stranger.sn} .* is not registered in the account"):
         Signer(env.client, stranger, ledger_path=env.root / "x.jsonl").check_registered()
     env.signer().check_registered()  # the registered one is accepted
 
 
-def test_serve_polls_until_stopped(env: Env, tmp_path: Path) -> None:
+def test_serve_polls_until_stopped(env: RenewalEnv, tmp_path: Path) -> None:
     _name, request_id, _ = queued(env, csr_pem(generate_rsa_key()))
     stop = threading.Event()
     seen: list[str] = []
@@ -232,19 +203,7 @@ def test_serve_polls_until_stopped(env: Env, tmp_path: Path) -> None:
     assert request_id in seen
 
 
-def signer_command(*args: str, token: str | None) -> subprocess.CompletedProcess[str]:
-    """``iotx509 ca signer ARGS --once`` in a process of its own, with ``--token`` when given
-    (never from the environment)."""
-    token_args = ["--token", token] if token is not None else []
-    return subprocess.run(
-        [sys.executable, "-m", "iotx509", "ca", "signer", *args, *token_args, "--once"],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "IOTX509_TOKEN"},
-    )
-
-
-def test_the_command_refuses_a_key_that_is_not_the_cas(env: Env, tmp_path: Path) -> None:
+def test_the_command_refuses_a_key_that_is_not_the_cas(env: RenewalEnv, tmp_path: Path) -> None:
     ca_file, _ = write_ca(env.ca, tmp_path / "ca")
     _, other_key = write_ca(create_ca("Other"), tmp_path / "other")
     given = ["--ca", str(ca_file), "--ca-key", str(other_key), "--server", env.server.http_url]
@@ -255,7 +214,7 @@ def test_the_command_refuses_a_key_that_is_not_the_cas(env: Env, tmp_path: Path)
     assert no_token.returncode != 0 and "no API token" in no_token.stderr
 
 
-def test_the_signer_refuses_settings_it_cannot_work_with(env: Env) -> None:
+def test_the_signer_refuses_settings_it_cannot_work_with(env: RenewalEnv) -> None:
     with pytest.raises(SignerError, match=r"--parallel must be 1\.\.32, got 0"):
         env.signer(parallel=0)
     with pytest.raises(SignerError, match="--days must be at least 1, got 0"):

@@ -22,48 +22,31 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_sdk.certs import certificate_sn
 from device_sdk.platform import IDENTITY_TOPIC
 from device_sdk.renewal_protocol import RenewalReply, RenewalRequest, renew_reply_topic, renew_topic
-from firmware_helpers.pki import CertifiedKey, create_ca, generate_rsa_key, issue_device_certificate
+from firmware_helpers.pki import CertifiedKey, generate_rsa_key, issue_device_certificate
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient, UploadFile
 from firmware_helpers.signer import Signer
-from server_stub.launcher import RunningServer, running_server
-
-
-@dataclass
-class Env:
-    server: RunningServer
-    client: PlatformClient
-    ca: CertifiedKey
-    product_key: str
-    root: Path
-    ledger: Path
-    n: int = 0
-
-    def name(self, prefix: str) -> str:
-        self.n += 1
-        return f"{prefix}-{self.n}"
+from tests.renewal_support import RenewalEnv, csr_pem, renewal_env, signer_command
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    root = tmp_path_factory.mktemp("renewal")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RenewalEnv]:
     # no per-device interval here: tests ask several times for one device (the bound is tested
     # on the registry, with a clock of its own)
-    with running_server(root / "data", extra_args=["--renewal-min-interval", "0"]) as server:
-        client = PlatformClient(server.http_url, server.token)
-        product_key = str(client.create_product("renewing_meters")["productKey"])
-        ca = create_ca("Renewal Test CA")
-        client.register_ca_with_proof("renewal_ca", ca)
-        yield Env(server, client, ca, product_key, root, root / "sn-ledger.jsonl")
+    with renewal_env(
+        tmp_path_factory.mktemp("renewal"),
+        product="renewing_meters",
+        ca_name="renewal_ca",
+        ca_cn="Renewal Test CA",
+        server_args=["--renewal-min-interval", "0"],
+    ) as made:
+        yield made
 
 
 @dataclass
@@ -74,7 +57,7 @@ class Dev:
     key: Path
 
 
-def new_device(env: Env, prefix: str = "meter", days: int = 3650) -> Dev:
+def new_device(env: RenewalEnv, prefix: str = "meter", days: int = 3650) -> Dev:
     name = env.name(prefix)
     pair = issue_device_certificate(env.ca, name, product_key=env.product_key, days=days)
     env.client.associate(
@@ -88,7 +71,7 @@ def new_device(env: Env, prefix: str = "meter", days: int = 3650) -> Dev:
     return write_pair(env, name, pair)
 
 
-def write_pair(env: Env, name: str, pair: CertifiedKey) -> Dev:
+def write_pair(env: RenewalEnv, name: str, pair: CertifiedKey) -> Dev:
     env.n += 1
     cert, key = env.root / f"{name}-{env.n}.cer", env.root / f"{name}-{env.n}.key"
     pair.write(cert, key)
@@ -98,7 +81,7 @@ def write_pair(env: Env, name: str, pair: CertifiedKey) -> Dev:
 class Session:
     """A paho-mqtt 2.x device session that records what it receives."""
 
-    def __init__(self, env: Env, dev: Dev) -> None:
+    def __init__(self, env: RenewalEnv, dev: Dev) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self.cond = threading.Condition()
         self.connack: ReasonCode | None = None
@@ -164,23 +147,15 @@ class Session:
         self.client.loop_stop()
 
 
-def csr_pem(key: Any, common_name: str | None = None) -> str:
-    subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
-    )
-    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
-    return csr.public_bytes(Encoding.PEM).decode()
-
-
 def request(
-    session: Session, env: Env, dev: Dev, key: Any, request_id: str, cn: str | None = None
+    session: Session, env: RenewalEnv, dev: Dev, key: Any, request_id: str, cn: str | None = None
 ) -> None:
     payload = RenewalRequest(request_id, csr_pem(key, cn)).to_payload()
     session.publish(renew_topic(env.product_key, dev.name), payload)
 
 
 def associations(
-    env: Env, device_name: str, client: PlatformClient | None = None
+    env: RenewalEnv, device_name: str, client: PlatformClient | None = None
 ) -> list[dict[str, Any]]:
     rows = (client or env.client).associations(env.ca.sn)
     return [r for r in rows if r["deviceName"] == device_name]
@@ -194,12 +169,12 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15) ->
         time.sleep(0.05)
 
 
-def signer(env: Env) -> Signer:
-    return Signer(env.client, env.ca, ledger_path=env.ledger, days=30)
+def signer(env: RenewalEnv) -> Signer:
+    return env.signer(days=30)
 
 
 def test_renewal_round_trip_then_the_old_sn_retires_at_the_first_connect_with_the_new(
-    env: Env,
+    env: RenewalEnv,
 ) -> None:
     dev = new_device(env)
     old_sn = dev.pair.sn
@@ -254,7 +229,9 @@ def test_renewal_round_trip_then_the_old_sn_retires_at_the_first_connect_with_th
     assert f"certificate SN {old_sn} is not associated" in env.server.log()
 
 
-def test_a_device_offline_at_issuance_gets_its_certificate_at_its_next_connect(env: Env) -> None:
+def test_a_device_offline_at_issuance_gets_its_certificate_at_its_next_connect(
+    env: RenewalEnv,
+) -> None:
     dev = new_device(env)
     session = Session(env, dev)
     try:
@@ -274,7 +251,7 @@ def test_a_device_offline_at_issuance_gets_its_certificate_at_its_next_connect(e
 
 
 def test_no_signer_or_a_refusing_signer_leaves_the_current_association_untouched(
-    env: Env,
+    env: RenewalEnv,
 ) -> None:
     dev = new_device(env)
     before = associations(env, dev.name)
@@ -301,7 +278,7 @@ def test_no_signer_or_a_refusing_signer_leaves_the_current_association_untouched
     assert again.value.status == 409 and "already answered" in str(again.value)
 
 
-def test_a_device_renews_itself_only(env: Env) -> None:
+def test_a_device_renews_itself_only(env: RenewalEnv) -> None:
     """Another device's topic is dropped (logged); a CSR naming another device or with another
     key type is refused (reply and log); nothing is queued for the victim."""
     victim, intruder = new_device(env, "victim"), new_device(env, "intruder")
@@ -335,7 +312,7 @@ def test_a_device_renews_itself_only(env: Env) -> None:
     assert [r["certSn"] for r in associations(env, victim.name)] == [victim.pair.sn]
 
 
-def test_a_second_account_neither_sees_nor_answers_the_requests(env: Env) -> None:
+def test_a_second_account_neither_sees_nor_answers_the_requests(env: RenewalEnv) -> None:
     dev = new_device(env)
     session = Session(env, dev)
     try:
@@ -378,7 +355,7 @@ def test_a_second_account_neither_sees_nor_answers_the_requests(env: Env) -> Non
     assert [r["requestId"] for r in still] == [waiting["requestId"]]
 
 
-def test_expiring_lists_devices_by_the_notafter_seen_at_connect(env: Env) -> None:
+def test_expiring_lists_devices_by_the_notafter_seen_at_connect(env: RenewalEnv) -> None:
     dev = new_device(env, "short", days=10)
     session = Session(env, dev)
     try:
@@ -420,7 +397,7 @@ def test_expiring_lists_devices_by_the_notafter_seen_at_connect(env: Env) -> Non
     assert bad.value.status == 400 and "expiringWithinDays -1 must be 0..36500" in str(bad.value)
 
 
-def test_the_signer_command_answers_once_and_reports(env: Env) -> None:
+def test_the_signer_command_answers_once_and_reports(env: RenewalEnv) -> None:
     dev = new_device(env)
     session = Session(env, dev)
     try:
@@ -429,36 +406,23 @@ def test_the_signer_command_answers_once_and_reports(env: Env) -> None:
         session.reply(env.product_key, dev.name, "queued")
         ca_cert, ca_key = env.root / "cli-ca.cer", env.root / "cli-ca.key"
         env.ca.write(ca_cert, ca_key)
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "iotx509",
-                "ca",
-                "signer",
-                "--ca",
-                str(ca_cert),
-                "--ca-key",
-                str(ca_key),
-                "--server",
-                env.server.http_url,
-                "--token",
-                env.server.token,
-                "--once",
-                "--days",
-                "30",
-            ],
-            capture_output=True,
-            text=True,
+        done = signer_command(
+            "--ca",
+            str(ca_cert),
+            "--ca-key",
+            str(ca_key),
+            "--server",
+            env.server.http_url,
+            "--days",
+            "30",
+            token=env.server.token,
         )
         assert done.returncode == 0, done.stderr
         assert f"issued   {env.product_key}/{dev.name}" in done.stdout
         issued = session.reply(env.product_key, dev.name, "issued")
     finally:
         session.close()
-    assert (
-        issued.cert_sn is not None and issued.cert_sn in (env.root / "sn-ledger.jsonl").read_text()
-    )
+    assert issued.cert_sn is not None and issued.cert_sn in env.ledger.read_text()
 
 
 @pytest.mark.parametrize(
