@@ -166,6 +166,7 @@ def run_locust(
     out_dir: Path,
     tag: str,
     hold: float = 0.0,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     out = out_dir / f"{tag}.json"
     env = {
@@ -202,6 +203,7 @@ def run_locust(
         "WARNING",
         "--stop-timeout",
         "5",
+        *extra,
     ]
     started = time.monotonic()
     result = subprocess.run(
@@ -325,6 +327,8 @@ def main() -> int:
                 out_dir,
                 f"rate-{n}",
                 hold=1.0,  # done once every device connected
+                # as many connections in flight as the ceiling's client
+                extra=("--max-connecting", str(args.ceiling_concurrency)),
             )
             span = (run["last"] or 0) - (run["first"] or 0)
             connects = max(run["connects"] - 1, 1)
