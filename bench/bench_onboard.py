@@ -28,21 +28,25 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from firmware_helpers.pki import CertifiedKey, create_ca
-from firmware_helpers.serial.batch import Report
-from firmware_helpers.serial.host import Host
-from firmware_helpers.serial.keygen import PooledKey, generate_key_pool, write_key_pool
-from firmware_helpers.serial.link import SerialLink
-from firmware_helpers.serial.onboard import OnBoardIssuer, provision_generated
-from firmware_helpers.serial.parallel import ParallelBatch
+# run as a script (``python bench/...``): the checkout's packages and testkit, not an installed copy
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from firmware_helpers.pki import CertifiedKey, create_ca  # noqa: E402
+from firmware_helpers.serial.batch import Report  # noqa: E402
+from firmware_helpers.serial.host import Host  # noqa: E402
+from firmware_helpers.serial.keygen import PooledKey, generate_key_pool, write_key_pool  # noqa: E402
+from firmware_helpers.serial.link import SerialLink  # noqa: E402
+from firmware_helpers.serial.onboard import OnBoardIssuer, provision_generated  # noqa: E402
+from firmware_helpers.serial.parallel import ParallelBatch  # noqa: E402
+from testkit.board_process import BoardProcess  # noqa: E402
 
 TARGET_RATIO = 1.15
 TARGET_SPEEDUP = 3.2
@@ -50,43 +54,11 @@ PK = "a1BenchOB01"
 PORTS = 4
 
 
-class Board:
-    """``iotx509 -v sim board`` in its own process (a real board is its own device)."""
-
-    def __init__(self, store: Path, baud: int, key_pool: Path | None = None) -> None:
-        model = ["--key-pool", str(key_pool)] if key_pool is not None else []
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "iotx509",
-                "-v",
-                "sim",
-                "board",
-                "--store",
-                str(store),
-                "--baud",
-                str(baud),
-                *model,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.port = self.proc.stdout.readline().strip()
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGINT)
-        _, err = self.proc.communicate(timeout=30)
-        return err
-
-
 def one_board(
     tmp: Path, run: int, ca: CertifiedKey, server_ca: bytes, baud: int
 ) -> tuple[float, float, int]:
     """(seconds, board key generation seconds, bytes transferred) for one board."""
-    board = Board(tmp / f"store-{run}", baud)
+    board = BoardProcess(tmp / f"store-{run}", baud=baud)
     out = tmp / "out-single"
     out.mkdir(exist_ok=True)
     try:
@@ -129,7 +101,10 @@ def many_boards(
         for i, keys in enumerate(pools):
             pool_files[i] = tmp / f"{name}-pool-{i}.jsonl"
             write_key_pool(tmp / f"{name}-pool-{i}.jsonl", keys)
-    boards = [Board(tmp / f"{name}-store-{i}", baud, pool_files[i]) for i in range(ports)]
+    boards = [
+        BoardProcess(tmp / f"{name}-store-{i}", baud=baud, key_pool=pool_files[i])
+        for i in range(ports)
+    ]
     out = tmp / f"{name}-out"
     out.mkdir()
     links = [SerialLink.open(b.port, baud=baud) for b in boards]

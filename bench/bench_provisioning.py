@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from firmware_helpers.pki import create_ca, issue_device_certificate
-from firmware_helpers.serial.host import Host, ProvisionResult
-from firmware_helpers.serial.link import SerialLink
-from firmware_helpers.serial.protocol import ObjectType
+# run as a script (``python bench/...``): the checkout's packages and testkit, not an installed copy
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from firmware_helpers.pki import create_ca, issue_device_certificate  # noqa: E402
+from firmware_helpers.serial.host import Host, ProvisionResult  # noqa: E402
+from firmware_helpers.serial.link import SerialLink  # noqa: E402
+from firmware_helpers.serial.protocol import ObjectType  # noqa: E402
+from testkit.board_process import BoardProcess  # noqa: E402
 
 TARGET_RATIO = 1.15
 
@@ -87,29 +91,9 @@ def _one_run(
     store: Path, objects: dict[ObjectType, bytes], args: argparse.Namespace
 ) -> tuple[float, float, ProvisionResult]:
     """The board is its own process (as a real board is its own device): no shared GIL."""
-    board = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "iotx509",
-            "-v",
-            "sim",
-            "board",
-            "--store",
-            str(store),
-            "--baud",
-            str(args.baud),
-            "--max-chunk",
-            str(args.chunk),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    board = BoardProcess(store, baud=args.baud, max_chunk=args.chunk)
     try:
-        assert board.stdout is not None
-        port = board.stdout.readline().strip()
-        link = SerialLink.open(port, baud=args.baud)
+        link = SerialLink.open(board.port, baud=args.baud)
         try:
             host = Host(link, baud=args.baud, max_chunk=args.chunk)
             time.sleep(0.1)  # let the board's boot announcement pass
@@ -119,8 +103,7 @@ def _one_run(
         finally:
             link.close()
     finally:
-        board.send_signal(signal.SIGINT)
-        _, err = board.communicate(timeout=30)
+        err = board.stop()
     found = re.search(r"stored .* in ([0-9.]+) ms", err)
     return elapsed, float(found.group(1)) / 1000 if found else float("nan"), result
 
