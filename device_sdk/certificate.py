@@ -458,6 +458,15 @@ def as_model(cert: Certificate | x509.Certificate) -> Certificate:
 _last: tuple[object, Certificate] | None = None
 
 
+def remember_model(cert: x509.Certificate, data: bytes) -> Certificate:
+    """The model of ``cert``, a ``cryptography`` certificate whose DER ``data`` the caller
+    already holds (the server's TLS engine and CONNECT): read from ``data``, and remembered so
+    that :func:`as_model` of ``cert`` returns it without serialising ``cert`` again."""
+    model = _recent(data)
+    globals()["_last"] = (cert, model)
+    return model
+
+
 @lru_cache(maxsize=64)
 def _recent(data: bytes) -> Certificate:
     return Certificate._lazy(data)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 from cryptography import x509
 
+from device_sdk.certificate import remember_model
 from device_sdk.certs import certificate_sn, check_validity
 from device_sdk.errors import ClockError, InvalidNameError
 from device_sdk.identity import Identity
@@ -247,6 +248,7 @@ class Broker:
             conn.close("no client certificate after the handshake")
             return
         leaf = x509.load_der_x509_certificate(der)
+        remember_model(leaf, der)  # the rules read the model: from this DER, not re-serialised
         if len(packet.client_id) > self.limits.max_client_id_length:
             self._refuse(
                 conn,
@@ -378,7 +380,8 @@ class Broker:
         self.sessions[key] = conn
         self.recent.returned(key)
         conn.send(codec.Connack(codec.CONNACK_ACCEPTED))
-        self.activity.connected(decision, leaf.not_valid_after_utc.timestamp())
+        not_after = leaf.not_valid_after_utc.timestamp()
+        self.activity.connected(decision, not_after)
         log.info(
             "mqtt %s: %s&%s connected (cert SN %s, CA SN %s)",
             conn.peer,
@@ -395,7 +398,7 @@ class Broker:
                 0,
             )
         if self.renewals is not None:
-            self.renewals.on_connected(decision, leaf.not_valid_after_utc.timestamp())
+            self.renewals.on_connected(decision, not_after)
 
     # --- after CONNECT -------------------------------------------------------------------------
 

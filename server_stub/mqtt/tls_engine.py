@@ -32,11 +32,11 @@ import weakref
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _ssl_lib
 
+from device_sdk.certificate import remember_model
 from device_sdk.certs import certificate_sn, device_certificate_problem
 from server_stub.mqtt.errors import MqttError
 from server_stub.mqtt.resumption import AttributionCache, attribute_certificate
@@ -173,7 +173,12 @@ class TlsEngine:
         if not self._decided:
             self._decided = True
             try:
-                self._attribute(cert.to_cryptography())
+                # the DER once: the model and cryptography's object are both read from it
+                der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+                self.leaf_der = der
+                leaf = x509.load_der_x509_certificate(der)
+                remember_model(leaf, der)
+                self._attribute(leaf)
             except Exception as exc:  # a certificate the parser refuses: refuse, never raise
                 self.issuer = None
                 self.refusal = f"the device certificate cannot be read: {exc}"
@@ -255,9 +260,7 @@ class TlsEngine:
         if self.issuer is None:  # never a completed handshake without an attribution
             self.refusal = self.refusal or "no device certificate was attributed in the handshake"
             raise self._handshake_error("no attributed certificate")
-        leaf, self.leaf = self.leaf, None  # an idle connection keeps no parsed certificate
-        if leaf is not None:
-            self.leaf_der = leaf.public_bytes(Encoding.DER)
+        self.leaf = None  # an idle connection keeps no parsed certificate (leaf_der: CONNECT's)
         return True
 
     def _handshake_error(self, reason: str) -> TlsHandshakeError:

@@ -495,3 +495,18 @@ def test_an_unreadable_basic_constraints_is_a_reason_not_an_exception(pki) -> No
     cert = x509.load_der_x509_certificate(broken)  # lazily: the extension is not read yet
     problem = certs.device_certificate_problem(cert)
     assert problem is not None and "cannot be read: basicConstraints" in problem
+
+
+def test_a_remembered_model_is_the_one_read_from_the_der_the_caller_holds() -> None:
+    """The server reads the DER once per connection: the rules then see that model."""
+    from device_sdk.certificate import as_model, remember_model
+
+    ca = create_ca("Remembered Model CA")
+    data = ca.certificate.public_bytes(serialization.Encoding.DER)
+    leaf = x509.load_der_x509_certificate(data)
+    model = remember_model(leaf, data)
+    assert as_model(leaf) is model
+    assert (model.der, model.serial_number, model.is_ca) == (data, leaf.serial_number, True)
+    assert certs.device_certificate_problem(leaf) == (
+        "the device certificate is a CA certificate (basicConstraints CA:TRUE)"
+    )
