@@ -101,11 +101,12 @@ from simulator.device import SimDevice
 from simulator.fleet import Fleet
 
 fleet = Fleet.load(sys.argv[1])
-port, server_ca = int(sys.argv[2]), sys.argv[3]
+port, server_ca, platform = int(sys.argv[2]), sys.argv[3], sys.argv[4] == "platform"
 device = fleet.devices[0]
 events = []
 sim = SimDevice("127.0.0.1", port, fleet.path(device.cert), fleet.path(device.key),
-                device.cert_sn, server_ca=server_ca, expect_identity=False,
+                device.cert_sn, server_ca=server_ca, expect_identity=platform,
+                expected=device.identity if platform else None,
                 backoff=None, rng="test:0",
                 on_event=lambda name, seconds, error: events.append(
                     [name, repr(error) if error else None]))
@@ -122,6 +123,10 @@ print(json.dumps({"handshakes": sim.link.handshakes, "resumed": sim.link.resumed
                   "events": events}), flush=True)
 sim.close()
 """
+
+
+def child_command(fleet_dir: Path, port: int, server_ca: Path) -> list[str]:
+    return [sys.executable, "-c", BLIP, str(fleet_dir), str(port), str(server_ca)]
 
 
 def test_a_device_back_from_a_network_blip_resumes_its_tls_session(tmp_path: Path) -> None:
@@ -153,7 +158,7 @@ def test_a_device_back_from_a_network_blip_resumes_its_tls_session(tmp_path: Pat
         CountingProxy("127.0.0.1", broker.port).running() as proxy,
     ):
         child = subprocess.Popen(
-            [sys.executable, "-c", BLIP, *map(str, (fleet_dir, proxy.port, broker.server_ca_path))],
+            [*child_command(fleet_dir, proxy.port, broker.server_ca_path), "broker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -173,6 +178,36 @@ def test_a_device_back_from_a_network_blip_resumes_its_tls_session(tmp_path: Pat
     names = [name for name, _error in report["events"]]
     assert names == ["connect", "connection lost", "reconnect"], report["events"]
     assert report["events"][1][1].startswith("ConnectionFailedError"), report["events"]
+
+
+def test_back_from_a_blip_on_the_reference_server_it_resumes_and_is_told_its_identity(
+    shared_fleet: Fleet,
+) -> None:
+    """The reference server issues session tickets too; a resumed session still gets the
+    identity message (the server attributes every session again)."""
+    ca = shared_fleet.server_ca_path
+    assert ca is not None
+    with CountingProxy(shared_fleet.mqtt.host, shared_fleet.mqtt.port).running() as proxy:
+        child = subprocess.Popen(
+            [*child_command(shared_fleet.directory, proxy.port, ca), "platform"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=locust_env(),
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "online", (
+            child.stderr.read() if child.stderr else ""
+        )
+        proxy.drop_all()
+        out, err = child.communicate("go\n", timeout=60)
+    assert child.returncode == 0, err[-3000:]
+    report = json.loads(out.strip().splitlines()[-1])
+    assert (report["handshakes"], report["resumed"]) == (2, 1), report
+    names = [name for name, _error in report["events"]]
+    assert names == ["connect", "identity", "connection lost", "reconnect", "identity"], report
+    assert [error for name, error in report["events"] if name != "connection lost"] == [None] * 4
 
 
 def test_a_key_that_is_not_the_certificates_is_refused_with_the_sdks_message(
