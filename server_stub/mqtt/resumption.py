@@ -13,7 +13,9 @@ narrows, exactly one registered key verifies). To keep the one RSA verification 
 certificate parsing off the reconnect path, answers are cached by the certificate's SHA-256 for
 *one* index snapshot: a new snapshot (any registry change moves the trust generation and
 rebuilds the index) empties the cache, so no answer outlives the index it was computed with.
-The cache is bounded (:data:`MAX_CACHED_ATTRIBUTIONS`, oldest first out).
+The cache is bounded (:data:`MAX_CACHED_ATTRIBUTIONS`, oldest first out). Full handshakes
+use it too (the same rule on the same bytes and snapshot): a device that returns without a
+session is not checked again either.
 
 Then, as for every connection, CONNECT goes through the registry (device enabled, association,
 CA still active): a ticket is never a shortcut around the registry.
@@ -25,6 +27,7 @@ import hashlib
 
 from cryptography import x509
 
+from device_sdk.certificate import remember_model
 from device_sdk.certs import device_certificate_problem
 from server_stub.ports import Attribution, IssuerRefused, TrustIndex
 
@@ -68,7 +71,9 @@ class AttributionCache:
             self.hits += 1
             return found
         self.misses += 1
-        found = attribute_certificate(index, x509.load_der_x509_certificate(der))
+        leaf = x509.load_der_x509_certificate(der)
+        remember_model(leaf, der)  # the rules read the model from these bytes, once
+        found = attribute_certificate(index, leaf)
         entries = self._entries
         if len(entries) >= self._limit:
             del entries[next(iter(entries))]

@@ -176,9 +176,12 @@ class TlsEngine:
                 # the DER once: the model and cryptography's object are both read from it
                 der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
                 self.leaf_der = der
-                leaf = x509.load_der_x509_certificate(der)
-                remember_model(leaf, der)
-                self._attribute(leaf)
+                if self._cache is not None:  # a certificate seen under this snapshot: its answer
+                    self._attribute_cached(der)
+                else:
+                    leaf = x509.load_der_x509_certificate(der)
+                    remember_model(leaf, der)
+                    self._attribute(leaf)
             except Exception as exc:  # a certificate the parser refuses: refuse, never raise
                 self.issuer = None
                 self.refusal = f"the device certificate cannot be read: {exc}"
@@ -195,6 +198,17 @@ class TlsEngine:
             self.refusal = "no trust index for this connection"
             return
         self._accept(index.attribute(leaf), "")
+
+    def _attribute_cached(self, der: bytes) -> None:
+        """:meth:`_attribute` through the attribution cache (the same rule, answered once per
+        certificate and trust snapshot): a device returning with a full handshake costs no
+        signature check or certificate parsing either."""
+        assert self._cache is not None
+        index, self._index = self._index, None
+        if index is None:
+            self.refusal = "no trust index for this connection"
+            return
+        self._accept(self._cache.attribute(index, der), "")
 
     def _accept(self, found: Attribution, context: str) -> None:
         if isinstance(found, IssuerRefused):

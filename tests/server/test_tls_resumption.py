@@ -146,8 +146,8 @@ def test_a_returning_device_resumes_its_session_with_the_same_identity(
         assert again.reused, f"reconnect {n} did a full handshake"
         assert (again.connack, again.identity) == (codec.CONNACK_ACCEPTED, expected)
         session = again.session
-    # attributed again once for this trust snapshot, then answered from the cache
-    assert (endpoint.tls.attributions.misses, endpoint.tls.attributions.hits) == (1, 1)
+    # attributed once for this trust snapshot (the full handshake), then answered from the cache
+    assert (endpoint.tls.attributions.misses, endpoint.tls.attributions.hits) == (1, 2)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -231,6 +231,35 @@ def test_a_look_alike_ca_registered_after_the_ticket_changes_no_identity(
     assert (
         own.identity == back.identity == {"productKey": mallory.product_key, "deviceName": "theirs"}
     )
+
+
+def test_a_full_handshake_of_a_returning_device_uses_the_attribution_of_the_snapshot(
+    world: World, endpoint: Endpoint
+) -> None:
+    """A device returning without a session: the same attribution, answered once per trust
+    snapshot; a registry change (here a look-alike CA of another account) attributes again."""
+    version = ssl.TLSVersion.TLSv1_3
+    dev = endpoint.reg.device("full-again")
+    client = Client(world, dev, version)
+    expected = {"productKey": PK, "deviceName": dev.name}
+    first = attempt(endpoint.server.port, client)
+    cache = endpoint.tls.attributions
+    misses, hits = cache.misses, cache.hits
+    again = attempt(endpoint.server.port, client)  # no session offered: a full handshake
+    assert not again.reused and (again.connack, again.identity) == (
+        codec.CONNACK_ACCEPTED,
+        expected,
+    )
+    assert first.identity == expected and (cache.misses, cache.hits) == (misses, hits + 1)
+    mallory = endpoint.reg.real.tenant("mallory_full")
+    twin_sn = mallory.register_ca(create_ca("Device CA"))  # world.ca's subject, another key
+    mallory.associate(twin_sn, {dev.pair.sn: "thief"})
+    third = attempt(endpoint.server.port, client)
+    assert not third.reused and (third.connack, third.identity) == (
+        codec.CONNACK_ACCEPTED,
+        expected,
+    )
+    assert cache.misses == misses + 1, "a stale attribution was reused"
 
 
 @pytest.mark.parametrize("version", VERSIONS)
