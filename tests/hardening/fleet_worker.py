@@ -2,8 +2,8 @@
 
 ``python -m tests.hardening.fleet_worker CONFIG.json``; then line commands on stdin:
 ``count T`` (prints how many devices came online after time T) and ``report`` (prints one
-JSON line: per device its expected and reported identity and the times it came online, then
-disconnects everything and exits). Many DeviceClients per process are threads; several
+JSON line: per device its expected and reported identity, the times it came online and the
+times it started an attempt, then disconnects everything and exits). Many DeviceClients per process are threads; several
 processes spread them over the cores.
 """
 
@@ -24,15 +24,20 @@ def main() -> None:
     config: dict[str, Any] = json.loads(Path(sys.argv[1]).read_text())
     lock = threading.Lock()
     online_times: dict[str, list[float]] = {}
+    attempt_times: dict[str, list[float]] = {}
     clients: dict[str, DeviceClient] = {}
     for dev in config["devices"]:
         name = dev["device_name"]
         online_times[name] = []
+        attempt_times[name] = []
 
         def on_state(state: ConnectionState, error: object, name: str = name) -> None:
             if state is ConnectionState.ONLINE:
                 with lock:
                     online_times[name].append(time.time())
+            elif state is ConnectionState.CONNECTING:
+                with lock:
+                    attempt_times[name].append(time.time())
 
         creds = Credentials.from_pem(Path(dev["cert"]).read_bytes(), Path(dev["key"]).read_bytes())
         clients[name] = DeviceClient(
@@ -65,7 +70,14 @@ def main() -> None:
             }
             with lock:
                 print(
-                    json.dumps({"online_times": online_times, "identities": identities}), flush=True
+                    json.dumps(
+                        {
+                            "online_times": online_times,
+                            "attempt_times": attempt_times,
+                            "identities": identities,
+                        }
+                    ),
+                    flush=True,
                 )
             for client in clients.values():
                 client.disconnect(timeout=2)

@@ -7,6 +7,11 @@ directory. Backoff: base ``BASE`` s, cap ``CAP`` s, full jitter (see the note at
 The bound stated and checked: every device is online again, with the identity it had, within
 ``BOUND`` = 2 x cap + attempt timeout = 26 s of the server being ready again (derivation at
 BOUND); and no one-second window (sliding) holds more than 20% of the reconnections.
+
+The spread is measured where the SDK makes it: at the start of each device's successful
+attempt (its backoff timer firing), not at the moment the server finished the handshake. The
+finish times bunch up whenever the server (or the whole machine) is slow, so a check on them
+passed or failed with the machine's load; the attempt starts depend only on the jitter.
 """
 
 from __future__ import annotations
@@ -165,16 +170,19 @@ def test_fleet_comes_back_spread_out_after_restart(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
     back: dict[str, float] = {}
+    started: dict[str, float] = {}  # start of the attempt that brought each device back
     wrong_identity = []
     for report in reports:
         for name, times in report["online_times"].items():
             after = [t for t in times if t > stop_time]
             if after:
                 back[name] = after[0]
+                starts = [t for t in report["attempt_times"][name] if stop_time < t <= after[0]]
+                started[name] = starts[-1] if starts else after[0]
             if report["identities"][name] != [pk, name]:
                 wrong_identity.append(name)
     latest = max(back.values(), default=ready_time) - ready_time
-    widest = _max_window(list(back.values()))
+    widest = _max_window(list(started.values()))
     record(
         "restart-under-load",
         threat="server restart with an SDK fleet connected (reconnect storm)",
@@ -186,14 +194,14 @@ def test_fleet_comes_back_spread_out_after_restart(tmp_path: Path) -> None:
         result=(
             f"{len(back):,} of {FLEET:,} back with their identity; last one "
             f"{latest:.1f} s after the server was ready (bound 2 x cap + attempt timeout = {BOUND:g} s); "
-            f"busiest 1-s window {widest} reconnections ({widest / max(len(back), 1):.1%}, "
+            f"busiest 1-s window {widest} reconnection attempts ({widest / max(len(back), 1):.1%}, "
             f"limit {MAX_WINDOW_SHARE:.0%})"
         ),
     )
     assert len(back) == FLEET, FLEET - len(back)
     assert not wrong_identity, wrong_identity[:5]
     assert latest <= BOUND
-    histogram = sorted(round(t - ready_time, 1) for t in back.values())
+    histogram = sorted(round(t - ready_time, 1) for t in started.values())
     assert widest <= MAX_WINDOW_SHARE * FLEET, (
         widest,
         f"down {ready_time - stop_time:.1f} s",
