@@ -37,6 +37,7 @@ def _snapshot(t: Tenant) -> dict[str, Any]:
         "product": c.product(t.product_key),
         "cas": c.ca_certificates(),
         "associations": c.associations(t.ca_sn),
+        "renewals": c.request("GET", f"/ca-certificates/{t.ca_sn}/renewals"),
         "devices": [c.device(t.product_key, d) for d in t.devices],
         "messages": [c.device_messages(t.product_key, d) for d in t.devices],
     }
@@ -69,6 +70,14 @@ def _attempts(a: Tenant, other_ca: pki.CertifiedKey) -> dict[tuple[str, str], di
         },
         ("GET", "/devices/{productKey}/{deviceName}/messages"): {},
         ("GET", "/devices/{productKey}/{deviceName}/messages/stream"): {},
+        # the renewal desk: B can neither see A's queue nor answer a request of A's CA
+        ("GET", "/ca-certificates/{caSn}/renewals"): {},
+        ("POST", "/ca-certificates/{caSn}/renewals/{requestId}/certificate"): {
+            "json_body": {"certificate": other_ca.cert_pem().decode()}
+        },
+        ("POST", "/ca-certificates/{caSn}/renewals/{requestId}/refusal"): {
+            "json_body": {"reason": "refused by another account"}
+        },
     }
 
 
@@ -83,6 +92,7 @@ def test_every_operation_cross_account(server: RunningServer) -> None:
         "caSn": a.ca_sn,
         "deviceName": next(iter(a.devices)),
         "certSn": format(next(iter(a.devices.values())), "x"),
+        "requestId": "r-0001",
     }
     attempts = _attempts(a, pki.create_ca("Other"))
     tried = 0
