@@ -555,9 +555,12 @@ def _algorithm_oid(element: der.Element, what: str) -> str:
 
 
 #: Algorithms whose parameters are NULL or absent (RSA), or absent (ECDSA, EdDSA): other
-#: parameters make the AlgorithmIdentifier invalid (RFC 3279, 5758, 8410; cryptography agrees).
+#: parameters make the AlgorithmIdentifier invalid (RFC 3279, 5758, 8410). The RSA signature
+#: algorithms listed are those cryptography itself parses strictly (SHA-1 and SHA-2); for the
+#: others (MD2, MD4, MD5, SHA-512/224, SHA-512/256) it accepts any parameters and refuses them
+#: only when asked to verify, so the model does the same and both readers refuse the same bytes.
 _NULL_OR_ABSENT = frozenset(
-    {RSA_ENCRYPTION} | {f"1.2.840.113549.1.1.{n}" for n in (2, 3, 4, 5, 11, 12, 13, 14, 15, 16)}
+    {RSA_ENCRYPTION} | {f"1.2.840.113549.1.1.{n}" for n in (5, 11, 12, 13, 14)}
 )
 _ABSENT = frozenset(
     {f"1.2.840.10045.4.3.{n}" for n in (1, 2, 3, 4)}
@@ -574,6 +577,10 @@ def _check_parameters(oid: str, parameters: bytes | None, what: str) -> None:
     # EC keys: a named curve (OID), implicitlyCA (NULL) or specified parameters (SEQUENCE).
     if oid == EC_PUBLIC_KEY and parameters[0] not in (der.OID, der.NULL, der.SEQUENCE):
         raise DERError(f"{what}: EC parameters must name a curve")
+    if oid == EC_PUBLIC_KEY and parameters[0] == der.OID:
+        # A named curve must be a well-formed OID (cryptography refuses the certificate
+        # otherwise): checked here so that both readers refuse the same bytes.
+        der.oid(der.read_single(parameters, der.OID, f"{what}: named curve"), f"{what}: curve")
 
 
 def _extensions(wrapper: der.Element) -> tuple[Extension, ...]:
