@@ -17,6 +17,7 @@ from firmware_helpers.pki import CertifiedKey, create_ca, issue_device_certifica
 from firmware_helpers.platform_client import PlatformClient, UploadFile
 from firmware_helpers.signer import Signer
 from server_stub.launcher import RunningServer, running_server
+from tests.common import wait_for
 
 
 @dataclass
@@ -55,6 +56,23 @@ class RenewalPlatform:
         cert, key = directory / names.cert_name, directory / names.key_name
         pair.write(cert, key)
         return name, cert, key, pair
+
+    def settled_sns(self, device_name: str, expected: set[str], timeout: float = 20.0) -> set[str]:
+        """The device's SNs once they are ``expected`` (or at ``timeout``, for the assert).
+
+        The server retires the old SN on the first CONNECT with the new one in a background
+        job, so the device can report RENEWED a moment before the association changes: the
+        test waits for that change (a state of the server), not for a fixed time.
+        """
+        seen: set[str] = set()
+
+        def settled() -> bool:
+            nonlocal seen
+            seen = set(self.association_sns(device_name))
+            return seen == expected
+
+        wait_for(settled, timeout)
+        return seen
 
     def association_sns(self, device_name: str) -> dict[str, dict[str, object]]:
         """The device's associations by certificate SN (with their state)."""

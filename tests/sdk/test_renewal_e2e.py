@@ -76,7 +76,7 @@ def test_device_renews_through_server_and_signer_and_the_old_sn_is_retired(
         ReportKind.RENEWED,
     ]
     # the platform: one association, the new SN; the old SN no longer connects
-    assert set(platform.association_sns(name)) == {new_sn}
+    assert platform.settled_sns(name, {new_sn}) == {new_sn}
     with pytest.raises(ConnectionFailedError):
         client_for(platform, old).connect(timeout=20)
     # the identity file follows the certificate: the next start uses it at once
@@ -122,7 +122,7 @@ def test_serial_provisioned_store_renews_the_same_way(
         renewal.close()
     renewed = Credentials.from_store(store.root)
     assert renewed.sn != pair.sn
-    assert set(platform.association_sns(name)) == {renewed.sn}
+    assert platform.settled_sns(name, {renewed.sn}) == {renewed.sn}
     assert not (store.root / "renewal").exists()
     manifest = json.loads((store.root / "manifest.json").read_text())["files"]
     for info in store.inventory():
@@ -157,7 +157,7 @@ def test_signer_refusing_keeps_the_current_pair_and_reports_why(
     assert "someone-else" in report.reason
     assert (cert.read_bytes(), key.read_bytes()) == before
     assert not renewal.files.directory.exists()
-    assert set(platform.association_sns(name)) == {sn_of(cert)}
+    assert platform.settled_sns(name, {sn_of(cert)}) == {sn_of(cert)}
 
 
 def test_iotx509_device_renew_renews_one_device_now(
@@ -196,7 +196,7 @@ def test_iotx509_device_renew_renews_one_device_now(
     result = json.loads(done.stdout)
     assert result["oldCertSn"] == old_sn and result["certSn"] == sn_of(cert) != old_sn
     assert result["deviceName"] == name and result["status"] == "renewed"
-    assert set(platform.association_sns(name)) == {result["certSn"]}
+    assert platform.settled_sns(name, {result["certSn"]}) == {result["certSn"]}
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +239,7 @@ def test_device_renew_without_a_signer_keeps_the_pair_exits_69_and_resumes_later
     again = _renew_cli(*where, "--timeout", "60")
     assert again.returncode == 0, again.stderr
     result = json.loads(again.stdout)
-    assert result["certSn"] == sn_of(cert) and set(platform.association_sns(name)) == {
+    assert result["certSn"] == sn_of(cert) and platform.settled_sns(name, {result["certSn"]}) == {
         result["certSn"]
     }
 

@@ -134,7 +134,7 @@ def test_files_pair_survives_a_kill_at_each_step(
     assert not cert.with_name(cert.name + ".renewal").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([cert.name, key.name])
     # the platform holds exactly that SN for the device (the old one retired when renewed)
-    assert set(platform.association_sns(name)) == {final_sn}
+    assert platform.settled_sns(name, {final_sn}) == {final_sn}
 
 
 @pytest.mark.parametrize("step", ["request-sent", "online-new", "promote-key-written"])
@@ -152,4 +152,4 @@ def test_credential_store_survives_a_kill_at_each_step(
     assert final_sn != old_sn, lines
     assert Credentials.from_store(store).sn == final_sn
     assert not (store / "renewal").exists()
-    assert set(platform.association_sns(name)) == {final_sn}
+    assert platform.settled_sns(name, {final_sn}) == {final_sn}
