@@ -8,6 +8,11 @@ its DER bytes, so both go through this one reader).
 
 A :class:`Certificate` is frozen and compares by its DER bytes, also with a ``cryptography``
 certificate of the same bytes.
+
+Why it is over 500 lines: it follows RFC 5280's structure field by field (version, serial,
+algorithms, names with their string types, validity, the public key, extensions), and each
+reader sits beside the value type it fills. Split apart, the two halves of one field's rule
+(how it is read, what it holds) would live in different files.
 """
 
 from __future__ import annotations

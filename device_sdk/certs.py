@@ -7,6 +7,10 @@ device's file or a ``cryptography`` certificate held by the server (read again b
 :func:`~device_sdk.certificate.as_model`). The SDK's connect path never imports ``cryptography``:
 it would bring a second OpenSSL into a board's memory (issue 16).
 
+Why it is one module of about 500 lines: it is the one home of every certificate rule of the
+kit (issue 12), and each rule is small; splitting it would give callers several places to look
+for "the rule" and invite a second copy.
+
 ``cryptography`` stays for what signs or verifies: :func:`signed_by` (the one signature check
 that identifies an issuing CA *by its key*, never by its subject name alone), private key
 objects, and :func:`load_certificates` for the parts that hand certificates to it (the server,

@@ -3,6 +3,12 @@
 It is also the MQTT endpoint's :class:`~server_stub.ports.DeviceDirectory`. Every method is
 scoped to one account: another account's products, CAs and devices do not exist for it (404).
 Errors from the shared certificate model are mapped to :mod:`server_stub.errors` here.
+
+Why it is about 500 lines: it is the platform's console, one method per console step (codes,
+products, CAs, associations, devices, authentication), each a few lines over the rules that live
+elsewhere (:mod:`~server_stub.registry.products`, :mod:`~server_stub.registry.cas`,
+:mod:`~server_stub.registry.associations`, :mod:`~server_stub.registry.directory`). Renewal has
+its own module (:mod:`~server_stub.registry.renewals`).
 """
 
 from __future__ import annotations

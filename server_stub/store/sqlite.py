@@ -4,6 +4,12 @@ WAL journal (readers never wait for the writer), foreign keys on, one connection
 FastAPI's sync endpoints run in a thread pool while the MQTT endpoint authenticates on the
 event-loop thread. Writers are serialised by one re-entrant lock around ``BEGIN IMMEDIATE``, so
 a write transaction never fails half-way with "database is locked" inside this process.
+
+Why it is over 500 lines: it is the one implementation of the :class:`Store` protocol, and
+every SQL statement of the server lives here beside the schema it queries (the schema's
+versions and their steps are data of this module, applied by :mod:`server_stub.store.migrations`).
+Splitting the SQL by table would scatter the joins (authentication reads four tables at once)
+and the transactions that span them.
 """
 
 from __future__ import annotations
