@@ -113,6 +113,7 @@ named once (no two classes share a name).
     + ScenarioError  (simulator/scenarios.py)
     + LeaseTimeoutError  (simulator/distribution.py)
     + IdentityMismatchError  (simulator/device.py)
+    + ServerPacketError  (simulator/mqtt_wire.py; bytes from the server that are not MQTT)
 """
 
 from __future__ import annotations

@@ -400,7 +400,7 @@ class DeviceLink:
             try:
                 for packet in parser.feed(b"".join(plain)):
                     self._on_packet(packet)
-            except mqtt_wire.ProtocolError as exc:
+            except mqtt_wire.ServerPacketError as exc:
                 error = error or exc
         if error is not None or ended:
             self._lost(error)

@@ -23,7 +23,7 @@ PINGREQ_BYTES = b"\xc0\x00"
 DISCONNECT_BYTES = b"\xe0\x00"
 
 
-class ProtocolError(SimulatorError):
+class ServerPacketError(SimulatorError):
     """The server sent bytes that are not the MQTT 3.1.1 a device expects."""
 
 
@@ -136,11 +136,13 @@ def _header(buffer: bytes, offset: int) -> tuple[int, int] | None:
         size += (byte & 0x7F) * multiplier
         if not byte & 0x80:
             if size > MAX_PACKET:
-                raise ProtocolError(f"the server sent a {size}-byte packet (limit {MAX_PACKET})")
+                raise ServerPacketError(
+                    f"the server sent a {size}-byte packet (limit {MAX_PACKET})"
+                )
             return i + 1, size
         multiplier *= 128
     if len(buffer) - offset >= 5:
-        raise ProtocolError("malformed remaining length in a packet from the server")
+        raise ServerPacketError("malformed remaining length in a packet from the server")
     return None
 
 
@@ -165,5 +167,7 @@ def _decode(first: int, body: bytes) -> Packet:
         if kind == PINGRESP:
             return PingResp()
     except (IndexError, struct.error, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed MQTT packet of type {kind} from the server") from exc
-    raise ProtocolError(f"the server sent an MQTT packet of type {kind}, which a device never gets")
+        raise ServerPacketError(f"malformed MQTT packet of type {kind} from the server") from exc
+    raise ServerPacketError(
+        f"the server sent an MQTT packet of type {kind}, which a device never gets"
+    )

@@ -275,13 +275,13 @@ def test_the_parser_returns_the_same_packets_however_the_bytes_are_split() -> No
 
 
 def test_the_parser_refuses_what_a_device_never_gets() -> None:
-    with pytest.raises(mqtt_wire.ProtocolError, match="type 1, which a device never gets"):
+    with pytest.raises(mqtt_wire.ServerPacketError, match="type 1, which a device never gets"):
         mqtt_wire.Parser().feed(mqtt_wire.connect("c", 60))
-    with pytest.raises(mqtt_wire.ProtocolError, match="malformed remaining length"):
+    with pytest.raises(mqtt_wire.ServerPacketError, match="malformed remaining length"):
         mqtt_wire.Parser().feed(b"\x30\xff\xff\xff\xff\x01")
-    with pytest.raises(mqtt_wire.ProtocolError, match="limit"):
+    with pytest.raises(mqtt_wire.ServerPacketError, match="limit"):
         mqtt_wire.Parser().feed(b"\x30\xff\xff\x7f")
-    with pytest.raises(mqtt_wire.ProtocolError, match="malformed MQTT packet of type 3"):
+    with pytest.raises(mqtt_wire.ServerPacketError, match="malformed MQTT packet of type 3"):
         mqtt_wire.Parser().feed(b"\x30\x01\x00")
 
 
