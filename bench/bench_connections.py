@@ -26,21 +26,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing as mp
-import os
-import pwd
-import resource
-import shutil
-import signal
-import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -51,87 +41,27 @@ if str(ROOT) not in sys.path:
 
 import psutil  # noqa: E402
 
-from firmware_helpers.pki import (  # noqa: E402
-    CertifiedKey,
-    create_ca,
-    generate_rsa_key,
-    issue_device_certificate,
-    issue_server_certificate,
-    issue_verification_certificate,
+from bench._common import (  # noqa: E402
+    Fleet,
+    Target,
+    client_context,
+    connect_packet,
+    cpu_seconds,
+    endpoint_data,
+    endpoint_process,
+    log,
+    make_fleet,
+    mosquitto,
+    open_and_connack,
+    raise_nofile,
+    serve_endpoint,
+    spawn_worker,
+    stop_workers,
+    worker_loop,
 )
-from server_stub.mqtt import codec  # noqa: E402
+from firmware_helpers.pki import issue_verification_certificate  # noqa: E402
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 WARMUP = 50
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-# --- certificates ------------------------------------------------------------------------------
-
-
-def _gen_key(_: int) -> bytes:
-    from device_sdk.certs import rsa_key_pkcs1_pem
-
-    return rsa_key_pkcs1_pem(generate_rsa_key())
-
-
-@dataclass
-class Fleet:
-    ca: CertifiedKey
-    names: list[str]
-    sns: list[str]
-    cert_dir: Path
-
-    def cert(self, i: int) -> str:
-        return str(self.cert_dir / f"{i}.cer")
-
-    def key(self, i: int, keys: int) -> str:
-        return str(self.cert_dir / f"key{i % keys}.key")
-
-
-def make_fleet(root: Path, n: int, keys: int, product_key: str) -> Fleet:
-    """N device certificates signed by one CA; keys are shared (authentication is by SN)."""
-    from cryptography.hazmat.primitives import serialization
-
-    from device_sdk.certs import load_private_key, require_rsa_key
-
-    cert_dir = root / "devices"
-    cert_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        key_pems = list(pool.map(_gen_key, range(keys)))
-    rsa_keys = [require_rsa_key(load_private_key(k)) for k in key_pems]
-    for i, pem in enumerate(key_pems):
-        path = cert_dir / f"key{i}.key"
-        path.write_bytes(pem)
-        path.chmod(0o600)
-    ca = create_ca("Bench Private CA")
-    names, sns = [], []
-    for i in range(n):
-        name = f"dev{i:05d}"
-        pair = issue_device_certificate(ca, name, product_key=product_key, key=rsa_keys[i % keys])
-        (cert_dir / f"{i}.cer").write_bytes(
-            pair.certificate.public_bytes(serialization.Encoding.PEM)
-        )
-        names.append(name)
-        sns.append(pair.sn)
-    return Fleet(ca, names, sns, cert_dir)
 
 
 # --- load generator ----------------------------------------------------------------------------
@@ -164,62 +94,41 @@ def _worker(
     conn: Connection, jobs: list[tuple[str, str]], server_ca: str, port: int, concurrency: int
 ) -> None:
     """One load-generator process: prepare contexts, connect on command, hold, close."""
-    try:
-        import uvloop
-
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    raise_nofile()
+    loop = worker_loop()
     transports: list[asyncio.BaseTransport] = []
 
-    def contexts(part: list[tuple[str, str]]) -> Iterator[ssl.SSLContext]:
-        for cert, key in part:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.load_verify_locations(server_ca)
-            ctx.load_cert_chain(cert, key)
-            yield ctx
-
     async def one(
-        client_id: str, ctx: ssl.SSLContext, sem: asyncio.Semaphore, errors: list[str]
+        cert: str, ctx: ssl.SSLContext, sem: asyncio.Semaphore, errors: list[str]
     ) -> bool:
         async with sem:
             fut: asyncio.Future[int] = loop.create_future()
-            connect = codec.encode(codec.Connect(f"{client_id}|securemode=2|", 1200))
-            try:
-                transport, _ = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: _Client(connect, fut),
-                        "127.0.0.1",
-                        port,
-                        ssl=ctx,
-                        server_hostname="127.0.0.1",
-                    ),
-                    30,
-                )
-                code = await asyncio.wait_for(fut, 30)
-            except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
-                if len(errors) < 5:
-                    errors.append(repr(exc))
-                return False
-            if code != 0:
-                if len(errors) < 5:
-                    errors.append(f"CONNACK {code}")
-                transport.close()
-                return False
-            transports.append(transport)
-            return True
+            connect = connect_packet(cert)
+            transport, ok = await open_and_connack(
+                loop,
+                lambda: _Client(connect, fut),
+                port,
+                fut,
+                errors,
+                30,
+                ssl=ctx,
+                server_hostname="127.0.0.1",
+            )
+            if transport is not None:
+                if ok:
+                    transports.append(transport)
+                else:
+                    transport.close()
+            return ok
 
     async def run(part: list[tuple[str, str]]) -> dict[str, Any]:
-        ctxs = list(contexts(part))
+        ctxs = [client_context(server_ca, cert, key) for cert, key in part]
         conn.send(("ready",))
         conn.recv()  # go
         sem = asyncio.Semaphore(concurrency)
         errors: list[str] = []
         t0 = time.monotonic()
         results = await asyncio.gather(
-            *(one(Path(job[0]).stem, c, sem, errors) for job, c in zip(part, ctxs, strict=True))
+            *(one(job[0], c, sem, errors) for job, c in zip(part, ctxs, strict=True))
         )
         return {
             "ok": sum(results),
@@ -248,21 +157,12 @@ class LoadGenerator:
     def __init__(
         self, fleet: Fleet, keys: int, server_ca: Path, port: int, workers: int, concurrency: int
     ) -> None:
-        ctx = mp.get_context("spawn")
         self.n = len(fleet.names)
-        self.workers = []
-        self.slices = []
-        per = (self.n + workers - 1) // workers
-        for w in range(workers):
-            idx = list(range(w * per, min(self.n, (w + 1) * per)))
-            jobs = [(fleet.cert(i), fleet.key(i, keys)) for i in idx]
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_worker, args=(child, jobs, str(server_ca), port, concurrency), daemon=True
-            )
-            proc.start()
-            self.workers.append((proc, parent))
-            self.slices.append(len(jobs))
+        shares = fleet.shares(keys, workers)
+        self.workers = [
+            spawn_worker(_worker, jobs, str(server_ca), port, concurrency) for jobs in shares
+        ]
+        self.slices = [len(jobs) for jobs in shares]
 
     def connect(self, count_per_worker: list[int]) -> dict[str, Any]:
         for (_, pipe), count in zip(self.workers, count_per_worker, strict=True):
@@ -288,77 +188,10 @@ class LoadGenerator:
             pipe.recv()
 
     def shutdown(self) -> None:
-        for proc, pipe in self.workers:
-            with contextlib.suppress(OSError, BrokenPipeError):
-                pipe.send(("exit",))
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
+        stop_workers(self.workers)
 
 
 # --- the servers -------------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    name: str
-    pid: int
-    port: int
-    server_ca: Path
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
-@contextlib.contextmanager
-def mosquitto(root: Path, fleet: Fleet) -> Iterator[Target]:
-    server_ca = create_ca("Bench Mosquitto server CA")
-    server = issue_server_certificate(server_ca)
-    d = root / "mosquitto"
-    d.mkdir(mode=0o700)
-    (d / "server-ca.pem").write_bytes(server_ca.cert_pem())
-    (d / "device-ca.pem").write_bytes(fleet.ca.cert_pem())
-    server.write(d / "server.pem", d / "server.key")
-    port = free_port()
-    conf = d / "mosquitto.conf"
-    conf.write_text(
-        "per_listener_settings true\n"
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        f"cafile {d / 'device-ca.pem'}\n"
-        f"certfile {d / 'server.pem'}\n"
-        f"keyfile {d / 'server.key'}\n"
-        "require_certificate true\n"
-        "use_identity_as_username true\n"
-        "max_connections -1\n"
-        # as root, Mosquitto would switch to user "mosquitto", who cannot read this private dir
-        f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-        "log_type error\n"
-        "persistence false\n"
-    )
-    err_path = d / "mosquitto.log"
-    with err_path.open("wb") as err:
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        try:
-            wait_port(port)
-        except RuntimeError:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"mosquitto did not start: {err_path.read_text()}") from None
-        yield Target("mosquitto", proc.pid, port, d / "server-ca.pem")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _csv(product_key: str, fleet: Fleet, lo: int, hi: int) -> bytes:
@@ -392,83 +225,19 @@ def ours_real(root: Path, n: int, keys: int) -> Iterator[tuple[Target, Fleet]]:
         yield Target("ours (real registry)", srv.process.pid, srv.mqtt_port, srv.server_ca), fleet
 
 
-def _serve_endpoint(data: Path) -> None:
-    """Entry point of the child process for ``--registry endpoint``: the endpoint alone, on the
-    real registry's SQLite file the parent filled (no HTTP server in the process)."""
-    import uvloop
-
-    from server_stub.config import MqttLimits
-    from server_stub.mqtt.service import MqttService
-    from server_stub.registry import Registry
-    from server_stub.store import SqliteStore
-
-    raise_nofile()
-    directory = Registry(SqliteStore(data / "registry" / "registry.sqlite3"))
-
-    async def main() -> None:
-        svc = MqttService(
-            directory,
-            (data / "server.pem").read_bytes(),
-            (data / "server.key").read_bytes(),
-            "127.0.0.1",
-            0,
-            MqttLimits(),
-        )
-        await svc.start()
-        print(f"PORT {svc.port}", flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await svc.stop()
-
-    uvloop.run(main())
-
-
 @contextlib.contextmanager
 def ours_endpoint(root: Path, n: int, keys: int) -> Iterator[tuple[Target, Fleet]]:
-    from testkit.registry import RealRegistry
-
     d = root / "ours-endpoint"
-    d.mkdir(mode=0o700)
-    with RealRegistry(d / "registry") as real:
-        tenant = real.tenant("bench")
-        log(f"making {n} device certificates ({keys} shared RSA keys)")
-        fleet = make_fleet(root, n, keys, tenant.product_key)
-        tenant.associate(
-            tenant.register_ca(fleet.ca), dict(zip(fleet.sns, fleet.names, strict=True))
-        )
-    server_ca = create_ca("Bench server CA")
-    server_ca_path = d / "server-ca.pem"
-    server_ca_path.write_bytes(server_ca.cert_pem())
-    issue_server_certificate(server_ca).write(d / "server.pem", d / "server.key")
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-endpoint", str(d)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"endpoint-only server did not start: {line!r}")
-        yield (
-            Target(
-                "ours (endpoint on registry file)", proc.pid, int(line.split()[1]), server_ca_path
-            ),
-            fleet,
-        )
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    fleet = endpoint_data(d, root, n, keys)
+    with endpoint_process(
+        [__file__, "--serve-endpoint", str(d)],
+        "ours (endpoint on registry file)",
+        d / "server-ca.pem",
+    ) as target:
+        yield target, fleet
 
 
 # --- measuring ---------------------------------------------------------------------------------
-
-
-def _cpu(p: psutil.Process) -> float:
-    t = p.cpu_times()
-    return float(t.user + t.system)
 
 
 def measure(
@@ -483,10 +252,10 @@ def measure(
             raise RuntimeError(f"{target.name}: warm-up failed: {res['errors']}")
         gen.close_all()
         time.sleep(1.0)
-        rss0, cpu0 = proc.memory_info().rss, _cpu(proc)
+        rss0, cpu0 = proc.memory_info().rss, cpu_seconds(proc)
         log(f"{target.name}: connecting {len(fleet.names)} devices")
         res = gen.connect(gen.slices)
-        cpu1 = _cpu(proc)
+        cpu1 = cpu_seconds(proc)
         time.sleep(2.0)  # idle: let the server settle
         rss1 = proc.memory_info().rss
         ok = res["ok"]
@@ -553,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-endpoint", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_endpoint:
-        _serve_endpoint(args.serve_endpoint)
+        serve_endpoint(args.serve_endpoint)
         return 0
     hard = raise_nofile()
     if hard < args.devices + 100:

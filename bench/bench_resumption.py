@@ -31,11 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
-import multiprocessing as mp
 import os
 import shutil
-import signal
 import ssl
 import statistics
 import subprocess
@@ -53,22 +50,26 @@ if str(ROOT) not in sys.path:
 
 import psutil  # noqa: E402
 
-from bench.bench_connections import (  # noqa: E402
+from bench._common import (  # noqa: E402
     Fleet,
     Target,
-    make_fleet,
+    client_context,
+    connect_packet,
+    cpu_seconds,
+    endpoint_data,
+    endpoint_process,
+    log,
     mosquitto,
+    open_and_connack,
     raise_nofile,
+    serve_endpoint,
+    spawn_worker,
+    stop_workers,
+    worker_loop,
 )
-from firmware_helpers.pki import create_ca, issue_server_certificate  # noqa: E402
-from server_stub.mqtt import codec  # noqa: E402
 
 #: The endpoint before issue 16 (no session tickets, CONNECT always through the executor).
 TODAY_REF = "7e5d323c0d7936fc2ebd1941905bf79edb56ea65"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # --- load generator ----------------------------------------------------------------------------
@@ -128,20 +129,8 @@ class _TlsClient(asyncio.Protocol):
 
 def _worker(conn: Connection, jobs: list[tuple[str, str]], server_ca: str, port: int) -> None:
     """One load-generator process: one context and one session per device, on command."""
-    try:
-        import uvloop
-
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    raise_nofile()
-    ctxs = []
-    for cert, key in jobs:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(server_ca)
-        ctx.load_cert_chain(cert, key)
-        ctxs.append(ctx)
+    loop = worker_loop()
+    ctxs = [client_context(server_ca, cert, key) for cert, key in jobs]
     sessions: list[ssl.SSLSession | None] = [None] * len(jobs)
     held: list[asyncio.BaseTransport] = []
 
@@ -149,21 +138,13 @@ def _worker(conn: Connection, jobs: list[tuple[str, str]], server_ca: str, port:
         """0: failed, 1: full handshake, 2: resumed."""
         async with sem:
             fut: asyncio.Future[int] = loop.create_future()
-            connect = codec.encode(codec.Connect(f"{Path(jobs[i][0]).stem}|securemode=2|", 1200))
-            proto = _TlsClient(ctxs[i], sessions[i] if offer else None, connect, fut)
-            try:
-                transport, _ = await asyncio.wait_for(
-                    loop.create_connection(lambda: proto, "127.0.0.1", port), 60
-                )
-                code = await asyncio.wait_for(fut, 60)
-            except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
-                if len(errors) < 5:
-                    errors.append(repr(exc))
-                return 0
-            held.append(transport)
-            if code != 0:
-                if len(errors) < 5:
-                    errors.append(f"CONNACK {code}")
+            proto = _TlsClient(
+                ctxs[i], sessions[i] if offer else None, connect_packet(jobs[i][0]), fut
+            )
+            transport, ok = await open_and_connack(loop, lambda: proto, port, fut, errors, 60)
+            if transport is not None:
+                held.append(transport)
+            if not ok:
                 return 0
             sessions[i] = proto.tls.session
             return 2 if proto.tls.session_reused else 1
@@ -201,20 +182,10 @@ class Devices:
     """The fleet's load generator: ``workers`` processes sharing the devices."""
 
     def __init__(self, fleet: Fleet, keys: int, server_ca: Path, port: int, workers: int) -> None:
-        ctx = mp.get_context("spawn")
-        n = len(fleet.names)
-        per = (n + workers - 1) // workers
-        self.procs = []
-        for w in range(workers):
-            jobs = [
-                (fleet.cert(i), fleet.key(i, keys)) for i in range(w * per, min(n, (w + 1) * per))
-            ]
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_worker, args=(child, jobs, str(server_ca), port), daemon=True
-            )
-            proc.start()
-            self.procs.append((proc, parent))
+        self.procs = [
+            spawn_worker(_worker, jobs, str(server_ca), port)
+            for jobs in fleet.shares(keys, workers)
+        ]
         for _, pipe in self.procs:
             assert pipe.recv()[0] == "ready"
 
@@ -238,54 +209,10 @@ class Devices:
         self._all(("forget",))
 
     def shutdown(self) -> None:
-        for proc, pipe in self.procs:
-            with contextlib.suppress(OSError, BrokenPipeError):
-                pipe.send(("exit",))
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
+        stop_workers(self.procs)
 
 
 # --- the servers -------------------------------------------------------------------------------
-
-
-def _serve_endpoint(data: Path, ticket_lifetime: float) -> None:
-    """Child process: the MQTT endpoint alone, on the real registry's SQLite file."""
-    import uvloop
-
-    from server_stub.config import MqttLimits
-    from server_stub.mqtt.service import MqttService
-    from server_stub.registry import Registry
-    from server_stub.store import SqliteStore
-
-    raise_nofile()
-    directory = Registry(SqliteStore(data / "registry" / "registry.sqlite3"))
-
-    async def main() -> None:
-        svc = MqttService(
-            directory,
-            (data / "server.pem").read_bytes(),
-            (data / "server.key").read_bytes(),
-            "127.0.0.1",
-            0,
-            _limits(MqttLimits, ticket_lifetime),
-        )
-        await svc.start()
-        print(f"PORT {svc.port}", flush=True)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await svc.stop()
-
-    uvloop.run(main())
-
-
-def _limits(cls: Any, ticket_lifetime: float) -> Any:
-    """``MqttLimits`` with the ticket lifetime, or its defaults for an endpoint without tickets."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    if "session_ticket_lifetime" in names:
-        return cls(session_ticket_lifetime=ticket_lifetime)
-    return cls()
 
 
 def today_tree(root: Path, ref: str) -> Path:
@@ -313,21 +240,8 @@ def today_tree(root: Path, ref: str) -> Path:
 
 def prepare(root: Path, n: int, keys: int) -> tuple[Path, Fleet]:
     """The real registry (CA registered with its proof, SNs associated) and the fleet."""
-    from testkit.registry import RealRegistry
-
     d = root / "ours"
-    d.mkdir(mode=0o700)
-    with RealRegistry(d / "registry") as real:
-        tenant = real.tenant("bench")
-        log(f"making {n} device certificates ({keys} shared RSA keys)")
-        fleet = make_fleet(root, n, keys, tenant.product_key)
-        tenant.associate(
-            tenant.register_ca(fleet.ca), dict(zip(fleet.sns, fleet.names, strict=True))
-        )
-    server_ca = create_ca("Bench server CA")
-    (d / "server-ca.pem").write_bytes(server_ca.cert_pem())
-    issue_server_certificate(server_ca).write(d / "server.pem", d / "server.key")
-    return d, fleet
+    return d, endpoint_data(d, root, n, keys)
 
 
 @contextlib.contextmanager
@@ -335,45 +249,17 @@ def ours(d: Path, ticket_lifetime: float, tree: Path | None = None) -> Iterator[
     env = dict(os.environ)
     if tree is not None:  # today's endpoint: its server_stub first on the path
         env["PYTHONPATH"] = os.pathsep.join([str(tree), str(ROOT)])
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--serve-endpoint",
-            str(d),
-            "--ticket-lifetime",
-            str(ticket_lifetime),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    with endpoint_process(
+        [__file__, "--serve-endpoint", str(d), "--ticket-lifetime", str(ticket_lifetime)],
+        f"ours (tickets {'on' if ticket_lifetime else 'off'})",
+        d / "server-ca.pem",
         env=env,
         cwd=str(tree or ROOT),
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"endpoint did not start: {line!r}")
-        yield Target(
-            f"ours (tickets {'on' if ticket_lifetime else 'off'})",
-            proc.pid,
-            int(line.split()[1]),
-            d / "server-ca.pem",
-        )
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    ) as target:
+        yield target
 
 
 # --- measuring ---------------------------------------------------------------------------------
-
-
-def _cpu(p: psutil.Process) -> float:
-    t = p.cpu_times()
-    return float(t.user + t.system)
 
 
 class Server:
@@ -391,10 +277,10 @@ class Server:
 
     def blip(self, resumed: bool, concurrency: int) -> dict[str, Any]:
         """Drop every connection at once, reconnect all; server CPU per returning device."""
-        cpu0, t0 = _cpu(self.proc), time.monotonic()
+        cpu0, t0 = cpu_seconds(self.proc), time.monotonic()
         self.devices.drop()
         res = self.devices.connect(resumed, concurrency)
-        cpu1, t1 = _cpu(self.proc), time.monotonic()
+        cpu1, t1 = cpu_seconds(self.proc), time.monotonic()
         ok = res["ok"]
         return {
             "ok": ok,
@@ -493,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ticket-lifetime", type=float, default=3600.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_endpoint:
-        _serve_endpoint(args.serve_endpoint, args.ticket_lifetime)
+        serve_endpoint(args.serve_endpoint, args.ticket_lifetime)
         return 0
     raise_nofile()
     started = time.monotonic()
