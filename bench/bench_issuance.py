@@ -32,10 +32,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import rsa
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from firmware_helpers.issuing import issue_devices, names_from_count
-from firmware_helpers.pki import create_ca
+from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+
+from firmware_helpers.issuing import issue_devices, names_from_count  # noqa: E402
+from firmware_helpers.pki import create_ca  # noqa: E402
+from testkit.cli_args import certs_issue_args  # noqa: E402
 
 PRODUCT_KEY = "a1B2c3D4e5F"
 
@@ -99,22 +104,18 @@ def ours_cli(count: int, jobs: int, work: Path, ca_cert: Path, ca_key: Path) -> 
             sys.executable,
             "-m",
             "iotx509",
-            "certs",
-            "issue",
-            "--ca",
-            str(ca_cert),
-            "--ca-key",
-            str(ca_key),
-            "--product-key",
-            PRODUCT_KEY,
-            "--count",
-            str(count),
-            "--prefix",
-            "dev-",
-            "--out",
-            str(out),
-            "--jobs",
-            str(jobs),
+            *certs_issue_args(
+                ca_cert,
+                ca_key,
+                PRODUCT_KEY,
+                out,
+                "--count",
+                str(count),
+                "--prefix",
+                "dev-",
+                "--jobs",
+                str(jobs),
+            ),
         ],
         check=True,
         capture_output=True,

@@ -12,6 +12,7 @@ import pytest
 from device_sdk.naming import DeviceFileName
 from firmware_helpers.association_csv import read_associations
 from iotx509.cli import main
+from testkit.cli_args import certs_issue_args
 from tests.firmware.cert_helpers import needs_openssl, openssl, openssl_serial, write_ca
 
 if TYPE_CHECKING:
@@ -27,22 +28,7 @@ def ca_files(pki: PkiFactory, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _issue(ca_files: tuple[Path, Path], out: Path, *extra: str) -> int:
-    ca_cert, ca_key = ca_files
-    return main(
-        [
-            "certs",
-            "issue",
-            "--ca",
-            str(ca_cert),
-            "--ca-key",
-            str(ca_key),
-            "--product-key",
-            PK,
-            "--out",
-            str(out),
-            *extra,
-        ]
-    )
+    return main(certs_issue_args(*ca_files, PK, out, *extra))
 
 
 def test_issued_pairs_are_accepted_by_openssl(
@@ -200,23 +186,7 @@ def test_directory_of_another_product_is_refused(
 ) -> None:
     out = tmp_path / "out"
     assert _issue(ca_files, out, "--device-name", "dev-0001", "--jobs", "1") == 0
-    ca_cert, ca_key = ca_files
-    rc = main(
-        [
-            "certs",
-            "issue",
-            "--ca",
-            str(ca_cert),
-            "--ca-key",
-            str(ca_key),
-            "--product-key",
-            "OtherProduct1",
-            "--device-name",
-            "dev-0002",
-            "--out",
-            str(out),
-        ]
-    )
+    rc = main(certs_issue_args(*ca_files, "OtherProduct1", out, "--device-name", "dev-0002"))
     assert rc == 1
     assert "another product or CA" in capsys.readouterr().err
     assert len(list(out.glob("*.cer"))) == 1

@@ -38,6 +38,7 @@ from firmware_helpers.issuing import (
 )
 from firmware_helpers.ledger import SerialLedger
 from firmware_helpers.pki import CertifiedKey, create_ca
+from testkit.cli_args import certs_issue_args
 from tests.firmware.cert_helpers import write_ca
 
 if TYPE_CHECKING:
@@ -307,24 +308,9 @@ class _PausedRun:
 
 
 def _issue_args(ca_cert: Path, ca_key: Path, out: Path, count: int) -> list[str]:
-    return [
-        "certs",
-        "issue",
-        "--ca",
-        str(ca_cert),
-        "--ca-key",
-        str(ca_key),
-        "--product-key",
-        PK,
-        "--count",
-        str(count),
-        "--prefix",
-        "kill-",
-        "--out",
-        str(out),
-        "--jobs",
-        "2",
-    ]
+    return certs_issue_args(
+        ca_cert, ca_key, PK, out, "--count", str(count), "--prefix", "kill-", "--jobs", "2"
+    )
 
 
 def _start_issue(ca_cert: Path, ca_key: Path, out: Path, count: int) -> subprocess.Popen[bytes]:

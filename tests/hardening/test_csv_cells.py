@@ -27,6 +27,7 @@ from firmware_helpers.serial.host import Host
 from firmware_helpers.serial.link import SerialLink
 from firmware_helpers.serial.simboard import SimBoard
 from iotx509.cli import main
+from testkit.cli_args import certs_issue_args
 from tests.firmware.cert_helpers import needs_openssl, write_ca
 from tests.hardening.reliability import record
 
@@ -165,22 +166,7 @@ def test_certs_issue_refuses_a_formula_device_name(
 ) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     out = tmp_path / "out"
-    status = main(
-        [
-            "certs",
-            "issue",
-            "--ca",
-            str(ca_cert),
-            "--ca-key",
-            str(ca_key),
-            "--product-key",
-            PK,
-            "--device-name",
-            "@evil-01",
-            "--out",
-            str(out),
-        ]
-    )
+    status = main(certs_issue_args(ca_cert, ca_key, PK, out, "--device-name", "@evil-01"))
     err = capsys.readouterr().err
     assert status != 0
     assert "DeviceName '@evil-01' must not begin with '@'" in err

@@ -22,6 +22,7 @@ from firmware_helpers.ledger import SerialLedger
 from firmware_helpers.serial.board import CredentialStore
 from firmware_helpers.serial.protocol import ObjectType
 from iotx509.cli import main
+from testkit.cli_args import certs_issue_args
 from tests.firmware.cert_helpers import needs_openssl, write_ca
 from tests.hardening.reliability import record
 
@@ -57,22 +58,7 @@ def test_certs_issue_refuses_a_symlinked_ledger(
     out.mkdir()
     (out / "sn-ledger.jsonl").symlink_to(target)
 
-    status = main(
-        [
-            "certs",
-            "issue",
-            "--ca",
-            str(ca_cert),
-            "--ca-key",
-            str(ca_key),
-            "--product-key",
-            PK,
-            "--device-name",
-            "dev-0001",
-            "--out",
-            str(out),
-        ]
-    )
+    status = main(certs_issue_args(ca_cert, ca_key, PK, out, "--device-name", "dev-0001"))
 
     err = capsys.readouterr().err
     assert status != 0
