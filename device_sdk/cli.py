@@ -31,28 +31,21 @@ _EXIT_STATUSES = """exit status:
   1   any other error"""
 
 
-def register(tree: CommandTree) -> None:
-    """Add ``iotx509 device connect`` (the serial helper adds ``device agent``)."""
-    group = tree.group("device", "the device side: connect with a certificate, run the board agent")
-    parser: argparse.ArgumentParser = group.add_parser(
-        "connect",
-        help="connect with a device certificate, print the identity the platform gives it",
-        description="Connect over mutual TLS with a device certificate and key, wait for the "
-        "platform to say who the device is, print it as JSON, optionally publish, disconnect. "
-        "Errors print what to check; the exit status says which kind of failure it was.",
-        epilog=_EXIT_STATUSES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _add_credential_options(
+    parser: argparse.ArgumentParser, *, cert: str, key: str, password: str
+) -> None:
+    """Where ``connect`` and ``renew`` find the device's pair (each says its own help)."""
     source = parser.add_argument_group("credentials (either --cert and --key, or --store)")
-    source.add_argument("--cert", help="device certificate (PEM or DER; intermediates may follow)")
-    source.add_argument("--key", help="device private key (PKCS#1 or PKCS#8 PEM, or DER)")
+    source.add_argument("--cert", help=cert)
+    source.add_argument("--key", help=key)
     source.add_argument("--store", metavar="DIR", help="credential store written by provisioning")
     source.add_argument(
-        "--key-password-env",
-        metavar="VAR",
-        default="IOTX509_KEY_PASSWORD",
-        help="environment variable holding the key's password (default: %(default)s)",
+        "--key-password-env", metavar="VAR", default="IOTX509_KEY_PASSWORD", help=password
     )
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    """The server ``connect`` and ``renew`` reach, and how its certificate is checked."""
     parser.add_argument(
         "--server-ca",
         default=env_default("IOTX509_SERVER_CA"),
@@ -67,6 +60,27 @@ def register(tree: CommandTree) -> None:
         "--server-hostname",
         help="name the server certificate must carry, when it differs from --host",
     )
+
+
+def register(tree: CommandTree) -> None:
+    """Add ``iotx509 device connect`` (the serial helper adds ``device agent``)."""
+    group = tree.group("device", "the device side: connect with a certificate, run the board agent")
+    parser: argparse.ArgumentParser = group.add_parser(
+        "connect",
+        help="connect with a device certificate, print the identity the platform gives it",
+        description="Connect over mutual TLS with a device certificate and key, wait for the "
+        "platform to say who the device is, print it as JSON, optionally publish, disconnect. "
+        "Errors print what to check; the exit status says which kind of failure it was.",
+        epilog=_EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_credential_options(
+        parser,
+        cert="device certificate (PEM or DER; intermediates may follow)",
+        key="device private key (PKCS#1 or PKCS#8 PEM, or DER)",
+        password="environment variable holding the key's password (default: %(default)s)",
+    )
+    _add_server_options(parser)
     parser.add_argument(
         "--identity-store",
         metavar="FILE",
@@ -130,31 +144,14 @@ def _register_renew(group: Any) -> None:
         epilog=_RENEW_EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    source = parser.add_argument_group("credentials (either --cert and --key, or --store)")
-    source.add_argument("--cert", help="device certificate file (replaced by the new one)")
-    source.add_argument("--key", help="device private key file (replaced by the new one)")
-    source.add_argument("--store", metavar="DIR", help="credential store written by provisioning")
-    source.add_argument(
-        "--key-password-env",
-        metavar="VAR",
-        default="IOTX509_KEY_PASSWORD",
-        help="environment variable holding the key's password; the new key gets the same "
+    _add_credential_options(
+        parser,
+        cert="device certificate file (replaced by the new one)",
+        key="device private key file (replaced by the new one)",
+        password="environment variable holding the key's password; the new key gets the same "
         "(default: %(default)s)",
     )
-    parser.add_argument(
-        "--server-ca",
-        default=env_default("IOTX509_SERVER_CA"),
-        help="CA certificate that issued the server's certificate "
-        "(default: the store's server-ca.pem, else the system trust store)",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="server host (default: %(default)s)")
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_MQTT_PORT, help="MQTT TLS port (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--server-hostname",
-        help="name the server certificate must carry, when it differs from --host",
-    )
+    _add_server_options(parser)
     parser.add_argument(
         "--identity-store", metavar="FILE", help="JSON file that keeps the identity"
     )
@@ -165,6 +162,18 @@ def _register_renew(group: Any) -> None:
         help="seconds to wait for the whole renewal, signer included (default: %(default)s)",
     )
     parser.set_defaults(handler=_renew, usage_error=parser.error)
+
+
+def _uses_store(args: argparse.Namespace) -> bool:
+    """The pair comes from --store (True) or from --cert and --key (False): exactly one of the
+    two, else a usage error (exit 2)."""
+    if args.store:
+        if args.cert or args.key:
+            args.usage_error("give either --store or --cert/--key, not both")
+        return True
+    if not (args.cert and args.key):
+        args.usage_error("give --cert and --key (or --store DIR)")
+    return False
 
 
 def _renew(args: argparse.Namespace) -> int:
@@ -179,14 +188,10 @@ def _renew(args: argparse.Namespace) -> int:
 
     password = os.environ.get(args.key_password_env) or None
     policy = RenewalPolicy(automatic=False)
-    if args.store:
-        if args.cert or args.key:
-            args.usage_error("give either --store or --cert/--key, not both")
+    if _uses_store(args):
         renewal = Renewal.for_store(args.store, password=password, policy=policy)
-    elif args.cert and args.key:
-        renewal = Renewal.for_files(args.cert, args.key, password=password, policy=policy)
     else:
-        args.usage_error("give --cert and --key (or --store DIR)")
+        renewal = Renewal.for_files(args.cert, args.key, password=password, policy=policy)
     old_sn = renewal.current.sn
     resuming = renewal.state is not RenewalState.IDLE
     client = DeviceClient(
@@ -262,14 +267,10 @@ def _connect(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            if args.store:
-                if args.cert or args.key:
-                    args.usage_error("give either --store or --cert/--key, not both")
+            if _uses_store(args):
                 creds = Credentials.from_store(args.store, password)
-            elif args.cert and args.key:
-                creds = Credentials.from_files(args.cert, args.key, password)
             else:
-                args.usage_error("give --cert and --key (or --store DIR)")
+                creds = Credentials.from_files(args.cert, args.key, password)
             client = DeviceClient(
                 args.host,
                 args.port,
