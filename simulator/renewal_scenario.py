@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from locust import User, constant, events, task
+from locust import constant, events, task
 from locust.exception import StopUser
 from locust.runners import LocalRunner
 
@@ -44,9 +44,10 @@ from device_sdk.errors import DeviceSDKError
 from device_sdk.renewal import RenewalPolicy, Report, ReportKind
 from device_sdk.renewal_expiry import Validity
 from device_sdk.renewal_manager import Renewal
-from simulator.config import REFUSED, SimulationConfig
+from simulator.config import SimulationConfig
 from simulator.errors import SimulatorError
 from simulator.gevent_loop import shared_loop
+from simulator.leased_user import LeasedDeviceUser
 
 if TYPE_CHECKING:
     from locust.env import Environment
@@ -106,34 +107,18 @@ class RenewalTally:
 TALLY = RenewalTally()
 
 
-class RenewingDeviceUser(User):
+class RenewingDeviceUser(LeasedDeviceUser):
     """One device of the fleet that renews its certificate once (see the module's doc)."""
 
     abstract = True
+    request_type = REQUEST_TYPE
     wait_time = constant(1.0)
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
-        self.config: SimulationConfig = SimulationConfig.of(environment)
-        self.device_index: int | None = None
         self.client: DeviceClient | None = None
         self.renewal: Renewal | None = None
         self._started_at: float | None = None
-
-    def on_start(self) -> None:
-        if getattr(self.environment, REFUSED, False):
-            raise StopUser()
-        config = self.config
-        try:
-            self.device_index = config.leases.acquire()
-        except SimulatorError as exc:
-            self._fire("lease", 0.0, exc)
-            raise StopUser() from exc
-        try:
-            self._set_up(config, self.device_index)
-        except BaseException:
-            self.on_stop()
-            raise
 
     def _set_up(self, config: SimulationConfig, index: int) -> None:
         entry = config.fleet.devices[index]
@@ -182,9 +167,7 @@ class RenewingDeviceUser(User):
         if self.renewal is not None:
             self.renewal.close()
             self.renewal = None
-        if self.device_index is not None:
-            self.config.leases.release(self.device_index)
-            self.device_index = None
+        super().on_stop()
 
     # --- reporting (callbacks of the SDK) ------------------------------------------------------
 
@@ -216,17 +199,6 @@ class RenewingDeviceUser(User):
         if isinstance(runner, LocalRunner) and len(TALLY.latencies) >= len(self.config.fleet):
             log.warning("scenario renewal: every device of the fleet renewed; stopping")
             gevent.spawn(runner.quit)
-
-    def _fire(self, name: str, seconds: float, error: BaseException | None) -> None:
-        request: Any = self.environment.events.request
-        request.fire(
-            request_type=REQUEST_TYPE,
-            name=name,
-            response_time=seconds * 1000.0,
-            response_length=0,
-            exception=error,
-            context={"device": self.device_index},
-        )
 
 
 # --- the customer's signer, on the master ------------------------------------------------------

@@ -26,35 +26,33 @@ import json
 import logging
 import random
 import time
-from typing import Any
 
 import gevent
 from gevent.event import AsyncResult
-from locust import User, task
+from locust import task
 from locust.env import Environment
 from locust.exception import StopUser
 
 from device_sdk.backoff import BackoffPolicy
 from device_sdk.errors import DeviceSDKError
 from firmware_helpers.platform_client import PlatformAPIError, PlatformClient
-from simulator.config import REFUSED, SimulationConfig
+from simulator.config import SimulationConfig
 from simulator.device import SimDevice
-from simulator.errors import SimulatorError
+from simulator.leased_user import LeasedDeviceUser
 
 log = logging.getLogger(__name__)
 
 REQUEST_TYPE = "MQTT"
 
 
-class DeviceUser(User):
+class DeviceUser(LeasedDeviceUser):
     """One simulated device per user; the fleet, template and scenario come from the options."""
 
     abstract = True
+    request_type = REQUEST_TYPE
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
-        self.config: SimulationConfig = SimulationConfig.of(environment)
-        self.device_index: int | None = None
         self.device: SimDevice | None = None
         self._next_publish = 0.0
         self._next_command = float("inf")
@@ -67,23 +65,6 @@ class DeviceUser(User):
     def wait_time(self) -> float:
         """Sleep until the next telemetry message or command is due."""
         return max(0.0, min(self._next_publish, self._next_command) - time.monotonic())
-
-    def on_start(self) -> None:
-        if getattr(self.environment, REFUSED, False):
-            raise StopUser()  # the run was refused as a whole (locust_plugin said why, once)
-        config = self.config
-        try:
-            self.device_index = config.leases.acquire()
-        except SimulatorError as exc:
-            # Reported once as a failure (visible in the CSV), then this user stops.
-            self._fire("lease", 0.0, exc)
-            raise StopUser() from exc
-        try:
-            self._set_up(config, self.device_index)
-        except BaseException:
-            self.on_stop()  # Locust does not call on_stop when on_start fails
-            raise
-        self.on_device_ready()
 
     def _set_up(self, config: SimulationConfig, index: int) -> None:
         entry = config.fleet.devices[index]
@@ -123,16 +104,11 @@ class DeviceUser(User):
             )
         self.device.keep_connected()
 
-    def on_device_ready(self) -> None:
-        """Hook for subclasses: called once the device is set up (it connects in the background)."""
-
     def on_stop(self) -> None:
         if self.device is not None:
             self.device.close()
             self.device = None
-        if self.device_index is not None:
-            self.config.leases.release(self.device_index)
-            self.device_index = None
+        super().on_stop()
 
     # --- behaviour -----------------------------------------------------------------------------
 
@@ -218,21 +194,6 @@ class DeviceUser(User):
             return
         if waiter is not None and not waiter.ready():
             waiter.set(True)
-
-    # --- reporting -----------------------------------------------------------------------------
-
-    def _fire(
-        self, name: str, seconds: float, error: BaseException | None, length: int = 0
-    ) -> None:
-        request: Any = self.environment.events.request
-        request.fire(
-            request_type=REQUEST_TYPE,
-            name=name,
-            response_time=seconds * 1000.0,
-            response_length=length,
-            exception=error,
-            context={"device": self.device_index},
-        )
 
 
 __all__ = ["REQUEST_TYPE", "DeviceUser"]
