@@ -39,11 +39,7 @@ class CommandTree:
     def group(self, name: str, help: str) -> Any:
         """The subparsers of group ``name`` (created on first use; later helps are ignored)."""
         if name not in self._groups:
-            group_parser = self._top.add_parser(name, help=help, description=help)
-            group_parser.set_defaults(handler=_print_help(group_parser))
-            self._groups[name] = group_parser.add_subparsers(
-                dest=f"{name}_command", metavar="COMMAND"
-            )
+            self._groups[name] = subgroup(self._top, name, help)
         return self._groups[name]
 
     def command(self, name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -52,6 +48,14 @@ class CommandTree:
             name, help=help, description=help, **kwargs
         )
         return parser
+
+
+def subgroup(subparsers: Any, name: str, help: str) -> Any:
+    """A command group under ``subparsers`` (``iotx509 server account ...``): given without a
+    command it prints its help and exits 2; returns the subparsers its commands go in."""
+    group_parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help, description=help)
+    group_parser.set_defaults(handler=_print_help(group_parser))
+    return group_parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
 
 
 def _print_help(parser: argparse.ArgumentParser) -> Handler:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from device_sdk.cli_support import CommandTree, env_default, require_extra
+from device_sdk.cli_support import CommandTree, env_default, require_extra, subgroup
 from firmware_helpers.platform_client import PlatformAPIError
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
@@ -141,9 +141,7 @@ def _register_server(tree: CommandTree) -> None:
     )
     run.set_defaults(handler=_server_run)
 
-    account = group.add_parser("account", help="manage accounts on the data directory")
-    account_sub = account.add_subparsers(dest="account_command", metavar="COMMAND")
-    account.set_defaults(handler=lambda _a: (account.print_help(), 2)[1])
+    account_sub = subgroup(group, "account", "manage accounts on the data directory")
     create = account_sub.add_parser(
         "create", help="create an account and print its API token (last word of the output)"
     )
@@ -254,9 +252,7 @@ def _register_platform(tree: CommandTree) -> None:
         help="write the server CA certificate (PEM) to FILE",
     )
 
-    product = group.add_parser("product", help="products")
-    product.set_defaults(handler=lambda _a: (product.print_help(), 2)[1])
-    product_sub = product.add_subparsers(dest="product_command", metavar="COMMAND")
+    product_sub = subgroup(group, "product", "products")
     create = add(
         product_sub, "create", "create a product; prints its ProductKey last", _product_create
     )
@@ -287,9 +283,7 @@ def _register_platform(tree: CommandTree) -> None:
         help="verification certificate (CN = registration code, signed by the CA)",
     )
 
-    ca = group.add_parser("ca", help="registered CA certificates")
-    ca.set_defaults(handler=lambda _a: (ca.print_help(), 2)[1])
-    ca_sub = ca.add_subparsers(dest="ca_command", metavar="COMMAND")
+    ca_sub = subgroup(group, "ca", "registered CA certificates")
     add(ca_sub, "list", "list the account's CA certificates", _ca_list)
     for name, help, handler in (
         ("show", "show one CA certificate", _ca_show),
@@ -315,9 +309,7 @@ def _register_platform(tree: CommandTree) -> None:
     assoc.add_argument("ca_sn")
     assoc.add_argument("file", type=Path)
 
-    device = group.add_parser("device", help="devices")
-    device.set_defaults(handler=lambda _a: (device.print_help(), 2)[1])
-    device_sub = device.add_subparsers(dest="device_command", metavar="COMMAND")
+    device_sub = subgroup(group, "device", "devices")
     for name, help, handler in (
         ("show", "show a device (status, association, online)", _device_show),
         ("disable", "disable a device: it can no longer connect", _device_disable),
@@ -327,9 +319,7 @@ def _register_platform(tree: CommandTree) -> None:
         parser.add_argument("product_key")
         parser.add_argument("device_name")
 
-    certs = group.add_parser("certs", help="device certificates as the platform saw them")
-    certs.set_defaults(handler=lambda _a: (certs.print_help(), 2)[1])
-    certs_sub = certs.add_subparsers(dest="certs_command", metavar="COMMAND")
+    certs_sub = subgroup(group, "certs", "device certificates as the platform saw them")
     expiring = add(
         certs_sub,
         "expiring",
@@ -340,9 +330,7 @@ def _register_platform(tree: CommandTree) -> None:
     expiring.add_argument("--days", type=float, required=True, help="within this many days")
     expiring.add_argument("--limit", type=int, default=1000, help="at most this many (1000)")
 
-    message = group.add_parser("message", help="cloud-to-device messages and what devices sent")
-    message.set_defaults(handler=lambda _a: (message.print_help(), 2)[1])
-    message_sub = message.add_subparsers(dest="message_command", metavar="COMMAND")
+    message_sub = subgroup(group, "message", "cloud-to-device messages and what devices sent")
     send = add(
         message_sub,
         "send",
