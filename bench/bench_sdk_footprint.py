@@ -61,18 +61,31 @@ def report(import_s, connect_s):
 port, server_ca, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 """
 
-CHILD_PAHO = (
-    CHILD_COMMON
-    + r"""
-c0 = time.process_time()
-t0 = time.perf_counter()
-import ssl, threading
+
+def child(imports: str, connect: str, close: str) -> str:
+    """A child script: ``imports`` timed as the import cost, ``connect`` (up to the CONNACK) as
+    the connect time, the report printed, then ``close``; every side measured by the same lines."""
+    return (
+        CHILD_COMMON
+        + "c0 = time.process_time()\n"
+        + "t0 = time.perf_counter()\n"
+        + imports
+        + "import_s = time.perf_counter() - t0\n"
+        + "import_cpu_s = time.process_time() - c0\n"
+        + "t1 = time.perf_counter()\n"
+        + connect
+        + "connect_s = time.perf_counter() - t1\n"
+        + "report(import_s, connect_s)\n"
+        + close
+    )
+
+
+CHILD_PAHO = child(
+    r"""import ssl, threading
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-import_s = time.perf_counter() - t0
-import_cpu_s = time.process_time() - c0
-t1 = time.perf_counter()
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+""",
+    r"""ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.minimum_version = ssl.TLSVersion.TLSv1_2
 ctx.load_verify_locations(server_ca)
 ctx.load_cert_chain(cert, key)
@@ -84,50 +97,32 @@ client.connect("127.0.0.1", port, 300)
 client.loop_start()
 if not done.wait(10):
     sys.exit("no CONNACK")
-connect_s = time.perf_counter() - t1
-report(import_s, connect_s)
-client.disconnect(); client.loop_stop()
-"""
+""",
+    "client.disconnect(); client.loop_stop()\n",
 )
 
-CHILD_SDK = (
-    CHILD_COMMON
-    + r"""
-c0 = time.process_time()
-t0 = time.perf_counter()
-from device_sdk import Credentials, DeviceClient
+CHILD_SDK = child(
+    r"""from device_sdk import Credentials, DeviceClient
 import device_sdk.client, device_sdk.credentials  # the lazy exports, loaded now
-import_s = time.perf_counter() - t0
-import_cpu_s = time.process_time() - c0
-t1 = time.perf_counter()
-creds = Credentials.from_files(cert, key)
+""",
+    r"""creds = Credentials.from_files(cert, key)
 client = DeviceClient("127.0.0.1", port, creds, server_ca=server_ca, expect_identity=False,
                       client_id="bench-sdk")
 client.connect(timeout=10)
-connect_s = time.perf_counter() - t1
-report(import_s, connect_s)
-client.disconnect()
-"""
+""",
+    "client.disconnect()\n",
 )
 
-CHILD_AWS = (
-    CHILD_COMMON
-    + r"""
-c0 = time.process_time()
-t0 = time.perf_counter()
-from awscrt import mqtt
+CHILD_AWS = child(
+    r"""from awscrt import mqtt
 from awsiot import mqtt_connection_builder
-import_s = time.perf_counter() - t0
-import_cpu_s = time.process_time() - c0
-t1 = time.perf_counter()
-connection = mqtt_connection_builder.mtls_from_path(
+""",
+    r"""connection = mqtt_connection_builder.mtls_from_path(
     endpoint="localhost", port=port, cert_filepath=cert, pri_key_filepath=key,
     ca_filepath=server_ca, client_id="bench-aws", clean_session=True, keep_alive_secs=300)
 connection.connect().result(10)
-connect_s = time.perf_counter() - t1
-report(import_s, connect_s)
-connection.disconnect().result(10)
-"""
+""",
+    "connection.disconnect().result(10)\n",
 )
 
 
