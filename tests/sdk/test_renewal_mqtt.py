@@ -65,15 +65,21 @@ def near_expiry_pair(
     return cert, key
 
 
-def device(mosquitto: Mosquitto, renewal: Renewal, **kwargs: object) -> DeviceClient:
-    client = DeviceClient(
+def plain_device(mosquitto: Mosquitto, credentials: Credentials, **kwargs: object) -> DeviceClient:
+    """A client of the local Mosquitto (a generic broker: no identity message), no renewal."""
+    return DeviceClient(
         "127.0.0.1",
         mosquitto.port,
-        renewal.credentials,
+        credentials,
         server_ca=mosquitto.server_ca_path,
         expect_identity=False,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def device(mosquitto: Mosquitto, renewal: Renewal, **kwargs: object) -> DeviceClient:
+    """A client of the local Mosquitto with ``renewal`` attached."""
+    client = plain_device(mosquitto, renewal.credentials, **kwargs)
     renewal.attach(client)
     return client
 
@@ -346,12 +352,9 @@ def test_near_expiry_without_renewal_warns_by_log_and_callback(
     caplog.set_level(logging.WARNING, "device_sdk.client")
     cert, key = near_expiry_pair(pki, tmp_path, "sensor-r6", left=0.15)
     warned: list[float] = []
-    client = DeviceClient(
-        "127.0.0.1",
-        mosquitto.port,
+    client = plain_device(
+        mosquitto,
         Credentials.from_files(cert, key),
-        server_ca=mosquitto.server_ca_path,
-        expect_identity=False,
         on_certificate_expiring=lambda _creds, days: warned.append(days),
     )
     client.connect(timeout=WAIT)
@@ -373,13 +376,8 @@ def test_near_expiry_during_a_session_warns_once_when_the_moment_comes(
         seen.append(days)
         warned.set()
 
-    client = DeviceClient(
-        "127.0.0.1",
-        mosquitto.port,
-        Credentials.from_files(cert, key),
-        server_ca=mosquitto.server_ca_path,
-        expect_identity=False,
-        on_certificate_expiring=on_expiring,
+    client = plain_device(
+        mosquitto, Credentials.from_files(cert, key), on_certificate_expiring=on_expiring
     )
     client.connect(timeout=WAIT)
     try:
@@ -404,13 +402,8 @@ def test_session_ends_when_the_certificate_expires_and_no_new_one_is_made(
             errors.append(error)
             offline.set()
 
-    client = DeviceClient(
-        "127.0.0.1",
-        mosquitto.port,
-        Credentials.from_files(cert, key),
-        server_ca=mosquitto.server_ca_path,
-        expect_identity=False,
-        on_connection_state=on_state,
+    client = plain_device(
+        mosquitto, Credentials.from_files(cert, key), on_connection_state=on_state
     )
     client.connect(timeout=WAIT)
     try:
