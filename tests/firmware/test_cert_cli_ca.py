@@ -22,6 +22,22 @@ if TYPE_CHECKING:
 pytestmark = needs_openssl
 
 
+def _verification_cert_args(ca_cert: Path, ca_key: Path, code: str, out: Path | str) -> list[str]:
+    """``ca verification-cert`` with its four options (each test varies one of them)."""
+    return [
+        "ca",
+        "verification-cert",
+        "--ca",
+        str(ca_cert),
+        "--ca-key",
+        str(ca_key),
+        "--code",
+        code,
+        "--out",
+        str(out),
+    ]
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -81,23 +97,7 @@ def test_verification_cert_verifies_with_openssl_and_carries_the_code(
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     code = secrets.token_hex(32)
     out = tmp_path / "vc"
-    assert (
-        main(
-            [
-                "ca",
-                "verification-cert",
-                "--ca",
-                str(ca_cert),
-                "--ca-key",
-                str(ca_key),
-                "--code",
-                code,
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(_verification_cert_args(ca_cert, ca_key, code, out)) == 0
     crt, key = out / "verificationCert.crt", out / "verificationCert.key"
     assert openssl("verify", "-CAfile", ca_cert, crt).stdout.strip() == f"{crt}: OK"
     subject = openssl("x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", crt).stdout
@@ -144,18 +144,7 @@ def test_verification_cert_cli_refuses_whitespace_code(
 ) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
     rc = main(
-        [
-            "ca",
-            "verification-cert",
-            "--ca",
-            str(ca_cert),
-            "--ca-key",
-            str(ca_key),
-            "--code",
-            " " + secrets.token_hex(32),
-            "--out",
-            str(tmp_path / "vc"),
-        ]
+        _verification_cert_args(ca_cert, ca_key, " " + secrets.token_hex(32), tmp_path / "vc")
     )
     assert rc == 1
     assert "whitespace" in capsys.readouterr().err
@@ -169,41 +158,9 @@ def test_verification_cert_refuses_non_ca_and_mismatched_key(
     dev_cert, dev_key, _ = pki.write_device("a1B2c3", "dev-0001", directory=tmp_path / "dev")
     code = secrets.token_hex(32)
     out = str(tmp_path / "vc")
-    assert (
-        main(
-            [
-                "ca",
-                "verification-cert",
-                "--ca",
-                str(dev_cert),
-                "--ca-key",
-                str(dev_key),
-                "--code",
-                code,
-                "--out",
-                out,
-            ]
-        )
-        == 1
-    )
+    assert main(_verification_cert_args(dev_cert, dev_key, code, out)) == 1
     assert "not a CA certificate" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "ca",
-                "verification-cert",
-                "--ca",
-                str(ca_cert),
-                "--ca-key",
-                str(dev_key),
-                "--code",
-                code,
-                "--out",
-                out,
-            ]
-        )
-        == 1
-    )
+    assert main(_verification_cert_args(ca_cert, dev_key, code, out)) == 1
     assert "is not the private key of the CA certificate" in capsys.readouterr().err
     assert not (tmp_path / "vc").exists()
 
@@ -212,18 +169,7 @@ def test_verification_cert_refuses_to_overwrite(
     pki: PkiFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ca_cert, ca_key = write_ca(pki.ca, tmp_path / "ca")
-    args = [
-        "ca",
-        "verification-cert",
-        "--ca",
-        str(ca_cert),
-        "--ca-key",
-        str(ca_key),
-        "--code",
-        secrets.token_hex(32),
-        "--out",
-        str(tmp_path / "vc"),
-    ]
+    args = _verification_cert_args(ca_cert, ca_key, secrets.token_hex(32), tmp_path / "vc")
     assert main(args) == 0
     assert main(args) == 1
     assert "already exist" in capsys.readouterr().err
