@@ -66,46 +66,36 @@ def test_first_start_restart_and_clean_stop(tmp_path: Path) -> None:
         assert "other.example" in _sans(data / "tls" / "server.pem")
 
 
+def _create_account(data: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """``iotx509 server account create NAME`` on ``data``, as an operator runs it."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iotx509",
+            "server",
+            "account",
+            "create",
+            name,
+            "--data-dir",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_account_create_prints_a_working_token(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with running_server(data) as server:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "iotx509",
-                "server",
-                "account",
-                "create",
-                "bob",
-                "--data-dir",
-                str(data),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        result = _create_account(data, "bob")
+        assert result.returncode == 0, result.stderr
         token = result.stdout.split()[-1]
         bob = PlatformClient(server.http_url, token)
         admin = PlatformClient(server.http_url, server.token)
         assert bob.registration_code() != admin.registration_code()
-        again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "iotx509",
-                "server",
-                "account",
-                "create",
-                "bob",
-                "--data-dir",
-                str(data),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        again = _create_account(data, "bob")
         assert again.returncode == 1
         assert again.stderr.strip() == "error: an account named 'bob' already exists"
 
