@@ -32,7 +32,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_sdk.platform import IDENTITY_TOPIC
-from firmware_helpers.pki import create_ca, issue_device_certificate
+from firmware_helpers.pki import CertifiedKey, create_ca, issue_device_certificate
 from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
 from server_stub.mqtt.decisions import Decisions
@@ -120,6 +120,20 @@ def attempt(port: int, client: Client, session: ssl.SSLSession | None = None) ->
         )
 
 
+def ticketed(
+    world: World,
+    ep: Endpoint,
+    version: ssl.TLSVersion,
+    name: str,
+    ca: CertifiedKey | None = None,
+) -> tuple[Device, Client, Attempt]:
+    """A new device of ``ep``'s registry (issued by ``ca``, else the world's CA), its client, and
+    its first connection, which must end with a session ticket."""
+    dev = ep.reg.device(name, ca)
+    client = Client(world, dev, version)
+    return dev, client, first_ticket(ep, client)
+
+
 def first_ticket(ep: Endpoint, client: Client) -> Attempt:
     first = attempt(ep.server.port, client)
     assert (first.connack, first.reused) == (codec.CONNACK_ACCEPTED, False)
@@ -135,9 +149,7 @@ def refusals(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 def test_a_returning_device_resumes_its_session_with_the_same_identity(
     world: World, endpoint: Endpoint, version: ssl.TLSVersion
 ) -> None:
-    dev = endpoint.reg.device(f"back-{version.name}")
-    client = Client(world, dev, version)
-    first = first_ticket(endpoint, client)
+    dev, client, first = ticketed(world, endpoint, version, f"back-{version.name}")
     expected = {"productKey": PK, "deviceName": dev.name}
     assert first.identity == expected
     session = first.session
@@ -154,9 +166,8 @@ def test_a_returning_device_resumes_its_session_with_the_same_identity(
 def test_a_device_disabled_since_its_ticket_is_refused(
     world: World, endpoint: Endpoint, version: ssl.TLSVersion, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dev = endpoint.reg.device(f"off-{version.name}")
-    client = Client(world, dev, version)
-    ticket = first_ticket(endpoint, client).session
+    dev, client, first = ticketed(world, endpoint, version, f"off-{version.name}")
+    ticket = first.session
     endpoint.reg.set_device_enabled(dev.name, False)
     again = attempt(endpoint.server.port, client, ticket)
     assert again.reused
@@ -170,9 +181,8 @@ def test_a_device_disabled_since_its_ticket_is_refused(
 def test_a_device_whose_ca_was_disabled_since_its_ticket_is_refused(
     world: World, endpoint: Endpoint, version: ssl.TLSVersion, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dev = endpoint.reg.device(f"ca-off-{version.name}")
-    client = Client(world, dev, version)
-    ticket = first_ticket(endpoint, client).session
+    _dev, client, first = ticketed(world, endpoint, version, f"ca-off-{version.name}")
+    ticket = first.session
     endpoint.reg.set_ca_active(world.ca, False)
     again = attempt(endpoint.server.port, client, ticket)
     assert (again.connack, again.identity) == (None, None)
@@ -187,9 +197,8 @@ def test_a_device_whose_ca_was_deleted_since_its_ticket_is_refused(
 ) -> None:
     ca = create_ca(f"Short-lived CA {version.name}")
     ca_sn = endpoint.reg.add_ca(ca)
-    dev = endpoint.reg.device(f"ca-gone-{version.name}", ca)
-    client = Client(world, dev, version)
-    ticket = first_ticket(endpoint, client).session
+    _dev, client, first = ticketed(world, endpoint, version, f"ca-gone-{version.name}", ca)
+    ticket = first.session
     endpoint.reg.tenant.delete_ca(ca_sn)
     again = attempt(endpoint.server.port, client, ticket)
     assert (again.connack, again.identity) == (None, None)
@@ -203,9 +212,7 @@ def test_a_look_alike_ca_registered_after_the_ticket_changes_no_identity(
     """Account B registers a CA with A's CA's subject and its own key, after A's device got
     its ticket, and associates A's certificate SN with a device of its own: A's device resumes
     as A's device, attributed again against the new trust snapshot (not the cached answer)."""
-    dev = endpoint.reg.device(f"victim-{version.name}")
-    client = Client(world, dev, version)
-    first = first_ticket(endpoint, client)
+    dev, client, first = ticketed(world, endpoint, version, f"victim-{version.name}")
     mallory = endpoint.reg.real.tenant(f"mallory{version.name[-1]}")
     twin = create_ca("Device CA")  # the subject of world.ca, another key
     twin_sn = mallory.register_ca(twin)
@@ -266,9 +273,8 @@ def test_a_full_handshake_of_a_returning_device_uses_the_attribution_of_the_snap
 def test_a_ticket_from_before_a_key_rotation_makes_a_full_handshake(
     world: World, endpoint: Endpoint, version: ssl.TLSVersion
 ) -> None:
-    dev = endpoint.reg.device(f"rotated-{version.name}")
-    client = Client(world, dev, version)
-    ticket = first_ticket(endpoint, client).session
+    _dev, client, first = ticketed(world, endpoint, version, f"rotated-{version.name}")
+    ticket = first.session
     endpoint.server.call(endpoint.tls.rotate_ticket_keys)
     again = attempt(endpoint.server.port, client, ticket)
     assert not again.reused
@@ -389,9 +395,7 @@ def test_a_returning_device_is_answered_on_the_loop_until_the_registry_changes(
 ) -> None:
     assert endpoint.server.service is not None
     decisions = endpoint.server.service.broker.decisions
-    dev = endpoint.reg.device("regular")
-    client = Client(world, dev, ssl.TLSVersion.TLSv1_3)
-    first = first_ticket(endpoint, client)
+    dev, client, first = ticketed(world, endpoint, ssl.TLSVersion.TLSv1_3, "regular")
     hits = decisions.hits
     again = attempt(endpoint.server.port, client, first.session)
     assert again.connack == codec.CONNACK_ACCEPTED and again.reused
