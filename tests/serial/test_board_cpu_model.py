@@ -71,19 +71,26 @@ def test_a_pool_without_the_asked_size_or_unreadable_is_refused(
         BoardCpuModel(tmp_path / "bad.jsonl")
 
 
-def test_a_board_whose_pool_is_empty_answers_genkey_with_an_error(tmp_path: Path) -> None:
-    path = tmp_path / "empty.jsonl"
-    write_key_pool(path, [])
+def _ask_for_a_key(tmp_path: Path, pool_path: Path) -> tuple[BoardAgent, object]:
+    """A board drawing its keys from the pool at ``pool_path``, booted, greeted and asked for an
+    RSA-2048 key (no background generation): the board and its one answer frame."""
     agent = BoardAgent(
         CredentialStore(tmp_path / "store"),
         "B",
-        keygen=BoardCpuModel(path),
+        keygen=BoardCpuModel(pool_path),
         background_keygen=False,
     )
     agent.boot()
     agent.handle(encode_message(Hello(), 1))
     (reply,) = agent.handle(encode_message(GenKey(KeyType.RSA, 2048), 2))
     (frame,) = FrameDecoder().feed(reply)
+    return agent, frame
+
+
+def test_a_board_whose_pool_is_empty_answers_genkey_with_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    write_key_pool(path, [])
+    agent, frame = _ask_for_a_key(tmp_path, path)
     assert isinstance(frame, Frame)
     nak = decode_message(frame)
     assert isinstance(nak, Nak) and nak.code is ErrorCode.STORAGE_ERROR
@@ -96,16 +103,7 @@ def test_the_pooled_key_is_what_the_board_answers_with(
 ) -> None:
     path = tmp_path / "pool.jsonl"
     write_key_pool(path, [PooledKey(k.bits, k.key_pem, k.csr_der, 0.0) for k in pool[:1]])
-    agent = BoardAgent(
-        CredentialStore(tmp_path / "store"),
-        "B",
-        keygen=BoardCpuModel(path),
-        background_keygen=False,
-    )
-    agent.boot()
-    agent.handle(encode_message(Hello(), 1))
-    (reply,) = agent.handle(encode_message(GenKey(KeyType.RSA, 2048), 2))
-    (frame,) = FrameDecoder().feed(reply)
+    _agent, frame = _ask_for_a_key(tmp_path, path)
     assert isinstance(frame, Frame) and decode_message(frame) == Csr(pool[0].csr_der)
 
 
