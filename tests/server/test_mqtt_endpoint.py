@@ -103,65 +103,71 @@ def test_paho_with_username_routes_messages_both_ways(
         client.stop()
 
 
-def test_mosquitto_sub_and_pub_clients(
-    world: World, directory: EndpointRegistry, server: ServerThread
-) -> None:
-    dev = directory.device("mosq-dev")
-    common = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(server.port),
-        "--cafile",
-        str(world.server_ca_file),
-        "--cert",
-        str(dev.cert),
-        "--key",
-        str(dev.key),
-        "-V",
-        "mqttv311",
-    ]
-    # mosquitto_sub prints every message it receives, subscribed or not: the identity comes first
-    sub = subprocess.run(
+def _mosquitto_tool(
+    tool: str, server: ServerThread, world: World, dev: Device | None, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run mosquitto_pub/sub against the endpoint over TLS (MQTT 3.1.1), with ``dev``'s
+    certificate and key (none: no client certificate), then ``args``."""
+    pair = [] if dev is None else ["--cert", str(dev.cert), "--key", str(dev.key)]
+    return subprocess.run(
         [
-            MOSQUITTO_SUB,
-            *common,
-            "-i",
-            "mosq-sub|securemode=2|",
-            "-t",
-            f"/{PK}/mosq-dev/user/#",
-            "-C",
-            "1",
-            "-v",
-            "-W",
-            "10",
+            tool,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(server.port),
+            "--cafile",
+            str(world.server_ca_file),
+            *pair,
+            "-V",
+            "mqttv311",
+            *args,
         ],
         capture_output=True,
         text=True,
         timeout=20,
+    )
+
+
+def test_mosquitto_sub_and_pub_clients(
+    world: World, directory: EndpointRegistry, server: ServerThread
+) -> None:
+    dev = directory.device("mosq-dev")
+    # mosquitto_sub prints every message it receives, subscribed or not: the identity comes first
+    sub = _mosquitto_tool(
+        MOSQUITTO_SUB,
+        server,
+        world,
+        dev,
+        "-i",
+        "mosq-sub|securemode=2|",
+        "-t",
+        f"/{PK}/mosq-dev/user/#",
+        "-C",
+        "1",
+        "-v",
+        "-W",
+        "10",
     )
     assert sub.returncode == 0, sub.stderr
     assert sub.stdout.strip() == (
         f'{IDENTITY_TOPIC} {{"productKey":"{PK}","deviceName":"mosq-dev"}}'
     )
-    pub = subprocess.run(
-        [
-            MOSQUITTO_PUB,
-            *common,
-            "-i",
-            "mosq-pub|securemode=2|",
-            "-u",
-            f"mosq-dev&{PK}",
-            "-t",
-            f"/{PK}/mosq-dev/user/up",
-            "-m",
-            "from mosquitto_pub",
-            "-q",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=20,
+    pub = _mosquitto_tool(
+        MOSQUITTO_PUB,
+        server,
+        world,
+        dev,
+        "-i",
+        "mosq-pub|securemode=2|",
+        "-u",
+        f"mosq-dev&{PK}",
+        "-t",
+        f"/{PK}/mosq-dev/user/up",
+        "-m",
+        "from mosquitto_pub",
+        "-q",
+        "1",
     )
     assert pub.returncode == 0, pub.stderr
     svc = server.service
@@ -174,27 +180,8 @@ def test_mosquitto_pub_without_certificate_is_refused_by_tls(
     world: World, server: ServerThread, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, "server_stub.mqtt")
-    pub = subprocess.run(
-        [
-            MOSQUITTO_PUB,
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(server.port),
-            "--cafile",
-            str(world.server_ca_file),
-            "-V",
-            "mqttv311",
-            "-i",
-            "nocert|securemode=2|",
-            "-t",
-            "/a/b",
-            "-m",
-            "x",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=20,
+    pub = _mosquitto_tool(
+        MOSQUITTO_PUB, server, world, None, "-i", "nocert|securemode=2|", "-t", "/a/b", "-m", "x"
     )
     assert pub.returncode != 0
     assert wait_for(lambda: "TLS handshake refused" in caplog.text)
