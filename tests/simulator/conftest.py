@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,6 +105,34 @@ def run_locust(
         cwd=csv_prefix.parent,
         env=locust_env(),
     )
+
+
+def run_above_fd_setsize(fleet: Fleet, imports: str, run: str) -> list[dict[str, Any]]:
+    """Run eight of ``fleet``'s devices in a gevent child that first opens 1,100 descriptors, so
+    every socket it makes is numbered above select()'s FD_SETSIZE (1024). ``run`` defines
+    ``run(device)``, which appends one JSON-able result to ``results``; returns those results."""
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import json, os, sys\n"
+        "import gevent\n"
+        "from simulator.fleet import Fleet\n" + imports + "fleet = Fleet.load(sys.argv[1])\n"
+        "filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]\n"
+        "results = []\n"
+        + run
+        + "gevent.joinall([gevent.spawn(run, d) for d in fleet.devices[:8]], raise_error=True)\n"
+        "print(json.dumps(results))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(fleet.directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=locust_env(),
+        cwd=Path(__file__).parent,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results: list[dict[str, Any]] = json.loads(result.stdout.strip().splitlines()[-1])
+    return results
 
 
 def locust_env() -> dict[str, str]:

@@ -10,27 +10,14 @@ fleet devices to the real server, checks the identities and publishes with QoS 1
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 from simulator.fleet import Fleet
-from tests.simulator.conftest import locust_env
+from tests.simulator.conftest import run_above_fd_setsize
 
-CHILD = r"""
-from gevent import monkey; monkey.patch_all()
-import json, os, sys
-import gevent
-from device_sdk import Credentials, DeviceClient
+CHILD_IMPORTS = """from device_sdk import Credentials, DeviceClient
 from device_sdk.client import ConnectionState
-from simulator.fleet import Fleet
 from simulator.gevent_loop import shared_loop
-
-fleet = Fleet.load(sys.argv[1])
-filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
-results = []
-
+"""
+CHILD_RUN = r"""
 def run(device):
     states = []
     creds = Credentials.from_files(fleet.path(device.cert), fleet.path(device.key),
@@ -49,22 +36,11 @@ def run(device):
                     "states": states})
     client.disconnect()
 
-gevent.joinall([gevent.spawn(run, d) for d in fleet.devices[:8]], raise_error=True)
-print(json.dumps(results))
 """
 
 
 def test_devices_on_the_gevent_loop_work_above_fd_setsize(shared_fleet: Fleet) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(shared_fleet.directory)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=locust_env(),
-        cwd=Path(__file__).parent,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(result.stdout.strip().splitlines()[-1])
+    results = run_above_fd_setsize(shared_fleet, CHILD_IMPORTS, CHILD_RUN)
     assert len(results) == 8
     fds = [fd for r in results for fd in r["fds"]]
     assert fds and all(fd >= 1024 for fd in fds), fds

@@ -28,22 +28,14 @@ from simulator.errors import SimulatorError
 from simulator.fleet import Fleet
 from simulator.link import set_max_connecting
 from tests.sdk.brokers import run_mosquitto
-from tests.simulator.conftest import locust_env
+from tests.simulator.conftest import locust_env, run_above_fd_setsize
 from tests.simulator.tcp_proxy import CountingProxy
 
 IOTX509 = (sys.executable, "-m", "iotx509")
 
-ABOVE_FD_SETSIZE = r"""
-from gevent import monkey; monkey.patch_all()
-import json, os, sys
-import gevent
-from simulator.device import SimDevice
-from simulator.fleet import Fleet
-
-fleet = Fleet.load(sys.argv[1])
-filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
-results = []
-
+ABOVE_FD_SETSIZE_IMPORTS = """from simulator.device import SimDevice
+"""
+ABOVE_FD_SETSIZE_RUN = r"""
 def run(device):
     events = []
     sim = SimDevice(fleet.mqtt.host, fleet.mqtt.port, fleet.path(device.cert),
@@ -61,24 +53,13 @@ def run(device):
                     "events": events})
     sim.close()
 
-gevent.joinall([gevent.spawn(run, d) for d in fleet.devices[:8]], raise_error=True)
-print(json.dumps(results))
 """
 
 
 def test_devices_connect_above_fd_setsize_each_with_its_own_certificate(
     shared_fleet: Fleet,
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", ABOVE_FD_SETSIZE, str(shared_fleet.directory)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=locust_env(),
-        cwd=Path(__file__).parent,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(result.stdout.strip().splitlines()[-1])
+    results = run_above_fd_setsize(shared_fleet, ABOVE_FD_SETSIZE_IMPORTS, ABOVE_FD_SETSIZE_RUN)
     assert len(results) == 8
     assert all(r["fd"] >= 1024 for r in results), results
     # Each device was told its own identity: the server saw each device's own certificate.
