@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -427,14 +428,13 @@ def test_host_reports_another_protocol_version() -> None:
 # --- both machines over a lossy in-memory line ------------------------------------------------
 
 
-def _run_over_lossy_line(rng: random.Random, loss: float) -> dict[ObjectType, bytes] | str:
-    """Stop-and-wait host against a board; the line flips bits or loses whole frames."""
-    board = BoardMachine("mem", max_chunk=300)
-    host = HostMachine(max_retries=8, rng=rng)
+def _lossy_line(rng: random.Random, loss: float) -> Callable[[bytes], bytes]:
+    """A line that loses a frame with probability ``loss / 2`` and flips one bit of it with the
+    same probability (never its last byte, the frame's end)."""
 
     def line(data: bytes) -> bytes:
         roll = rng.random()
-        if roll < loss / 2:
+        if not data or roll < loss / 2:
             return b""  # frame lost
         if roll < loss:
             damaged = bytearray(data)
@@ -442,29 +442,58 @@ def _run_over_lossy_line(rng: random.Random, loss: float) -> dict[ObjectType, by
             return bytes(damaged)
         return data
 
+    return line
+
+
+def _exchange_over(
+    line: Callable[[bytes], bytes],
+    host: HostMachine,
+    board: BoardMachine,
+    stored: dict[ObjectType, bytes],
+    msg: Message,
+    *,
+    on_event: Callable[[object], None] | None = None,
+    board_cpu: Callable[[], list[bytes]] | None = None,
+) -> Message | None:
+    """One stop-and-wait request of ``host`` to ``board`` over ``line``, resent on the host's
+    timeouts: the answer, or None when the host restarts the transaction. A commit stores into
+    ``stored``; ``on_event`` sees the board's other events, ``board_cpu`` adds the board's own
+    messages after each exchange."""
+    wire = host.request(msg)
+    while True:
+        replies: list[bytes] = []
+        for event in board.receive_data(line(wire)):
+            if isinstance(event, Send):
+                replies.append(event.data)
+            elif isinstance(event, CommitRequested):
+                stored.update(event.objects)
+                replies.append(board.commit_done())
+            elif on_event is not None:
+                on_event(event)
+        if board_cpu is not None:
+            replies += board_cpu()
+        wire = b""
+        for host_event in host.receive_data(b"".join(line(r) for r in replies)):
+            if isinstance(host_event, Answer):
+                return host_event.message
+            if isinstance(host_event, Restart):
+                return None
+            if isinstance(host_event, Resend):
+                wire = host_event.data
+                break
+        if not wire:
+            wire = host.timeout()
+
+
+def _run_over_lossy_line(rng: random.Random, loss: float) -> dict[ObjectType, bytes] | str:
+    """Stop-and-wait host against a board; the line flips bits or loses whole frames."""
+    board = BoardMachine("mem", max_chunk=300)
+    host = HostMachine(max_retries=8, rng=rng)
+    line = _lossy_line(rng, loss)
     stored: dict[ObjectType, bytes] = {}
 
     def exchange(msg: Message) -> Message | None:
-        wire = host.request(msg)
-        while True:
-            replies: list[bytes] = []
-            for event in board.receive_data(line(wire)):
-                if isinstance(event, Send):
-                    replies.append(event.data)
-                elif isinstance(event, CommitRequested):
-                    stored.update(event.objects)
-                    replies.append(board.commit_done())
-            wire = b""
-            for host_event in host.receive_data(b"".join(line(r) for r in replies)):
-                if isinstance(host_event, Answer):
-                    return host_event.message
-                if isinstance(host_event, Restart):
-                    return None
-                if isinstance(host_event, Resend):
-                    wire = host_event.data
-                    break
-            if not wire:
-                wire = host.timeout()
+        return _exchange_over(line, host, board, stored, msg)
 
     try:
         for _ in range(3):
@@ -508,15 +537,7 @@ def _run_pipelined_over_lossy_line(
     events = 0
     stored: dict[ObjectType, bytes] = {}
 
-    def line(data: bytes) -> bytes:
-        roll = rng.random()
-        if not data or roll < loss / 2:
-            return b""
-        if roll < loss:
-            damaged = bytearray(data)
-            damaged[rng.randrange(len(data) - 1)] ^= 1 << rng.randrange(8)
-            return bytes(damaged)
-        return data
+    line = _lossy_line(rng, loss)
 
     def board_cpu() -> list[bytes]:
         """The board's own CPU: a key being made is done once enough has happened."""
@@ -527,30 +548,14 @@ def _run_pipelined_over_lossy_line(
             return [answer] if answer else []
         return []
 
+    def key_requested(event: object) -> None:
+        if isinstance(event, KeyRequested):
+            making.append(event.ticket)
+
     def exchange(msg: Message) -> Message | None:
-        wire = host.request(msg)
-        while True:
-            replies: list[bytes] = []
-            for event in board.receive_data(line(wire)):
-                if isinstance(event, Send):
-                    replies.append(event.data)
-                elif isinstance(event, KeyRequested):
-                    making.append(event.ticket)
-                elif isinstance(event, CommitRequested):
-                    stored.update(event.objects)
-                    replies.append(board.commit_done())
-            replies += board_cpu()
-            wire = b""
-            for host_event in host.receive_data(b"".join(line(r) for r in replies)):
-                if isinstance(host_event, Answer):
-                    return host_event.message
-                if isinstance(host_event, Restart):
-                    return None
-                if isinstance(host_event, Resend):
-                    wire = host_event.data
-                    break
-            if not wire:
-                wire = host.timeout()
+        return _exchange_over(
+            line, host, board, stored, msg, on_event=key_requested, board_cpu=board_cpu
+        )
 
     def send(obj: ObjectType, data: bytes) -> bool:
         ok = exchange(Begin(obj, len(data), sha256(data))) == Ack()
