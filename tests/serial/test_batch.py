@@ -27,6 +27,16 @@ def batch_dir(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def _provision_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``iotx509 provision ARGS`` in a child process, as a factory operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "iotx509", "provision", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _rows(report: Path) -> list[dict[str, str]]:
     with report.open(newline="") as fh:
         return list(csv.DictReader(fh))
@@ -43,27 +53,18 @@ def test_cli_batch_wait_mode_three_boards_then_resume(tmp_path: Path, batch_dir:
     # The run stops because three boards are done (an event), not because a timeout expired:
     # --board-timeout is only a safety net, long enough for any machine load.
     with SimBoard(tmp_path / "boards", boards=3, swap_delay=0.2) as sim:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "iotx509",
-                "provision",
-                "--batch",
-                str(batch_dir),
-                "--port",
-                sim.port,
-                "--report",
-                str(report),
-                "--wait",
-                "--max-boards",
-                "3",
-                "--board-timeout",
-                "60",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        proc = _provision_cli(
+            "--batch",
+            str(batch_dir),
+            "--port",
+            sim.port,
+            "--report",
+            str(report),
+            "--wait",
+            "--max-boards",
+            "3",
+            "--board-timeout",
+            "60",
         )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "3 board(s) provisioned, 0 failed, 1 unused pair(s) left" in proc.stdout
@@ -126,22 +127,8 @@ def test_report_with_another_header_is_refused(tmp_path: Path) -> None:
 
 
 def test_batch_and_cert_options_are_exclusive(tmp_path: Path, batch_dir: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "iotx509",
-            "provision",
-            "--batch",
-            str(batch_dir),
-            "--port",
-            "loop://",
-            "--cert",
-            "x.cer",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = _provision_cli(
+        "--batch", str(batch_dir), "--port", "loop://", "--cert", "x.cer", timeout=60
     )
     assert proc.returncode == 2 and "either --batch DIR or --cert" in proc.stderr
 
@@ -162,24 +149,10 @@ def line_dir(pki: PKI, tmp_path: Path) -> Path:
     return directory
 
 
-def _single(sim: SimBoard, cert: Path) -> subprocess.CompletedProcess[str]:
-    """``iotx509 provision --cert --key`` with the default report (beside the pairs)."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "iotx509",
-            "provision",
-            "--port",
-            sim.port,
-            "--cert",
-            str(cert),
-            "--key",
-            str(cert.with_suffix(".key")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+def _single(sim: SimBoard, cert: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``iotx509 provision --cert --key`` (by default the report goes beside the pairs)."""
+    return _provision_cli(
+        "--port", sim.port, "--cert", str(cert), "--key", str(cert.with_suffix(".key")), *extra
     )
 
 
@@ -199,23 +172,8 @@ def test_a_pair_provisioned_in_single_mode_is_never_given_to_another_board(
     # A batch over the same directory (default report: the same file) skips that pair and
     # that board, and gives the two other pairs to two new boards.
     with SimBoard(tmp_path / "boards", boards=3, swap_delay=0.2) as sim:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "iotx509",
-                "provision",
-                "--batch",
-                str(line_dir),
-                "--port",
-                sim.port,
-                "--wait",
-                "--board-timeout",
-                "60",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        proc = _provision_cli(
+            "--batch", str(line_dir), "--port", sim.port, "--wait", "--board-timeout", "60"
         )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "2 unused pair(s) of 3" in proc.stdout
@@ -252,25 +210,7 @@ def test_single_mode_refuses_when_the_report_cannot_be_written(
 ) -> None:
     first = sorted(line_dir.glob("*.cer"))[0]
     with SimBoard(tmp_path / "store") as sim:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "iotx509",
-                "provision",
-                "--port",
-                sim.port,
-                "--cert",
-                str(first),
-                "--key",
-                str(first.with_suffix(".key")),
-                "--report",
-                str(tmp_path / "missing-dir" / "report.csv"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = _single(sim, first, "--report", str(tmp_path / "missing-dir" / "report.csv"))
         assert sim.stats.frames_in == 0
     assert proc.returncode == 2 and "cannot write the provisioning report" in proc.stderr
 
