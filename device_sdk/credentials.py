@@ -162,15 +162,7 @@ class Credentials:
         now: datetime | None,
         file_name: DeviceFileName | None = None,
     ) -> Credentials:
-        certs.require_rsa(chain.leaf, what=f"{cert_source}: the device certificate")
-        if key.kind is not None and key.kind != "RSA":
-            raise UnsupportedKeyTypeError(
-                f"{key_source} is a {key.kind} key; the platform supports only RSA keys",
-                source=key_source,
-            )
-        keyfile.require_pair(key, chain.leaf)
-        # OpenSSL's own pair check: the key must be the certificate's (and decrypt).
-        keyfile.load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), chain.pem(), key, sn=chain.sn)
+        check_pair(chain, key, cert_source=cert_source, key_source=key_source)
         creds = cls(chain, key, cert_source, key_source, file_name)
         creds.check_validity(now)
         return creds
@@ -239,3 +231,28 @@ def warn_if_key_file_is_loose(path: Path) -> bool:
     # prints it as one line; logging.captureWarnings() sends it to the log).
     warnings.warn(message, InsecureKeyFileWarning, stacklevel=3)
     return True
+
+
+def check_pair(
+    chain: certs.CertificateChain,
+    key: keyfile.DeviceKey,
+    *,
+    cert_source: str = "certificate",
+    key_source: str = "private key",
+) -> None:
+    """THE device pair rule: an RSA certificate, an RSA key, and the key is the certificate's.
+
+    Validity is not part of it (a board at the factory may not know the time yet); the SDK
+    checks it apart (:meth:`Credentials.check_validity`). The serial board agent calls this
+    before it stores a pair, so both sides refuse the same pairs with the same words, and
+    neither imports ``cryptography`` for it.
+    """
+    certs.require_rsa(chain.leaf, what=f"{cert_source}: the device certificate")
+    if key.kind is not None and key.kind != "RSA":
+        raise UnsupportedKeyTypeError(
+            f"{key_source} is a {key.kind} key; the platform supports only RSA keys",
+            source=key_source,
+        )
+    keyfile.require_pair(key, chain.leaf)
+    # OpenSSL's own pair check: the key must be the certificate's (and decrypt).
+    keyfile.load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), chain.pem(), key, sn=chain.sn)
