@@ -46,10 +46,15 @@ class TlsOk(NamedTuple):
 
 class Failed(NamedTuple):
     """The attempt could not start or connect: ``error`` is raw (``ssl``/``OSError``, mapped
-    here) or already an SDK error (e.g. the certificate is no longer valid)."""
+    here) or already an SDK error (e.g. the certificate is no longer valid).
+
+    ``after_handshake``: the TLS handshake had completed when ``error`` was raised (e.g. by
+    the write of CONNECT that follows it at once). With TLS 1.3 the server judges the client
+    certificate only then, and its close may reach the client as an EOF on that write."""
 
     error: BaseException
     at: float
+    after_handshake: bool = False
 
 
 class Connack(NamedTuple):
@@ -154,7 +159,10 @@ class Attempt:
         elif isinstance(event, Failed):
             error = event.error
             self._end(
-                event.at, error if isinstance(error, DeviceSDKError) else self.refusals.tls(error)
+                event.at,
+                error
+                if isinstance(error, DeviceSDKError)
+                else self.refusals.tls(error, after_handshake=event.after_handshake),
             )
         elif isinstance(event, TlsOk):
             if state is AttemptState.HANDSHAKE:

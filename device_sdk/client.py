@@ -582,6 +582,7 @@ class DeviceClient:
         self._set_state(ConnectionState.CONNECTING, None)
         self._socket_error.error = None
         self._mqtt.username_pw_set(format_username(identity) if identity else None, None)
+        handshakes = self._tls_context.handshakes_completed
         try:
             # The certificate may have expired since it was loaded (a long-running device).
             self.credentials.check_validity()
@@ -589,7 +590,10 @@ class DeviceClient:
             # the non-blocking socket to the network driver and queues CONNECT.
             self._mqtt.connect(self.host, self.port, self.keepalive)
         except (DeviceSDKError, OSError, ValueError) as exc:
-            self._feed(attempt, Failed(exc, time.monotonic()))
+            # paho writes CONNECT inside connect(), right after the handshake: an error there
+            # may be a TLS 1.3 server's verdict on the certificate.
+            after = self._tls_context.handshakes_completed > handshakes
+            self._feed(attempt, Failed(exc, time.monotonic(), after_handshake=after))
             return attempt
         self._feed(attempt, TlsOk(time.monotonic()))
         with self._lock:

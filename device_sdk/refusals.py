@@ -135,7 +135,10 @@ class Refusals(NamedTuple):
                 r.lower().replace("_", " ") in text.lower() for r in CLIENT_CERT_REJECTED_REASONS
             ):
                 return self.certificate_rejected(short or text)
-            if reason == "UNEXPECTED_EOF_WHILE_READING" and after_handshake:
+            if after_handshake and (
+                isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
+                or reason == "UNEXPECTED_EOF_WHILE_READING"
+            ):
                 return self.certificate_rejected("connection closed right after the handshake")
             return ConnectionFailedError(
                 f"TLS with the server at {where} failed: {short or text}. Does the server speak "

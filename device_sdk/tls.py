@@ -38,6 +38,12 @@ class _ResumingSocket(ssl.SSLSocket):
 
     _resume_key: tuple[str | None, object] | None = None
 
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        context = self.context
+        if isinstance(context, DeviceTLSContext):
+            context.handshakes_completed += 1
+
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         data = super().recv(buflen, flags)
         if self._resume_key is not None:
@@ -87,6 +93,9 @@ class DeviceTLSContext(ssl.SSLContext):
         self.full_handshakes = 0
         self.resumed_handshakes = 0
         self.resumptions_offered = 0
+        self.handshakes_completed = 0
+        """Handshakes that completed (the client's half): an error raised after one was
+        raised by the connection's first write or read, where TLS 1.3 servers refuse."""
         self.last_session_reused: bool | None = None
         """``session_reused`` of the latest connection (None before the first)."""
 

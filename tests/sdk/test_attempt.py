@@ -162,6 +162,19 @@ def test_close_before_connack_is_the_servers_verdict_on_the_certificate() -> Non
     assert isinstance(attempt.error.__cause__, ConnectionResetError)
 
 
+def test_a_failure_raised_after_the_handshake_is_the_servers_verdict_on_the_certificate() -> None:
+    # TLS 1.3: the client's half of the handshake completed, then writing CONNECT met the
+    # server's close. The same error before the handshake completed is a TLS failure.
+    eof = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+    attempt = _attempt()
+    attempt.handle(Failed(eof, 0.5, after_handshake=True))
+    assert isinstance(attempt.error, CertificateRejectedError)
+    assert attempt.error.__cause__ is eof
+    attempt = _attempt()
+    attempt.handle(Failed(eof, 0.5))
+    assert attempt.error is not None and not isinstance(attempt.error, CertificateRejectedError)
+
+
 def test_failures_before_the_handshake_are_mapped_once() -> None:
     attempt = _attempt()
     attempt.handle(Failed(ConnectionRefusedError(111, "refused"), 0.5))

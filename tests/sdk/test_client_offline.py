@@ -330,3 +330,14 @@ def test_cli_usage_errors_are_messages_not_tracebacks(
             == ExitCode.NETWORK
         )
     assert "connection refused" in capsys.readouterr().err
+
+
+def test_eof_on_the_first_write_after_the_handshake_is_certificate_rejected() -> None:
+    # What Python raises when a TLS 1.3 server closed after judging the certificate and the
+    # client's write of CONNECT (inside paho's connect) meets the closed link.
+    exc = ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)")
+    after = map_connect_error(exc, "h", 1, after_handshake=True)
+    assert isinstance(after, CertificateRejectedError)
+    assert "registered with the platform and active" in str(after)
+    during = map_connect_error(exc, "h", 1)
+    assert type(during) is ConnectionFailedError and "TLS 1.2 or newer" in str(during)
