@@ -22,11 +22,10 @@ the recent-messages store's budgets (:mod:`server_stub.mqtt.recent`).
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from cryptography import x509
 
@@ -50,6 +49,7 @@ from server_stub.mqtt.activity import Activity
 from server_stub.mqtt.admission import LOG_CLIP, Admission, Link, clip
 from server_stub.mqtt.decisions import DecisionKey, Decisions
 from server_stub.mqtt.errors import InvalidMessageError, MqttProtocolError
+from server_stub.mqtt.lookups import Lookups, Outcome
 from server_stub.mqtt.recent import RecentMessages
 from server_stub.mqtt.router import Router
 from server_stub.mqtt.session import Closed as SessionClosed
@@ -68,7 +68,6 @@ from server_stub.mqtt.tls import ServerTls
 from server_stub.mqtt.tls_engine import TlsHandshakeError
 from server_stub.mqtt.topics import device_may_use, device_prefixes, validate_topic_name
 from server_stub.ports import (
-    AuthDecision,
     AuthenticatedDevice,
     AuthRefused,
     DeviceDirectory,
@@ -79,6 +78,17 @@ from server_stub.ports import (
 log = logging.getLogger("server_stub.mqtt")
 
 DeviceKey = tuple[str, str]
+
+
+class _Connecting(NamedTuple):
+    """A CONNECT waiting for the registry's answer, with what its acceptance still needs."""
+
+    conn: Link
+    packet: codec.Connect
+    leaf: x509.Certificate
+    claimed: Identity | None
+    generation: int
+    key: DecisionKey | None
 
 
 class Broker:
@@ -108,6 +118,8 @@ class Broker:
         """The console's counters and live listeners (see :mod:`server_stub.mqtt.activity`)."""
         self.decisions = Decisions(self.max_connections)
         """The registry's answers to CONNECT, while its trust generation holds."""
+        self._lookups: Lookups[_Connecting] = Lookups(directory, self._connect_decided)
+        """CONNECTs waiting for the registry, asked in one thread-pool job per loop iteration."""
         self.renewals: RenewalHandler | None = None
         """Certificate renewal (issue 14, docs/renewal.md): told of CONNECTs and PUBLISHes."""
 
@@ -298,35 +310,23 @@ class Broker:
             self._accept(conn, packet, leaf, claimed, known)
             return
         # The registry reads SQLite: off the event loop, so one CONNECT never stalls every
-        # other connection. Packets after CONNECT wait until it answers.
+        # other connection; with the other CONNECTs of this loop iteration, in one job
+        # (server_stub.mqtt.lookups). Packets after CONNECT wait until it answers.
         conn.hold()
-        future = asyncio.get_running_loop().run_in_executor(
-            None, self.directory.authenticate, leaf, issuer
-        )
-        future.add_done_callback(
-            functools.partial(self._connect_decided, conn, packet, leaf, claimed, generation, key)
-        )
+        self._lookups.ask(_Connecting(conn, packet, leaf, claimed, generation, key), leaf, issuer)
 
-    def _connect_decided(
-        self,
-        conn: Link,
-        packet: codec.Connect,
-        leaf: x509.Certificate,
-        claimed: Identity | None,
-        generation: int,
-        key: DecisionKey | None,
-        future: asyncio.Future[AuthDecision],
-    ) -> None:
-        if conn.session.closed or future.cancelled():
+    def _connect_decided(self, connecting: _Connecting, decision: Outcome) -> None:
+        conn, packet, leaf, claimed, generation, key = connecting
+        if conn.session.closed:
             return
-        error = future.exception()
-        if error is not None:
-            log.error("mqtt %s: the registry lookup of CONNECT failed", conn.peer, exc_info=error)
+        if isinstance(decision, BaseException):
+            log.error(
+                "mqtt %s: the registry lookup of CONNECT failed", conn.peer, exc_info=decision
+            )
             self._refuse(
-                conn, leaf, codec.CONNACK_SERVER_UNAVAILABLE, f"registry lookup failed: {error}"
+                conn, leaf, codec.CONNACK_SERVER_UNAVAILABLE, f"registry lookup failed: {decision}"
             )
             return
-        decision = future.result()
         if isinstance(decision, AuthRefused):
             self._refuse(conn, leaf, codec.CONNACK_NOT_AUTHORIZED, decision.reason)
             return

@@ -14,11 +14,14 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from cryptography import x509
 
 from server_stub.config import MqttLimits
-from server_stub.mqtt import codec
+from server_stub.errors import DataStoreError
+from server_stub.mqtt import codec, lookups
 from server_stub.mqtt.broker import Broker
-from server_stub.ports import AuthRefused
+from server_stub.mqtt.lookups import Outcome, authenticate_all
+from server_stub.ports import AuthDecision, AuthRefused, DeviceDirectory, IssuingCa
 from tests.server.mqtt_harness import (
     PK,
     Device,
@@ -281,6 +284,60 @@ def test_registry_change_during_the_lookup_is_not_missed(env: Env) -> None:
     finally:
         directory.authenticate = real  # type: ignore[method-assign]
     assert not env.server.call(env.broker.is_online, PK, "racer")
+
+
+def test_connects_waiting_for_a_lookup_are_asked_together_and_answered_each(
+    env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONNECTs that arrive while a registry job runs go in one next job; a lookup that raises
+    refuses its own CONNECT (CONNACK 3, logged with the cause) and no other."""
+    caplog.set_level(logging.ERROR, "server_stub.mqtt")
+    devices = [env.device(name) for name in ("first", "good", "broken")]
+    name_of = {dev.pair.certificate.serial_number: dev.name for dev in devices}
+    directory = env.directory.registry
+    real = directory.authenticate
+    started, go = threading.Event(), threading.Event()
+    jobs: list[list[str]] = []  # the devices each thread-pool job asked about
+
+    def watched(leaf: x509.Certificate, issuer: IssuingCa | None = None) -> AuthDecision:
+        name = name_of[leaf.serial_number]
+        if name == "first":
+            started.set()
+            assert go.wait(10)  # the other CONNECTs arrive while this job runs
+        if name == "broken":
+            raise DataStoreError("the database file went away")
+        return real(leaf, issuer)
+
+    def one_job(
+        directory: DeviceDirectory, asked: list[tuple[x509.Certificate, IssuingCa | None]]
+    ) -> list[Outcome]:
+        jobs.append(sorted(name_of[leaf.serial_number] for leaf, _ in asked))
+        return authenticate_all(directory, asked)
+
+    monkeypatch.setattr(lookups, "authenticate_all", one_job)
+    directory.authenticate = watched  # type: ignore[method-assign]
+    try:
+        clients = {
+            dev.name: RawClient(env.server.port, env.world.server_ca_file, dev.cert, dev.key)
+            for dev in devices
+        }
+        clients["first"].send(codec.Connect("first|securemode=2|", 60))
+        assert started.wait(10)
+        for name in ("good", "broken"):
+            clients[name].send(codec.Connect(f"{name}|securemode=2|", 60))
+        assert wait_for(lambda: env.state(lambda: len(env.broker._lookups._waiting)) == 2)
+        go.set()
+        assert clients["first"].read() == codec.Connack(codec.CONNACK_ACCEPTED)
+        assert clients["good"].read() == codec.Connack(codec.CONNACK_ACCEPTED)
+        assert clients["broken"].read() == codec.Connack(codec.CONNACK_SERVER_UNAVAILABLE)
+    finally:
+        directory.authenticate = real  # type: ignore[method-assign]
+    assert jobs == [["first"], ["broken", "good"]]
+    failed = [r for r in caplog.records if "registry lookup of CONNECT failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert isinstance(failed[0].exc_info[1], DataStoreError)
+    assert env.server.call(env.broker.is_online, PK, "good")
+    assert not env.server.call(env.broker.is_online, PK, "broken")
 
 
 def test_full_endpoint_refuses_newcomers_when_all_are_authenticated(
