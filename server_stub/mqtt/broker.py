@@ -79,6 +79,8 @@ log = logging.getLogger("server_stub.mqtt")
 
 DeviceKey = tuple[str, str]
 
+_CONNACK_ACCEPTED = codec.encode(codec.Connack(codec.CONNACK_ACCEPTED))
+
 
 class _Connecting(NamedTuple):
     """A CONNECT waiting for the registry's answer, with what its acceptance still needs."""
@@ -379,7 +381,11 @@ class Broker:
         self._unpend(conn)
         self.sessions[key] = conn
         self.recent.returned(key)
-        conn.send(codec.Connack(codec.CONNACK_ACCEPTED))
+        answer = _CONNACK_ACCEPTED
+        if self.limits.deliver_identity:  # QoS 0, no packet id: the same write as the CONNACK
+            identity = identity_payload(Identity(decision.product_key, decision.device_name))
+            answer += codec.encode(codec.Publish(IDENTITY_TOPIC, identity))
+        conn.send_bytes(answer)  # one TLS record, one socket write
         not_after = leaf.not_valid_after_utc.timestamp()
         self.activity.connected(decision, not_after)
         log.info(
@@ -390,13 +396,6 @@ class Broker:
             decision.cert_sn,
             decision.ca_sn,
         )
-        if self.limits.deliver_identity:
-            self._send_publish(
-                conn,
-                IDENTITY_TOPIC,
-                identity_payload(Identity(decision.product_key, decision.device_name)),
-                0,
-            )
         if self.renewals is not None:
             self.renewals.on_connected(decision, not_after)
 
