@@ -55,7 +55,7 @@ class Link(Protocol):
         """The registered CA the TLS handshake attributed the certificate to (by key)."""
 
     def hold(self) -> None:
-        """Stop reading and dispatching packets (the registry lookup of CONNECT is running)."""
+        """Stop dispatching packets, and reading more (the registry lookup of CONNECT runs)."""
 
     def release(self) -> None:
         """Dispatch what was held back and read again."""
