@@ -38,8 +38,10 @@ class _ResumingSocket(ssl.SSLSocket):
 
     _resume_key: tuple[str | None, object] | None = None
 
-    def do_handshake(self, block: bool = False) -> None:
-        super().do_handshake(block)
+    def do_handshake(self, *args: Any, **kwargs: Any) -> None:
+        # (passed on as given: gevent's SSLSocket, which the simulator runs on, takes no
+        # ``block`` argument)
+        super().do_handshake(*args, **kwargs)
         context = self.context
         if isinstance(context, DeviceTLSContext):
             context.handshakes_completed += 1
