@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from device_sdk.certificate import as_model
 from device_sdk.certs import (
     certificate_sn,
     check_validity,
@@ -433,15 +434,17 @@ class Registry:
         ``issuer`` is the attribution the TLS handshake made (one signature check per candidate
         CA, see :class:`CaIndex`); without it the current index attributes ``leaf`` here.
         """
-        issuer_name = leaf.issuer.rfc4514_string()
         # Given an attribution, the handshake already refused CA:TRUE leaves and unusable SNs.
         problem = None if issuer is not None else device_certificate_problem(leaf)
         if problem is not None:
-            return AuthRefused(reason=problem, cert_sn="-", issuer=issuer_name)
-        cert_sn = certificate_sn(leaf)
+            return AuthRefused(reason=problem, cert_sn="-", issuer=leaf.issuer.rfc4514_string())
+        # the model once (the rules below read it; another thread may have read another since)
+        model = as_model(leaf)
+        cert_sn = certificate_sn(model)
 
         def refuse(reason: str) -> AuthRefused:
-            return AuthRefused(reason=reason, cert_sn=cert_sn, issuer=issuer_name)
+            # the issuer's name only for the log line of a refusal: an acceptance never shows it
+            return AuthRefused(reason=reason, cert_sn=cert_sn, issuer=leaf.issuer.rfc4514_string())
 
         index = self._current_index()
         if issuer is None:
@@ -454,13 +457,13 @@ class Registry:
             return refuse(f"CA {issuer.ca_sn} was deleted after the TLS handshake")
         if not ca.active:
             return refuse(f"CA {ca.ca_sn} is disabled")
-        if not is_rsa(leaf):
+        if not is_rsa(model):
             return refuse("the device certificate's key is not RSA; only RSA is supported")
         # The handshake refuses a certificate out of its dates, but a resumed TLS session skips
         # that check (its ticket may outlive the certificate), and CONNECT comes later than the
         # handshake: the registry's clock decides here, for every connection.
         try:
-            check_validity(leaf, now=datetime.fromtimestamp(self._clock(), UTC))
+            check_validity(model, now=datetime.fromtimestamp(self._clock(), UTC))
         except ClockError as exc:
             return refuse(_out_of_dates(exc))
         row = self.store.auth_row(ca.ca_id, cert_sn)
