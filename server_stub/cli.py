@@ -73,6 +73,7 @@ def _register_server(tree: CommandTree) -> None:
     limits = run.add_argument_group("MQTT limits")
     # defaults and meanings live once, in MqttLimits (docs/device-endpoint-limits.md)
     from server_stub.config import MqttLimits
+    from server_stub.mqtt.tls import ENGINES
 
     for flag, dest, kind in (
         ("--handshake-timeout", "handshake_timeout", float),
@@ -98,6 +99,14 @@ def _register_server(tree: CommandTree) -> None:
             default=getattr(MqttLimits, dest),
             help="default %(default)s",
         )
+    limits.add_argument(
+        "--tls-engine",
+        dest="tls_engine",
+        choices=("auto", *ENGINES),
+        default=MqttLimits.tls_engine,
+        help="whose OpenSSL runs the device TLS (default %(default)s: the system one where "
+        "Python's ssl can reach it, else pyOpenSSL's)",
+    )
     renewal = run.add_argument_group("certificate renewal (docs/renewal.md)")
     from server_stub.config import RenewalSettings
 

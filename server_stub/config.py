@@ -45,6 +45,11 @@ class MqttLimits:
     often (tickets from before then make a full handshake). 0 turns session tickets off."""
     deliver_identity: bool = True
     """Publish the identity to /ext/auth/identity/response after CONNACK 0."""
+    tls_engine: str = "auto"
+    """Whose OpenSSL runs the device TLS: "system" (the one Python's ``ssl`` uses: half the
+    memory per connection), "pyopenssl" (the one bundled with ``cryptography``; works on every
+    platform), or "auto" (system where it can be reached, else pyopenssl). Both decide the
+    issuer by key with the same rules (server_stub/mqtt/tls.py)."""
 
 
 @dataclass(frozen=True)

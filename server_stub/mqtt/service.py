@@ -54,6 +54,7 @@ class MqttService:
                 key_pem,
                 directory.trust_index,
                 ticket_lifetime=limits.session_ticket_lifetime,
+                engine=None if limits.tls_engine == "auto" else limits.tls_engine,
             ),
             limits,
         )
@@ -77,9 +78,11 @@ class MqttService:
         self.port = self._server.sockets[0].getsockname()[1]
         self._task = loop.create_task(self._housekeeping())
         log.info(
-            "mqtt: listening on %s:%d (TLS 1.2/1.3, client certificate required)",
+            "mqtt: listening on %s:%d (TLS 1.2/1.3 on the %s engine, client certificate "
+            "required)",
             self._host,
             self.port,
+            self.broker.context.engine,
         )
 
     async def stop(self) -> None:

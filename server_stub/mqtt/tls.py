@@ -1,4 +1,9 @@
-"""The endpoint's TLS settings: one pyOpenSSL context, and a trust snapshot per connection.
+"""The endpoint's TLS settings: one server context, and a trust snapshot per connection.
+
+The context is on the system OpenSSL that :mod:`ssl` uses (:mod:`server_stub.mqtt.tls_system`)
+where :func:`device_sdk.libssl.system_libssl` can reach it, else on pyOpenSSL
+(:func:`build_server_context`); ``engine`` says which ("system" or "pyopenssl"), and both make
+the same decisions, with the same settings.
 
 OpenSSL's own trust store stays empty: which registered CA issued a device certificate is decided
 by key in the verify callback (:mod:`server_stub.mqtt.tls_engine`), never by OpenSSL's choice of
@@ -30,10 +35,15 @@ from OpenSSL import SSL, crypto
 
 from device_sdk.certs import load_certificates, load_private_key
 from device_sdk.errors import CredentialError
+from device_sdk.libssl import LibSsl, system_libssl
 from server_stub.mqtt.errors import MqttServiceError
 from server_stub.mqtt.resumption import AttributionCache
-from server_stub.mqtt.tls_engine import TlsEngine, verify_callback
+from server_stub.mqtt.tls_engine import PyOpenSslEngine, TlsEngine, verify_callback
+from server_stub.mqtt.tls_system import SystemTlsContext
 from server_stub.ports import TrustIndex
+
+#: The TLS engines: "system" (the default where available) and "pyopenssl" (everywhere).
+ENGINES = ("system", "pyopenssl")
 
 
 class ServerTls:
@@ -47,28 +57,46 @@ class ServerTls:
         *,
         ticket_lifetime: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        engine: str | None = None,
     ) -> None:
+        """``engine``: "system", "pyopenssl", or None for the system one where available."""
         self._cert_pem = cert_pem
         self._key_pem = key_pem
         self._trust_index = trust_index
         self._ticket_lifetime = ticket_lifetime
         self._clock = clock
+        self._lib: LibSsl | None = None
+        if engine not in (None, *ENGINES):
+            raise MqttServiceError(f"unknown TLS engine {engine!r}; choose one of {ENGINES}")
+        if engine in (None, "system"):
+            self._lib = system_libssl()
+            if self._lib is None and engine == "system":
+                raise MqttServiceError("the system OpenSSL cannot be used by this Python")
+        self.engine = "system" if self._lib is not None else "pyopenssl"
         self.attributions = AttributionCache()
-        """Resumed sessions' attributions, for the current trust snapshot only."""
-        self.context = build_server_context(cert_pem, key_pem, ticket_lifetime)
+        """Attributions for the current trust snapshot only (full and resumed handshakes)."""
+        self.context: SSL.Context | SystemTlsContext = self._new_context()
         self._rotate_at = clock() + ticket_lifetime
         self.rotations = 0
+
+    def _new_context(self) -> SSL.Context | SystemTlsContext:
+        if self._lib is not None:
+            return SystemTlsContext(self._lib, self._cert_pem, self._key_pem, self._ticket_lifetime)
+        return build_server_context(self._cert_pem, self._key_pem, self._ticket_lifetime)
 
     def accept(self) -> TlsEngine:
         """A new server-side engine bound to the trust snapshot current now."""
         if self._ticket_lifetime > 0 and self._clock() >= self._rotate_at:
             self.rotate_ticket_keys()
-        return TlsEngine(self.context, self._trust_index(), self.attributions)
+        context = self.context
+        if isinstance(context, SystemTlsContext):
+            return context.engine(self._trust_index(), self.attributions)
+        return PyOpenSslEngine(context, self._trust_index(), self.attributions)
 
     def rotate_ticket_keys(self) -> None:
         """New handshakes get a new context, hence new random ticket keys; tickets issued
         before no longer resume (connections already open keep their own context)."""
-        self.context = build_server_context(self._cert_pem, self._key_pem, self._ticket_lifetime)
+        self.context = self._new_context()
         self._rotate_at = self._clock() + self._ticket_lifetime
         self.rotations += 1
 

@@ -1,11 +1,17 @@
 """Server-side TLS of one device connection over memory BIOs, attributing the issuer by key.
 
-Why pyOpenSSL and not :mod:`ssl`: with a trust store of registered CAs, OpenSSL picks the
+Two engines share one attribution (:class:`TlsEngine`): :class:`~server_stub.mqtt.tls_system.
+SystemTlsEngine` on the system OpenSSL that :mod:`ssl` uses (the default: half the memory per
+connection), and :class:`PyOpenSslEngine` on pyOpenSSL, the portable one, used where the
+system OpenSSL cannot be reached directly (:func:`device_sdk.libssl.system_libssl`).
+
+Why not plain :mod:`ssl`: with a trust store of registered CAs, OpenSSL picks the
 issuer of a device certificate *by name* (subject, then authority key identifier). A look-alike
 CA with the same subject, registered by another account, then made the real issuer's devices
 fail (the first same-name CA is tried and its key does not verify), or, with a forged key under
 which the same signature verifies, could be chosen instead of the real one. :mod:`ssl` has no
-verify callback to take that decision away from OpenSSL; pyOpenSSL has one.
+verify callback to take that decision away from OpenSSL; pyOpenSSL has one, and the system
+engine installs OpenSSL's certificate-verify callback itself.
 
 So OpenSSL's trust store is empty and the verify callback decides at depth 0 (the device
 certificate) with the trust index snapshot taken when the connection was accepted
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -122,7 +129,13 @@ def verify_callback(
         return True  # extra certificates the client sent decide nothing
     ref = conn.get_app_data()
     engine = ref() if isinstance(ref, weakref.ref) else None
-    if not isinstance(engine, TlsEngine) or not engine.decide(cert):
+    if not isinstance(engine, PyOpenSslEngine):
+        return False
+    try:
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+    except crypto.Error:
+        return False
+    if not engine.decide(der):
         return False
     if ok or errnum in _CHAIN_ERRORS:
         return True
@@ -131,12 +144,14 @@ def verify_callback(
 
 
 class TlsEngine:
-    """One server connection's TLS state: bytes from the socket in, bytes for it out."""
+    """One server connection's TLS state: bytes from the socket in, bytes for it out.
+
+    This base holds the attribution, the same for both engines; a subclass moves the bytes.
+    """
 
     __slots__ = (
         "__weakref__",
         "_cache",
-        "_conn",
         "_decided",
         "_index",
         "issuer",
@@ -145,12 +160,10 @@ class TlsEngine:
         "refusal",
     )
 
-    def __init__(
-        self, context: SSL.Context, index: TrustIndex, cache: AttributionCache | None = None
-    ) -> None:
+    def __init__(self, index: TrustIndex, cache: AttributionCache | None = None) -> None:
         self._index: TrustIndex | None = index
         self._cache = cache
-        """Where resumed sessions' attributions are kept; None: attribute each one afresh."""
+        """Where attributions are kept per trust snapshot; None: attribute each one afresh."""
         self._decided = False
         self.issuer: IssuingCa | None = None
         self.leaf: x509.Certificate | None = None
@@ -158,23 +171,14 @@ class TlsEngine:
         self.leaf_der: bytes | None = None
         """Its DER, kept for CONNECT: a few hundred bytes instead of a parsed certificate."""
         self.refusal: str | None = None
-        conn = SSL.Connection(context, None)
-        conn.set_accept_state()
-        # A weak reference: engine -> connection -> engine would be a cycle that only the cyclic
-        # GC frees, and until it runs every closed connection keeps its OpenSSL state (tens of
-        # KiB each); without the cycle, a closed connection is freed at once.
-        conn.set_app_data(weakref.ref(self))
-        self._conn = conn
 
     # --- attribution (called from the verify callback) -----------------------------------------
 
-    def decide(self, cert: crypto.X509) -> bool:
-        """Attribute the device certificate once per connection; True when it is accepted."""
+    def decide(self, der: bytes) -> bool:
+        """Attribute the device certificate (DER) once per connection; True when accepted."""
         if not self._decided:
             self._decided = True
             try:
-                # the DER once: the model and cryptography's object are both read from it
-                der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
                 self.leaf_der = der
                 if self._cache is not None:  # a certificate seen under this snapshot: its answer
                     self._attribute_cached(der)
@@ -218,19 +222,18 @@ class TlsEngine:
         else:
             self.issuer = found
 
-    def _attribute_resumed(self) -> None:
-        """A resumed session: attribute the certificate kept in it, as a full handshake would.
+    def _attribute_resumed(self, der: bytes | None) -> None:
+        """A resumed session: attribute the certificate kept in it (``der``), as a full
+        handshake would.
 
         Never the attribution of the original handshake: the registry may have changed since
         the ticket was issued. The snapshot is the one taken when this connection was accepted.
         """
         self._decided = True
         index, self._index = self._index, None
-        cert = self._conn.get_peer_certificate()
-        if index is None or cert is None:
+        if index is None or der is None:
             self.refusal = "resumed session without a trust index or a device certificate"
             return
-        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
         self.leaf_der = der
         try:
             if self._cache is not None:
@@ -242,40 +245,15 @@ class TlsEngine:
             return
         self._accept(found, "resumed session: ")
 
-    # --- bytes ---------------------------------------------------------------------------------
-
-    def feed(self, data: bytes) -> None:
-        self._conn.bio_write(data)
-
-    def outgoing(self) -> bytes:
-        """Everything TLS produced for the peer since the last call (b"" when nothing)."""
-        parts: list[bytes] = []
-        conn = self._conn
-        while True:
-            try:
-                chunk = conn.bio_read(_OUT_CHUNK)
-            except SSL.WantReadError:
-                break
-            parts.append(chunk)
-            if len(chunk) < _OUT_CHUNK:
-                break
-        return b"".join(parts)
-
-    def handshake(self) -> bool:
-        """Advance the handshake; True once it is complete and the certificate attributed."""
-        try:
-            self._conn.do_handshake()
-        except SSL.WantReadError:
-            return False
-        except SSL.Error as exc:
-            raise self._handshake_error(_reason(exc)) from exc
-        if not self._decided and session_reused(self._conn):
-            self._attribute_resumed()
-        if self.issuer is None:  # never a completed handshake without an attribution
+    def _completed(self, resumed: bool, peer_der: Callable[[], bytes | None]) -> None:
+        """The handshake completed: attribute a resumed session, and never accept a completed
+        handshake without an attribution."""
+        if not self._decided and resumed:
+            self._attribute_resumed(peer_der())
+        if self.issuer is None:
             self.refusal = self.refusal or "no device certificate was attributed in the handshake"
             raise self._handshake_error("no attributed certificate")
         self.leaf = None  # an idle connection keeps no parsed certificate (leaf_der: CONNECT's)
-        return True
 
     def _handshake_error(self, reason: str) -> TlsHandshakeError:
         leaf = self.leaf
@@ -299,6 +277,104 @@ class TlsEngine:
             cert_sn=sn,
             issuer=issuer,
         )
+
+    def peer_certificate_der(self) -> bytes | None:
+        """The attributed device certificate (DER) once the handshake is complete, handed over
+        once (to CONNECT): an idle connection keeps no copy of its certificate."""
+        der, self.leaf_der = self.leaf_der, None
+        return der if self.issuer is not None else None
+
+    # --- bytes (each engine's) -----------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def outgoing(self) -> bytes:
+        """Everything TLS produced for the peer since the last call (b"" when nothing)."""
+        raise NotImplementedError
+
+    def handshake(self) -> bool:
+        """Advance the handshake; True once it is complete and the certificate attributed."""
+        raise NotImplementedError
+
+    def read(self) -> list[bytes]:
+        """Decrypted application data available now. Raises :class:`TlsClosed` at
+        close_notify and :class:`TlsError` on a TLS failure."""
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def compact(self) -> bool:
+        """Give the handshake's buffers back once both directions are empty; True if done."""
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Queue close_notify (then read :meth:`outgoing`)."""
+        raise NotImplementedError
+
+
+class PyOpenSslEngine(TlsEngine):
+    """The engine on pyOpenSSL (the OpenSSL bundled with ``cryptography``)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(
+        self, context: SSL.Context, index: TrustIndex, cache: AttributionCache | None = None
+    ) -> None:
+        super().__init__(index, cache)
+        conn = SSL.Connection(context, None)
+        conn.set_accept_state()
+        # A weak reference: engine -> connection -> engine would be a cycle that only the cyclic
+        # GC frees, and until it runs every closed connection keeps its OpenSSL state (tens of
+        # KiB each); without the cycle, a closed connection is freed at once.
+        conn.set_app_data(weakref.ref(self))
+        self._conn = conn
+
+    def feed(self, data: bytes) -> None:
+        self._conn.bio_write(data)
+
+    def outgoing(self) -> bytes:
+        """Everything TLS produced for the peer since the last call (b"" when nothing).
+
+        Read in one call of the size waiting: pyOpenSSL's ``bio_read(n)`` allocates (and
+        zeroes) an ``n``-byte buffer for every call, and a fixed large chunk made that the
+        endpoint's third cost per connection (0.16 ms per new connection, py-spy).
+        """
+        conn = self._conn
+        out = getattr(conn, "_from_ssl", None)
+        if out is not None:
+            waiting = int(_ssl_lib.BIO_get_mem_data(out, _ffi.new("char **")))
+            if waiting <= 0:
+                return b""
+            try:
+                return conn.bio_read(waiting)
+            except SSL.WantReadError:
+                return b""
+        parts: list[bytes] = []  # (another pyOpenSSL: no BIO pointer to ask)
+        while True:
+            try:
+                chunk = conn.bio_read(_OUT_CHUNK)
+            except SSL.WantReadError:
+                break
+            parts.append(chunk)
+            if len(chunk) < _OUT_CHUNK:
+                break
+        return b"".join(parts)
+
+    def handshake(self) -> bool:
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            raise self._handshake_error(_reason(exc)) from exc
+        self._completed(session_reused(self._conn), self._peer_der)
+        return True
+
+    def _peer_der(self) -> bytes | None:
+        cert = self._conn.get_peer_certificate()
+        return None if cert is None else crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
 
     def read(self) -> list[bytes]:
         """Decrypted application data available now. Raises :class:`TlsClosed` at
@@ -366,9 +442,3 @@ class TlsEngine:
             self._conn.shutdown()
         except SSL.Error:
             pass
-
-    def peer_certificate_der(self) -> bytes | None:
-        """The attributed device certificate (DER) once the handshake is complete, handed over
-        once (to CONNECT): an idle connection keeps no copy of its certificate."""
-        der, self.leaf_der = self.leaf_der, None
-        return der if self.issuer is not None else None

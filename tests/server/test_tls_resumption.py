@@ -36,7 +36,7 @@ from firmware_helpers.pki import CertifiedKey, create_ca, issue_device_certifica
 from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
 from server_stub.mqtt.decisions import Decisions
-from server_stub.mqtt.tls import ServerTls
+from server_stub.mqtt.tls import ENGINES, ServerTls
 from server_stub.mqtt.tls_engine import TlsEngine
 from server_stub.ports import AuthenticatedDevice, IssuingCa
 from tests.server.mqtt_harness import PK, Device, EndpointRegistry, ServerThread, World
@@ -60,10 +60,18 @@ class Endpoint:
         return self.server.service.broker.context
 
 
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Both TLS engines decide the same way (server_stub/mqtt/tls.py): each test runs on each."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def endpoint(world: World) -> Iterator[Endpoint]:
+def endpoint(world: World, engine: str) -> Iterator[Endpoint]:
     reg = EndpointRegistry(world, [world.ca])
-    with ServerThread(reg.registry, world.server) as server:
+    with ServerThread(reg.registry, world.server, MqttLimits(tls_engine=engine)) as server:
+        assert server.service is not None and server.service.broker.context.engine == engine
         yield Endpoint(reg, server)
     reg.close()
 
@@ -307,11 +315,13 @@ class _NoIndex:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_with_tickets_off_nothing_resumes(world: World, version: ssl.TLSVersion) -> None:
+def test_with_tickets_off_nothing_resumes(
+    world: World, version: ssl.TLSVersion, engine: str
+) -> None:
     reg = EndpointRegistry(world, [world.ca])
-    dev = reg.device(f"no-tickets-{version.name}")
+    dev = reg.device(f"no-tickets-{version.name}-{engine}")
     client = Client(world, dev, version)
-    limits = MqttLimits(session_ticket_lifetime=0)
+    limits = MqttLimits(session_ticket_lifetime=0, tls_engine=engine)
     try:
         with ServerThread(reg.registry, world.server, limits) as server:
             session = None
@@ -449,8 +459,8 @@ class InMemory:
         return self.client.read(65536)
 
 
-def handshake_in_memory(world: World, dev: Device) -> InMemory:
-    tls = ServerTls(world.server.cert_pem(), world.server.key_pem(), _AnyIndex)
+def handshake_in_memory(world: World, dev: Device, engine_name: str) -> InMemory:
+    tls = ServerTls(world.server.cert_pem(), world.server.key_pem(), _AnyIndex, engine=engine_name)
     engine = tls.accept()
     to_client, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
     ctx = ssl.create_default_context(cafile=str(world.server_ca_file))
@@ -477,9 +487,9 @@ class _AnyIndex:
 
 
 def test_compaction_keeps_the_connection_working_and_never_drops_waiting_bytes(
-    world: World,
+    world: World, engine: str
 ) -> None:
-    tls = handshake_in_memory(world, world.device("compact"))
+    tls = handshake_in_memory(world, world.device("compact"), engine)
     tls.client_sends(b"CONNECT")
     assert not tls.engine.compact(), "compacted with the client's bytes still in the BIO"
     assert tls.engine.read() == [b"CONNECT"]
