@@ -31,6 +31,7 @@ from device_sdk.libssl import (
     CERT_VERIFY_CALLBACK,
     X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
     LibSsl,
+    system_libssl,
 )
 from server_stub.mqtt.errors import MqttServiceError
 from server_stub.mqtt.resumption import AttributionCache
@@ -162,6 +163,25 @@ def _verify(lib: LibSsl, store_ctx: int | None) -> int:
     return 1
 
 
+def _on_verify(store_ctx: int | None, _arg: int | None) -> int:
+    lib = system_libssl()
+    if lib is None:  # (never: a context with this callback was made with the library)
+        return 0
+    try:
+        return _verify(lib, store_ctx)
+    except BaseException:  # nothing may unwind through OpenSSL: refuse instead
+        log.exception("mqtt: the certificate-verify callback failed; refusing the handshake")
+        if store_ctx is not None:
+            lib.refuse(store_ctx, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY)
+        return 0
+
+
+#: One callback for every context, alive as long as the process: OpenSSL keeps only its
+#: address, and a context replaced by a ticket-key rotation still finishes the handshakes it
+#: started (a callback freed with its context would leave them a dangling pointer).
+_CALLBACK = CERT_VERIFY_CALLBACK(_on_verify)
+
+
 class SystemTlsContext:
     """The server context on the system OpenSSL, with the verify callback installed."""
 
@@ -186,19 +206,8 @@ class SystemTlsContext:
         lib.session_cache_off(context)
         if ticket_lifetime > 0:
             lib.set_session_timeout(context, max(1, int(ticket_lifetime)))
-        self._callback = CERT_VERIFY_CALLBACK(self._on_verify)
-        """Kept as long as the context: OpenSSL holds only its address."""
-        lib.set_cert_verify_callback(context, self._callback)
+        lib.set_cert_verify_callback(context, _CALLBACK)
         self.context = context
-
-    def _on_verify(self, store_ctx: int | None, _arg: int | None) -> int:
-        try:
-            return _verify(self.lib, store_ctx)
-        except BaseException:  # nothing may unwind through OpenSSL: refuse instead
-            log.exception("mqtt: the certificate-verify callback failed; refusing the handshake")
-            if store_ctx is not None:
-                self.lib.refuse(store_ctx, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY)
-            return 0
 
     def engine(self, index: TrustIndex, cache: AttributionCache | None) -> SystemTlsEngine:
         return SystemTlsEngine(self.context, self.lib, index, cache)

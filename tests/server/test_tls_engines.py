@@ -9,6 +9,7 @@ handshake, with the reason in the log, even though a registered CA's key signed 
 
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
 from collections.abc import Iterator
@@ -23,7 +24,8 @@ from device_sdk.certs import certificate_sn
 from firmware_helpers.pki import CertifiedKey, random_serial
 from server_stub.config import MqttLimits
 from server_stub.mqtt import codec
-from server_stub.mqtt.tls import ENGINES
+from server_stub.mqtt.tls import ENGINES, ServerTls
+from server_stub.ports import IssuingCa
 from tests.common import wait_for
 from tests.server.mqtt_harness import PK, EndpointRegistry, ServerThread, World
 
@@ -145,3 +147,44 @@ def test_a_certificate_no_registered_key_signed_is_refused_as_unknown_ca(
         socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
     ):
         context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+class _AnyIndex:
+    """Attributes every certificate to one CA (this test is about the handshake's life)."""
+
+    def attribute(self, leaf: object) -> IssuingCa:
+        return IssuingCa(1, 1, "ca", True)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_handshake_started_before_a_ticket_key_rotation_completes(
+    world: World, engine: str
+) -> None:
+    # The rotation replaces the context while a handshake of the old one is half done; that
+    # handshake still runs the verify callback when the certificate arrives, so the callback
+    # must outlive the context object that installed it (the system engine keeps one
+    # callback for the process: a freed one can still "work" from freed memory, so this test
+    # shows the handshake completes; it cannot prove the pointer is alive).
+    dev = world.device(f"rotating-{engine}")
+    tls = ServerTls(
+        world.server.cert_pem(),
+        world.server.key_pem(),
+        _AnyIndex,
+        ticket_lifetime=60,
+        engine=engine,
+    )
+    server = tls.accept()
+    to_client, from_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    context = ssl.create_default_context(cafile=str(world.server_ca_file))
+    context.load_cert_chain(str(dev.cert), str(dev.key))
+    client = context.wrap_bio(to_client, from_client, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()  # ClientHello
+    server.feed(from_client.read())
+    assert not server.handshake()  # the server's flight, waiting for the certificate
+    to_client.write(server.outgoing())
+    tls.rotate_ticket_keys()
+    gc.collect()  # nothing but the connection keeps the old context alive now
+    client.do_handshake()  # the client's certificate and Finished
+    server.feed(from_client.read())
+    assert server.handshake() and server.issuer is not None
