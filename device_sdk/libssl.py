@@ -14,16 +14,26 @@ needed, and this module reaches them through :mod:`ctypes` on the *same* library
   ``load_cert_chain``'s PEM decoding on OpenSSL 3.0.
 
 The risk, and how it is contained: the ``SSL_CTX*`` and ``BIO*`` of :mod:`ssl`'s objects are
-read from CPython's object layout (the first field after the object header). :func:`system_libssl`
-therefore checks, once per process, that the library found is the one ``_ssl`` mapped (same
-path in ``/proc/self/maps``, same version text as :data:`ssl.OPENSSL_VERSION`), and every
-pointer read is checked against what :mod:`ssl` itself reports (a context's options and verify
-mode, a BIO's pending byte count) before it is used. When any check fails, :func:`system_libssl`
-returns None with the reason in :func:`unavailable_reason`, and callers take their portable path.
+read from CPython's object layout (the first field after the object header), which is not an
+API. :func:`system_libssl` therefore checks, once per process, everything the calls rely on
+before anyone uses them (:func:`find_libssl`):
+
+- the functions resolve through ``_ssl``'s own library handle: ``dlsym`` on it searches ``_ssl``
+  and the libraries it was linked with, so they are those of the libssl :mod:`ssl` calls, never
+  of another copy of OpenSSL loaded in the process (an earlier ``libssl.so`` in the mappings);
+- their code lies in a mapped ``libssl`` file (``/proc/self/maps``), and libcrypto's version
+  text equals :data:`ssl.OPENSSL_VERSION`;
+- on probe objects, the pointers follow what :mod:`ssl` sets and reports, both ways (a
+  context's options and verify mode, set to two different states; a BIO's pending byte count).
+
+Every pointer read afterwards is checked the same way before it is used. When any check fails,
+:func:`system_libssl` returns None with the reason in :func:`unavailable_reason`, and callers
+take their portable path (the server's pyOpenSSL engine, the simulator's ``load_cert_chain``).
 """
 
 from __future__ import annotations
 
+import _ssl
 import ctypes
 import logging
 import platform
@@ -40,6 +50,7 @@ CERT_VERIFY_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_
 
 _SSL_CTRL_SET_SESS_CACHE_MODE = 44
 _SSL_SESS_CACHE_OFF = 0
+_SSL_CTRL_CHAIN = 88  # ssl.h: SSL_CTX_clear_chain_certs(ctx) is SSL_CTX_ctrl(ctx, 88, 0, NULL)
 _BIO_CTRL_PENDING = 10
 _BIO_C_SET_BUF_MEM = 114
 _BIO_CLOSE = 1
@@ -47,14 +58,18 @@ X509_V_FLAG_PARTIAL_CHAIN = 0x80000
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 
 _HEADER = object.__basicsize__  # PyObject_HEAD: where a CPython object's first field starts
+_PROBE_OPTIONS = ssl.OP_NO_TICKET | ssl.OP_NO_COMPRESSION
 
 
 class LibSsl:
-    """Typed handles on the ``libssl`` and ``libcrypto`` that :mod:`ssl` uses."""
+    """Typed handles on the ``libssl`` and ``libcrypto`` that :mod:`ssl` uses (as found by
+    :func:`find_libssl`, both are ``_ssl``'s own handle, which reaches the functions of both)."""
 
-    def __init__(self, libssl: ctypes.CDLL, libcrypto: ctypes.CDLL) -> None:
+    def __init__(self, libssl: ctypes.CDLL, libcrypto: ctypes.CDLL, path: str = "") -> None:
         self.ssl = libssl
         self.crypto = libcrypto
+        #: the libssl file the functions were found in (for log lines); "" until checked
+        self.path = path
         _declare(libssl, libcrypto)
 
     # --- pointers of ssl's objects, each checked before use -------------------------------------
@@ -64,12 +79,15 @@ class LibSsl:
         if not isinstance(context, ssl.SSLContext):
             raise TypeError(f"an ssl.SSLContext is needed, not {type(context).__name__}")
         pointer = ctypes.c_void_p.from_address(id(context) + _HEADER).value
-        if (
-            not pointer
-            or self.ssl.SSL_CTX_get_options(pointer) != context.options
-            or self.ssl.SSL_CTX_get_verify_mode(pointer) != _verify_bits(context)
-        ):
-            raise ValueError("the SSL_CTX of an ssl.SSLContext is not where CPython keeps it")
+        if not pointer:
+            raise ValueError("an ssl.SSLContext holds no SSL_CTX where CPython keeps it")
+        seen = (self.ssl.SSL_CTX_get_options(pointer), self.ssl.SSL_CTX_get_verify_mode(pointer))
+        expected = (int(context.options), _verify_bits(context))
+        if seen != expected:
+            raise ValueError(
+                f"the SSL_CTX read from an ssl.SSLContext has options and verify flags {seen}; "
+                f"ssl reports {expected}: it is not where CPython keeps it"
+            )
         return pointer
 
     def bio_pointer(self, bio: ssl.MemoryBIO) -> int:
@@ -114,15 +132,27 @@ class LibSsl:
         self.ssl.SSL_CTX_set_cert_verify_callback(self.ctx_pointer(context), callback, None)
 
     def use_pair_der(self, context: ssl.SSLContext, cert_der: bytes, rsa_key_der: bytes) -> bool:
-        """Load a certificate and its PKCS#1 RSA key (DER) into ``context``; True when OpenSSL
-        took both and the key belongs to the certificate."""
+        """Load one certificate (no chain) and its PKCS#1 RSA key, both DER, into ``context``.
+
+        True: the context now presents this pair, and only it: chain certificates an earlier
+        ``load_cert_chain`` left in the context are dropped, as ``load_cert_chain`` itself drops
+        them (the simulator loads each device's pair into one shared context). False: OpenSSL
+        refused it (not DER, not RSA, the key of another certificate); its error queue is then
+        cleared, since :mod:`ssl` would report a stale error as the cause of this thread's next
+        failure, and the context may hold the certificate without a key: load the pair the
+        usual way, which says why."""
         pointer = self.ctx_pointer(context)
         lib = self.ssl
-        return bool(
-            lib.SSL_CTX_use_certificate_ASN1(pointer, len(cert_der), cert_der) == 1
+        if (
+            len(cert_der) < 2**31  # its length is a C int
+            and lib.SSL_CTX_use_certificate_ASN1(pointer, len(cert_der), cert_der) == 1
+            and lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_CHAIN, 0, None) == 1
             and lib.SSL_CTX_use_RSAPrivateKey_ASN1(pointer, rsa_key_der, len(rsa_key_der)) == 1
             and lib.SSL_CTX_check_private_key(pointer) == 1
-        )
+        ):
+            return True
+        self.crypto.ERR_clear_error()
+        return False
 
     def certificate_der(self, store_ctx: int) -> bytes | None:
         """The DER of the certificate being verified (the peer's leaf)."""
@@ -197,6 +227,7 @@ def _declare(libssl: ctypes.CDLL, crypto: ctypes.CDLL) -> None:
         (libssl, "SSL_CTX_use_RSAPrivateKey_ASN1", i, [p, ctypes.c_char_p, long_]),
         (libssl, "SSL_CTX_check_private_key", i, [p]),
         (crypto, "OpenSSL_version", ctypes.c_char_p, [i]),
+        (crypto, "ERR_clear_error", None, []),
         (crypto, "BIO_ctrl", long_, [p, i, long_, p]),
         (crypto, "BUF_MEM_new", p, []),
         (crypto, "X509_STORE_CTX_get0_cert", p, [p]),
@@ -231,42 +262,62 @@ def unavailable_reason() -> str | None:
 def system_libssl() -> LibSsl | None:
     """The checked handles, once per process; None (and :func:`unavailable_reason`) when this
     Python's :mod:`ssl` cannot be reached this way."""
-    try:
-        found = _find()
-    except (OSError, ValueError, AttributeError) as exc:
-        _reason.append(str(exc))
-        log.info("the system OpenSSL is not usable directly (%s); using the portable path", exc)
+    found = find_libssl()
+    if isinstance(found, str):
+        _reason.append(found)
+        log.info("the system OpenSSL is not usable directly (%s); using the portable path", found)
         return None
+    log.debug("the system OpenSSL is reached through %s", found.path)
     return found
 
 
-def _find() -> LibSsl:
+def find_libssl(expected_version: str = ssl.OPENSSL_VERSION) -> LibSsl | str:
+    """Run every check of the module docstring now: the handles, or why they cannot be used.
+
+    :func:`system_libssl` is this, once per process and with :data:`ssl.OPENSSL_VERSION`; a
+    test passes another ``expected_version`` to see a check fail on the real library."""
+    try:
+        return _find(expected_version)
+    except (OSError, ValueError, AttributeError) as exc:
+        # OSError: no library to open or no /proc/self/maps; AttributeError: a missing symbol
+        return str(exc) or type(exc).__name__
+
+
+def _find(expected_version: str) -> LibSsl:
     if sys.implementation.name != "cpython" or platform.system() != "Linux":
         raise ValueError(f"needs CPython on Linux (this is {sys.implementation.name})")
-    paths = _mapped_libraries()
-    libssl_path = next((path for path in paths if Path(path).name.startswith("libssl.so")), None)
-    crypto_path = next((path for path in paths if Path(path).name.startswith("libcrypto.so")), None)
-    if libssl_path is None or crypto_path is None:
-        raise ValueError("ssl is not linked to a shared libssl/libcrypto")
-    found = LibSsl(ctypes.CDLL(libssl_path), ctypes.CDLL(crypto_path))
+    ssl_file: str | None = getattr(_ssl, "__file__", None)  # None: _ssl is built into python
+    handle = ctypes.CDLL(ssl_file)  # dlsym searches _ssl, then the libraries it was linked with
+    found = LibSsl(handle, handle)
     version = found.crypto.OpenSSL_version(0)
-    if not version or version.decode("ascii", "replace") != ssl.OPENSSL_VERSION:
-        raise ValueError(f"{crypto_path} reports {version!r}, ssl reports {ssl.OPENSSL_VERSION!r}")
+    if not version or version.decode("ascii", "replace") != expected_version:
+        raise ValueError(
+            f"the OpenSSL that _ssl resolves to says {version!r}, ssl.OPENSSL_VERSION is "
+            f"{expected_version!r}"
+        )
+    address = ctypes.cast(found.ssl.SSL_CTX_use_certificate_ASN1, ctypes.c_void_p).value or 0
+    found.path = _mapped_file(address)
+    if not Path(found.path).name.startswith("libssl"):
+        raise ValueError(f"SSL_CTX_use_certificate_ASN1 resolves into {found.path!r}, not a libssl")
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    probe.verify_mode = ssl.CERT_OPTIONAL
-    probe.options |= ssl.OP_NO_TICKET
-    found.ctx_pointer(probe)  # raises when the layout is not CPython's
+    # Two states, each bit set one way and then the other: a pointer that only happened to match
+    # would have to follow both (ctx_pointer raises when it does not).
+    for options, verify in ((_PROBE_OPTIONS, ssl.CERT_OPTIONAL), (0, ssl.CERT_NONE)):
+        probe.verify_mode = verify
+        probe.options = (probe.options & ~_PROBE_OPTIONS) | options
+        found.ctx_pointer(probe)
     bio = ssl.MemoryBIO()
     bio.write(b"probe")
     found.bio_pointer(bio)
     return found
 
 
-def _mapped_libraries() -> list[str]:
-    """Shared objects mapped into this process, in mapping order (``/proc/self/maps``)."""
-    seen: list[str] = []
+def _mapped_file(address: int) -> str:
+    """The file mapped at ``address`` in this process (``/proc/self/maps``); "" for an
+    anonymous mapping."""
     for line in Path("/proc/self/maps").read_text().splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5].startswith("/") and parts[5] not in seen:
-            seen.append(parts[5])
-    return seen
+        fields = line.split(maxsplit=5)
+        low, _sep, high = fields[0].partition("-")
+        if int(low, 16) <= address < int(high, 16):
+            return fields[5] if len(fields) == 6 else ""
+    raise ValueError(f"no mapping of this process holds address 0x{address:x}")

@@ -15,8 +15,9 @@ lives only as long as the connection.
 The pair is read from the fleet's PEM files at each connection (a device holds two paths, not
 its parsed pair: 5,000 devices stay under 50 KiB each) and loaded by OpenSSL itself (no
 ``cryptography`` objects). OpenSSL checks that the key belongs to the certificate. The fast way
-is DER through libssl's own calls (:mod:`simulator.openssl_pairs`: about 0.27 ms per connect
-with reading the files, against 0.76 ms for ``load_cert_chain``'s PEM path with OpenSSL 3.0);
+is DER through libssl's own calls (:meth:`device_sdk.libssl.LibSsl.use_pair_der`, on the libssl
+that :mod:`ssl` uses, checked once per process: about 0.27 ms per connect with reading the
+files, against 0.76 ms for ``load_cert_chain``'s PEM path with OpenSSL 3.0);
 a certificate file holding a chain, a key that is not a plain PKCS#1 RSA key (PKCS#8,
 encrypted), a pair that OpenSSL refuses as DER, or a process where those calls did not validate
 takes ``load_cert_chain`` on the files, as before.
@@ -28,16 +29,34 @@ SDK's own loader is asked why, so the message is the one ``iotx509 device connec
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from device_sdk import certs
 from device_sdk.certificate import pem_blocks
 from device_sdk.credentials import Credentials
 from device_sdk.errors import CredentialError
-from simulator.openssl_pairs import DerPairLoader, process_loader
+from device_sdk.libssl import LibSsl, system_libssl, unavailable_reason
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def pair_loader() -> LibSsl | None:
+    """The libssl that loads pairs as DER in this process; None (logged once, with the reason)
+    where :func:`device_sdk.libssl.system_libssl` cannot reach it: pairs then load through
+    ``load_cert_chain``, correct but slower."""
+    found = system_libssl()
+    if found is None:
+        log.warning(
+            "device pairs load through ssl.SSLContext.load_cert_chain (about 0.5 ms more per "
+            "connect): libssl's DER calls did not validate here (%s)",
+            unavailable_reason(),
+        )
+    return found
 
 
 @lru_cache(maxsize=8)
@@ -59,7 +78,7 @@ class DeviceTls:
     """One device's certificate and key files, and the shared context they are used with.
 
     ``der_loading=False`` always loads with ``load_cert_chain`` (the path a process takes when
-    :mod:`simulator.openssl_pairs` does not validate; tests use it to run that path here).
+    :func:`pair_loader` finds no usable libssl; tests use it to run that path here).
     """
 
     __slots__ = ("cert", "context", "der_loader", "key")
@@ -70,7 +89,7 @@ class DeviceTls:
         self.cert = str(cert)  # (a str is a third of a Path's size; 5,000 devices hold two each)
         self.key = str(key)
         self.context = shared_context(server_ca)
-        self.der_loader: DerPairLoader | None = process_loader() if der_loading else None
+        self.der_loader: LibSsl | None = pair_loader() if der_loading else None
 
     def wrap(
         self, sock: socket.socket, *, server_hostname: str, session: ssl.SSLSession | None
@@ -105,7 +124,7 @@ class DeviceTls:
             return False
         if len(chain) != 1 or len(keys) != 1:
             return False
-        return self.der_loader.load_pair_der(self.context, chain[0], keys[0])
+        return self.der_loader.use_pair_der(self.context, chain[0], keys[0])
 
     def _refused(self, exc: BaseException) -> CredentialError:
         # The SDK's loader says what is wrong (missing file, not PEM, key of another cert...).

@@ -6,9 +6,11 @@ mapped, pointers are checked before use, and each call does what its caller reli
 
 from __future__ import annotations
 
+import ctypes
 import platform
 import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +33,7 @@ def lib() -> libssl.LibSsl:
 
 def test_the_library_is_the_one_ssl_uses(lib: libssl.LibSsl) -> None:
     assert lib.crypto.OpenSSL_version(0).decode() == ssl.OPENSSL_VERSION
+    assert Path(lib.path).name.startswith("libssl"), lib.path  # where its functions' code lies
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     pointer = lib.ctx_pointer(context)
     # a change made through ssl is seen through the pointer, and the other way round
@@ -38,6 +41,14 @@ def test_the_library_is_the_one_ssl_uses(lib: libssl.LibSsl) -> None:
     assert lib.ssl.SSL_CTX_get_options(pointer) == context.options
     lib.session_cache_off(context)
     assert lib.ssl.SSL_CTX_ctrl(pointer, 45, 0, None) == 0  # SSL_CTRL_GET_SESS_CACHE_MODE
+
+
+def test_a_check_that_fails_is_a_reason_not_handles() -> None:
+    # The version check, run on the real library against a version text that is not its own:
+    # the answer names both texts (what system_libssl logs and unavailable_reason says).
+    found = libssl.find_libssl(expected_version="OpenSSL 0.9.8zh not this one")
+    assert isinstance(found, str), found
+    assert "0.9.8zh" in found and ssl.OPENSSL_VERSION in found
 
 
 def test_objects_of_another_kind_are_refused_before_any_pointer_is_read(
@@ -60,21 +71,52 @@ def test_a_buffer_is_released_only_when_nothing_waits_in_it(lib: libssl.LibSsl) 
     assert bio.read() == b"after"
 
 
+def _der(pair: Any) -> tuple[bytes, bytes]:
+    from cryptography.hazmat.primitives import serialization
+
+    cert = pair.certificate.public_bytes(serialization.Encoding.DER)
+    key = pair.key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    return cert, key
+
+
+def _chain_length(lib: libssl.LibSsl, context: ssl.SSLContext) -> int:
+    """How many chain certificates the context sends after its own (SSL_CTX_get0_chain_certs)."""
+    stack = ctypes.c_void_p()
+    assert lib.ssl.SSL_CTX_ctrl(lib.ctx_pointer(context), 115, 0, ctypes.byref(stack)) == 1
+    if not stack.value:
+        return 0
+    count = lib.crypto.OPENSSL_sk_num
+    count.argtypes, count.restype = [ctypes.c_void_p], ctypes.c_int
+    return int(count(stack))
+
+
 def test_a_pair_is_loaded_from_der_and_a_foreign_key_is_refused(
     lib: libssl.LibSsl, pki: Any
 ) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    def der(pair: Any) -> tuple[bytes, bytes]:
-        cert = pair.certificate.public_bytes(serialization.Encoding.DER)
-        key = pair.key.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        return cert, key
-
     one, other = pki.device(PK, "sensor01"), pki.device(PK, "sensor02")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    assert lib.use_pair_der(context, *der(one))
-    assert not lib.use_pair_der(context, der(one)[0], der(other)[1])
+    assert lib.use_pair_der(context, *_der(one))
+    assert not lib.use_pair_der(context, _der(one)[0], _der(other)[1])
+    # OpenSSL's error queue (per thread) is left empty: ssl would otherwise report the stale
+    # error as the cause of this thread's next failure.
+    peek = lib.crypto.ERR_peek_error
+    peek.argtypes, peek.restype = [], ctypes.c_ulong
+    assert peek() == 0
+
+
+def test_a_der_pair_drops_the_chain_an_earlier_pair_left_in_the_context(
+    lib: libssl.LibSsl, pki: Any, tmp_path: Path
+) -> None:
+    # A shared context: one pair loaded from files with its CA as a chain, then another as DER.
+    cert, key, _pair = pki.write_device(PK, "sensor01", directory=tmp_path)
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(cert.read_bytes() + pki.ca.cert_pem())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_cert_chain(chain, key)
+    assert _chain_length(lib, context) == 1
+    assert lib.use_pair_der(context, *_der(pki.device(PK, "sensor02")))
+    assert _chain_length(lib, context) == 0  # the second device sends its certificate alone
