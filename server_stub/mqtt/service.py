@@ -78,8 +78,7 @@ class MqttService:
         self.port = self._server.sockets[0].getsockname()[1]
         self._task = loop.create_task(self._housekeeping())
         log.info(
-            "mqtt: listening on %s:%d (TLS 1.2/1.3 on the %s engine, client certificate "
-            "required)",
+            "mqtt: listening on %s:%d (TLS 1.2/1.3 on the %s engine, client certificate required)",
             self._host,
             self.port,
             self.broker.context.engine,
