@@ -13,6 +13,7 @@ and the ratios ours / Mosquitto. Targets (issue 16): CPU <= 1.0x, memory <= 1.0x
     python bench/bench_connections.py                       # 2,000 devices, real registry
     python bench/bench_connections.py --devices 10000       # hold 10,000 idle devices
     python bench/bench_connections.py --registry endpoint   # the endpoint alone, no HTTP server
+    python bench/bench_connections.py --tls-engine pyopenssl  # the server's other TLS engine
 
 ``--registry real`` (default) runs ``iotx509 server run`` and registers the product, the CA
 (with its verification certificate) and the associations through the HTTP API, so the
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ssl
 import sys
 import tempfile
@@ -201,11 +203,14 @@ def _csv(product_key: str, fleet: Fleet, lo: int, hi: int) -> bytes:
 
 
 @contextlib.contextmanager
-def ours_real(root: Path, n: int, keys: int) -> Iterator[tuple[Target, Fleet]]:
+def ours_real(
+    root: Path, n: int, keys: int, tls_engine: str = "auto"
+) -> Iterator[tuple[Target, Fleet]]:
     from firmware_helpers.platform_client import PlatformClient, UploadFile
     from server_stub.launcher import running_server
 
-    with running_server(root / "server-data", extra_args=[]) as srv:
+    extra = [] if tls_engine == "auto" else ["--tls-engine", tls_engine]
+    with running_server(root / "server-data", extra_args=extra) as srv:
         client = PlatformClient(srv.http_url, srv.token)
         product_key = str(client.create_product("bench")["productKey"])
         log(f"making {n} device certificates ({keys} shared RSA keys)")
@@ -222,7 +227,8 @@ def ours_real(root: Path, n: int, keys: int) -> Iterator[tuple[Target, Fleet]]:
             )
         time.sleep(0.6)  # the endpoint follows the registry within 0.25 s
         assert srv.mqtt_port is not None
-        yield Target("ours (real registry)", srv.process.pid, srv.mqtt_port, srv.server_ca), fleet
+        name = "ours (real registry)" if tls_engine == "auto" else f"ours ({tls_engine} TLS)"
+        yield Target(name, srv.process.pid, srv.mqtt_port, srv.server_ca), fleet
 
 
 @contextlib.contextmanager
@@ -319,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keys", type=int, default=8, help="distinct RSA keys for the fleet")
     parser.add_argument("--registry", choices=["real", "endpoint"], default="real")
+    parser.add_argument(
+        "--tls-engine",
+        choices=["auto", "system", "pyopenssl"],
+        default="auto",
+        help="the server's --tls-engine (real registry only; default: the server's default)",
+    )
     parser.add_argument("--serve-endpoint", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_endpoint:
@@ -333,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-conn-") as tmp:
         root = Path(tmp)
-        server = ours_real if args.registry == "real" else ours_endpoint
+        server = (
+            functools.partial(ours_real, tls_engine=args.tls_engine)
+            if args.registry == "real"
+            else ours_endpoint
+        )
         with server(root, args.devices, args.keys) as (target, fleet):
             ours = measure(target, fleet, args.keys, args.workers, args.concurrency)
         with mosquitto(root, fleet) as target:
