@@ -272,13 +272,20 @@ def main() -> int:
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "iotx509-bench-simulator"
     )
+    parser.add_argument(
+        "--tls-engine",
+        choices=["auto", "system", "pyopenssl"],
+        default="auto",
+        help="the reference server's --tls-engine (its CPU per first connection differs)",
+    )
     args = parser.parse_args()
     count = max(args.devices, args.rate_devices)
     data, fleet_dir = prepare(args.workdir, count)
     out_dir = args.workdir / "runs"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    with running_server(data) as server:
+    extra = [] if args.tls_engine == "auto" else ["--tls-engine", args.tls_engine]
+    with running_server(data, extra_args=extra) as server:
         host = f"mqtts://127.0.0.1:{server.mqtt_port}"
         log(f"server {server.http_url} {host}; fleet of {count} devices in {fleet_dir}")
         started = time.monotonic()
