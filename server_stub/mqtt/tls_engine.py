@@ -108,6 +108,11 @@ class TlsClosed(TlsError):
     """The client closed TLS cleanly (close_notify)."""
 
 
+def tls_error(when: str, reason: str) -> TlsError:
+    """A TLS failure of an established connection (``when``: "while sending", ...)."""
+    return TlsError(f"TLS error {when}: {reason}", reason=reason)
+
+
 def session_reused(conn: SSL.Connection) -> bool:
     """Whether the handshake resumed a session (pyOpenSSL has no public call for it)."""
     ssl_ptr: Any = conn._ssl  # the SSL* pyOpenSSL wraps
@@ -300,9 +305,25 @@ class TlsEngine:
     def read(self) -> list[bytes]:
         """Decrypted application data available now. Raises :class:`TlsClosed` at
         close_notify and :class:`TlsError` on a TLS failure."""
-        raise NotImplementedError
+        chunks: list[bytes] = []
+        while True:
+            chunk = self._recv(READ_CHUNK)
+            if not chunk:
+                return chunks
+            chunks.append(chunk)
 
     def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._send(view) :]
+
+    def _recv(self, size: int) -> bytes | None:
+        """Up to ``size`` decrypted bytes; None (or b"") when nothing more is there now. Maps
+        the library's errors: close_notify to :class:`TlsClosed`, others to :class:`TlsError`."""
+        raise NotImplementedError
+
+    def _send(self, data: memoryview) -> int:
+        """Encrypt some of ``data``; how many bytes were taken. Errors become :class:`TlsError`."""
         raise NotImplementedError
 
     def compact(self) -> bool:
@@ -376,35 +397,21 @@ class PyOpenSslEngine(TlsEngine):
         cert = self._conn.get_peer_certificate()
         return None if cert is None else crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
 
-    def read(self) -> list[bytes]:
-        """Decrypted application data available now. Raises :class:`TlsClosed` at
-        close_notify and :class:`TlsError` on a TLS failure."""
-        chunks: list[bytes] = []
-        conn = self._conn
-        while True:
-            try:
-                chunk = conn.recv(READ_CHUNK)
-            except SSL.WantReadError:
-                return chunks
-            except SSL.ZeroReturnError as exc:
-                raise TlsClosed("the client closed TLS", reason="close notify") from exc
-            except SSL.Error as exc:
-                reason = _reason(exc)
-                raise TlsError(f"TLS error after the handshake: {reason}", reason=reason) from exc
-            if not chunk:
-                return chunks
-            chunks.append(chunk)
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        conn = self._conn
+    def _recv(self, size: int) -> bytes | None:
         try:
-            while view:
-                sent = conn.send(view)
-                view = view[sent:]
+            return self._conn.recv(size)
+        except SSL.WantReadError:
+            return None
+        except SSL.ZeroReturnError as exc:
+            raise TlsClosed("the client closed TLS", reason="close notify") from exc
         except SSL.Error as exc:
-            reason = _reason(exc)
-            raise TlsError(f"TLS error while sending: {reason}", reason=reason) from exc
+            raise tls_error("after the handshake", _reason(exc)) from exc
+
+    def _send(self, data: memoryview) -> int:
+        try:
+            return self._conn.send(data)
+        except SSL.Error as exc:
+            raise tls_error("while sending", _reason(exc)) from exc
 
     def compact(self) -> bool:
         """Give the handshake's memory back: replace the two memory BIOs by empty ones.

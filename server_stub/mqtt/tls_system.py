@@ -37,10 +37,9 @@ from server_stub.mqtt.errors import MqttServiceError
 from server_stub.mqtt.resumption import AttributionCache
 from server_stub.mqtt.tls_engine import (
     _VERIFY_TEXT,
-    READ_CHUNK,
     TlsClosed,
     TlsEngine,
-    TlsError,
+    tls_error,
 )
 from server_stub.ports import TrustIndex
 
@@ -96,33 +95,21 @@ class SystemTlsEngine(TlsEngine):
     def _peer_der(self) -> bytes | None:
         return self._tls.getpeercert(binary_form=True)
 
-    def read(self) -> list[bytes]:
-        chunks: list[bytes] = []
-        tls = self._tls
-        while True:
-            try:
-                chunk = tls.read(READ_CHUNK)
-            except ssl.SSLWantReadError:
-                return chunks
-            except ssl.SSLZeroReturnError as exc:
-                raise TlsClosed("the client closed TLS", reason="close notify") from exc
-            except ssl.SSLError as exc:
-                reason = _reason(exc)
-                raise TlsError(f"TLS error after the handshake: {reason}", reason=reason) from exc
-            if not chunk:
-                return chunks
-            chunks.append(chunk)
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        tls = self._tls
+    def _recv(self, size: int) -> bytes | None:
         try:
-            while view:
-                sent = tls.write(view)
-                view = view[sent:]
+            return self._tls.read(size)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLZeroReturnError as exc:
+            raise TlsClosed("the client closed TLS", reason="close notify") from exc
         except ssl.SSLError as exc:
-            reason = _reason(exc)
-            raise TlsError(f"TLS error while sending: {reason}", reason=reason) from exc
+            raise tls_error("after the handshake", _reason(exc)) from exc
+
+    def _send(self, data: memoryview) -> int:
+        try:
+            return self._tls.write(data)
+        except ssl.SSLError as exc:
+            raise tls_error("while sending", _reason(exc)) from exc
 
     def compact(self) -> bool:
         """Give the handshake's memory back: a memory BIO keeps the allocation of the largest
