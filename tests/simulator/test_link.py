@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,26 @@ def run(device):
     sim.close()
 
 """
+
+
+def _report_after_a_blip(command: list[str], proxy: CountingProxy) -> dict[str, Any]:
+    """Run the device child until it is online, drop every proxied link (the blip), let it
+    reconnect, and return its JSON report."""
+    child = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=locust_env(),
+    )
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.readline().strip() == "online", child.stderr.read() if child.stderr else ""
+    proxy.drop_all()
+    out, err = child.communicate("go\n", timeout=60)
+    assert child.returncode == 0, err[-3000:]
+    report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return report
 
 
 def test_devices_connect_above_fd_setsize_each_with_its_own_certificate(
@@ -138,22 +159,9 @@ def test_a_device_back_from_a_network_blip_resumes_its_tls_session(tmp_path: Pat
         run_mosquitto(tmp_path / "mosquitto", fleet.path("ca/ca.cer").read_bytes()) as broker,
         CountingProxy("127.0.0.1", broker.port).running() as proxy,
     ):
-        child = subprocess.Popen(
-            [*child_command(fleet_dir, proxy.port, broker.server_ca_path), "broker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=locust_env(),
+        report = _report_after_a_blip(
+            [*child_command(fleet_dir, proxy.port, broker.server_ca_path), "broker"], proxy
         )
-        assert child.stdout is not None and child.stdin is not None
-        assert child.stdout.readline().strip() == "online", (
-            child.stderr.read() if child.stderr else ""
-        )
-        proxy.drop_all()
-        out, err = child.communicate("go\n", timeout=60)
-    assert child.returncode == 0, err[-3000:]
-    report = json.loads(out.strip().splitlines()[-1])
     assert report["handshakes"] == 2, report
     assert report["resumed"] == 1, report  # the second handshake resumed the first session
     names = [name for name, _error in report["events"]]
@@ -169,22 +177,9 @@ def test_back_from_a_blip_on_the_reference_server_it_resumes_and_is_told_its_ide
     ca = shared_fleet.server_ca_path
     assert ca is not None
     with CountingProxy(shared_fleet.mqtt.host, shared_fleet.mqtt.port).running() as proxy:
-        child = subprocess.Popen(
-            [*child_command(shared_fleet.directory, proxy.port, ca), "platform"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=locust_env(),
+        report = _report_after_a_blip(
+            [*child_command(shared_fleet.directory, proxy.port, ca), "platform"], proxy
         )
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "online", (
-            child.stderr.read() if child.stderr else ""
-        )
-        proxy.drop_all()
-        out, err = child.communicate("go\n", timeout=60)
-    assert child.returncode == 0, err[-3000:]
-    report = json.loads(out.strip().splitlines()[-1])
     assert (report["handshakes"], report["resumed"]) == (2, 1), report
     names = [name for name, _error in report["events"]]
     assert names == ["connect", "identity", "connection lost", "reconnect", "identity"], report
