@@ -136,11 +136,12 @@ def verify_callback(
     engine = ref() if isinstance(ref, weakref.ref) else None
     if not isinstance(engine, PyOpenSslEngine):
         return False
-    try:
-        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
-    except crypto.Error:
-        return False
-    if not engine.decide(der):
+    if not engine.decided:  # OpenSSL calls back at depth 0 more than once: encode once
+        try:
+            engine.decide(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
+        except crypto.Error:
+            return False
+    if engine.issuer is None:
         return False
     if ok or errnum in _CHAIN_ERRORS:
         return True
@@ -178,6 +179,11 @@ class TlsEngine:
         self.refusal: str | None = None
 
     # --- attribution (called from the verify callback) -----------------------------------------
+
+    @property
+    def decided(self) -> bool:
+        """Whether this connection's certificate was attributed already (accepted or not)."""
+        return self._decided
 
     def decide(self, der: bytes) -> bool:
         """Attribute the device certificate (DER) once per connection; True when accepted."""
